@@ -1,0 +1,357 @@
+"""The toolkit the three local servers share: root confinement, knobs, request counting, a small REST
+router over the standard library's threading HTTP server, and self-signed TLS for tests.
+
+The servers bind to 127.0.0.1 unless told otherwise.  They run in a thread of the calling process
+(tests, the demo) or in the foreground (``hpcfs serve``).
+"""
+import collections
+import datetime
+import http.server
+import json
+import os
+import re
+import socketserver
+import ssl
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs, unquote, urlsplit
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+class OutsideRoot(PermissionError):
+    """A path that resolves outside the served root (``..`` or a symlink pointing out)."""
+
+
+def confine(root: str, path: str) -> str:
+    """The real local path for ``path`` under ``root``; symlinks are resolved before the check."""
+    root = os.path.realpath(root)
+    candidate = os.path.realpath(os.path.join(root, path.lstrip("/")))
+    if candidate != root and not candidate.startswith(root + os.sep):
+        raise OutsideRoot(f"Forbidden: {path} not in {root}")
+    return candidate
+
+
+@dataclass
+class Knobs:
+    """Faults and delays that tests and benchmarks switch on at run time.  All off by default."""
+
+    latency: float = 0.0  # seconds added before every reply (a request round trip)
+    drop_after_bytes: Optional[int] = None  # cut the next data transfer after this many bytes
+    refuse_logins: bool = False  # reject every authentication, as for a revoked password
+    busy_responses: int = 0  # answer this many requests with the server's "busy" status first
+    extra: Dict[str, object] = field(default_factory=dict)  # per-server knobs
+
+    def delay(self):
+        if self.latency:
+            time.sleep(self.latency)
+
+    def take_busy(self) -> bool:
+        """True (and count one down) while busy answers are still due."""
+        with _knob_lock:
+            if self.busy_responses > 0:
+                self.busy_responses -= 1
+                return True
+            return False
+
+    def take_drop(self) -> Optional[int]:
+        """The byte count after which to cut the current transfer, once."""
+        with _knob_lock:
+            limit, self.drop_after_bytes = self.drop_after_bytes, None
+            return limit
+
+
+_knob_lock = threading.Lock()
+
+
+class RequestLog:
+    """Thread-safe counts of requests by kind, plus the raw list, for tests that assert on round trips."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts = collections.Counter()
+        self.entries: List[Tuple[str, str]] = []
+
+    def record(self, kind: str, detail: str = ""):
+        with self._lock:
+            self.counts[kind] += 1
+            self.entries.append((kind, detail))
+
+    def snapshot(self) -> collections.Counter:
+        with self._lock:
+            return collections.Counter(self.counts)
+
+    def reset(self):
+        with self._lock:
+            self.counts.clear()
+            self.entries.clear()
+
+    def total(self, *kinds) -> int:
+        with self._lock:
+            return sum(self.counts[k] for k in kinds) if kinds else sum(self.counts.values())
+
+
+def load_users(spec: Optional[str], path: Optional[str]) -> Dict[str, str]:
+    """Users from ``"alice:secret,bob:pw"`` and/or a file of ``user:password`` lines."""
+    users = {}
+    lines = (spec or "").split(",")
+    if path:
+        with open(path) as handle:
+            lines += handle.read().splitlines()
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, password = line.partition(":")
+            users[name] = password
+    return users
+
+
+# -- TLS -----------------------------------------------------------------------------------------------
+def self_signed_certificate(directory: str, hostname: str = "localhost") -> Tuple[str, str]:
+    """Write a fresh self-signed certificate and key for ``hostname`` and 127.0.0.1; return their paths."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = os.path.join(directory, "cert.pem")
+    key_path = os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as handle:
+        handle.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return cert_path, key_path
+
+
+# -- REST ----------------------------------------------------------------------------------------------
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: Dict[str, List[str]]
+    headers: "http.client.HTTPMessage"
+    body: bytes
+    params: Dict[str, str] = field(default_factory=dict)  # from the route pattern
+    client_ip: str = ""
+    handler: Optional[http.server.BaseHTTPRequestHandler] = None  # for streaming replies
+
+    def arg(self, name, default=None):
+        values = self.query.get(name)
+        return values[0] if values else default
+
+    def json(self):
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError:
+            return None
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: Dict[str, str] = field(default_factory=dict)
+    file_path: Optional[str] = None  # stream this file (with Range support) instead of body
+
+    @classmethod
+    def json(cls, payload, status=200, headers=None):
+        merged = {"Content-Type": "application/json"}
+        merged.update(headers or {})
+        return cls(status, json.dumps(payload).encode(), merged)
+
+
+Handler = Callable[[Request], Response]
+
+
+class RestApp:
+    """Routes ``(method, '/path/{param}')`` to handlers; counts requests; applies knob latency."""
+
+    def __init__(self, knobs: Optional[Knobs] = None, log: Optional[RequestLog] = None):
+        self.routes: List[Tuple[str, "re.Pattern", str, Handler]] = []
+        self.knobs = knobs or Knobs()
+        self.log = log or RequestLog()
+
+    def route(self, method: str, pattern: str):
+        regex = re.compile("^" + re.sub(r"\{(\w+)(:path)?\}", _param_regex, pattern) + "/?$")
+
+        def register(handler):
+            self.routes.append((method, regex, pattern, handler))
+            return handler
+
+        return register
+
+    def dispatch(self, request: Request) -> Response:
+        allowed = []
+        for method, regex, pattern, handler in self.routes:
+            match = regex.match(request.path)
+            if not match:
+                continue
+            if method != request.method:
+                allowed.append(method)
+                continue
+            request.params = {k: unquote(v) for k, v in match.groupdict().items()}
+            self.log.record(f"{method} {pattern}", request.path)
+            self.knobs.delay()
+            return handler(request)
+        self.log.record("unrouted", f"{request.method} {request.path}")
+        if allowed:
+            return Response.json({"detail": "Method Not Allowed"}, 405, {"Allow": ", ".join(allowed)})
+        return Response.json({"detail": "Not Found"}, 404)
+
+
+def _param_regex(match):
+    return f"(?P<{match.group(1)}>.+)" if match.group(2) else f"(?P<{match.group(1)}>[^/]+)"
+
+
+class _RestHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real gateways do
+    server_version = "hpcfs-local"
+    app: RestApp
+
+    def log_message(self, *args):  # requests are counted, not printed
+        pass
+
+    def _handle(self):
+        split = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        request = Request(
+            method=self.command,
+            path=split.path,
+            query=parse_qs(split.query, keep_blank_values=True),
+            headers=self.headers,
+            body=body,
+            client_ip=self.client_address[0],
+            handler=self,
+        )
+        try:
+            response = self.server.app.dispatch(request)
+        except Exception as exc:  # a bug in a handler must show up as a 500, not a dropped socket
+            response = Response.json({"detail": f"internal error: {exc}"}, 500)
+        if response is not None:  # None: the handler streamed its own reply
+            self._send(response)
+
+    def _send(self, response: Response):
+        if response.file_path is not None:
+            return send_file(self, response.file_path, response.headers)
+        self.send_response(response.status)
+        for key, value in response.headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
+
+
+def send_file(handler, path: str, headers: Optional[Dict[str, str]] = None):
+    """Serve a local file with single-range ``Range: bytes=a-b`` support (206/416), as object stores do."""
+    size = os.path.getsize(path)
+    start, end, status = 0, size - 1, 200
+    spec = handler.headers.get("Range")
+    if spec:
+        match = re.match(r"bytes=(\d*)-(\d*)$", spec.strip())
+        if match and (match.group(1) or match.group(2)):
+            if match.group(1):
+                start = int(match.group(1))
+                end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+            else:
+                start, end = max(size - int(match.group(2)), 0), size - 1
+            status = 206
+            if start >= size or start > end:
+                handler.send_response(416)
+                handler.send_header("Content-Range", f"bytes */{size}")
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return
+    length = max(end - start + 1, 0)
+    handler.send_response(status)
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.send_header("Accept-Ranges", "bytes")
+    if status == 206:
+        handler.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+    handler.send_header("Content-Length", str(length))
+    handler.end_headers()
+    if handler.command == "HEAD":
+        return
+    with open(path, "rb") as source:
+        source.seek(start)
+        remaining = length
+        while remaining:
+            chunk = source.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            handler.wfile.write(chunk)
+            remaining -= len(chunk)
+
+
+class _ThreadingHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+class RestServer:
+    """A RestApp on a port, in a background thread.  ``tls_dir`` enables HTTPS with a self-signed cert."""
+
+    def __init__(self, app: RestApp, host: str = DEFAULT_HOST, port: int = 0, tls_dir: Optional[str] = None):
+        handler = type("Handler", (_RestHandler,), {})
+        self.httpd = _ThreadingHTTPServer((host, port), handler)
+        self.httpd.app = app
+        self.cert_file = None
+        if tls_dir is not None:
+            self.cert_file, key_file = self_signed_certificate(tls_dir)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.cert_file, key_file)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.host, self.port = self.httpd.server_address[:2]
+        self.scheme = "https" if tls_dir is not None else "http"
+        self._thread = None
+
+    @property
+    def url(self):
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def start(self):
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="rest-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def temporary_directory(prefix="hpcfs-"):
+    return tempfile.mkdtemp(prefix=prefix)
