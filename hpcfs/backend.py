@@ -108,10 +108,12 @@ class Backend:
         raise NotImplementedError
 
     def rmdir(self, path: str) -> None:
-        """Remove an empty directory.  The core checks emptiness first where the server deletes recursively."""
+        """Remove an empty directory; ``DirectoryNotEmpty`` otherwise (check first if the server deletes
+        recursively)."""
         raise NotImplementedError
 
     def rename(self, src: str, dst: str) -> None:
+        """Move ``src`` to ``dst``, replacing a file at ``dst`` as POSIX rename does."""
         raise errors.NotSupported("rename is not supported", src)
 
     def chmod(self, path: str, mode: int) -> None:
