@@ -1,0 +1,1 @@
+"""pytest fixtures for the local em server (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""pytest fixtures for the local firecrest server (see docs/architecture.md)."""

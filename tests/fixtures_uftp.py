@@ -1,0 +1,1 @@
+"""pytest fixtures for the local uftp server (see docs/architecture.md)."""
