@@ -1,1 +1,55 @@
 """pytest fixtures for the local uftp server (see docs/architecture.md)."""
+import os
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pytest
+
+from hpcfs.servers.uftp import UFTPServer
+
+UFTP_USER, UFTP_PASSWORD = "demo", "test123"
+
+
+@dataclass
+class UFTPHandle:
+    server: UFTPServer
+    root: str
+
+    @property
+    def knobs(self):
+        return self.server.knobs
+
+    @property
+    def log(self):
+        return self.server.log
+
+    @property
+    def netloc(self):
+        return f"{self.server.host}:{self.server.auth_port}"
+
+    def url(self, path="/"):
+        """URL with the credentials and the CA file embedded, for ``fs.open_fs``/``open_backend``."""
+        userinfo = f"{quote(UFTP_USER, safe='')}:{quote(UFTP_PASSWORD, safe='')}@"
+        return f"uftp://{userinfo}{self._rest(path)}?ca_file={quote(self.server.cert_file)}"
+
+    def plain_url(self, path="/"):
+        """URL without credentials; pair it with ``.env``."""
+        return f"uftp://{self._rest(path)}"
+
+    @property
+    def env(self):
+        return {"UFTP_USER": UFTP_USER, "UFTP_PASSWORD": UFTP_PASSWORD, "HPCFS_CA_FILE": self.server.cert_file}
+
+    def _rest(self, path):
+        return f"{self.netloc}/rest/auth/{self.server.server_name}:{path}"
+
+
+@pytest.fixture
+def uftp_server(tmp_path):
+    root = tmp_path / "uftp-root"
+    root.mkdir()
+    server = UFTPServer(str(root), {UFTP_USER: UFTP_PASSWORD}, tls_dir=str(tmp_path)).start()
+    try:
+        yield UFTPHandle(server, str(root))
+    finally:
+        server.stop()
