@@ -1,5 +1,4 @@
 """pytest fixtures for the local uftp server (see docs/architecture.md)."""
-import os
 from dataclasses import dataclass
 from urllib.parse import quote
 
