@@ -1,1 +1,68 @@
-"""pytest fixtures for the local em server (see docs/architecture.md)."""
+"""pytest fixtures for the local EM API server (see docs/architecture.md).
+
+``em_server`` serves volumes ``pod-a`` and ``pod-b`` (listed by ``/em/pvc/list``) plus the default
+volume; the server's root directory mirrors the URL tree (``root/pod-a`` is ``em://.../pod-a``,
+``root/_default`` is ``em://.../_default``).  Files can only live inside a volume, so generic suites
+should work below :attr:`EMServerHandle.volume_path`.  ``make_em_server(**options)`` starts servers with
+other settings (``api="v2"``, short token lifetimes, small limits ...).
+"""
+import os
+from urllib.parse import quote, urlencode
+
+import pytest
+
+from hpcfs.servers.em import EMServer
+
+USER, PASSWORD = "alice", "s3cret:p@ss"  # ':' and '@' make sure URLs quote the password
+VOLUMES = ("pod-a", "pod-b")
+
+
+class EMServerHandle:
+    """What tests need to reach one running server: URLs, credentials for subprocesses, its root."""
+
+    volume_path = "/pod-a"  # a volume where files may be written (the top level holds only volumes)
+
+    def __init__(self, server: EMServer):
+        self.server = server
+        self.root = server.root
+        self.log = server.log
+        self.knobs = server.knobs
+
+    def _url(self, userinfo: str, path: str, params: dict) -> str:
+        query = "?" + urlencode(params) if params else ""
+        return f"em://{userinfo}@127.0.0.1:{self.server.port}{path}{query}"
+
+    def url(self, path: str = "/", **params) -> str:
+        """URL with the credentials embedded (for ``fs.open_fs`` and ``open_backend``)."""
+        return self._url(f"{USER}:{quote(PASSWORD, safe='')}", path, params)
+
+    def plain_url(self, path: str = "/", **params) -> str:
+        return self._url(USER, path, params)
+
+    @property
+    def env(self) -> dict:
+        """Environment that gives a CLI subprocess the credentials (use with :meth:`plain_url`)."""
+        return {"EM_USERNAME": USER, "EM_PASSWORD": PASSWORD}
+
+
+@pytest.fixture
+def make_em_server(tmp_path):
+    """Factory: ``make_em_server(**EMServer options)`` -> started handle; all are stopped afterwards."""
+    servers = []
+
+    def make(**options) -> EMServerHandle:
+        root = tmp_path / f"em-root-{len(servers)}"
+        for volume in VOLUMES:
+            os.makedirs(root / volume)
+        server = EMServer(str(root), {USER: PASSWORD}, **options).start()
+        servers.append(server)
+        return EMServerHandle(server)
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def em_server(make_em_server) -> EMServerHandle:
+    return make_em_server()

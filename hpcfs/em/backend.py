@@ -1,0 +1,567 @@
+"""The DPhi Space EM API as an hpcfs backend: volumes at the top, each volume's files below.
+
+Tree: ``/`` lists the volumes -- pod names the user configured, those ``/em/pvc/list`` returns where the
+server has it, and ``_default`` for the volume used when no pod name is sent (``_`` cannot occur in a pod
+name, so it never collides).  ``/POD/a/b`` is file ``a/b`` of volume ``POD``.  On the real service a pod
+name it has not seen *creates* a volume, so a name nobody configured or listed is answered here with
+NotFound and never sent (file managers probe ``/.Trash-1000``, ``/autorun.inf`` ...).
+
+The API has no per-path stat and no ranges: one ``files/list`` call returns a volume's whole tree, and
+that listing serves every ``list``/``stat`` in the volume for ``listing_ttl`` seconds (pods change
+volumes behind our back, so it must expire).  Our own writes patch the cached listing, so they are
+visible at once without another listing.  Reads download whole files (``Entry.token`` carries the
+listing's size, time and hash for the core's whole-file cache).  The API cannot make an empty
+directory either: ``mkdir`` is held here until a file lands in it.  ``rename`` copies (download, upload,
+delete); ``rmdir`` checks emptiness on a fresh listing first because the server deletes recursively.
+"""
+import datetime
+import os
+import posixpath
+import tempfile
+import threading
+import time
+from typing import BinaryIO, Dict, List, Optional, Tuple
+
+from .. import errors
+from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize, split
+from ..urls import ParsedURL
+from .client import DEFAULT_VOLUME, EMClient, can_upload_name, is_pod_name, seekable_copy
+
+GIB = 1024**3
+DIR_MODE = 0o755
+
+
+def _parse_time(text) -> float:
+    """The listing's ``YYYY-MM-DD-HH-MM`` (no zone given; taken as UTC) as a timestamp; 0 if unreadable."""
+    try:
+        moment = datetime.datetime.strptime(str(text), "%Y-%m-%d-%H-%M")
+    except ValueError:
+        return 0.0
+    return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _entry_from_node(node) -> Entry:
+    if not isinstance(node, dict) or node.get("type") not in ("file", "directory"):
+        raise errors.ProtocolError(f"unexpected node in a volume listing: {str(node)[:80]}")
+    name = node.get("name")
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        raise errors.ProtocolError(f"unexpected name in a volume listing: {name!r}")
+    if node["type"] == "directory":
+        return Entry(name, DIRECTORY, 0, _parse_time(node.get("time")), DIR_MODE)
+    try:
+        size = int(node.get("size", 0))
+    except (TypeError, ValueError):
+        raise errors.ProtocolError(f"unexpected size {node.get('size')!r} for {name}") from None
+    token = f"{size}:{node.get('time')}:{node.get('hash')}"  # minute-resolution time alone is not enough
+    return Entry(name, FILE, size, _parse_time(node.get("time")), 0o644, token=token)
+
+
+class VolumeListing:
+    """One volume's tree from one ``files/list`` call, indexed by path relative to the volume."""
+
+    def __init__(self, nodes, fetched_at: float):
+        self.fetched_at = fetched_at
+        self.entries: Dict[str, Entry] = {"": Entry("", DIRECTORY, mode=DIR_MODE)}
+        self.children: Dict[str, Dict[str, Entry]] = {"": {}}
+        if not isinstance(nodes, list):
+            raise errors.ProtocolError("a volume listing is not a list of nodes")
+        self._add_nodes("", nodes)
+
+    def _add_nodes(self, parent: str, nodes):
+        for node in nodes:
+            entry = _entry_from_node(node)
+            path = posixpath.join(parent, entry.name)
+            self.put(path, entry)
+            if entry.is_dir:
+                self._add_nodes(path, node.get("contents") or [])
+
+    def put(self, path: str, entry: Entry):
+        """Record ``entry`` at ``path``, with the directories leading to it (uploads create them)."""
+        parent, name = posixpath.split(path)
+        if parent not in self.children:
+            self.put(parent, Entry(posixpath.basename(parent), DIRECTORY, 0, time.time(), DIR_MODE))
+        self.drop(path)
+        self.entries[path] = entry
+        self.children[parent][name] = entry
+        if entry.is_dir:
+            self.children[path] = {}
+
+    def drop(self, path: str):
+        """Forget ``path`` and everything below it."""
+        parent, name = posixpath.split(path)
+        self.children.get(parent, {}).pop(name, None)
+        for known in [p for p in self.entries if p == path or p.startswith(path + "/")]:
+            del self.entries[known]
+            self.children.pop(known, None)
+
+    def files_below(self, path: str) -> List[str]:
+        return sorted(p for p, e in self.entries.items() if not e.is_dir and p.startswith(path + "/"))
+
+    def dirs_below(self, path: str) -> List[str]:
+        return sorted(p for p, e in self.entries.items() if e.is_dir and p.startswith(path + "/"))
+
+
+class EMBackend(Backend):
+    """Volumes of one EM API account as one tree; every request goes through one serialized client."""
+
+    def __init__(self, client: EMClient, pods=(), *, listing_ttl: float = 5.0, volumes_ttl: float = 30.0,
+                 max_upload: int = 2 * GIB, max_files: int = 100):
+        self.client = client
+        self.listing_ttl, self.volumes_ttl = listing_ttl, volumes_ttl
+        self.max_upload, self.max_files = max_upload, max_files
+        self.capabilities = Capabilities(
+            ranged_reads=False, ranged_writes=False, rename="job", max_parallel=1, max_upload=max_upload,
+            eventual_listing=False,
+            extra={"rename_method": "copy", "listing_ttl": listing_ttl, "max_files_per_upload": max_files},
+        )
+        self._lock = threading.RLock()
+        self._configured = set(pods) | {DEFAULT_VOLUME}
+        self._made_here = set()  # volumes registered by mkdir at the top level, not yet seen on the server
+        self._listed = set()
+        self._listed_at: Optional[float] = None
+        self._listings: Dict[str, VolumeListing] = {}
+        self._held: Dict[str, Dict[str, float]] = {}  # volume -> {directory made by mkdir: its mtime}
+        self._started = time.time()
+
+    # -- the tree ---------------------------------------------------------------------------------------
+    def volumes(self) -> List[str]:
+        with self._lock:
+            if self._listed_at is None or time.monotonic() - self._listed_at >= self.volumes_ttl:
+                names = self.client.list_volumes()
+                self._listed = {self._volume_name(item) for item in names or []} - {None}
+                self._listed_at = time.monotonic()
+            return sorted(self._configured | self._listed)
+
+    @staticmethod
+    def _volume_name(item) -> Optional[str]:
+        """A pod name from a pvc/list item (a string, or a dict naming it); None for anything else."""
+        if isinstance(item, dict):
+            item = next((item[k] for k in ("pod_name", "pvc_name", "name", "pvc") if isinstance(item.get(k), str)), None)
+        return item if isinstance(item, str) and is_pod_name(item) else None
+
+    def _is_volume(self, name: str) -> bool:
+        if name in self._configured:
+            return True
+        return is_pod_name(name) and name in self.volumes()  # no request for names that cannot be pods
+
+    def _locate(self, path: str) -> Tuple[Optional[str], str]:
+        """``(volume, path inside it)`` of a tree path; ``(None, '')`` for the root.  Unknown volume: NotFound."""
+        parts = normalize(path).strip("/").split("/")
+        if parts == [""]:
+            return None, ""
+        if not self._is_volume(parts[0]):
+            raise errors.NotFound("no such volume (only configured or listed pod names are used)", "/" + parts[0])
+        return parts[0], "/".join(parts[1:])
+
+    def _listing(self, volume: str, fresh: bool = False) -> VolumeListing:
+        with self._lock:
+            if volume in self._made_here:  # nothing on the server yet, and asking would create the volume
+                return self._listings.setdefault(volume, VolumeListing([], time.monotonic()))
+            cached = self._listings.get(volume)
+            if cached is None or fresh or time.monotonic() - cached.fetched_at >= self.listing_ttl:
+                cached = VolumeListing(self.client.list_files(volume), time.monotonic())
+                self._listings[volume] = cached
+                self._prune_held(volume, cached)
+            return cached
+
+    def _prune_held(self, volume: str, listing: VolumeListing):
+        """Drop held directories the server now has, or whose parent has gone."""
+        held = self._held.get(volume, {})
+        for path in sorted(held, key=lambda p: p.count("/")):
+            parent = posixpath.dirname(path)
+            if path in listing.entries or (parent not in listing.children and parent not in held):
+                del held[path]
+
+    def _held_dirs(self, volume: str) -> Dict[str, float]:
+        return self._held.setdefault(volume, {})
+
+    def _lookup(self, volume: str, relative: str) -> Optional[Entry]:
+        with self._lock:
+            entry = self._listing(volume).entries.get(relative)
+            if entry is None and relative in self._held_dirs(volume):
+                return Entry(posixpath.basename(relative), DIRECTORY, 0, self._held_dirs(volume)[relative], DIR_MODE)
+            return entry
+
+    def _children(self, volume: str, relative: str) -> Dict[str, Entry]:
+        with self._lock:
+            listing = self._listing(volume)
+            children = dict(listing.children.get(relative, {}))
+            for held in self._held_dirs(volume):
+                if posixpath.dirname(held) == relative and posixpath.basename(held) not in children:
+                    children[posixpath.basename(held)] = self._lookup(volume, held)
+            return children
+
+    def _volume_entry(self, name: str) -> Entry:
+        return Entry(name, DIRECTORY, 0, self._started, DIR_MODE)
+
+    # -- metadata ---------------------------------------------------------------------------------------
+    def list(self, path: str) -> List[Entry]:
+        volume, relative = self._locate(path)
+        if volume is None:
+            return [self._volume_entry(name) for name in self.volumes()]
+        entry = self._lookup(volume, relative)
+        if entry is None:
+            raise errors.NotFound("no such directory", path)
+        if not entry.is_dir:
+            raise errors.NotADirectory("not a directory", path)
+        return sorted(self._children(volume, relative).values(), key=lambda e: e.name)
+
+    def stat(self, path: str) -> Entry:
+        volume, relative = self._locate(path)
+        if volume is None:
+            return Entry("", DIRECTORY, 0, self._started, DIR_MODE)
+        if not relative:
+            return self._volume_entry(volume)
+        entry = self._lookup(volume, relative)
+        if entry is None:
+            raise errors.NotFound("no such file or directory", path)
+        return entry
+
+    def _file(self, path: str) -> Tuple[str, str, Entry]:
+        volume, relative = self._locate(path)
+        entry = self.stat(path)
+        if entry.is_dir:
+            raise errors.IsADirectory("is a directory", path)
+        return volume, relative, entry
+
+    # -- data -------------------------------------------------------------------------------------------
+    def read_whole(self, path: str, sink: BinaryIO) -> None:
+        volume, relative, entry = self._file(path)
+        try:
+            received = self.client.download(volume, relative, sink)
+        except errors.NotFound:
+            self._forget_listing(volume)
+            raise
+        if received != entry.size:  # changed since the listing (a pod wrote it): look again next time
+            self._forget_listing(volume)
+
+    def write_whole(self, path: str, source: BinaryIO, size: int) -> None:
+        volume, relative = self._writable(path, size)
+        parent, name = posixpath.split(relative)
+        self._require_directory(volume, parent, posixpath.dirname(path))
+        existing = self._lookup(volume, relative)
+        if existing is not None and existing.is_dir:
+            raise errors.IsADirectory("is a directory", path)
+        self.client.upload(volume, parent, [(name, seekable_copy(source), size)])
+        self._written(volume, relative, size)
+
+    def write_many(self, directory: str, files: List[Tuple[str, BinaryIO, int]]) -> None:
+        """Create or replace several files of one directory in as few uploads as the limits allow.
+
+        EM-specific (not in the Backend contract): each call carries at most ``max_files`` files and
+        ``max_upload`` bytes."""
+        volume, relative = self._locate_for_create(directory)
+        self._require_directory(volume, relative, directory)
+        for name, _, size in files:
+            self._check_upload(directory, name, size)
+            existing = self._lookup(volume, posixpath.join(relative, name))
+            if existing is not None and existing.is_dir:
+                raise errors.IsADirectory("is a directory", posixpath.join(directory, name))
+        for batch in self._batches(files):
+            self.client.upload(volume, relative, [(name, seekable_copy(source), size) for name, source, size in batch])
+            for name, _, size in batch:
+                self._written(volume, posixpath.join(relative, name), size)
+
+    def _batches(self, files):
+        """Groups of at most ``max_files`` files and ``max_upload`` bytes, in the given order."""
+        batch, total = [], 0
+        for item in files:
+            if batch and (len(batch) == self.max_files or total + item[2] > self.max_upload):
+                yield batch
+                batch, total = [], 0
+            batch.append(item)
+            total += item[2]
+        if batch:
+            yield batch
+
+    def _check_upload(self, directory: str, name: str, size: int):
+        where = posixpath.join(directory, name)
+        if not can_upload_name(name):
+            raise errors.InvalidPath("the EM API cannot store this file name (\\ or unprintable characters)", where)
+        if size > self.max_upload:
+            raise errors.TooLarge(f"{size} bytes exceed the EM API's {self.max_upload} bytes per upload", where)
+
+    def _writable(self, path: str, size: int) -> Tuple[str, str]:
+        """``(volume, relative)`` of a file we may upload: inside a volume, storable name, within the limit."""
+        volume, relative = self._locate_for_create(path)
+        if not relative:
+            raise errors.IsADirectory("a volume is a directory", path)
+        self._check_upload(posixpath.dirname(normalize(path)), posixpath.basename(relative), size)
+        return volume, relative
+
+    def _locate_for_create(self, path: str) -> Tuple[str, str]:
+        parts = normalize(path).strip("/").split("/")
+        if len(parts) == 1 and not self._is_volume(parts[0]):
+            raise errors.PermissionDenied("the top level holds volumes only; create files inside a volume", path)
+        volume, relative = self._locate(path)
+        if volume is None:
+            raise errors.PermissionDenied("the top level holds volumes only", path)
+        return volume, relative
+
+    def _require_directory(self, volume: str, relative: str, where: str):
+        if not relative:
+            return
+        directory = self._lookup(volume, relative)
+        if directory is None:
+            raise errors.NotFound("no such directory", where)
+        if not directory.is_dir:
+            raise errors.NotADirectory("not a directory", where)
+
+    def _written(self, volume: str, relative: str, size: int):
+        """Patch the cached listing with a file we uploaded; its directories now exist on the server."""
+        with self._lock:
+            self._made_here.discard(volume)
+            held = self._held_dirs(volume)
+            for directory in list(held):
+                if relative.startswith(directory + "/"):
+                    del held[directory]
+            listing = self._listings.get(volume)
+            if listing is not None:
+                now = time.time()
+                listing.put(relative, Entry(posixpath.basename(relative), FILE, size, now, 0o644,
+                                            token=f"{size}:written:{now!r}"))
+
+    def _forget_listing(self, volume: str):
+        with self._lock:
+            self._listings.pop(volume, None)
+
+    # -- namespace --------------------------------------------------------------------------------------
+    def mkdir(self, path: str) -> None:
+        parts = normalize(path).strip("/").split("/")
+        if len(parts) == 1 and parts[0]:
+            return self._make_volume(parts[0], path)
+        volume, relative = self._locate(path)
+        if not relative or self._lookup(volume, relative) is not None:
+            raise errors.AlreadyExists("exists", path)
+        self._require_directory(volume, posixpath.dirname(relative), posixpath.dirname(path))
+        with self._lock:
+            self._held_dirs(volume)[relative] = time.time()
+
+    def _make_volume(self, name: str, path: str):
+        """A new top-level directory registers a pod name; the server creates the volume with its first file."""
+        if self._is_volume(name):
+            raise errors.AlreadyExists("volume exists", path)
+        if not is_pod_name(name):
+            raise errors.InvalidPath("volume names are pod names: lowercase letters, digits and '-', at most 63", path)
+        with self._lock:
+            self._configured.add(name)
+            self._made_here.add(name)
+
+    def remove(self, path: str) -> None:
+        volume, relative, _ = self._file(path)
+        try:
+            self.client.delete(volume, relative)
+        except errors.NotFound:
+            self._dropped(volume, relative)
+            raise
+        self._dropped(volume, relative)
+
+    def _dropped(self, volume: str, relative: str):
+        with self._lock:
+            listing = self._listings.get(volume)
+            if listing is not None:
+                listing.drop(relative)
+
+    def rmdir(self, path: str) -> None:
+        volume, relative = self._locate(path)
+        if volume is None:
+            raise errors.PermissionDenied("the root of the tree cannot be removed", path)
+        if not relative:
+            return self._remove_volume(volume, path)
+        if self._remove_held(volume, relative, path):
+            return
+        self._listing(volume, fresh=True)  # the server deletes recursively: decide on fresh facts
+        entry = self._lookup(volume, relative)
+        if entry is None:
+            raise errors.NotFound("no such directory", path)
+        if not entry.is_dir:
+            raise errors.NotADirectory("not a directory", path)
+        if self._children(volume, relative):
+            raise errors.DirectoryNotEmpty("directory not empty", path)
+        self.client.delete(volume, relative)
+        self._dropped(volume, relative)
+
+    def _remove_held(self, volume: str, relative: str, path: str) -> bool:
+        """Remove a directory that exists only here; False if the server (may) have it."""
+        with self._lock:
+            held = self._held_dirs(volume)
+            if relative not in held or relative in self._listing(volume).entries:
+                return False
+            if self._children(volume, relative):
+                raise errors.DirectoryNotEmpty("directory not empty", path)
+            del held[relative]
+            return True
+
+    def _remove_volume(self, volume: str, path: str):
+        if self._children(volume, ""):
+            raise errors.DirectoryNotEmpty("volume not empty", path)
+        with self._lock:
+            if volume not in self._made_here:
+                raise errors.PermissionDenied("volumes cannot be deleted through the file system", path)
+            self._made_here.discard(volume)
+            self._configured.discard(volume)
+            self._listings.pop(volume, None)
+            self._held.pop(volume, None)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Copy then delete: the API has no move.  Directories move file by file, in batched uploads."""
+        src_volume, src_rel = self._locate(src)
+        dst_volume, dst_rel = self._locate_for_create(dst)
+        if not src_rel or not dst_rel:
+            raise errors.NotSupported("volumes cannot be renamed", src if not src_rel else dst)
+        if (src_volume, src_rel) == (dst_volume, dst_rel):
+            return
+        entry = self.stat(src)
+        self._require_directory(dst_volume, posixpath.dirname(dst_rel), posixpath.dirname(dst))
+        target = self._lookup(dst_volume, dst_rel)
+        if entry.is_dir:
+            self._check_directory_target(src_volume, src_rel, dst_volume, dst_rel, target, dst)
+            self._move_directory(src_volume, src_rel, dst_volume, dst_rel)
+        else:
+            if target is not None and target.is_dir:
+                raise errors.IsADirectory("cannot replace a directory with a file", dst)
+            self._check_upload(posixpath.dirname(dst), posixpath.basename(dst_rel), entry.size)
+            self._copy_files(src_volume, [(src_rel, entry)], dst_volume, lambda rel: dst_rel)
+            self.remove(src)
+
+    def _check_directory_target(self, src_volume, src_rel, dst_volume, dst_rel, target, dst):
+        if target is not None and not target.is_dir:
+            raise errors.NotADirectory("cannot replace a file with a directory", dst)
+        if target is not None and self._children(dst_volume, dst_rel):
+            raise errors.DirectoryNotEmpty("directory not empty", dst)
+        if src_volume == dst_volume and dst_rel.startswith(src_rel + "/"):
+            raise errors.InvalidPath("cannot move a directory into itself", dst)
+
+    def _move_directory(self, src_volume: str, src_rel: str, dst_volume: str, dst_rel: str):
+        def moved(relative: str) -> str:
+            return dst_rel + relative[len(src_rel):]
+
+        with self._lock:
+            listing = self._listing(src_volume, fresh=True)
+            files = [(path, listing.entries[path]) for path in listing.files_below(src_rel)]
+            dirs = listing.dirs_below(src_rel) + [p for p in self._held_dirs(src_volume) if p.startswith(src_rel + "/")]
+            on_server = src_rel in listing.entries
+        for path, entry in files:
+            self._check_upload(posixpath.dirname(moved(path)), entry.name, entry.size)
+        self._copy_files(src_volume, files, dst_volume, moved)
+        with self._lock:
+            held = self._held_dirs(dst_volume)
+            for directory in [dst_rel] + [moved(d) for d in dirs]:  # empty ones can only be held here
+                if self._lookup(dst_volume, directory) is None:
+                    held[directory] = time.time()
+            for directory in [d for d in self._held_dirs(src_volume) if d == src_rel or d.startswith(src_rel + "/")]:
+                del self._held_dirs(src_volume)[directory]
+        if on_server:
+            self.client.delete(src_volume, src_rel)
+            self._dropped(src_volume, src_rel)
+
+    def _copy_files(self, src_volume: str, files: List[Tuple[str, Entry]], dst_volume: str, moved):
+        """Download ``files`` to a local spool, then upload them, one batched call per target directory."""
+        by_directory: Dict[str, List[Tuple[str, str, int]]] = {}
+        with tempfile.TemporaryDirectory(prefix="hpcfs-em-move-") as spool:
+            for index, (path, entry) in enumerate(files):
+                local = os.path.join(spool, str(index))
+                with open(local, "wb") as sink:
+                    size = self.client.download(src_volume, path, sink)
+                target = moved(path)
+                by_directory.setdefault(posixpath.dirname(target), []).append((posixpath.basename(target), local, size))
+            for directory, items in by_directory.items():
+                for batch in self._batches(items):
+                    handles = [open(local, "rb") for _, local, _ in batch]
+                    try:
+                        self.client.upload(dst_volume, directory,
+                                           [(name, handle, size) for (name, _, size), handle in zip(batch, handles)])
+                    finally:
+                        for handle in handles:
+                            handle.close()
+                    for name, _, size in batch:
+                        self._written(dst_volume, posixpath.join(directory, name), size)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {
+            "protocol": "DPhi Space EM API",
+            "server": self.client.base_url,
+            "user": self.client.username,
+            "volumes": self.volumes(),
+            "volume_list_endpoint": self.client.has_volume_list,
+            "listing_ttl": self.listing_ttl,
+            "max_upload": self.max_upload,
+            "max_files_per_upload": self.max_files,
+        }
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# -- URLs -----------------------------------------------------------------------------------------------
+def _flag(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _number(settings: dict, key: str, default, kind=float):
+    try:
+        return kind(settings.get(key, default))
+    except (TypeError, ValueError):
+        raise errors.UsageError(f"option {key} must be a number, not {settings.get(key)!r}") from None
+
+
+def _pod_names(settings: dict, path: str) -> List[str]:
+    listed = settings.get("pods") or ""
+    names = list(listed) if isinstance(listed, (list, tuple, set)) else str(listed).split(",")
+    names += os.environ.get("EM_PODS", "").split(",")
+    first = path.strip("/").split("/")[0]
+    names = [name.strip() for name in names + [first] if name.strip()]
+    for name in names:
+        if name != DEFAULT_VOLUME and not is_pod_name(name):
+            raise errors.UsageError(f"'{name}' is not a pod name (lowercase letters, digits and '-'), nor {DEFAULT_VOLUME}")
+    return names
+
+
+def _verify(settings: dict):
+    value = settings.get("verify", True)
+    if isinstance(value, bool):
+        return value
+    return False if str(value).lower() in ("0", "false", "no", "off") else value
+
+
+def backend_from_url(url: ParsedURL, options: dict):
+    """``em://USER[:PASSWORD]@HOST[:PORT]/[POD/path]`` -> ``(EMBackend, root)``.
+
+    http unless ``tls=1`` or ``scheme=https``; ``verify=0`` or a CA file for self-signed servers.  The
+    password comes from the URL, the ``password`` option or ``EM_PASSWORD``; the user from the URL or
+    ``EM_USERNAME``.  Extra pod names: ``pods=a,b`` or ``EM_PODS``.  Tuning: ``listing_ttl``,
+    ``volumes_ttl``, ``timeout``, ``upload_timeout``, ``busy_timeout``, ``max_upload``, ``max_files``.
+    """
+    settings = {**url.params, **options}
+    scheme = "https" if _flag(settings.get("tls", "0")) else str(settings.get("scheme", "http")).lower()
+    if scheme not in ("http", "https"):
+        raise errors.UsageError(f"scheme must be http or https, not {scheme!r}")
+    if not url.host:
+        raise errors.UsageError("em:// URL needs a host: em://USER@HOST:PORT/")
+    username = url.username or settings.get("username") or os.environ.get("EM_USERNAME")
+    if not username:
+        raise errors.UsageError("no EM API user: put it in the URL (em://USER@HOST/) or set EM_USERNAME")
+    password = url.password or settings.get("password") or os.environ.get("EM_PASSWORD")
+    if not password:
+        raise errors.UsageError(f"no password for EM API user {username}: set EM_PASSWORD")
+    root = normalize(url.path)
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    client = EMClient(
+        f"{scheme}://{host}{':%d' % url.port if url.port else ''}",
+        username,
+        password,
+        verify=_verify(settings),
+        timeout=_number(settings, "timeout", 60.0),
+        upload_timeout=_number(settings, "upload_timeout", 7200.0),
+        busy_timeout=_number(settings, "busy_timeout", 120.0),
+    )
+    backend = EMBackend(
+        client,
+        _pod_names(settings, root),
+        listing_ttl=_number(settings, "listing_ttl", 5.0),
+        volumes_ttl=_number(settings, "volumes_ttl", 30.0),
+        max_upload=_number(settings, "max_upload", 2 * GIB, int),
+        max_files=_number(settings, "max_files", 100, int),
+    )
+    return backend, root
