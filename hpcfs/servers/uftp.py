@@ -8,7 +8,6 @@ reply texts and quirks follow /work/shared/reference/uftp.md; sessions live in `
 import base64
 import binascii
 import hmac
-import json
 import os
 import secrets
 import socket
@@ -19,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from . import common
-from .uftp_session import ControlConnection, Session, UFTPError
+from .uftp_session import Session, UFTPError
+from .uftp_wire import ControlConnection
 
 VERSION = "3.5.3"
 DEFAULTS = {  # live settings, changeable by tests through knobs.extra
@@ -156,17 +156,17 @@ class UFTPServer:
 
     def _claim(self, secret, peer_ip):
         """The job and a fresh session slot for a login, or LoginRefused with the real server's reply."""
-        job = None if self.knobs.refuse_logins else self.jobs.get(secret)
-        if job is None:
-            raise LoginRefused("530 Not logged in: no matching transfer request found")
-        if peer_ip not in job.client_ips:
-            raise LoginRefused(f"500 Error establishing connection: Rejecting connection for '{job.user}' "
-                               f"from {peer_ip}, allowed: {job.client_ips}")
         limit = self.setting("session_limit")
-        too_many = f"500 Too many active transfer requests / sessions for '{job.user}' - server limit is {limit}"
-        if self.knobs.take_busy():
-            raise LoginRefused(too_many)
         with self._lock:
+            job = None if self.knobs.refuse_logins else self.jobs.get(secret)
+            if job is None:
+                raise LoginRefused("530 Not logged in: no matching transfer request found")
+            if peer_ip not in job.client_ips:
+                raise LoginRefused(f"500 Error establishing connection: Rejecting connection for '{job.user}' "
+                                   f"from {peer_ip}, allowed: {job.client_ips}")
+            too_many = f"500 Too many active transfer requests / sessions for '{job.user}' - server limit is {limit}"
+            if self.knobs.take_busy():
+                raise LoginRefused(too_many)
             if job.sessions:  # the first session uses the job's own count; later ones add to it
                 if not job.persistent:
                     raise LoginRefused("500 Session for these credentials is already running")
@@ -244,6 +244,7 @@ class UFTPServer:
                 raise OSError("closed before login")
             verb = line.split(" ", 1)[0].upper()
             self.log.record(verb, line if verb == "USER" else "")
+            self.knobs.delay()
             if verb == "SYST" and not syst_seen:
                 syst_seen = True
                 control.reply("215 Unix Type: L8")
@@ -258,6 +259,7 @@ class UFTPServer:
             control.reply("331 Please specify the password")
             password_line = control.read_line() or ""
             self.log.record(password_line.split(" ", 1)[0].upper())
+            self.knobs.delay()
             if password_line.startswith(("USER ", "PASS ")):
                 secret = password_line.split(" ", 1)[1]
         if not secret or secret == "anonymous":

@@ -1,4 +1,4 @@
-"""One UFTP (UFTPD 3.5.x compatible) FTP session: the command table, paths, listings and data connections.
+"""One UFTP (UFTPD 3.5.x compatible) FTP session: the command table, paths, ranges and transfers.
 
 Reply texts, codes and quirks follow the real UFTPD (see /work/shared/reference/uftp.md §4-5 and the wire
 transcript).  The served root is the session's "/": every path the client sees is a virtual absolute path,
@@ -9,13 +9,13 @@ import hashlib
 import os
 import posixpath
 import socket
-import stat
-import struct
 import sys
 import tarfile
 import time
 
 from .common import OutsideRoot, confine
+from .uftp_wire import (MULTI_STREAM_BLOCK, DroppedConnection, MultiStreamData, PlainData, close_socket,
+                        ls_line, mlst_facts, stat_line)
 
 NOT_ACCESSIBLE = "Directory/file does not exist or cannot be accessed!"
 # Replies of real UFTPD 3.5.x bugs, kept so clients are tested against what they will meet.
@@ -26,9 +26,6 @@ FEATURES = [  # the glued entries are the real server's missing commas
     "MFF Modify;UNIX.mode;KEEP-ALIVE", "ARCHIVE", "UTF-8",
 ]
 HASHES = {"MD5": hashlib.md5, "SHA-1": hashlib.sha1, "SHA-256": hashlib.sha256, "SHA-512": hashlib.sha512}
-FRAME = struct.Struct(">HHIII")  # JPARSS multi-stream header: magic, stream index, seq, block size, chunk
-FRAME_MAGIC = 0xCEBF
-MULTI_STREAM_BLOCK = 16384  # "compatibility with the Java parallel socket impl"
 DEFAULT_BUFFER = 1 << 20
 
 
@@ -50,145 +47,6 @@ def normalize_path(path):
     while path.startswith("//"):
         path = path[1:]
     return path
-
-
-# -- file facts in the real server's formats ------------------------------------------------------------
-def _perm(real, letters, empty):
-    modes = (os.R_OK, os.W_OK, os.X_OK)
-    return "".join(letter if os.access(real, mode) else empty for letter, mode in zip(letters, modes))
-
-
-def _display_name(virtual):
-    return "/" if virtual == "/" else posixpath.basename(virtual)
-
-
-def mlst_facts(real, virtual):
-    st = os.stat(real)
-    is_dir = stat.S_ISDIR(st.st_mode)
-    perm = _perm(real, "lwe" if is_dir else "rwx", "")
-    modify = time.strftime("%Y%m%d%H%M%S", time.localtime(st.st_mtime))
-    kind = "dir" if is_dir else "file"
-    return f"size={st.st_size};modify={modify};type={kind};perm={perm};UNIX.mode={st.st_mode:o}; {_display_name(virtual)}"
-
-
-def stat_line(real, virtual):
-    st = os.stat(real)
-    kind = "d" if stat.S_ISDIR(st.st_mode) else "-"
-    return f"{kind}{_perm(real, 'rwx', '-')} {st.st_size} {1000 * int(st.st_mtime)} {_display_name(virtual)}"
-
-
-def ls_line(real, virtual):
-    st = os.stat(real)
-    is_dir = stat.S_ISDIR(st.st_mode)
-    half_a_year = 15811200
-    fmt = "%b %d %Y" if st.st_mtime < int(time.time()) - half_a_year else "%b %d %H:%M"
-    date = time.strftime(fmt, time.localtime(st.st_mtime))
-    kind, links = ("d", 3) if is_dir else ("-", 1)
-    return f"{kind}{_perm(real, 'rwx', '-')}------   {links} dummy dummy {st.st_size} {date} {posixpath.basename(virtual)}\r"
-
-
-# -- the control connection ----------------------------------------------------------------------------
-class ControlConnection:
-    """Line I/O as the real server does it: ``\n`` endings, one send per reply line, Nagle left on (so
-    clients meet the same delayed-ACK stalls as with UFTPD)."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self._input = sock.makefile("rb")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-
-    def read_line(self):
-        """The next command line, stripped; None at EOF."""
-        try:
-            line = self._input.readline(8192)
-        except OSError:
-            return None
-        return line.decode("utf-8", "replace").strip() if line else None
-
-    def reply(self, line):
-        self.sock.sendall(line.encode("utf-8") + b"\n")
-
-    def peer_ip(self):
-        return self.sock.getpeername()[0]
-
-    def local_ip(self):
-        return self.sock.getsockname()[0]
-
-    def close(self):
-        _close_socket(self.sock)
-
-
-# -- data connections --------------------------------------------------------------------------------------
-class PlainData:
-    """A single data connection."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self._input = sock.makefile("rb")
-
-    def write(self, data):
-        self.sock.sendall(data)
-        return len(data)
-
-    def read(self, length):
-        return self._input.read(length)
-
-    def close(self):
-        _close_socket(self.sock)
-
-
-class MultiStreamData:
-    """JPARSS framing over several connections: each block is split over the streams, one header each."""
-
-    def __init__(self, socks):
-        self.socks = socks
-        self._inputs = [s.makefile("rb") for s in socks]
-        self.write_seq = self.read_seq = 0
-
-    def write(self, data):
-        count, size = len(self.socks), len(data)
-        chunk = size // count
-        for index, sock in enumerate(self.socks):
-            length = size - index * chunk if index == count - 1 else chunk
-            header = FRAME.pack(FRAME_MAGIC, index, self.write_seq, size, length)
-            sock.sendall(header + data[index * chunk:index * chunk + length])
-        self.write_seq += 1
-        return size
-
-    def read(self, _length):
-        block = bytearray()
-        for index, source in enumerate(self._inputs):
-            header = source.read(FRAME.size)
-            if len(header) < FRAME.size:
-                return b""  # EOF
-            magic, position, seq, size, length = FRAME.unpack(header)
-            if magic != FRAME_MAGIC or position != index or seq != self.read_seq:
-                raise IOError(f"I/O error reader {index} (bad multi-stream frame header)")
-            if index == 0:
-                block = bytearray(size)
-            offset = position * (size // len(self._inputs))
-            block[offset:offset + length] = source.read(length)
-        self.read_seq += 1
-        return bytes(block)
-
-    def close(self):
-        for sock in self.socks:
-            _close_socket(sock)
-
-
-def _close_socket(sock):
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
-
-
-class DroppedConnection(ConnectionResetError):
-    """The ``drop_after_bytes`` knob cut a transfer, as a network failure would."""
-
-    def __init__(self):
-        super().__init__(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
 
 
 # -- the session ---------------------------------------------------------------------------------------
@@ -524,7 +382,7 @@ class Session:
             self.data.close()
         else:
             for sock in self.connectors:
-                _close_socket(sock)
+                close_socket(sock)
         self.connectors = []
         self.data = None
 
