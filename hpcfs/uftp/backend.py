@@ -1,0 +1,548 @@
+"""UFTP as an hpcfs backend: a pool of UFTPD sessions behind one persistent secret.
+
+- One persistent secret per backend.  A *keeper* session stays logged in and idle, because UFTPD forgets a
+  persistent secret as soon as its last session ends (/work/shared/reference/uftp.md §3).
+- Worker sessions, each with its keep-alive data connection, serve requests in parallel, up to
+  ``capabilities.max_parallel`` and always below the server's per-user session limit.
+- ``530`` at login (the secret died) buys a new secret transparently; a session whose connection died is
+  dropped and an idempotent request is retried once on another; ``500 Too many active ...`` is retried
+  with jittered back-off.  Sessions out of step are closed, never pooled again.
+- Listing is one ``STAT N`` on the control channel; ``stat`` pipelines ``MLST`` (permission bits) with
+  ``STAT F`` (mtime as UTC milliseconds; MLST's ``modify`` is the server's local time).
+- Ranged reads clamp to the file's size: a range inside the size last seen is read at once, one that
+  reaches past it asks the size first, because UFTPD announces ``b-a`` bytes even past the end of file and
+  then never ends the transfer on a kept-alive data connection.
+"""
+import collections
+import os
+import posixpath
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List, Optional, Union
+
+from .. import errors
+from ..backend import Backend, Capabilities, Entry, normalize, split
+from .auth import AuthClient, BasicCredential, BearerCredential, SSHKeyCredential, read_token
+from .listing import facts_kind, facts_mode, parse_mlst_reply, parse_stat_reply
+from .session import CHUNK, ControlSession, SecretRejected, SessionLost
+
+DEFAULT_SESSIONS = 4
+DEFAULT_TIMEOUT = 30.0
+LARGE_WRITE = 8 << 20  # write_whole above this sends pieces in parallel
+PIECE = 4 << 20  # size of those pieces
+BUSY_WAIT = 10.0  # how long "500 Too many active sessions" is retried (UFTPD reaps every 5 s)
+SIZE_HINTS = 4096
+
+
+class SessionPool:
+    """Logged-in sessions sharing one persistent secret, plus the keeper that keeps the secret alive."""
+
+    def __init__(self, auth: AuthClient, base_dir: str, size: int, timeout: float):
+        self._auth = auth
+        self._base_dir = base_dir
+        self.size = size
+        self.timeout = timeout
+        self._cond = threading.Condition()
+        self._idle: List[ControlSession] = []
+        self._live = 0  # sessions idle or handed out (the keeper not counted)
+        self._closed = False
+        self._renew_lock = threading.Lock()
+        self._generation = 0
+        self._grant = None
+        self._keeper: Optional[ControlSession] = None
+        self.features = None
+        self.version = ""
+        self._renew(0)
+
+    @property
+    def server(self) -> str:
+        return f"{self._grant.host}:{self._grant.port}"
+
+    # -- the secret -------------------------------------------------------------------------------------
+    def _renew(self, generation: int):
+        """Authenticate anew and log the keeper in, unless another thread renewed since ``generation``."""
+        with self._renew_lock:
+            if generation != self._generation:
+                return
+            grant = self._auth.authenticate(self._base_dir)
+            try:
+                keeper = ControlSession(grant.host, grant.port, grant.secret, timeout=self.timeout,
+                                        features=self.features)
+            except SessionLost:
+                raise errors.NotFound("UFTPD ended the session right after login: is the base directory "
+                                      "missing or not accessible?", self._base_dir) from None
+            old, self._keeper = self._keeper, keeper
+            self._grant, self.features, self.version = grant, keeper.features, keeper.version
+            self._generation += 1
+        if old is not None:
+            old.close()
+
+    def _login(self) -> ControlSession:
+        for attempt in range(2):
+            grant, generation = self._grant, self._generation
+            try:
+                return ControlSession(grant.host, grant.port, grant.secret, timeout=self.timeout,
+                                      features=self.features)
+            except SecretRejected:
+                if attempt:
+                    raise errors.AuthenticationFailed("UFTPD refused a freshly issued secret") from None
+                self._renew(generation)
+
+    # -- lending sessions -------------------------------------------------------------------------------
+    def acquire(self) -> ControlSession:
+        delay, deadline = 0.05, time.monotonic() + BUSY_WAIT
+        while True:
+            session = self._take_or_reserve()
+            if session is not None:
+                return session
+            try:
+                return self._login()
+            except errors.Busy:
+                self._forget()
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 2.0)
+            except BaseException:
+                self._forget()
+                raise
+
+    def _take_or_reserve(self) -> Optional[ControlSession]:
+        """An idle sound session, or None after reserving a slot for a new one."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise errors.Unavailable("the UFTP backend is closed")
+                while self._idle:
+                    session = self._idle.pop()
+                    if session.idle_and_sound():
+                        return session
+                    self._live -= 1
+                    session.close()
+                if self._live < self.size:
+                    self._live += 1
+                    return None
+                if not self._cond.wait(10 * self.timeout):
+                    raise errors.Busy(f"all {self.size} UFTP sessions stayed busy")
+
+    def release(self, session: ControlSession):
+        with self._cond:
+            if not session.broken and not self._closed:
+                self._idle.append(session)
+                self._cond.notify()
+                return
+        session.close()
+        self._forget()
+
+    def _forget(self):
+        with self._cond:
+            self._live -= 1
+            self._cond.notify()
+
+    def close(self):
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._live -= len(idle)
+            self._cond.notify_all()
+        for session in idle + [self._keeper]:
+            if session is not None:
+                session.close()
+
+
+class SizeHints:
+    """File sizes seen lately (listings, stats, our own writes).  A ranged read inside the size last seen
+    goes straight to the wire; one reaching past it asks the server first.  A stale hint is harmless: a
+    file that shrank ends its transfer early, one that grew is asked about when a read reaches past it."""
+
+    def __init__(self, capacity: int = SIZE_HINTS):
+        self._sizes = collections.OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, path) -> Optional[int]:
+        with self._lock:
+            return self._sizes.get(path)
+
+    def set(self, path, size: int):
+        with self._lock:
+            self._sizes[path] = size
+            self._sizes.move_to_end(path)
+            while len(self._sizes) > self._capacity:
+                self._sizes.popitem(last=False)
+
+    def grow(self, path, end: int):
+        with self._lock:
+            if path in self._sizes:
+                self._sizes[path] = max(self._sizes[path], end)
+
+    def drop(self, path):
+        with self._lock:
+            self._sizes.pop(path, None)
+
+
+class UFTPBackend(Backend):
+    """A UFTP tree: ``/`` is the base directory the secret was issued for."""
+
+    def __init__(self, auth: AuthClient, base_dir: str = "/", *, sessions: Optional[int] = None,
+                 timeout: float = DEFAULT_TIMEOUT, large_write: int = LARGE_WRITE, piece_size: int = PIECE):
+        self.base_dir = normalize(base_dir)
+        self._auth = auth
+        self._info = auth.server_info()
+        self.session_limit = _positive_int(self._info.get("sessionLimit"))
+        workers = sessions or DEFAULT_SESSIONS
+        if self.session_limit:  # keep the keeper and one reconnect below the server's per-user limit
+            workers = max(1, min(workers, self.session_limit - 2))
+        self.capabilities = Capabilities(ranged_reads=True, ranged_writes=True, rename="instant",
+                                         max_parallel=workers, chmod=True, set_mtime=True, symlinks=False)
+        self.large_write = large_write
+        self.piece_size = piece_size
+        self._sizes = SizeHints()
+        self._pool = SessionPool(auth, self.base_dir, workers, timeout)
+
+    def __repr__(self):
+        return f"<UFTPBackend {self._auth.auth_url}:{self.base_dir}>"
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+    def _remote(self, path: str):
+        """``(normalized path, server path)``; refuses names UFTPD's line protocol would mangle."""
+        path = normalize(path)
+        if "\n" in path or "\r" in path:
+            raise errors.InvalidPath("names with line breaks cannot be sent over UFTP", path)
+        if path[-1].isspace():
+            raise errors.InvalidPath("UFTPD strips white space from the end of a name", path)
+        if path == "/":
+            return path, self.base_dir
+        return path, self.base_dir.rstrip("/") + path
+
+    def _run(self, operation: Callable[[ControlSession], object], retry: Union[bool, Callable[[], bool]] = True):
+        """``operation`` on a pooled session.  If the session dies under it, an idempotent operation is
+        retried once on another session (which re-authenticates if the secret died too)."""
+        for attempt in range(2):
+            session = self._pool.acquire()
+            try:
+                return operation(session)
+            except SessionLost:
+                if attempt or not (retry() if callable(retry) else retry):
+                    raise
+            finally:
+                self._pool.release(session)
+
+    @staticmethod
+    def _stat_line(session: ControlSession, remote: str, path: str):
+        lines = parse_stat_reply(session.expect(session.command(f"STAT F {remote}"), 211, path=path))
+        if not lines:
+            raise errors.ProtocolError("STAT gave no entry", path)
+        return lines[0]
+
+    def _with_name(self, session: ControlSession, remote: str, path: str, command: str, *more: str):
+        """``command <path>`` plus ``more``, pipelined.  UFTPD's MFMT and MFF split their argument on
+        every space, so a path with spaces is reached by a CWD to its parent and the bare name."""
+        target = remote
+        if " " in remote:
+            parent, name = posixpath.split(remote)
+            if " " in name or name != name.strip():
+                raise errors.NotSupported("UFTPD cannot change attributes of a name containing spaces", path)
+            session.expect(session.command(f"CWD {parent}"), 200, path=path)
+            target = name
+        return session.batch(f"{command} {target}", *more)
+
+    # -- metadata ---------------------------------------------------------------------------------------
+    def list(self, path: str) -> List[Entry]:
+        path, remote = self._remote(path)
+
+        def operation(session):
+            lines = parse_stat_reply(session.expect(session.command(f"STAT N {remote}"), 211, path=path))
+            # For a file, STAT N answers with the file itself: that looks exactly like a directory holding
+            # one file of the same name, so only then is the path itself asked about.
+            if len(lines) == 1 and not lines[0].is_dir and lines[0].name == posixpath.basename(remote):
+                if not self._stat_line(session, remote, path).is_dir:
+                    raise errors.NotADirectory("not a directory", path)
+            return lines
+
+        entries = [line.entry() for line in self._run(operation)]
+        for entry in entries:
+            if not entry.is_dir:
+                self._sizes.set(posixpath.join(path, entry.name), entry.size)
+        return entries
+
+    def stat(self, path: str) -> Entry:
+        path, remote = self._remote(path)
+
+        def operation(session):
+            mlst, stat = session.batch(f"MLST {remote}", f"STAT F {remote}")
+            facts, _ = parse_mlst_reply(session.expect(mlst, 250, path=path))
+            lines = parse_stat_reply(session.expect(stat, 211, path=path))
+            if not lines:
+                raise errors.ProtocolError("STAT gave no entry", path)
+            return facts, lines[0]
+
+        facts, line = self._run(operation)
+        entry = Entry(name=split(path)[1], kind=facts_kind(facts), size=line.size, mtime=line.mtime_ms / 1000.0,
+                      mode=facts_mode(facts))
+        if not entry.is_dir:
+            self._sizes.set(path, entry.size)
+        return entry
+
+    # -- data -------------------------------------------------------------------------------------------
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        path, remote = self._remote(path)
+        if offset < 0 or length < 0:
+            raise errors.InvalidPath("negative offset or length", path)
+        if length == 0:
+            return b""
+
+        def operation(session):
+            end, known = offset + length, self._sizes.get(path)
+            if known is None or end > known:
+                line = self._stat_line(session, remote, path)
+                if line.is_dir:
+                    raise errors.IsADirectory("is a directory", path)
+                self._sizes.set(path, line.size)
+                end = min(end, line.size)
+            if end <= offset:
+                return b""
+            data = session.retrieve(remote, offset, end - offset)
+            if len(data) < end - offset:
+                self._sizes.drop(path)  # it shrank
+            return data
+
+        return self._run(operation)
+
+    def read_whole(self, path: str, sink) -> None:
+        path, remote = self._remote(path)
+        written = 0
+
+        def write(view):
+            nonlocal written
+            sink.write(view)
+            written += len(view)
+
+        size = self._run(lambda session: session.retrieve_all(remote, write), retry=lambda: written == 0)
+        self._sizes.set(path, size)
+
+    def write_whole(self, path: str, source, size: int) -> None:
+        path, remote = self._remote(path)
+        if path == "/":
+            raise errors.IsADirectory("is a directory", path)
+        if size > self.large_write:
+            self._write_in_pieces(path, remote, source, size)
+        else:
+            data = _read_exactly(source, size, path)
+            self._run(lambda session: session.store(remote, [data] if data else [], size))
+        self._sizes.set(path, size)
+
+    def _write_in_pieces(self, path, remote, source, size):
+        """Create or truncate, then send pieces in parallel over the pool with RANG+STOR (in place)."""
+        self._run(lambda session: session.store(remote, [], 0))
+        in_flight = collections.deque()
+        with ThreadPoolExecutor(self.capabilities.max_parallel, thread_name_prefix="uftp-upload") as pool:
+            try:
+                for offset in range(0, size, self.piece_size):
+                    piece = _read_exactly(source, min(self.piece_size, size - offset), path)
+                    in_flight.append(pool.submit(self._write_piece, remote, offset, piece))
+                    if len(in_flight) >= self.capabilities.max_parallel:  # bounds memory to a few pieces
+                        in_flight.popleft().result()
+                while in_flight:
+                    in_flight.popleft().result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+    def _write_piece(self, remote, offset, piece):
+        self._run(lambda session: session.store(remote, [piece], len(piece), offset))
+
+    def write_range(self, path: str, offset: int, data: bytes) -> None:
+        path, remote = self._remote(path)
+        if offset < 0:
+            raise errors.InvalidPath("negative offset", path)
+        if not data:
+            return
+        self._run(lambda session: session.store(remote, [data], len(data), offset))
+        self._sizes.grow(path, offset + len(data))
+
+    def truncate(self, path: str, size: int) -> None:
+        path, remote = self._remote(path)
+        if size != 0:
+            raise errors.NotSupported("UFTP truncates only to zero length", path)
+
+        def operation(session):
+            if self._stat_line(session, remote, path).is_dir:  # STOR would create a missing file
+                raise errors.IsADirectory("is a directory", path)
+            session.store(remote, [], 0)
+
+        self._run(operation)
+        self._sizes.set(path, 0)
+
+    # -- namespace --------------------------------------------------------------------------------------
+    def mkdir(self, path: str) -> None:
+        path, remote = self._remote(path)
+        if path == "/":
+            raise errors.AlreadyExists("the root exists", path)
+        self._run(lambda session: session.expect(session.command(f"MKD {remote}"), 257, path=path), retry=False)
+
+    def remove(self, path: str) -> None:
+        path, remote = self._remote(path)
+        if path == "/":
+            raise errors.IsADirectory("is a directory", path)
+        self._run(lambda session: session.expect(session.command(f"DELE {remote}"), 200, path=path), retry=False)
+        self._sizes.drop(path)
+
+    def rmdir(self, path: str) -> None:
+        path, remote = self._remote(path)
+        if path == "/":
+            raise errors.PermissionDenied("cannot remove the root of the tree", path)
+        self._run(lambda session: session.expect(session.command(f"RMD {remote}"), 200, path=path), retry=False)
+
+    def rename(self, src: str, dst: str) -> None:
+        src, remote_src = self._remote(src)
+        dst, remote_dst = self._remote(dst)
+        if "/" in (src, dst):
+            raise errors.PermissionDenied("cannot move the root of the tree", src)
+
+        def operation(session):
+            # Not pipelined: UFTPD keeps the last RNFR path, so an RNTO after a failed RNFR would move the
+            # file named by an earlier rename.
+            session.expect(session.command(f"RNFR {remote_src}"), 350, path=src)
+            session.expect(session.command(f"RNTO {remote_dst}"), 200, path=dst)
+
+        self._run(operation, retry=False)
+        size = self._sizes.get(src)
+        self._sizes.drop(src)
+        self._sizes.drop(dst)
+        if size is not None:
+            self._sizes.set(dst, size)
+
+    def chmod(self, path: str, mode: int) -> None:
+        path, remote = self._remote(path)
+
+        def operation(session):
+            reply, = self._with_name(session, remote, path, f"MFF UNIX.mode={mode & 0o7777:o};")
+            session.expect(reply, 213, path=path)
+
+        self._run(operation)
+
+    def set_mtime(self, path: str, mtime: float) -> None:
+        """MFMT reads the time as the *server's* local time, whose zone we do not know: send it as UTC,
+        read back the UTC mtime STAT reports, and correct by the difference (twice at most, for DST)."""
+        path, remote = self._remote(path)
+        target = int(mtime)
+
+        def operation(session):
+            sent = target
+            for _ in range(3):
+                stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(sent))
+                mfmt, stat = self._with_name(session, remote, path, f"MFMT {stamp}", f"STAT F {remote}")
+                session.expect(mfmt, 213, path=path)
+                lines = parse_stat_reply(session.expect(stat, 211, path=path))
+                actual = lines[0].mtime_ms // 1000 if lines else target
+                if actual == target:
+                    return
+                sent += target - actual
+            raise errors.HpcfsError("UFTPD did not keep the modification time it was sent", path)
+
+        self._run(operation)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {
+            "protocol": "uftp",
+            "auth_url": self._auth.auth_url,
+            "credential": self._auth.credential.kind,
+            "base_dir": self.base_dir,
+            "uftpd": self._pool.server,
+            "server_version": self._pool.version or self._info.get("uftpdServerVersion", ""),
+            "features": list(self._pool.features.lines),
+            "session_limit": self.session_limit,
+            "sessions": self.capabilities.max_parallel,
+        }
+
+    def close(self) -> None:
+        self._pool.close()
+        self._auth.close()
+
+
+def _read_exactly(source, size: int, path: str) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = source.read(min(remaining, CHUNK))
+        if not chunk:
+            raise errors.HpcfsError(f"the source ended {remaining} bytes short of {size}", path)
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _positive_int(value) -> Optional[int]:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+# -- URL -----------------------------------------------------------------------------------------------
+def backend_from_url(parsed, options):
+    """``uftp://[user[:password]@]host:port[/SITE]/rest/auth/SERVER[:/base/dir][?token=..|identity=..]``,
+    PyUNICORE's URL shape; the backend's ``/`` is the base directory, so the root is ``/``."""
+    settings = {**parsed.params, **{k: v for k, v in options.items() if v is not None}}
+    auth_url, base_dir = split_auth_path(parsed)
+    timeout = float(settings.get("timeout", DEFAULT_TIMEOUT))
+    auth = AuthClient(auth_url, make_credential(parsed, settings), verify=_verify(settings), timeout=timeout)
+    sessions = _positive_int(settings.get("sessions"))
+    try:
+        return UFTPBackend(auth, base_dir, sessions=sessions, timeout=timeout), "/"
+    except BaseException:
+        auth.close()
+        raise
+
+
+def split_auth_path(parsed):
+    """``(auth URL, base dir)`` from the URL path ``[/SITE]/rest/auth/SERVER[:/base/dir]``.
+
+    The server name is a single path segment, so the base starts at the first ``:/`` after ``/rest/auth/``
+    (a later ``:/`` belongs to the base directory)."""
+    prefix, marker, rest = parsed.path.partition("/rest/auth/")
+    if not marker or not rest:
+        raise errors.UsageError("a UFTP URL needs the Auth server path: uftp://HOST:PORT/rest/auth/SERVER:/base/dir")
+    server, colon, base = rest.partition(":/")
+    server = server.rstrip(":")
+    if not server or "/" in server:
+        raise errors.UsageError(f"no server name after /rest/auth/ in the URL path {parsed.path}")
+    return f"https://{parsed.netloc}{prefix}/rest/auth/{server}", "/" + base if colon else "/"
+
+
+def make_credential(parsed, settings):
+    """Token (``?token=``, ``UFTP_TOKEN``), else SSH key (``?identity=``, ``UFTP_IDENTITY``), else
+    user and password (URL, option, ``UFTP_USER``/``UFTP_PASSWORD``)."""
+    user = parsed.username or settings.get("user") or os.environ.get("UFTP_USER")
+    password = parsed.password if parsed.password is not None else settings.get("password")
+    if password is None:
+        password = os.environ.get("UFTP_PASSWORD")
+    token = settings.get("token") or os.environ.get("UFTP_TOKEN")
+    if token:
+        return BearerCredential(read_token(token))
+    identity = settings.get("identity") or os.environ.get("UFTP_IDENTITY")
+    if identity:
+        if not user:
+            raise errors.UsageError("an identity needs a user name: uftp://USER@HOST... or UFTP_USER")
+        return SSHKeyCredential(user, _identity_path(identity), password)
+    if not user:
+        raise errors.UsageError("no UFTP credentials: give USER:PASSWORD@ in the URL, ?token=, ?identity=, "
+                                "or UFTP_USER with UFTP_PASSWORD")
+    if password is None:
+        raise errors.UsageError(f"no password for UFTP user {user}: put it in the URL or in UFTP_PASSWORD")
+    return BasicCredential(user, password)
+
+
+def _identity_path(identity: str) -> str:
+    path = os.path.expanduser(identity)
+    return path if os.path.isabs(path) else os.path.join(os.path.expanduser("~/.uftp"), path)
+
+
+def _verify(settings) -> Union[bool, str]:
+    if str(settings.get("verify", "true")).lower() in ("false", "0", "no", "off"):
+        return False
+    return settings.get("ca_file") or os.environ.get("HPCFS_CA_FILE") or True

@@ -1,0 +1,409 @@
+"""One UFTP control session and its keep-alive data connection.
+
+A session is used by one thread at a time (the backend's pool hands it out).  It logs in with a secret
+from the Auth server, then speaks UFTPD's FTP dialect (/work/shared/reference/uftp.md §4-5):
+
+- Replies end in ``\\n``; multi-line replies run from ``NNN-`` to ``NNN ``.
+- UFTPD flushes every reply line on its own and leaves Nagle on, so each line after the first waits for
+  our ACK.  ``TCP_QUICKACK`` is not sticky: it is re-armed after every send and every receive, which takes
+  a ranged read from ~44 ms to well under a millisecond (§10).
+- One data connection per session, opened once (``KEEP-ALIVE true``, ``NOOP 1``, ``EPSV``) and kept.
+  With keep-alive the data connection never signals the end of a transfer, so byte counts must be exact:
+  ``RANG a b`` is end-exclusive and ``RETR`` announces ``b-a`` even past the end of the file (callers
+  clamp), and the control connection is watched during every transfer so that a file that shrank (an
+  early ``226``) can never hang us or shift later transfers.
+- Anything out of step marks the session ``broken``; the pool then closes it instead of reusing it.
+"""
+import collections
+import errno
+import re
+import select
+import socket
+from typing import Callable, Iterable, List, Optional
+
+from .. import errors
+from .listing import Features, Reply, banner_version, ends_reply, passive_address, reply_code, transfer_size
+
+QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+MAX_LINE = 1 << 20  # a reply line longer than this is not UFTPD talking
+CHUNK = 1 << 20  # data is moved in pieces of this size
+DRAIN_GRACE = 1.0  # after an early 226, how long to wait for data still in flight
+
+
+class SecretRejected(errors.AuthenticationFailed):
+    """``530`` at login: the secret is unknown (expired, or the last session using it has ended)."""
+
+
+class SessionLost(errors.Unavailable):
+    """The control connection died or fell out of step: nothing more can be sent on this session."""
+
+
+_ERRNO_CLASSES = {
+    errno.ENOENT: errors.NotFound,
+    errno.EEXIST: errors.AlreadyExists,
+    errno.ENOTDIR: errors.NotADirectory,
+    errno.EISDIR: errors.IsADirectory,
+    errno.ENOTEMPTY: errors.DirectoryNotEmpty,
+    errno.EACCES: errors.PermissionDenied,
+    errno.EPERM: errors.PermissionDenied,
+    errno.EROFS: errors.PermissionDenied,
+    errno.EFBIG: errors.TooLarge,
+    errno.ENAMETOOLONG: errors.InvalidPath,
+    errno.EINVAL: errors.InvalidPath,
+    errno.EXDEV: errors.NotSupported,
+}
+
+
+def reply_error(reply: Reply, path: Optional[str] = None) -> errors.HpcfsError:
+    """The hpcfs error for a failure reply, with the server's message (never a credential: UFTPD does
+    not echo the secret, and commands are not quoted)."""
+    text = reply.text
+    message = re.sub(r"^Error processing command '[^']*': ", "", text) or f"server replied {reply.code}"
+    found = re.search(r"\[Errno (\d+)\]", text)
+    if found and int(found.group(1)) in _ERRNO_CLASSES:
+        return _ERRNO_CLASSES[int(found.group(1))](message, path)
+    if reply.code == 530:
+        return SecretRejected(message, path)
+    if reply.code == 550 or "does not exist" in text or "No such" in text:
+        return errors.NotFound(message, path)
+    if reply.code == 534 or "Access denied" in text or "Forbidden" in text or "Rejecting connection" in text:
+        return errors.PermissionDenied(message, path)
+    if "Too many active" in text:
+        return errors.Busy(message, path)
+    if reply.code == 502:
+        return errors.NotSupported(message, path)
+    if reply.code in (501, 503):
+        return errors.ProtocolError(message, path)
+    return errors.HpcfsError(message, path)
+
+
+class ControlSession:
+    """A logged-in UFTP session.  Methods take server paths (absolute, inside the session's base)."""
+
+    def __init__(self, host: str, port: int, secret: str, *, timeout: float, features: Optional[Features] = None):
+        self.timeout = timeout
+        self.broken = False
+        self._lines = collections.deque()  # complete reply lines received but not yet consumed
+        self._partial = b""  # the start of a line still arriving
+        self._data: Optional[socket.socket] = None
+        self._keep_alive_on = False
+        self._range_armed = False  # a RANG is still in force (the transfer it was for failed)
+        self._sock = self._connect(host, port)
+        try:
+            self.version = banner_version(self.expect(self.read_reply(), 220).lines[0])
+            self._login(secret)
+            self.features = features if features is not None else Features.parse(self.command("FEAT"))
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self):
+        return f"<ControlSession {self.peer} {'broken' if self.broken else 'ok'}>"
+
+    @property
+    def peer(self):
+        try:
+            return "%s:%s" % self._sock.getpeername()[:2]
+        except OSError:
+            return "closed"
+
+    # -- connection and login ---------------------------------------------------------------------------
+    def _connect(self, host, port):
+        try:
+            sock = socket.create_connection((host, port), timeout=self.timeout)
+        except socket.timeout:
+            raise errors.TimedOut(f"no answer from UFTPD at {host}:{port} within {self.timeout:g} s") from None
+        except OSError as exc:
+            raise errors.Unavailable(f"cannot connect to UFTPD at {host}:{port}: {exc.strerror or exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        _quickack(sock)
+        return sock
+
+    def _login(self, secret):
+        self.expect(self.command("USER anonymous"), 331)
+        self.send("PASS " + secret)
+        reply = self.read_reply()
+        if reply.code != 230:
+            raise reply_error(reply)
+
+    # -- control channel --------------------------------------------------------------------------------
+    def send(self, *commands: str):
+        """Send one or more commands in a single segment (pipelining saves round trips)."""
+        if any("\n" in command or "\r" in command for command in commands):
+            raise errors.InvalidPath("names with line breaks cannot be sent over UFTP")
+        payload = "".join(command + "\r\n" for command in commands).encode("utf-8", "surrogateescape")
+        try:
+            self._sock.sendall(payload)
+        except OSError as exc:
+            raise self._lost(f"cannot send to UFTPD: {_reason(exc)}") from None
+        _quickack(self._sock)
+
+    def read_reply(self) -> Reply:
+        line = self._read_line()
+        try:
+            code, last = reply_code(line)
+        except errors.ProtocolError as exc:
+            raise self._lost(str(exc)) from None
+        lines = [line]
+        while not last:
+            line = self._read_line()
+            lines.append(line)
+            last = ends_reply(code, line)
+        return Reply(code, tuple(lines))
+
+    def command(self, command: str) -> Reply:
+        self.send(command)
+        return self.read_reply()
+
+    def batch(self, *commands: str) -> List[Reply]:
+        """Send commands together and read one reply each."""
+        self.send(*commands)
+        return [self.read_reply() for _ in commands]
+
+    def _read_line(self) -> str:
+        while not self._lines:
+            if len(self._partial) > MAX_LINE:
+                raise self._lost("reply line too long")
+            try:
+                chunk = self._sock.recv(65536)
+            except socket.timeout:
+                raise self._lost(f"no reply from UFTPD within {self.timeout:g} s", errors.TimedOut) from None
+            except OSError as exc:
+                raise self._lost(f"control connection failed: {_reason(exc)}") from None
+            _quickack(self._sock)
+            if not chunk:
+                raise self._lost("UFTPD closed the control connection")
+            *complete, self._partial = (self._partial + chunk).split(b"\n")
+            self._lines.extend(complete)
+        return self._lines.popleft().rstrip(b"\r").decode("utf-8", "surrogateescape")
+
+    def expect(self, reply: Reply, *codes: int, path: Optional[str] = None) -> Reply:
+        """``reply`` if its code is one of ``codes``; else the mapped error.  An unexpected *success*
+        means we no longer know where the dialogue stands, so the session is given up."""
+        if reply.code in codes:
+            return reply
+        if reply.ok:
+            raise self._lost(f"unexpected reply from UFTPD: {reply.lines[0][:80]!r}", errors.ProtocolError)
+        raise reply_error(reply, path)
+
+    def _lost(self, message, kind=SessionLost):
+        self.broken = True
+        return kind(message)
+
+    # -- data connection --------------------------------------------------------------------------------
+    def _ensure_data(self):
+        if self._data is not None:
+            return
+        commands = []
+        if self.features.keep_alive and not self._keep_alive_on:
+            commands.append("KEEP-ALIVE true")
+        commands += ["NOOP 1", "EPSV" if self.features.epsv else "PASV"]
+        replies = self.batch(*commands)
+        for reply in replies[:-1]:
+            self.expect(reply, 200, 222, 223)
+        self._keep_alive_on = self.features.keep_alive
+        passive = replies[-1]
+        if passive.code in (500, 501, 502) and commands[-1] == "EPSV":
+            passive = self.command("PASV")
+        _, port = passive_address(self.expect(passive, 227, 229))
+        # UFTPD listens on the control connection's own address; a 227 address may be a NAT-side one.
+        host = self._sock.getpeername()[0]
+        try:
+            self._data = socket.create_connection((host, port), timeout=self.timeout)
+        except OSError as exc:
+            raise self._lost(f"cannot open the data connection to {host}:{port}: {_reason(exc)}") from None
+        self._data.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _close_data(self):
+        if self._data is not None:
+            _close(self._data)
+            self._data = None
+
+    def _after_transfer(self, complete: bool):
+        self._range_armed = False
+        if not complete:
+            self.broken = True  # bytes may still be in flight on the data connection
+        if not self._keep_alive_on or not complete:
+            self._close_data()
+
+    # -- transfers --------------------------------------------------------------------------------------
+    def retrieve(self, path: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset+length)``, which the caller has clamped to the file's size.  Fewer come
+        back only if the file shrank meanwhile; the session is then given up."""
+        self._ensure_data()
+        self._range_armed = True
+        replies = self.batch(f"RANG {offset} {offset + length}", f"RETR {path}")
+        self._check_transfer_start(replies, path)
+        announced = transfer_size(replies[-1])
+        if announced != length:
+            raise self._lost(f"UFTPD announced {announced} bytes for a range of {length}", errors.ProtocolError)
+        pieces = []
+        received = self._receive(length, lambda view: pieces.append(bytes(view)), length, path)
+        self._after_transfer(received == length)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def retrieve_all(self, path: str, write: Callable[[memoryview], object]) -> int:
+        """Stream the whole file to ``write``; returns the byte count."""
+        self._ensure_data()
+        replies = self.batch(*self._range_reset(), f"RETR {path}")
+        self._range_armed = False
+        self._check_transfer_start(replies, path)
+        size = transfer_size(replies[-1])
+        if size is None:
+            raise self._lost("UFTPD did not announce the file size", errors.ProtocolError)
+        received = self._receive(size, write, CHUNK, path)
+        self._after_transfer(received == size)
+        return received
+
+    def store(self, path: str, chunks: Iterable, size: int, offset: Optional[int] = None):
+        """Send ``size`` bytes from ``chunks``: at ``offset`` in place (``RANG``), or as the whole new
+        content (``ALLO``: the server truncates first; ``ALLO 0`` makes an empty file)."""
+        self._ensure_data()
+        if offset is None:
+            commands = [*self._range_reset(), f"ALLO {size}", f"STOR {path}"]
+            self._range_armed = False
+        else:
+            self._range_armed = True
+            commands = [f"RANG {offset} {offset + size}", f"STOR {path}"]
+        self._check_transfer_start(self.batch(*commands), path)
+        self._send_data(chunks, size, path)
+        self._finish_store(path)
+
+    def _range_reset(self):
+        """A failed transfer leaves its RANG in force, and ALLO or RETR would then use it."""
+        return ["RANG 1 0"] if self._range_armed else []
+
+    def _check_transfer_start(self, replies: List[Reply], path):
+        *preliminaries, start = replies
+        failed = next((reply for reply in preliminaries if not reply.ok), None)
+        if failed is not None:
+            if start.code == 150:  # a transfer began that we cannot frame: give the session up
+                self.broken = True
+            raise reply_error(failed, path)
+        if start.code != 150:
+            raise reply_error(start, path) if not start.ok else self._lost(
+                f"unexpected reply to a transfer: {start.lines[0][:80]!r}", errors.ProtocolError)
+
+    def _receive(self, count: int, consume: Callable[[memoryview], object], chunk: int, path) -> int:
+        """Read ``count`` bytes from the data connection into buffers of ``chunk`` bytes handed to
+        ``consume``, watching the control connection: a reply before the last byte means the server
+        stopped early (file shrank) or failed.  Returns the bytes received."""
+        buffer = memoryview(bytearray(max(1, min(count, chunk))))
+        received = filled = 0
+        final = None
+        poller = select.poll()
+        poller.register(self._data, select.POLLIN)
+        poller.register(self._sock, select.POLLIN)
+        while received < count:
+            if final is None and self._lines:
+                final = self.read_reply()
+                continue
+            events = dict(poller.poll(1000 * (self.timeout if final is None else min(DRAIN_GRACE, self.timeout))))
+            if not events:
+                if final is None:
+                    raise self._lost(f"transfer stalled for {self.timeout:g} s", errors.TimedOut)
+                break  # the server finished early and nothing more is coming
+            if self._data.fileno() in events:
+                want = min(len(buffer) - filled, count - received)
+                try:
+                    got = self._data.recv_into(buffer[filled:filled + want])
+                except OSError as exc:
+                    raise self._lost(f"data connection failed: {_reason(exc)}") from None
+                _quickack(self._data)
+                if not got:
+                    break
+                filled += got
+                received += got
+                if filled == len(buffer):
+                    consume(buffer[:filled])
+                    filled = 0
+            elif self._sock.fileno() in events and final is None:
+                final = self.read_reply()
+                if not final.ok:
+                    self.broken = True
+                    raise reply_error(final, path)
+                poller.unregister(self._sock)
+        if filled:
+            consume(buffer[:filled])
+        if final is None:
+            final = self.read_reply()
+        if final.code != 226:
+            self.broken = True
+            raise reply_error(final, path) if not final.ok else errors.ProtocolError(
+                f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
+        return received
+
+    def _send_data(self, chunks: Iterable, size: int, path):
+        sent = 0
+        try:
+            for chunk in chunks:
+                self._data.sendall(chunk)
+                sent += len(chunk)
+        except OSError as exc:
+            # The server stopped reading; its reply on the control connection says why.
+            self.broken = True
+            reply = self._reply_after_failure()
+            raise (reply_error(reply, path) if reply and not reply.ok else
+                   SessionLost(f"data connection failed: {_reason(exc)}", path)) from None
+        except BaseException:
+            self.broken = True  # the server still waits for bytes that will not come
+            raise
+        if sent != size:
+            self.broken = True
+            raise errors.HpcfsError(f"the source gave {sent} bytes where {size} were announced", path)
+
+    def _reply_after_failure(self) -> Optional[Reply]:
+        try:
+            return self.read_reply()
+        except errors.HpcfsError:
+            return None
+
+    def _finish_store(self, path):
+        reply = self.read_reply()
+        complete = reply.code == 226
+        self._after_transfer(complete)
+        if not complete:
+            raise reply_error(reply, path) if not reply.ok else errors.ProtocolError(
+                f"unexpected end of upload: {reply.lines[0][:80]!r}", path)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def idle_and_sound(self) -> bool:
+        """Whether the session can take a request: nothing may have arrived while it sat idle (an EOF from
+        a server that ended the session, or stray bytes)."""
+        if self.broken or self._lines or self._partial:
+            return False
+        sockets = [self._sock] + ([self._data] if self._data is not None else [])
+        poller = select.poll()
+        for sock in sockets:
+            poller.register(sock, select.POLLIN)
+        return not poller.poll(0)
+
+    def close(self):
+        """QUIT (UFTPD never answers it) and close both connections."""
+        try:
+            self._sock.sendall(b"QUIT\r\n")
+        except OSError:
+            pass
+        self._close_data()
+        _close(self._sock)
+        self.broken = True
+
+
+def _quickack(sock):
+    if QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+        except OSError:
+            pass
+
+
+def _close(sock):
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or exc.__class__.__name__
