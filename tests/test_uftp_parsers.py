@@ -50,6 +50,12 @@ def test_stat_listing_keeps_spaces_and_converts_milliseconds():
     assert entries[0].mode == 0o600 and entries[1].mode == 0o700  # STAT reports the owner's access only
 
 
+def test_stat_line_of_the_base_directory_itself():
+    for line in (" drwx 4096 1795418396000 /", " drwx 4096 1795418396000 ", " drwx 4096 1795418396000"):
+        parsed = listing.parse_stat_line(line)
+        assert parsed.is_dir and not listing.is_child_name(parsed.name)
+
+
 def test_stat_listing_skips_a_broken_line_but_not_the_rest():
     reply = Reply(211, ("211- Sending file list", " -rw- 1 1000 a", " garbage", "b", " -rw- 2 2000 c", "211 End"))
     assert [line.name for line in listing.parse_stat_reply(reply)] == ["a", "c"]
@@ -142,7 +148,7 @@ def _value_or_protocol_error(function, *args):
 def test_stat_line_parser_never_fails_otherwise(line):
     parsed = _value_or_protocol_error(listing.parse_stat_line, line)
     if parsed is not None:
-        assert parsed.size >= 0 and "/" not in parsed.name and parsed.entry().kind in (FILE, DIRECTORY)
+        assert parsed.size >= 0 and parsed.entry().kind in (FILE, DIRECTORY)
 
 
 @settings(max_examples=300, deadline=None)

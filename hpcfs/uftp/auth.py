@@ -182,7 +182,8 @@ class AuthClient:
         self.credential = credential
         self.timeout = timeout
         self._http = requests.Session()
-        self._http.verify = verify
+        # Passed with every request: a Session's own ``verify`` loses to REQUESTS_CA_BUNDLE in the environment.
+        self._verify = verify
 
     def __repr__(self):
         return f"<AuthClient {self.auth_url} {self.credential!r}>"
@@ -216,7 +217,8 @@ class AuthClient:
     def _request(self, method: str, url: str, **kwargs) -> Dict:
         headers = {"Authorization": self.credential.header(), "Accept": "application/json"}
         try:
-            response = self._http.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+            response = self._http.request(method, url, headers=headers, timeout=self.timeout, verify=self._verify,
+                                          **kwargs)
         except requests.exceptions.SSLError:
             raise errors.Unavailable(f"TLS verification failed for {_host_of(url)}; give the CA with "
                                      "ca_file=PATH (or HPCFS_CA_FILE), or verify=false") from None

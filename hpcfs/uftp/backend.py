@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Union
 from .. import errors
 from ..backend import Backend, Capabilities, Entry, normalize, split
 from .auth import AuthClient, BasicCredential, BearerCredential, SSHKeyCredential, read_token
-from .listing import facts_kind, facts_mode, parse_mlst_reply, parse_stat_reply
+from .listing import facts_kind, facts_mode, is_child_name, parse_mlst_reply, parse_stat_reply
 from .session import CHUNK, ControlSession, SecretRejected, SessionLost
 
 DEFAULT_SESSIONS = 4
@@ -254,7 +254,8 @@ class UFTPBackend(Backend):
         path, remote = self._remote(path)
 
         def operation(session):
-            lines = parse_stat_reply(session.expect(session.command(f"STAT N {remote}"), 211, path=path))
+            reply = session.expect(session.command(f"STAT N {remote}"), 211, path=path)
+            lines = [line for line in parse_stat_reply(reply) if is_child_name(line.name)]
             # For a file, STAT N answers with the file itself: that looks exactly like a directory holding
             # one file of the same name, so only then is the path itself asked about.
             if len(lines) == 1 and not lines[0].is_dir and lines[0].name == posixpath.basename(remote):

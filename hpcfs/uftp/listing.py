@@ -166,19 +166,23 @@ def access_mode(access: str) -> int:
     return mode
 
 
-_STAT_LINE = re.compile(r"([d-])([A-Za-z-]*) (\d+) (-?\d+) (.+)\Z", re.DOTALL)
+_STAT_LINE = re.compile(r"([d-])([A-Za-z-]*) (\d+) (-?\d+)(?: (.*))?\Z", re.DOTALL)
 
 
 def parse_stat_line(line: str) -> StatLine:
-    """One ``<d|-><rwx> size mtime_ms name`` line (the leading space of a reply line is optional)."""
+    """One ``<d|-><rwx> size mtime_ms name`` line (the leading space of a reply line is optional).  The
+    name of the base directory itself is ``/`` or empty, depending on the server version."""
     text = line[1:] if line.startswith(" ") else line
     match = _STAT_LINE.match(text)
     if not match:
         raise errors.ProtocolError(f"malformed STAT entry: {line[:80]!r}")
     kind, access, size, mtime, name = match.groups()
-    if name in (".", "..") or "/" in name:
-        raise errors.ProtocolError(f"unexpected name in STAT entry: {line[:80]!r}")
-    return StatLine(name=name, is_dir=kind == "d", access=access, size=int(size), mtime_ms=int(mtime))
+    return StatLine(name=name or "", is_dir=kind == "d", access=access, size=int(size), mtime_ms=int(mtime))
+
+
+def is_child_name(name: str) -> bool:
+    """Whether a listed name can be a directory's child (not the base's own ``/`` or empty name)."""
+    return name not in ("", ".", "..") and "/" not in name
 
 
 def parse_stat_reply(reply: Reply) -> List[StatLine]:
