@@ -175,20 +175,22 @@ class EMBackend(Backend):
     def _held_dirs(self, volume: str) -> Dict[str, float]:
         return self._held.setdefault(volume, {})
 
-    def _lookup(self, volume: str, relative: str) -> Optional[Entry]:
+    def _lookup(self, volume: str, relative: str, listing: Optional[VolumeListing] = None) -> Optional[Entry]:
+        """The entry at ``relative`` from the (given or cached) listing and the held directories."""
         with self._lock:
-            entry = self._listing(volume).entries.get(relative)
-            if entry is None and relative in self._held_dirs(volume):
-                return Entry(posixpath.basename(relative), DIRECTORY, 0, self._held_dirs(volume)[relative], DIR_MODE)
+            entry = (listing or self._listing(volume)).entries.get(relative)
+            held = self._held_dirs(volume)
+            if entry is None and relative in held:
+                return Entry(posixpath.basename(relative), DIRECTORY, 0, held[relative], DIR_MODE)
             return entry
 
-    def _children(self, volume: str, relative: str) -> Dict[str, Entry]:
+    def _children(self, volume: str, relative: str, listing: Optional[VolumeListing] = None) -> Dict[str, Entry]:
         with self._lock:
-            listing = self._listing(volume)
+            listing = listing or self._listing(volume)
             children = dict(listing.children.get(relative, {}))
             for held in self._held_dirs(volume):
                 if posixpath.dirname(held) == relative and posixpath.basename(held) not in children:
-                    children[posixpath.basename(held)] = self._lookup(volume, held)
+                    children[posixpath.basename(held)] = self._lookup(volume, held, listing)
             return children
 
     def _volume_entry(self, name: str) -> Entry:
@@ -199,12 +201,14 @@ class EMBackend(Backend):
         volume, relative = self._locate(path)
         if volume is None:
             return [self._volume_entry(name) for name in self.volumes()]
-        entry = self._lookup(volume, relative)
-        if entry is None:
-            raise errors.NotFound("no such directory", path)
-        if not entry.is_dir:
-            raise errors.NotADirectory("not a directory", path)
-        return sorted(self._children(volume, relative).values(), key=lambda e: e.name)
+        with self._lock:
+            listing = self._listing(volume)  # one listing answers both questions
+            entry = self._lookup(volume, relative, listing)
+            if entry is None:
+                raise errors.NotFound("no such directory", path)
+            if not entry.is_dir:
+                raise errors.NotADirectory("not a directory", path)
+            return sorted(self._children(volume, relative, listing).values(), key=lambda e: e.name)
 
     def stat(self, path: str) -> Entry:
         volume, relative = self._locate(path)
@@ -370,13 +374,13 @@ class EMBackend(Backend):
             return self._remove_volume(volume, path)
         if self._remove_held(volume, relative, path):
             return
-        self._listing(volume, fresh=True)  # the server deletes recursively: decide on fresh facts
-        entry = self._lookup(volume, relative)
+        listing = self._listing(volume, fresh=True)  # the server deletes recursively: decide on fresh facts
+        entry = self._lookup(volume, relative, listing)
         if entry is None:
             raise errors.NotFound("no such directory", path)
         if not entry.is_dir:
             raise errors.NotADirectory("not a directory", path)
-        if self._children(volume, relative):
+        if self._children(volume, relative, listing):
             raise errors.DirectoryNotEmpty("directory not empty", path)
         self.client.delete(volume, relative)
         self._dropped(volume, relative)
@@ -531,7 +535,8 @@ def backend_from_url(url: ParsedURL, options: dict):
     http unless ``tls=1`` or ``scheme=https``; ``verify=0`` or a CA file for self-signed servers.  The
     password comes from the URL, the ``password`` option or ``EM_PASSWORD``; the user from the URL or
     ``EM_USERNAME``.  Extra pod names: ``pods=a,b`` or ``EM_PODS``.  Tuning: ``listing_ttl``,
-    ``volumes_ttl``, ``timeout``, ``upload_timeout``, ``busy_timeout``, ``max_upload``, ``max_files``.
+    ``volumes_ttl``, ``timeout``, ``upload_timeout``, ``busy_timeout`` (total wait on 423), ``busy_backoff``
+    (first pause), ``max_upload``, ``max_files``.
     """
     settings = {**url.params, **options}
     scheme = "https" if _flag(settings.get("tls", "0")) else str(settings.get("scheme", "http")).lower()
@@ -555,6 +560,7 @@ def backend_from_url(url: ParsedURL, options: dict):
         timeout=_number(settings, "timeout", 60.0),
         upload_timeout=_number(settings, "upload_timeout", 7200.0),
         busy_timeout=_number(settings, "busy_timeout", 120.0),
+        first_backoff=_number(settings, "busy_backoff", 0.5),
     )
     backend = EMBackend(
         client,

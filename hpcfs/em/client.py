@@ -148,7 +148,7 @@ class EMClient:
         self.timeout, self.connect_timeout, self.upload_timeout = timeout, connect_timeout, upload_timeout
         self.busy_timeout, self.first_backoff, self.max_backoff = busy_timeout, first_backoff, max_backoff
         self._session = requests.Session()
-        self._session.verify = verify
+        self._verify = verify  # per request: a session's verify loses to $REQUESTS_CA_BUNDLE
         self._lock = threading.RLock()  # one request in flight per account: the server says 423 otherwise
         self._access = self._refresh = None
         self._access_renew_at = self._refresh_expiry = None
@@ -258,7 +258,7 @@ class EMClient:
             headers["Content-Type"] = multipart.content_type
             arguments["data"] = multipart
         try:
-            return self._session.request(method, self.base_url + endpoint, headers=headers,
+            return self._session.request(method, self.base_url + endpoint, headers=headers, verify=self._verify,
                                          timeout=(self.connect_timeout, timeout or self.timeout), **arguments)
         except requests.Timeout:
             raise errors.TimedOut(f"no answer from {self.base_url} within the time-out", where) from None

@@ -271,7 +271,9 @@ class EMServer:
         return self.http.cert_file
 
     def start(self) -> "EMServer":
-        self.http.start()
+        # not RestServer.start(): its 0.5 s poll interval would make every stop() in the tests that slow
+        threading.Thread(target=self.http.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         name="em-server", daemon=True).start()
         return self
 
     def stop(self):
@@ -504,7 +506,8 @@ class EMServer:
         with open(path, "rb") as source:
             for chunk in iter(lambda: source.read(1 << 20), b""):
                 if limit is not None and sent + len(chunk) > limit:
-                    handler.wfile.write(b"%x\r\n%s\r\n" % (limit - sent, chunk[: limit - sent]))
+                    if limit > sent:  # (a zero-length chunk would end the body properly)
+                        handler.wfile.write(b"%x\r\n%s\r\n" % (limit - sent, chunk[: limit - sent]))
                     handler.close_connection = True  # the transfer breaks off mid-stream
                     return
                 handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
