@@ -1,0 +1,214 @@
+"""Open files: reads through the tree's caches, writes through a local spool file.
+
+A file opened for writing gets a spool in the spool directory.  Writes land there; ``flush`` (FUSE flush
+and fsync, Python ``close``) sends the whole spool with one ``write_whole``, which backends may split into
+parallel pieces.  If the upload fails the spool is kept and the error says where, so written data is never
+lost.  Two writers of one file each have their own spool; the last one to close wins, as with NFS.
+"""
+import io
+import os
+import tempfile
+import threading
+import time
+
+from .. import errors
+from ..backend import FILE, Entry
+from .blocks import ReadPattern
+
+
+class RemoteFile:
+    def __init__(self, tree, path, entry, writable=False, truncate=False):
+        self.tree = tree
+        self.path = path
+        self.entry = entry  # the version being read; None for a file that does not exist yet
+        self.writable = writable
+        self.pattern = ReadPattern()
+        self._spool_fd = None
+        self._spool_path = None
+        self._size = entry.size if entry else 0
+        self._dirty = False
+        self._modified = entry.mtime if entry else time.time()
+        self._lock = threading.Lock()  # one upload at a time; spool creation happens once
+        if writable and (truncate or entry is None):
+            self._size = 0
+            self._open_spool(copy_existing=False)
+            self._changed()  # creating or truncating must reach the server even with no writes
+
+    @property
+    def size(self):
+        return self._size
+
+    @property
+    def dirty(self):
+        return self._dirty
+
+    def read(self, offset, size):
+        if self._spool_fd is not None:
+            return os.pread(self._spool_fd, size, offset)
+        if self.entry is None:
+            return b""
+        return self.tree.read_data(self.path, self.entry, self.pattern, offset, size)
+
+    def write(self, offset, data):
+        self._require_writable()
+        self._ensure_spool()
+        written = os.pwrite(self._spool_fd, data, offset)
+        self._size = max(self._size, offset + written)
+        self._changed()
+        return written
+
+    def truncate(self, size):
+        self._require_writable()
+        if self._spool_fd is None and size == 0:
+            self._open_spool(copy_existing=False)
+        self._ensure_spool()
+        os.ftruncate(self._spool_fd, size)
+        self._size = size
+        self._changed()
+
+    def flush(self):
+        """Send the spool if anything changed since the last flush."""
+        with self._lock:
+            if not self._dirty:
+                return
+            try:
+                with open(self._spool_path, "rb") as source:
+                    self.tree.upload(self.path, source, self._size)
+            except errors.HpcfsError as exc:
+                raise type(exc)(
+                    f"upload failed ({exc.strerror}); the written data is kept in {self._spool_path}",
+                    self.path,
+                ) from exc
+            self._dirty = False
+            self.entry = self.tree.stat_cached(self.path) or self.entry
+
+    def release(self):
+        """Flush and close; the spool is deleted only once its data is on the server."""
+        try:
+            self.flush()
+        finally:
+            if self._spool_fd is not None:
+                os.close(self._spool_fd)
+                self._spool_fd = None
+                if not self._dirty:
+                    os.unlink(self._spool_path)
+            self.tree.forget_writer(self)
+
+    def as_entry(self):
+        """Attributes as the user sees them while the file is open for writing."""
+        base = self.entry or Entry(name=self.path.rsplit("/", 1)[-1], kind=FILE, mode=0o644)
+        return Entry(
+            name=base.name, kind=FILE, size=self._size, mtime=self._modified,
+            mode=base.mode, uid=base.uid, gid=base.gid, token=f"spool:{id(self)}:{self._size}",
+        )
+
+    # -- internals ------------------------------------------------------------------------------------
+    def _changed(self):
+        self._dirty = True
+        self._modified = time.time()
+
+    def _require_writable(self):
+        if not self.writable:
+            raise errors.PermissionDenied("file is not open for writing", self.path)
+
+    def _ensure_spool(self):
+        if self._spool_fd is None:
+            with self._lock:
+                if self._spool_fd is None:
+                    self._open_spool(copy_existing=self.entry is not None and self.entry.size > 0)
+
+    def _open_spool(self, copy_existing):
+        directory = self.tree.options.spool_directory
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        prefix = self.path.strip("/").replace("/", "_")[-80:] + "."
+        fd, spool_path = tempfile.mkstemp(prefix=prefix, dir=directory)
+        try:
+            if copy_existing:
+                self._copy_remote_into(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(spool_path)
+            raise
+        self._spool_fd, self._spool_path = fd, spool_path
+
+    def _copy_remote_into(self, fd):
+        step = self.tree.options.block_size
+        pattern = ReadPattern()
+        for offset in range(0, self.entry.size, step):
+            os.pwrite(fd, self.tree.read_data(self.path, self.entry, pattern, offset, step), offset)
+
+
+class FileStream(io.RawIOBase):
+    """A RemoteFile as a seekable Python binary file (for PyFilesystem2, fsspec users and the CLI)."""
+
+    def __init__(self, handle, mode="rb", readable=True, append=False, name=None):
+        super().__init__()
+        self.handle = handle
+        self.mode = mode
+        self.name = name or handle.path
+        self._readable = readable
+        self._append = append
+        self._position = handle.size if append else 0
+
+    def readable(self):
+        return self._readable
+
+    def writable(self):
+        return self.handle.writable
+
+    def seekable(self):
+        return True
+
+    def readinto(self, buffer):
+        if not self._readable:
+            raise io.UnsupportedOperation("not open for reading")
+        data = self.handle.read(self._position, len(buffer))
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def readall(self):
+        chunks = []
+        while True:
+            data = self.read(self.handle.tree.options.block_size)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+    def write(self, data):
+        if not self.handle.writable:
+            raise io.UnsupportedOperation("not open for writing")
+        if self._append:
+            self._position = self.handle.size
+        written = self.handle.write(self._position, bytes(data))
+        self._position += written
+        return written
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.handle.size}
+        if whence not in bases:
+            raise ValueError(f"invalid whence ({whence})")
+        base = bases[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._position = base + offset
+        return self._position
+
+    def tell(self):
+        return self._position
+
+    def truncate(self, size=None):
+        size = self._position if size is None else size
+        self.handle.truncate(size)
+        return size
+
+    def flush(self):
+        if not self.closed and self.handle.writable:
+            self.handle.flush()
+
+    def close(self):
+        if not self.closed:
+            try:
+                self.handle.release()
+            finally:
+                super().close()

@@ -1,0 +1,257 @@
+"""RemoteTree: the protocol-independent core that every front end talks to.
+
+It owns the metadata cache, the block cache, the whole-file cache and the open files, and turns the
+front ends' calls into backend calls.  Paths here are absolute inside the tree the user opened (``/`` is
+the URL's path); the backend sees them joined onto ``root``.
+"""
+import dataclasses
+import posixpath
+import threading
+import time
+
+from .. import errors
+from ..backend import DIRECTORY, FILE, Entry, normalize, split
+from .blocks import BlockCache
+from .files import RemoteFile
+from .metacache import MetadataCache
+from .options import CoreOptions
+from .wholefile import WholeFileCache
+
+
+class RemoteTree:
+    def __init__(self, backend, root="/", options=None):
+        self.backend = backend
+        self.root = normalize(root)
+        self.options = options or CoreOptions()
+        self.capabilities = backend.capabilities
+        self.meta = MetadataCache(self.options.attr_ttl, self.options.negative_ttl)
+        self.blocks = BlockCache(
+            backend, self.options.block_size, self.options.readahead, self.options.cache_size
+        )
+        self.files = WholeFileCache(backend, max_bytes=self.options.file_cache_size)
+        self._writers = {}  # path -> set of RemoteFile open for writing
+        self._writers_lock = threading.Lock()
+
+    # -- metadata -------------------------------------------------------------------------------------
+    def stat(self, path):
+        """Attributes as this process sees them: a file open for writing here shows its spool's size."""
+        path = normalize(path)
+        writer = self._writer(path)
+        return writer.as_entry() if writer is not None else self._stat_server(path)
+
+    def _stat_server(self, path):
+        """Attributes of the version on the server (from the cache when fresh)."""
+        cached = self.meta.lookup(path)
+        if cached is MetadataCache.MISSING:
+            raise errors.NotFound("no such file or directory", path)
+        if cached is not None:
+            return cached
+        try:
+            entry = self.backend.stat(self._remote(path))
+        except errors.NotADirectory as exc:  # a parent is a file: nothing exists below it
+            raise errors.NotFound("no such file or directory", path) from exc
+        except errors.NotFound:
+            self.meta.mark_missing(path)
+            raise
+        self.meta.put(path, entry)
+        return entry
+
+    def stat_cached(self, path):
+        cached = self.meta.lookup(normalize(path))
+        return cached if isinstance(cached, Entry) else None
+
+    def listdir(self, path):
+        """Entries of a directory; one backend request per directory per cache period."""
+        path = normalize(path)
+        entries = self.meta.listing(path)
+        if entries is None:
+            try:
+                entries = self.backend.list(self._remote(path))
+            except errors.NotFound:
+                self.meta.mark_missing(path)
+                raise
+            self.meta.put_listing(path, entries)
+        return self._with_open_writers(path, entries)
+
+    def exists(self, path):
+        try:
+            self.stat(path)
+            return True
+        except errors.NotFound:
+            return False
+
+    # -- files ----------------------------------------------------------------------------------------
+    def open(self, path, writable=False, truncate=False, create=False, exclusive=False):
+        """Open a file; ``create`` makes it if missing, ``exclusive`` refuses an existing one."""
+        path = normalize(path)
+        try:
+            entry = self._stat_server(path)
+        except errors.NotFound:
+            if not create:
+                raise
+            self._require_directory(split(path)[0])
+            entry = None
+        else:
+            if exclusive:
+                raise errors.AlreadyExists("file exists", path)
+            if entry.is_dir:
+                raise errors.IsADirectory("is a directory", path)
+        handle = RemoteFile(self, path, entry, writable=writable, truncate=truncate)
+        if writable:
+            with self._writers_lock:
+                self._writers.setdefault(path, set()).add(handle)
+        return handle
+
+    def read_data(self, path, entry, pattern, offset, size):
+        """Bytes of one file version: through blocks where the backend has ranged reads and the file is
+        too big to fetch whole, else through the whole-file cache."""
+        if self._ranged(entry):
+            return self.blocks.read(self._remote(path), entry, pattern, offset, size)
+        if offset >= entry.size:
+            return b""
+        return self.files.read(self._remote(path), entry, offset, size)
+
+    def upload(self, path, source, size):
+        limit = self.capabilities.max_upload
+        if limit is not None and size > limit:
+            raise errors.TooLarge(f"file of {size} bytes exceeds the server's upload limit of {limit}", path)
+        self.backend.write_whole(self._remote(path), source, size)
+        self._forget_data(path)
+        previous = self.stat_cached(path)
+        self.meta.put(
+            path,
+            Entry(
+                name=split(path)[1], kind=FILE, size=size, mtime=time.time(),
+                mode=previous.mode if previous else 0o644, uid=previous.uid if previous else None,
+                gid=previous.gid if previous else None, token=f"written:{time.time_ns()}",
+            ),
+        )
+
+    def forget_writer(self, handle):
+        with self._writers_lock:
+            handles = self._writers.get(handle.path)
+            if handles is not None:
+                handles.discard(handle)
+                if not handles:
+                    del self._writers[handle.path]
+
+    def truncate(self, path, size):
+        path = normalize(path)
+        writer = self._writer(path)
+        if writer is not None:
+            writer.truncate(size)
+            return
+        handle = self.open(path, writable=True, truncate=size == 0)
+        try:
+            if size:
+                handle.truncate(size)
+        finally:
+            handle.release()
+
+    # -- namespace ------------------------------------------------------------------------------------
+    def mkdir(self, path):
+        path = normalize(path)
+        if self.exists(path):
+            raise errors.AlreadyExists("file exists", path)
+        self._require_directory(split(path)[0])
+        self.backend.mkdir(self._remote(path))
+        self.meta.put(path, Entry(name=split(path)[1], kind=DIRECTORY, mtime=time.time(), mode=0o755))
+        self.meta.put_listing(path, [])
+
+    def remove(self, path):
+        path = normalize(path)
+        if self.stat(path).is_dir:
+            raise errors.IsADirectory("is a directory", path)
+        self.backend.remove(self._remote(path))
+        self.meta.mark_missing(path)
+        self._forget_data(path)
+
+    def rmdir(self, path):
+        path = normalize(path)
+        if path == "/":
+            raise errors.PermissionDenied("cannot remove the root of the tree", path)
+        if not self.stat(path).is_dir:
+            raise errors.NotADirectory("not a directory", path)
+        self.backend.rmdir(self._remote(path))
+        self.meta.invalidate(path)
+        self.meta.mark_missing(path)
+
+    def rename(self, src, dst):
+        src, dst = normalize(src), normalize(dst)
+        if self.capabilities.rename == "none":
+            raise errors.NotSupported("the server cannot rename", src)
+        entry = self.stat(src)
+        self.backend.rename(self._remote(src), self._remote(dst))
+        for path in (src, dst):
+            self.meta.invalidate(path)
+            self._forget_data(path)
+        self.meta.mark_missing(src)
+        self.meta.put(dst, dataclasses.replace(entry, name=split(dst)[1]))
+        if entry.is_dir:
+            self.meta.invalidate(dst)
+
+    def chmod(self, path, mode):
+        path = normalize(path)
+        entry = self.stat(path)
+        if not self.capabilities.chmod:
+            raise errors.NotSupported("the server cannot change permissions", path)
+        self.backend.chmod(self._remote(path), mode & 0o7777)
+        self.meta.put(path, dataclasses.replace(entry, mode=mode & 0o7777))
+
+    def set_mtime(self, path, mtime):
+        """Set the modification time; ignored (like the spool's own time) where the server cannot."""
+        path = normalize(path)
+        entry = self.stat(path)
+        if not self.capabilities.set_mtime or self._writer(path) is not None:
+            return
+        self.backend.set_mtime(self._remote(path), mtime)
+        self.meta.put(path, dataclasses.replace(entry, mtime=mtime))
+
+    def symlink(self, target, path):
+        path = normalize(path)
+        if not self.capabilities.symlinks:
+            raise errors.NotSupported("the server has no symbolic links", path)
+        self.backend.symlink(target, self._remote(path))
+        self.meta.invalidate(path)
+        self.meta.invalidate_listing(split(path)[0])
+
+    def readlink(self, path):
+        return self.backend.readlink(self._remote(normalize(path)))
+
+    def close(self):
+        self.blocks.close()
+        self.files.close()
+        self.backend.close()
+
+    # -- internals ------------------------------------------------------------------------------------
+    def _remote(self, path):
+        return normalize(posixpath.join(self.root, path.lstrip("/")))
+
+    def _ranged(self, entry):
+        limit = self.capabilities.max_whole_read
+        return self.capabilities.ranged_reads and (limit is None or entry.size > limit)
+
+    def _require_directory(self, path):
+        if not self.stat(path).is_dir:
+            raise errors.NotADirectory("not a directory", path)
+
+    def _writer(self, path):
+        with self._writers_lock:
+            handles = self._writers.get(path)
+            return next(iter(handles)) if handles else None
+
+    def _with_open_writers(self, path, entries):
+        """Listings include files being written here that the server has not seen yet."""
+        with self._writers_lock:
+            pending = {p: next(iter(h)) for p, h in self._writers.items() if split(p)[0] == path}
+        if not pending:
+            return entries
+        by_name = {entry.name: entry for entry in entries}
+        for file_path, handle in pending.items():
+            by_name[split(file_path)[1]] = handle.as_entry()
+        return list(by_name.values())
+
+    def _forget_data(self, path):
+        remote = self._remote(path)
+        self.blocks.forget(remote)
+        self.files.forget(remote)
