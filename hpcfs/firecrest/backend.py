@@ -1,0 +1,360 @@
+"""``firecrest://SYSTEM/absolute/path``: a FirecREST v2 system as an hpcfs backend.
+
+Mapping (see /work/shared/reference/firecrest.md):
+
+* ``list`` = one ``ops/ls`` (hidden files, numeric ids, links not followed) with every child's attributes;
+  ``stat`` = ``ops/stat`` (not dereferenced).
+* ``read_whole`` = one ``ops/download`` for files the server can base64 under its output cap
+  (``floor((max_ops_file_size-1)/4)*3`` bytes); ``read_range`` = one ``transfer/download`` staging job per
+  file version, then HTTP ``Range`` GETs on the presigned URL.  The URL is cached per path with the
+  file's change token, which is checked again at most every ``recheck`` seconds.
+* ``write_whole`` = ``ops/upload`` up to ``max_ops_file_size``, else a staged multipart ``transfer/upload``
+  whose ingress job is awaited, so the file is in place when the call returns.  An empty file times
+  out on the server (408) although it is created: the call waits only briefly, then checks with ``stat``.
+* ``rename`` = ``transfer/mv``, a scheduler job: polled, its log checked (the job "succeeds" even when
+  ``mv`` fails).  POSIX replacement rules are checked first because ``mv`` moves *into* directories.
+* ``remove``/``rmdir`` check the kind and emptiness first: ``ops/rm`` is ``rm -r``.
+"""
+import datetime
+import os
+import posixpath
+import threading
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, List, Optional
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .. import errors
+from ..backend import DIRECTORY, SYMLINK, Backend, Capabilities, Entry, normalize, split
+from ..urls import ParsedURL
+from .auth import ClientCredentials
+from .client import FirecrestClient, StagingExpired, error_from_message
+from .listing import decode_name, entry_from_file, entry_from_stat
+
+JOB_MANGLED = "&<>'\""  # the job templates HTML-escape these, so jobs would act on another path
+STAGE_LOCKS = 64
+
+
+@dataclass
+class _StagedCopy:
+    url: str
+    token: str
+    checked: float
+
+
+class _Slice:
+    """``length`` bytes of ``source`` as a file-like body with a known length (streamed, not buffered)."""
+
+    def __init__(self, source: BinaryIO, length: int):
+        self._source, self._left = source, length
+
+    def __len__(self):
+        return self._left
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._source.read(size)
+        if len(data) < size:
+            raise errors.ProtocolError("the file to upload is shorter than announced")
+        self._left -= len(data)
+        return data
+
+
+class FirecrestBackend(Backend):
+    def __init__(self, client: FirecrestClient, system_info: dict, max_parallel: int = 8,
+                 tz: Optional[datetime.tzinfo] = None, account: Optional[str] = None, job_timeout: float = 900.0,
+                 recheck: float = 2.0, empty_upload_wait: float = 1.0):
+        self.client = client
+        self.tz = tz
+        self.account = account
+        self.job_timeout = job_timeout
+        self.recheck = recheck
+        self.empty_upload_wait = empty_upload_wait
+        operation = system_info.get("dataOperation") or {}
+        self.max_ops = int(operation.get("max_ops_file_size", 5 * 1024 * 1024))
+        transfer = operation.get("data_transfer") or {}
+        self.staging = transfer.get("serviceType") == "s3"
+        self.file_systems = [fs.get("path") for fs in system_info.get("fileSystems") or []]
+        self.capabilities = Capabilities(
+            ranged_reads=self.staging, ranged_writes=False, rename="job", max_parallel=max_parallel,
+            max_whole_read=(self.max_ops - 1) // 4 * 3, max_upload=None if self.staging else self.max_ops,
+            chmod=True, symlinks=True, set_mtime=False, eventual_listing=False,
+            extra={"max_ops_file_size": self.max_ops, "staging": "s3" if self.staging else None},
+        )
+        self._staged = {}
+        self._staged_lock = threading.Lock()
+        self._stage_locks = [threading.Lock() for _ in range(STAGE_LOCKS)]
+
+    # -- metadata -------------------------------------------------------------------------------------
+    def list(self, path: str) -> List[Entry]:
+        with self.client.operation():
+            items = self.client.ls(path)
+            if len(items) == 1 and "/" in items[0]["name"]:  # ls of a non-directory names the path itself
+                if items[0]["type"] != "l":
+                    raise errors.NotADirectory("not a directory", path)
+                items = self.client.ls(path.rstrip("/") + "/")  # a link: list what it points to
+            return [entry_from_file(item, self.tz) for item in items]
+
+    def stat(self, path: str) -> Entry:
+        with self.client.operation():
+            name = "" if path == "/" else posixpath.basename(path)
+            return entry_from_stat(name, self.client.stat(path))
+
+    # -- reading --------------------------------------------------------------------------------------
+    def read_whole(self, path: str, sink: BinaryIO) -> None:
+        with self.client.operation():
+            try:
+                self.client.download(path, sink)
+            except errors.TooLarge:
+                if not self.staging:
+                    raise
+                job, url = self.client.transfer_download(path, self.account)
+                self._finish(job, "successfully", path)
+                self.client.staged_stream(url, sink)
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        if not self.staging:
+            raise errors.NotSupported("this FirecREST system has no S3 staging for ranged reads", path)
+        if length <= 0:
+            return b""
+        with self.client.operation():
+            for attempt in range(2):
+                copy = self._staged_copy(path)
+                try:
+                    return self.client.staged_range(copy.url, offset, length)
+                except StagingExpired:
+                    self._forget(path)
+                    if attempt:
+                        raise
+
+    def _staged_copy(self, path: str) -> _StagedCopy:
+        """The staging URL of the current version of ``path``: one staging job per version."""
+        with self._stage_locks[hash(path) % STAGE_LOCKS]:
+            with self._staged_lock:
+                copy = self._staged.get(path)
+            now = time.monotonic()
+            if copy and now - copy.checked < self.recheck:
+                return copy
+            entry = self.stat(path)
+            if entry.kind == DIRECTORY:
+                raise errors.IsADirectory("is a directory", path)
+            if copy and copy.token == entry.change_token:
+                copy.checked = now
+                return copy
+            _refuse_mangled(path)
+            job, url = self.client.transfer_download(path, self.account)
+            self._finish(job, "successfully", path)
+            copy = _StagedCopy(url, entry.change_token, time.monotonic())
+            with self._staged_lock:
+                if len(self._staged) >= 1024:
+                    self._staged.clear()
+                self._staged[path] = copy
+            return copy
+
+    def _forget(self, *paths: str):
+        with self._staged_lock:
+            for path in paths:
+                self._staged.pop(path, None)
+
+    # -- writing --------------------------------------------------------------------------------------
+    def write_whole(self, path: str, source: BinaryIO, size: int) -> None:
+        directory, name = split(path)
+        self._forget(path)
+        with self.client.operation():
+            if size == 0:
+                self._create_empty(directory, name, path)
+            elif size <= self.max_ops:
+                data = source.read(size)
+                if len(data) != size:
+                    raise errors.ProtocolError("the file to upload is shorter than announced", path)
+                self.client.upload(directory, name, data)
+            elif self.staging:
+                self._staged_upload(path, source, size)
+            else:
+                raise errors.TooLarge(f"larger than the server's {self.max_ops}-byte upload limit "
+                                      "and the system has no staging area", path)
+
+    def _create_empty(self, directory: str, name: str, path: str):
+        """An empty upload hangs until the server's command timeout (408), yet the file is created at
+        once: wait briefly, then believe ``stat``."""
+        try:
+            self.client.upload(directory, name, b"", timeout=(10.0, self.empty_upload_wait), retry_timeouts=False)
+            return
+        except errors.TimedOut:
+            pass
+        deadline = time.monotonic() + 10 * self.empty_upload_wait
+        while True:
+            try:
+                if self.stat(path).size == 0:
+                    return
+            except errors.NotFound:
+                pass
+            if time.monotonic() > deadline:
+                raise errors.TimedOut("the server did not create the empty file", path)
+            time.sleep(self.empty_upload_wait / 4)
+
+    def _staged_upload(self, path: str, source: BinaryIO, size: int):
+        _refuse_mangled(path)
+        job, directives = self.client.transfer_upload(path, size, self.account)
+        part_size = int(directives["maxPartSize"])
+        etags = []
+        for number, url in enumerate(directives["partsUploadUrls"]):
+            etags.append(self.client.put_part(url, _Slice(source, min(part_size, size - number * part_size))))
+        self.client.complete_upload(directives["completeUploadUrl"], etags)
+        self._finish(job, "successfully", path)
+
+    def _finish(self, job: dict, marker: str, path: str):
+        """Wait for a transfer job, then read its output log: the scheduler's state alone can lie."""
+        self.client.wait_for_job(job, time.monotonic() + self.job_timeout)
+        logs = job["logs"]
+        if marker in self.client.view(logs["outputLog"]):
+            return
+        try:
+            reason = self.client.view(logs["errorLog"]).strip() or "no error output"
+        except errors.NotFound:
+            reason = "the job left no error log"
+        raise error_from_message(500, f"transfer job {job['jobId']} failed: error message:{reason}", path)
+
+    # -- namespace ------------------------------------------------------------------------------------
+    def mkdir(self, path: str) -> None:
+        with self.client.operation():
+            self.client.mkdir(path)
+
+    def remove(self, path: str) -> None:
+        with self.client.operation():
+            if self.stat(path).is_dir:
+                raise errors.IsADirectory("is a directory", path)
+            self.client.rm(path)
+        self._forget(path)
+
+    def rmdir(self, path: str) -> None:
+        if path == "/":
+            raise errors.PermissionDenied("cannot remove the root of the tree", path)
+        with self.client.operation():
+            if self.list(path):
+                raise errors.DirectoryNotEmpty("directory not empty", path)
+            self.client.rm(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        if src == dst:
+            return
+        _refuse_mangled(src)
+        _refuse_mangled(dst)
+        with self.client.operation():
+            source = self.stat(src)
+            self._clear_target(source, dst)
+            self._finish(self.client.mv(src, dst, self.account), "Files were successfully", src)
+        self._forget(src, dst)
+
+    def _clear_target(self, source: Entry, dst: str):
+        """Make ``mv`` behave as POSIX rename: it would move into a directory or a link to one."""
+        try:
+            target = self.stat(dst)
+        except errors.NotFound:
+            return
+        if target.kind == SYMLINK:
+            self.client.rm(dst)
+        elif target.is_dir:
+            if not source.is_dir:
+                raise errors.IsADirectory("is a directory", dst)
+            if self.list(dst):
+                raise errors.DirectoryNotEmpty("directory not empty", dst)
+            self.client.rm(dst)
+        elif source.is_dir:
+            raise errors.NotADirectory("not a directory", dst)
+
+    def chmod(self, path: str, mode: int) -> None:
+        with self.client.operation():
+            self.client.chmod(path, mode)
+
+    def symlink(self, target: str, path: str) -> None:
+        with self.client.operation():
+            self.client.symlink(target, path)
+
+    def readlink(self, path: str) -> str:
+        with self.client.operation():
+            items = self.client.ls(path)
+        if len(items) != 1 or "/" not in items[0]["name"] or items[0]["type"] != "l":
+            raise errors.InvalidPath("not a symbolic link", path)
+        return decode_name(items[0]["linkTarget"])
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"protocol": "firecrest", "api": self.client.api_url, "system": self.client.system,
+                "server_version": self.client.server_version, "client_id": self.client.auth.client_id,
+                "token_url": self.client.auth.token_url, "max_ops_file_size": self.max_ops,
+                "staging": "s3" if self.staging else None, "file_systems": self.file_systems}
+
+    def close(self) -> None:
+        self.client.session.close()
+
+
+def _refuse_mangled(path: str):
+    if any(char in path for char in JOB_MANGLED):
+        raise errors.InvalidPath("FirecREST transfer jobs cannot handle paths containing & < > ' or \"", path)
+
+
+# -- firecrest://SYSTEM/path -----------------------------------------------------------------------------
+def _setting(name: str, env: Optional[str], url: ParsedURL, options: dict) -> Optional[str]:
+    for value in (options.get(name), url.params.get(name), os.environ.get(env) if env else None):
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _required(name: str, env: str, url: ParsedURL, options: dict, what: str) -> str:
+    value = _setting(name, env, url, options)
+    if value is None:
+        raise errors.UsageError(f"FirecREST {what} missing: set {env} (or the {name}= option)")
+    return value
+
+
+def backend_from_url(url: ParsedURL, options: dict):
+    """``(FirecrestBackend, root)`` for ``firecrest://SYSTEM/path``; asks ``/status/systems`` for the limits."""
+    if not url.host:
+        raise errors.UsageError("firecrest:// URL without a system name (expected firecrest://SYSTEM/path)")
+    api_url = _required("url", "FIRECREST_URL", url, options, "API URL")
+    token_url = _required("token_url", "AUTH_TOKEN_URL", url, options, "token URL")
+    client_id = _setting("client_id", "FIRECREST_CLIENT_ID", url, options) or url.username
+    if client_id is None:
+        raise errors.UsageError("FirecREST client id missing: set FIRECREST_CLIENT_ID (or the client_id= option)")
+    secret = _required("client_secret", "FIRECREST_CLIENT_SECRET", url, options, "client secret")
+    try:
+        timeout = float(_setting("timeout", None, url, options) or 60)
+        max_parallel = int(_setting("max_parallel", None, url, options) or 8)
+    except ValueError:
+        raise errors.UsageError("timeout and max_parallel must be numbers") from None
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(8, 2 * max_parallel))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    verify = _setting("verify", None, url, options)
+    if verify is not None:
+        session.verify = False if str(verify).lower() in ("0", "false", "no") else verify
+    auth = ClientCredentials(token_url, client_id, secret, session, timeout)
+    client = FirecrestClient(api_url, url.host.lower(), auth, session, timeout)
+    with client.operation():
+        systems = client.systems()
+    info = next((s for s in systems if s.get("name", "").lower() == client.system), None)
+    if info is None:
+        known = ", ".join(s.get("name", "?") for s in systems) or "none"
+        raise errors.UsageError(f"FirecREST at {api_url} has no system '{url.host}' (known: {known})")
+    tz_name = _setting("tz", None, url, options)
+    backend = FirecrestBackend(
+        client, info, max_parallel=max_parallel, tz=_timezone(tz_name) if tz_name else None,
+        account=_setting("account", None, url, options),
+    )
+    return backend, normalize(url.path)
+
+
+def _timezone(name: str) -> datetime.tzinfo:
+    if name.upper() == "UTC":
+        return datetime.timezone.utc
+    try:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(name)
+    except Exception:
+        raise errors.UsageError(f"unknown time zone '{name}' (tz= option)") from None

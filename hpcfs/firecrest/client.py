@@ -1,0 +1,283 @@
+"""The FirecREST v2 REST calls hpcfs needs, with retries, token renewal and error mapping.
+
+Every API request carries ``Authorization: Bearer``, a fresh ``X-Request-ID`` and the ``X-Correlation-ID``
+of the filesystem operation it belongs to (both UUIDs: the server answers 400 to anything else).  A 401
+renews the token and retries once.  408 (command timeout), 424 (no SSH channel), 429 (gateway rate limit)
+and 503 (failed health probe) are retried with bounded exponential backoff — 408 only where repeating
+the request is harmless.  Errors become :mod:`hpcfs.errors` from the status and the remote stderr the
+message carries.  Staging URLs (S3) get plain requests on the same pooled session.
+"""
+import contextlib
+import contextvars
+import random
+import time
+import uuid
+from typing import BinaryIO, List, Optional, Tuple
+
+import requests
+
+from .. import errors
+from .auth import ClientCredentials
+
+RETRIED = (408, 424, 429, 503)
+TERMINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                   "PREEMPTED", "TIMEOUT")
+QUOTE_REFUSAL = "FirecREST cannot address paths containing ' (the server's shell quoting breaks)"
+# remote stderr, as the message of an error body, that says more than the status code
+MESSAGE_ERRORS = (
+    ("No such file or directory", errors.NotFound),
+    ("Not a directory", errors.NotADirectory),
+    ("Is a directory", errors.IsADirectory),
+    ("File exists", errors.AlreadyExists),
+    ("Directory not empty", errors.DirectoryNotEmpty),
+    ("Permission denied", errors.PermissionDenied),
+    ("Operation not permitted", errors.PermissionDenied),
+    ("subdirectory of itself", errors.InvalidPath),
+    ("exit status:124", errors.TimedOut),
+    ("Channel not open for sending", errors.TooLarge),  # output far above the cap deadlocks the channel
+)
+STATUS_ERRORS = {400: errors.InvalidPath, 401: errors.AuthenticationFailed, 403: errors.PermissionDenied,
+                 404: errors.NotFound, 408: errors.TimedOut, 413: errors.TooLarge, 424: errors.Busy,
+                 429: errors.Busy, 503: errors.Busy}
+
+_correlation: contextvars.ContextVar = contextvars.ContextVar("firecrest_correlation_id", default=None)
+
+
+def error_from_message(status: int, message: str, path: Optional[str]) -> errors.HpcfsError:
+    detail = message.partition("error message:")[2] or message
+    for needle, error in MESSAGE_ERRORS:
+        if needle in message:
+            return error(detail, path)
+    return STATUS_ERRORS.get(status, errors.HpcfsError)(f"HTTP {status}: {detail}", path)
+
+
+def error_from_response(response: requests.Response, path: Optional[str]) -> errors.HpcfsError:
+    try:
+        body = response.json()
+        message = body.get("message") or body.get("detail") or ""
+    except (ValueError, AttributeError):
+        message = response.text[:300]
+    return error_from_message(response.status_code, str(message) or response.reason or "", path)
+
+
+class FirecrestClient:
+    """Calls on one system of one FirecREST API.  Thread-safe."""
+
+    def __init__(self, api_url: str, system: str, auth: ClientCredentials, session: requests.Session,
+                 timeout: float = 60.0, retries: int = 5, backoff: float = 0.2, max_backoff: float = 8.0):
+        self.api_url = api_url.rstrip("/")
+        self.system = system
+        self.auth = auth
+        self.session = session
+        self.timeout = (min(10.0, timeout), timeout)
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.server_version: Optional[str] = None
+
+    @contextlib.contextmanager
+    def operation(self):
+        """Requests made inside share one ``X-Correlation-ID`` (nested operations keep the outer one)."""
+        token = _correlation.set(_correlation.get() or str(uuid.uuid4()))
+        try:
+            yield
+        finally:
+            _correlation.reset(token)
+
+    # -- the request loop -----------------------------------------------------------------------------
+    def request(self, method: str, endpoint: str, path: Optional[str] = None, expect=(200,),
+                idempotent: bool = True, timeout=None, **kwargs) -> requests.Response:
+        """One API call.  ``path`` names the file in errors; ``idempotent`` allows retrying a 408."""
+        url = f"{self.api_url}{endpoint}"
+        extra_headers = kwargs.pop("headers", {})
+        attempt, renewed = 0, False
+        while True:
+            token = self.auth.token()
+            headers = {"Authorization": f"Bearer {token}", "X-Request-ID": str(uuid.uuid4()),
+                       "X-Correlation-ID": _correlation.get() or str(uuid.uuid4()), **extra_headers}
+            try:
+                response = self.session.request(method, url, headers=headers, timeout=timeout or self.timeout,
+                                                **kwargs)
+            except requests.Timeout:
+                if idempotent and attempt < self.retries:
+                    attempt = self._pause(attempt)
+                    continue
+                raise errors.TimedOut(f"{method} {endpoint}: no answer within the time-out", path) from None
+            except requests.ConnectionError as exc:
+                if attempt < self.retries:
+                    attempt = self._pause(attempt)
+                    continue
+                raise errors.Unavailable(f"cannot reach {self.api_url}: {type(exc).__name__}", path) from None
+            self.server_version = response.headers.get("F7T-AppVersion", self.server_version)
+            status = response.status_code
+            if status == 401 and not renewed:
+                response.close()
+                self.auth.discard(token)
+                renewed = True
+                continue
+            if status in RETRIED and attempt < self.retries and (idempotent or status != 408):
+                response.close()
+                attempt = self._pause(attempt, response.headers.get("Retry-After"))
+                continue
+            if status in expect:
+                return response
+            raise error_from_response(response, path)
+
+    def _pause(self, attempt: int, retry_after: Optional[str] = None) -> int:
+        delay = min(self.backoff * 2 ** attempt, self.max_backoff) * (0.5 + random.random() / 2)
+        if retry_after and retry_after.isdigit():
+            delay = min(float(retry_after), 60.0)
+        time.sleep(delay)
+        return attempt + 1
+
+    def _fs(self, kind: str, operation: str) -> str:
+        return f"/filesystem/{self.system}/{kind}/{operation}"
+
+    # -- status and ops -------------------------------------------------------------------------------
+    def systems(self) -> List[dict]:
+        return self.request("GET", "/status/systems").json()["systems"]
+
+    def ls(self, path: str) -> List[dict]:
+        params = {"path": _addressable(path), "showHidden": "true", "numericUid": "true"}
+        return self.request("GET", self._fs("ops", "ls"), path, params=params).json()["output"]
+
+    def stat(self, path: str, dereference: bool = False) -> dict:
+        params = {"path": _addressable(path), "dereference": str(dereference).lower()}
+        return self.request("GET", self._fs("ops", "stat"), path, params=params).json()["output"]
+
+    def view(self, path: str) -> str:
+        return self.request("GET", self._fs("ops", "view"), path, params={"path": _addressable(path)}).json()["output"]
+
+    def download(self, path: str, sink: BinaryIO):
+        response = self.request("GET", self._fs("ops", "download"), path, params={"path": _addressable(path)},
+                                stream=True)
+        with response:
+            for chunk in response.iter_content(1 << 20):
+                sink.write(chunk)
+
+    def upload(self, directory: str, filename: str, data: bytes, timeout=None, retry_timeouts: bool = True):
+        """``ops/upload`` (replaces an existing file).  The multipart header quotes the name as RFC 2045
+        does, which the server's parser undoes exactly (requests' own encoding mangles ``"``)."""
+        _addressable(f"{directory}/{filename}")
+        boundary = uuid.uuid4().hex
+        quoted = filename.replace("\\", "\\\\").replace('"', '\\"')
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n").encode("utf-8", "surrogateescape")
+        body += data + f"\r\n--{boundary}--\r\n".encode()
+        self.request("POST", self._fs("ops", "upload"), f"{directory}/{filename}", expect=(204,),
+                     idempotent=retry_timeouts, timeout=timeout, params={"path": directory}, data=body,
+                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+    def mkdir(self, path: str, parents: bool = False):
+        self.request("POST", self._fs("ops", "mkdir"), path, expect=(201,), idempotent=False,
+                     json={"sourcePath": _addressable(path), "parent": parents})
+
+    def symlink(self, target: str, link: str):
+        self.request("POST", self._fs("ops", "symlink"), link, expect=(201,), idempotent=False,
+                     json={"sourcePath": _addressable(target), "linkPath": _addressable(link)})
+
+    def chmod(self, path: str, mode: int):
+        self.request("PUT", self._fs("ops", "chmod"), path, json={"sourcePath": _addressable(path),
+                                                                   "mode": f"{mode & 0o7777:o}"})
+
+    def rm(self, path: str):
+        """``rm -r``: recursive on the server, so callers check what they delete."""
+        self.request("DELETE", self._fs("ops", "rm"), path, expect=(204,), params={"path": _addressable(path)})
+
+    # -- transfer jobs --------------------------------------------------------------------------------
+    def transfer_download(self, path: str, account: Optional[str]) -> Tuple[dict, str]:
+        """Stage ``path`` to S3: (transfer job, download URL)."""
+        body = _with_account({"sourcePath": _addressable(path), "transferDirectives": {"transferMethod": "s3"}},
+                             account)
+        reply = self.request("POST", self._fs("transfer", "download"), path, expect=(201,), json=body).json()
+        return reply["transferJob"], reply["transferDirectives"]["downloadUrl"]
+
+    def transfer_upload(self, path: str, size: int, account: Optional[str]) -> Tuple[dict, dict]:
+        """Open a staged upload: (transfer job, directives with part URLs, completion URL, part size)."""
+        body = _with_account({"sourcePath": _addressable(path),
+                              "transferDirectives": {"transferMethod": "s3", "fileSize": size}}, account)
+        reply = self.request("POST", self._fs("transfer", "upload"), path, expect=(201,), idempotent=False,
+                             json=body).json()
+        return reply["transferJob"], reply["transferDirectives"]
+
+    def mv(self, source: str, target: str, account: Optional[str]) -> dict:
+        body = _with_account({"sourcePath": _addressable(source), "targetPath": _addressable(target)}, account)
+        reply = self.request("POST", self._fs("transfer", "mv"), source, expect=(201,), idempotent=False, json=body)
+        return reply.json()["transferJob"]
+
+    def wait_for_job(self, job: dict, deadline: float, visibility_grace: float = 30.0) -> dict:
+        """Poll ``/compute/{system}/jobs/{id}`` until the job ends (a new job may be unknown for a while)."""
+        job_id = job["jobId"]
+        endpoint = f"/compute/{self.system}/jobs/{job_id}"
+        first_seen_deadline = time.monotonic() + visibility_grace
+        delay = 0.05
+        while True:
+            try:
+                info = self.request("GET", endpoint, params={"allusers": "false"}).json()["jobs"][0]
+                if all(state in TERMINAL_STATES for state in str(info["status"]["state"]).split(",")):
+                    return info
+            except errors.NotFound:
+                if time.monotonic() > first_seen_deadline:
+                    raise errors.NotFound(f"transfer job {job_id} never appeared in the scheduler") from None
+            if time.monotonic() + delay > deadline:
+                raise errors.TimedOut(f"transfer job {job_id} did not finish in time")
+            time.sleep(delay)
+            delay = min(delay * 1.6, 2.0)
+
+    # -- staging area (presigned URLs, no FirecREST headers) -----------------------------------------
+    def staged_range(self, url: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset+length)`` of a staged object; short or empty at its end."""
+        response = self._staging("GET", url, headers={"Range": f"bytes={offset}-{offset + length - 1}"})
+        if response.status_code == 416:
+            return b""
+        if response.status_code == 200:  # a server that ignores Range sends everything
+            return response.content[offset:offset + length]
+        return response.content
+
+    def staged_stream(self, url: str, sink: BinaryIO):
+        response = self._staging("GET", url, stream=True)
+        with response:
+            for chunk in response.iter_content(1 << 20):
+                sink.write(chunk)
+
+    def put_part(self, url: str, body) -> str:
+        return self._staging("PUT", url, data=body).headers["ETag"]
+
+    def complete_upload(self, url: str, etags: List[str]):
+        parts = "".join(f"<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>"
+                        for number, etag in enumerate(etags, 1))
+        self._staging("POST", url, data=f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode())
+
+    def _staging(self, method: str, url: str, **kwargs) -> requests.Response:
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            except requests.Timeout:
+                raise errors.TimedOut(f"staging area: no answer to {method} within the time-out") from None
+            except requests.ConnectionError as exc:
+                raise errors.Unavailable(f"cannot reach the staging area: {type(exc).__name__}") from None
+            if response.status_code in (500, 503) and attempt < self.retries and method == "GET":
+                self._pause(attempt)
+                continue
+            if response.status_code in (200, 204, 206, 416):
+                return response
+            break
+        if response.status_code == 403:
+            raise StagingExpired(f"staging area refused {method}: {response.text[:200]}")
+        raise errors.HpcfsError(f"staging area answered {response.status_code} to {method}")
+
+
+class StagingExpired(errors.PermissionDenied):
+    """A presigned URL that is no longer valid (its ``ttl`` passed): stage again."""
+
+
+def _addressable(path: str) -> str:
+    if "'" in path:
+        raise errors.InvalidPath(QUOTE_REFUSAL, path)
+    return path
+
+
+def _with_account(body: dict, account: Optional[str]) -> dict:
+    if account:
+        body["account"] = account
+    return body
