@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from fixtures_em import PASSWORD, USER, VOLUMES
+from fixtures_em import PASSWORD, VOLUMES
 from hpcfs import errors
 from hpcfs.urls import open_backend, parse
 

@@ -23,7 +23,7 @@ import time
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
 from .. import errors
-from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize, split
+from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize
 from ..urls import ParsedURL
 from .client import DEFAULT_VOLUME, EMClient, can_upload_name, is_pod_name, seekable_copy
 

@@ -56,7 +56,6 @@ from .common import (
 DEFAULT_VOLUME = "_default"  # the directory of the volume used when no pod name is given
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes (DNS-1123) label
 GIB = 1024**3
-INCOMING = ".incoming"  # uploads land here before being moved into place; never a volume
 
 DJANGO_400 = "<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Bad Request (400)</title>\n</head>\n" \
              "<body>\n  <h1>Bad Request (400)</h1><p></p>\n</body>\n</html>\n"
@@ -240,7 +239,6 @@ class EMServer:
             raise ValueError(f"api must be v1 or v2, not {api!r}")
         self.root = os.path.realpath(root or temporary_directory("hpcfs-em-"))
         os.makedirs(os.path.join(self.root, DEFAULT_VOLUME), exist_ok=True)
-        os.makedirs(os.path.join(self.root, INCOMING), exist_ok=True)
         self.users = dict(users if users is not None else {"alice": "secret"})
         self.api, self.max_upload, self.max_files = api, max_upload, max_files
         self.knobs = Knobs()
@@ -476,13 +474,8 @@ class EMServer:
         name = django_file_name(part_name)
         if name is None:  # Django drops parts whose name sanitises to nothing
             return False
-        target = os.path.join(destination, name)
-        if os.path.isdir(target):
-            raise IsADirectoryError(21, "Is a directory")
-        descriptor, spool = tempfile.mkstemp(dir=os.path.join(self.root, INCOMING))
-        with os.fdopen(descriptor, "wb") as handle:
+        with open(os.path.join(destination, name), "wb") as handle:  # IsADirectoryError for a folder
             handle.write(content)
-        os.replace(spool, target)
         return True
 
     def _downlink(self, request: Request) -> None:
@@ -617,15 +610,14 @@ def serve(args):
     server.knobs.extra.update(busy_time=args.busy_time, upload_delay=args.upload_delay)
     server.start()
     user = sorted(users)[0]
-    query = "?tls=1" if args.tls else ""
-    print(f"EM API ({args.api}) serving {server.root} at {server.url}/")
-    print(f"  connect: hpcfs mount em://{user}@{server.http.host}:{server.port}/{query} MOUNTPOINT")
+    query = f"?tls=1&verify={server.cert_file}" if args.tls else ""
+    lines = [f"EM API ({args.api}) serving {server.root} at {server.url}/",
+             f"  connect: hpcfs mount em://{user}@{server.http.host}:{server.port}/{query} MOUNTPOINT"]
     if generated:
-        print(f"  credentials for this run: export EM_USERNAME={user} EM_PASSWORD={users[user]}")
+        lines.append(f"  credentials for this run: export EM_USERNAME={user} EM_PASSWORD={users[user]}")
     else:
-        print("  credentials: export EM_USERNAME and EM_PASSWORD for the account you configured")
-    if args.tls:
-        print(f"  self-signed certificate: {server.cert_file} (export REQUESTS_CA_BUNDLE={server.cert_file})")
+        lines.append("  credentials: export EM_USERNAME and EM_PASSWORD for the account you configured")
+    print("\n".join(lines), flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
