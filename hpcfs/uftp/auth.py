@@ -206,6 +206,8 @@ class AuthClient:
         info_url = self.auth_url.rsplit("/rest/auth/", 1)[0] + "/rest/auth"
         try:
             body = self._request("GET", info_url)
+        except errors.Unavailable:
+            raise  # the POST would not get through either
         except errors.HpcfsError:
             return {}
         entry = body.get(self.server_name)
