@@ -1,7 +1,7 @@
 """pytest fixtures for the local FirecREST server (see docs/architecture.md).
 
 ``firecrest_server`` runs ``hpcfs.servers.firecrest.FirecrestServer`` on 127.0.0.1 with the real server's
-limits except where waiting would only slow tests down: a 0.2 s command timeout (so an empty upload's
+limits except where waiting would only slow tests down: a 50 ms command timeout (so an empty upload's
 408 comes fast), 8 MiB staging parts and an upload job that checks the bucket every 50 ms.
 """
 import secrets
@@ -14,7 +14,7 @@ from hpcfs.servers.firecrest import FirecrestServer
 
 CLIENT_ID = "hpcfs-tests"
 USERNAME = "alice"
-TEST_LIMITS = {"command_timeout": 0.2, "ingress_poll": 0.05, "max_part_size": 8 * 1024 * 1024}
+TEST_LIMITS = {"command_timeout": 0.05, "ingress_poll": 0.05, "max_part_size": 8 * 1024 * 1024}
 
 
 @dataclass

@@ -119,6 +119,8 @@ class FirecrestServer:
         self.api = RestServer(self._build_api(), host, port, self._tls_subdir("api"))
         self.s3 = RestServer(build_app(self.store, self.knobs, self.log), host, s3_port, self._tls_subdir("s3"))
         self.store.public_url = self.s3.url
+        for server in (self.api, self.s3):  # one reply is several writes: no Nagle wait on each
+            server.httpd.RequestHandlerClass.disable_nagle_algorithm = True
         self.cert_file = self._bundle_certificates() if tls else None
 
     def knob(self, name: str):
