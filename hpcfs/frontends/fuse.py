@@ -1,0 +1,230 @@
+"""FUSE front end: mfusepy Operations over the core.
+
+Every callback maps a path (relative to the mount) to a RemoteTree call.  Errors from the core are
+``OSError``s carrying the right errno, which mfusepy hands to the kernel as they are; anything else is a
+bug, logged once and reported as EIO.  Attribute and entry timeouts given to the kernel match the core's
+metadata cache, so the kernel does not ask more often than the cache could answer anyway.
+"""
+import ctypes.util
+import errno
+import functools
+import itertools
+import logging
+import os
+import threading
+import time
+
+from .. import errors
+
+# mfusepy loads libfuse2 first when both are installed; libfuse3 gives 1 MiB requests and is what we test.
+if ctypes.util.find_library("fuse3"):
+    os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+import mfusepy as fuse  # noqa: E402
+
+log = logging.getLogger("hpcfs.fuse")
+
+_BLOCK = 4096
+_UNSIGNED_MINUS_ONE = (1 << 32) - 1  # how libfuse passes chown's "leave unchanged"
+
+
+def _translate(method):
+    """One place owns error translation: core errors pass with their errno, anything else is EIO."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except errors.HpcfsError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY):
+                log.warning("%s: %s", method.__name__, exc)
+            raise fuse.FuseOSError(exc.errno) from None
+        except fuse.FuseOSError:
+            raise
+        except OSError as exc:  # local spool I/O
+            log.warning("%s: %s", method.__name__, exc)
+            raise fuse.FuseOSError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            raise fuse.FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+class HpcfsOperations(fuse.Operations):
+    use_ns = True  # nanosecond timestamps (mfusepy's float seconds are deprecated)
+
+    def __init__(self, remote_tree, read_only=False):
+        self.remote_tree = remote_tree
+        self.read_only = read_only
+        self.owner = (os.getuid(), os.getgid())  # a personal mount: files belong to whoever mounted it
+        self.handles = {}
+        self._next_handle = itertools.count(1)
+        self._handles_guard = threading.Lock()
+
+    # -- metadata -------------------------------------------------------------------------------------
+    @_translate
+    def getattr(self, path, fh=None):
+        return self._attributes(self.remote_tree.stat(path))
+
+    @_translate
+    def readdir(self, path, fh):
+        entries = self.remote_tree.listdir(path)
+        return [".", ".."] + [(entry.name, {"st_mode": entry.st_mode}, 0) for entry in entries]
+
+    @_translate
+    def readlink(self, path):
+        return self.remote_tree.readlink(path)
+
+    def statfs(self, path):
+        # Remote quotas are not part of any of the protocols; report a large, honest "unknown".
+        blocks = (1 << 40) // _BLOCK
+        return {
+            "f_bsize": _BLOCK, "f_frsize": _BLOCK, "f_blocks": blocks, "f_bfree": blocks,
+            "f_bavail": blocks, "f_files": 1 << 30, "f_ffree": 1 << 30, "f_namemax": 255,
+        }
+
+    # -- files ----------------------------------------------------------------------------------------
+    @_translate
+    def open(self, path, flags):
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        self._check_writable(writable)
+        handle = self.remote_tree.open(path, writable=writable, truncate=bool(flags & os.O_TRUNC))
+        return self._register(handle)
+
+    @_translate
+    def create(self, path, mode, flags=0):
+        self._check_writable(True)
+        handle = self.remote_tree.open(
+            path, writable=True, truncate=True, create=True, exclusive=bool(flags & os.O_EXCL)
+        )
+        handle.requested_mode = mode & 0o7777
+        return self._register(handle)
+
+    @_translate
+    def read(self, path, size, offset, fh):
+        return self.handles[fh].read(offset, size)
+
+    @_translate
+    def write(self, path, data, offset, fh):
+        return self.handles[fh].write(offset, data)
+
+    @_translate
+    def truncate(self, path, length, fh=None):
+        self._check_writable(True)
+        if fh is not None and fh in self.handles and self.handles[fh].writable:
+            self.handles[fh].truncate(length)
+        else:
+            self.remote_tree.truncate(path, length)
+
+    @_translate
+    def flush(self, path, fh):
+        handle = self.handles.get(fh)
+        if handle is not None and handle.writable:
+            handle.flush()
+
+    @_translate
+    def fsync(self, path, datasync, fh):
+        self.flush(path, fh)
+
+    @_translate
+    def release(self, path, fh):
+        with self._handles_guard:
+            handle = self.handles.pop(fh, None)
+        if handle is None:
+            return
+        handle.release()
+        mode = getattr(handle, "requested_mode", None)
+        # New executables keep their x bits; plain files keep the server's default mode (one round trip less).
+        if mode is not None and mode & 0o111 and self.remote_tree.capabilities.chmod:
+            self.remote_tree.chmod(path, mode)
+
+    # -- namespace ------------------------------------------------------------------------------------
+    @_translate
+    def mkdir(self, path, mode):
+        self._check_writable(True)
+        self.remote_tree.mkdir(path)
+
+    @_translate
+    def rmdir(self, path):
+        self._check_writable(True)
+        self.remote_tree.rmdir(path)
+
+    @_translate
+    def unlink(self, path):
+        self._check_writable(True)
+        self.remote_tree.remove(path)
+
+    @_translate
+    def rename(self, old, new):
+        self._check_writable(True)
+        self.remote_tree.rename(old, new)
+
+    @_translate
+    def chmod(self, path, mode):
+        self._check_writable(True)
+        self.remote_tree.chmod(path, mode)
+
+    @_translate
+    def chown(self, path, uid, gid):
+        # Ownership is the server's business; accept "no change" so cp -p and rsync -a work as the owner.
+        self.remote_tree.stat(path)
+        unchanged = (-1, _UNSIGNED_MINUS_ONE)
+        if uid not in unchanged + (self.owner[0],) or gid not in unchanged + (self.owner[1],):
+            raise fuse.FuseOSError(errno.EPERM)
+
+    @_translate
+    def utimens(self, path, times=None):
+        self._check_writable(True)
+        self.remote_tree.set_mtime(path, times[1] / 1e9 if times else time.time())
+
+    @_translate
+    def symlink(self, target, source):
+        # mfusepy (like fusepy) names them backwards: ``target`` is the new link, ``source`` what it points to.
+        self._check_writable(True)
+        self.remote_tree.symlink(source, target)
+
+    def destroy(self, path):
+        self.remote_tree.close()
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _register(self, handle):
+        with self._handles_guard:
+            fh = next(self._next_handle)
+            self.handles[fh] = handle
+        return fh
+
+    def _check_writable(self, writing):
+        if writing and self.read_only:
+            raise fuse.FuseOSError(errno.EROFS)
+
+    def _attributes(self, entry):
+        mtime_ns = int(entry.mtime * 1e9)
+        return {
+            "st_mode": entry.st_mode,
+            "st_size": entry.size,
+            "st_nlink": 2 if entry.is_dir else 1,
+            "st_uid": self.owner[0],
+            "st_gid": self.owner[1],
+            "st_mtime": mtime_ns,
+            "st_atime": mtime_ns,
+            "st_ctime": mtime_ns,
+            "st_blksize": _BLOCK,
+            "st_blocks": (entry.size + 511) // 512,
+        }
+
+
+def mount(remote_tree, mountpoint, foreground=True, read_only=False, fsname="hpcfs", options=None):
+    """Mount ``remote_tree`` at ``mountpoint``; returns when it is unmounted."""
+    ttl = remote_tree.options.attr_ttl
+    fuse_options = {
+        "fsname": fsname,
+        "subtype": "hpcfs",
+        "attr_timeout": ttl,
+        "entry_timeout": ttl,
+        "negative_timeout": min(remote_tree.options.negative_ttl, ttl),
+        "auto_cache": True,  # keep the page cache across opens while size and mtime are unchanged
+        "ro": read_only,
+    }
+    fuse_options.update(options or {})
+    operations = HpcfsOperations(remote_tree, read_only=read_only)
+    fuse.FUSE(operations, mountpoint, foreground=foreground, nothreads=False, **fuse_options)
