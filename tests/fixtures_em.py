@@ -45,22 +45,25 @@ class EMServerHandle:
         return {"EM_USERNAME": USER, "EM_PASSWORD": PASSWORD}
 
 
+def start_em(root: str, **options) -> EMServerHandle:
+    """A started server on ``root`` with volumes ``pod-a`` and ``pod-b``; the caller stops ``.server``."""
+    for volume in VOLUMES:
+        os.makedirs(os.path.join(root, volume), exist_ok=True)
+    return EMServerHandle(EMServer(root, {USER: PASSWORD}, **options).start())
+
+
 @pytest.fixture
 def make_em_server(tmp_path):
     """Factory: ``make_em_server(**EMServer options)`` -> started handle; all are stopped afterwards."""
-    servers = []
+    handles = []
 
     def make(**options) -> EMServerHandle:
-        root = tmp_path / f"em-root-{len(servers)}"
-        for volume in VOLUMES:
-            os.makedirs(root / volume)
-        server = EMServer(str(root), {USER: PASSWORD}, **options).start()
-        servers.append(server)
-        return EMServerHandle(server)
+        handles.append(start_em(str(tmp_path / f"em-root-{len(handles)}"), **options))
+        return handles[-1]
 
     yield make
-    for server in servers:
-        server.stop()
+    for handle in handles:
+        handle.server.stop()
 
 
 @pytest.fixture

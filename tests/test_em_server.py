@@ -172,6 +172,9 @@ def test_downlink_errors_and_no_ranges(em_server, raw):
     assert raw.get("/em/files/downlink", params={"filepath": "../pod-b/x", **pod}).json() == {
         "error": "ILLEGAL_PATH", "message": "Illegal path provided"}
     assert raw.get("/em/files/downlink", params={"filepath": "d", **pod}).status_code == 400
+    em_server.server.write_out_of_band("pod-a", "ünï.txt", b"u")
+    named = raw.get("/em/files/downlink", params={"filepath": "ünï.txt", **pod})
+    assert named.headers["Content-Disposition"] == "attachment; filename*=utf-8''%C3%BCn%C3%AF.txt"
 
 
 def test_double_slashes_are_collapsed(em_server, raw):

@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from typing import Dict, List, Optional, Tuple
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from .common import (
     DEFAULT_HOST,
@@ -197,6 +197,15 @@ def django_file_name(name: str) -> Optional[str]:
     name = html.unescape(name).rsplit("/")[-1].rsplit("\\")[-1]
     name = "".join(char for char in name if char.isprintable())
     return None if name in ("", ".", "..") else name
+
+
+def content_disposition(name: str) -> str:
+    """The header Django's FileResponse sends: a plain quoted name, or RFC 5987 for non-ASCII names."""
+    try:
+        name.encode("ascii")
+    except UnicodeEncodeError:
+        return f"attachment; filename*=utf-8''{quote(name)}"
+    return 'attachment; filename="{}"'.format(name.replace("\\", "\\\\").replace('"', r"\""))
 
 
 # -- the server -----------------------------------------------------------------------------------------
@@ -488,15 +497,15 @@ class EMServer:
 
     def _stream(self, handler, path: str):
         """Chunked body without Content-Length or Range, as a Django StreamingHttpResponse sends it."""
-        limit = self.knobs.take_drop()
-        self.count(Response(200))
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/octet-stream")
-        handler.send_header("Content-Disposition", f'attachment; filename="{os.path.basename(path)}"')
-        handler.send_header("Transfer-Encoding", "chunked")
-        handler.end_headers()
-        sent = 0
-        with open(path, "rb") as source:
+        with open(path, "rb") as source:  # opened before the status line: a failure can still be a 500
+            limit = self.knobs.take_drop()
+            self.count(Response(200))
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/octet-stream")
+            handler.send_header("Content-Disposition", content_disposition(os.path.basename(path)))
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            sent = 0
             for chunk in iter(lambda: source.read(1 << 20), b""):
                 if limit is not None and sent + len(chunk) > limit:
                     if limit > sent:  # (a zero-length chunk would end the body properly)
