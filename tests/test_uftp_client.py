@@ -170,6 +170,28 @@ def test_read_whole_streams_the_file(uftp_server, backend, big_file):
         backend.read_whole("/missing", io.BytesIO())
 
 
+def test_a_broken_data_connection_is_retried_on_another_session(uftp_server, backend, big_file):
+    backend.stat("/big.bin")
+    logins = uftp_server.log.snapshot()["PASS"]
+    uftp_server.knobs.drop_after_bytes = 100000  # the server cuts the next transfer, as a network failure
+    assert sha(backend.read_range("/big.bin", 0, 2 * MiB)) == sha(big_file[:2 * MiB])
+    data = random.Random(3).randbytes(MiB)
+    uftp_server.knobs.drop_after_bytes = 1000
+    backend.write_whole("/up", io.BytesIO(data), len(data))
+    assert sha(local_bytes(uftp_server.root, "/up")) == sha(data)
+    assert uftp_server.log.snapshot()["PASS"] == logins + 2
+
+
+def test_a_failing_sink_does_not_poison_the_pool(uftp_server, backend, big_file):
+    class Full(io.RawIOBase):
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        backend.read_whole("/big.bin", Full())
+    assert backend.read_range("/big.bin", 0, 100) == big_file[:100]
+
+
 def test_reading_a_directory(uftp_server, backend):
     os.mkdir(os.path.join(uftp_server.root, "d"))
     with pytest.raises(errors.IsADirectory):
@@ -387,7 +409,7 @@ def test_describe_and_repr_never_show_secrets(uftp_server, backend, caplog):
     assert description["server_version"] == "3.5.3"
     assert any("KEEP-ALIVE" in line for line in description["features"])
     assert description["session_limit"] == 16 and description["base_dir"] == "/"
-    text = repr(backend) + repr(description) + repr(backend._auth) + repr(backend._pool._grant) + caplog.text
+    text = repr(backend) + repr(description) + repr(backend._auth) + repr(backend._pool._current) + caplog.text
     for secret in list(uftp_server.server.jobs) + ["test123"]:
         assert secret not in text
 

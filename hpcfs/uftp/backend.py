@@ -49,8 +49,7 @@ class SessionPool:
         self._live = 0  # sessions idle or handed out (the keeper not counted)
         self._closed = False
         self._renew_lock = threading.Lock()
-        self._generation = 0
-        self._grant = None
+        self._current = (None, 0)  # (grant, generation), replaced as one so readers see a matching pair
         self._keeper: Optional[ControlSession] = None
         self.features = None
         self.version = ""
@@ -58,13 +57,14 @@ class SessionPool:
 
     @property
     def server(self) -> str:
-        return f"{self._grant.host}:{self._grant.port}"
+        grant = self._current[0]
+        return f"{grant.host}:{grant.port}"
 
     # -- the secret -------------------------------------------------------------------------------------
     def _renew(self, generation: int):
         """Authenticate anew and log the keeper in, unless another thread renewed since ``generation``."""
         with self._renew_lock:
-            if generation != self._generation:
+            if generation != self._current[1]:
                 return
             grant = self._auth.authenticate(self._base_dir)
             try:
@@ -74,14 +74,14 @@ class SessionPool:
                 raise errors.NotFound("UFTPD ended the session right after login: is the base directory "
                                       "missing or not accessible?", self._base_dir) from None
             old, self._keeper = self._keeper, keeper
-            self._grant, self.features, self.version = grant, keeper.features, keeper.version
-            self._generation += 1
+            self.features, self.version = keeper.features, keeper.version
+            self._current = (grant, generation + 1)
         if old is not None:
             old.close()
 
     def _login(self) -> ControlSession:
         for attempt in range(2):
-            grant, generation = self._grant, self._generation
+            grant, generation = self._current
             try:
                 return ControlSession(grant.host, grant.port, grant.secret, timeout=self.timeout,
                                       features=self.features)

@@ -15,6 +15,7 @@ from the Auth server, then speaks UFTPD's FTP dialect (/work/shared/reference/uf
 - Anything out of step marks the session ``broken``; the pool then closes it instead of reusing it.
 """
 import collections
+import contextlib
 import errno
 import re
 import select
@@ -75,6 +76,15 @@ def reply_error(reply: Reply, path: Optional[str] = None) -> errors.HpcfsError:
     if reply.code in (501, 503):
         return errors.ProtocolError(message, path)
     return errors.HpcfsError(message, path)
+
+
+def transfer_error(reply: Reply, path: Optional[str] = None) -> errors.HpcfsError:
+    """A transfer the server failed: a broken data connection is the session's loss (worth one retry on
+    another session); anything else is the file's own error."""
+    found = re.search(r"\[Errno (\d+)\]", reply.text)
+    if found and int(found.group(1)) in (errno.EPIPE, errno.ECONNRESET):
+        return SessionLost(f"the data connection broke: {reply.text}", path)
+    return reply_error(reply, path)
 
 
 class ControlSession:
@@ -220,39 +230,31 @@ class ControlSession:
             _close(self._data)
             self._data = None
 
-    def _after_transfer(self, complete: bool):
-        self._range_armed = False
-        if not complete:
-            self.broken = True  # bytes may still be in flight on the data connection
-        if not self._keep_alive_on or not complete:
-            self._close_data()
-
     # -- transfers --------------------------------------------------------------------------------------
     def retrieve(self, path: str, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset+length)``, which the caller has clamped to the file's size.  Fewer come
         back only if the file shrank meanwhile; the session is then given up."""
         self._ensure_data()
         self._range_armed = True
-        replies = self.batch(f"RANG {offset} {offset + length}", f"RETR {path}")
-        self._check_transfer_start(replies, path)
-        announced = transfer_size(replies[-1])
-        if announced != length:
-            raise self._lost(f"UFTPD announced {announced} bytes for a range of {length}", errors.ProtocolError)
-        pieces = []
-        received = self._receive(length, lambda view: pieces.append(bytes(view)), length, path)
+        start = self._start_transfer([f"RANG {offset} {offset + length}", f"RETR {path}"], path)
+        with self._transferring():
+            announced = transfer_size(start)
+            if announced != length:
+                raise errors.ProtocolError(f"UFTPD announced {announced} bytes for a range of {length}", path)
+            pieces = []
+            received = self._receive(length, lambda view: pieces.append(bytes(view)), length, path)
         self._after_transfer(received == length)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def retrieve_all(self, path: str, write: Callable[[memoryview], object]) -> int:
         """Stream the whole file to ``write``; returns the byte count."""
         self._ensure_data()
-        replies = self.batch(*self._range_reset(), f"RETR {path}")
-        self._range_armed = False
-        self._check_transfer_start(replies, path)
-        size = transfer_size(replies[-1])
-        if size is None:
-            raise self._lost("UFTPD did not announce the file size", errors.ProtocolError)
-        received = self._receive(size, write, CHUNK, path)
+        start = self._start_transfer([*self._range_reset(), f"RETR {path}"], path)
+        with self._transferring():
+            size = transfer_size(start)
+            if size is None:
+                raise errors.ProtocolError("UFTPD did not announce the file size", path)
+            received = self._receive(size, write, CHUNK, path)
         self._after_transfer(received == size)
         return received
 
@@ -262,20 +264,28 @@ class ControlSession:
         self._ensure_data()
         if offset is None:
             commands = [*self._range_reset(), f"ALLO {size}", f"STOR {path}"]
-            self._range_armed = False
         else:
             self._range_armed = True
             commands = [f"RANG {offset} {offset + size}", f"STOR {path}"]
-        self._check_transfer_start(self.batch(*commands), path)
-        self._send_data(chunks, size, path)
-        self._finish_store(path)
+        self._start_transfer(commands, path)
+        with self._transferring():
+            self._send_data(chunks, size, path)
+            reply = self.read_reply()
+        self._after_transfer(reply.code == 226)
+        if reply.code != 226:
+            raise transfer_error(reply, path) if not reply.ok else errors.ProtocolError(
+                f"unexpected end of upload: {reply.lines[0][:80]!r}", path)
 
     def _range_reset(self):
         """A failed transfer leaves its RANG in force, and ALLO or RETR would then use it."""
-        return ["RANG 1 0"] if self._range_armed else []
+        if not self._range_armed:
+            return []
+        self._range_armed = False
+        return ["RANG 1 0"]
 
-    def _check_transfer_start(self, replies: List[Reply], path):
-        *preliminaries, start = replies
+    def _start_transfer(self, commands: List[str], path) -> Reply:
+        """Send the commands that open a transfer; their ``150`` reply, or the first failure."""
+        *preliminaries, start = self.batch(*commands)
         failed = next((reply for reply in preliminaries if not reply.ok), None)
         if failed is not None:
             if start.code == 150:  # a transfer began that we cannot frame: give the session up
@@ -284,11 +294,30 @@ class ControlSession:
         if start.code != 150:
             raise reply_error(start, path) if not start.ok else self._lost(
                 f"unexpected reply to a transfer: {start.lines[0][:80]!r}", errors.ProtocolError)
+        return start
+
+    @contextlib.contextmanager
+    def _transferring(self):
+        """Between ``150`` and ``226`` any exit but a normal one leaves bytes unaccounted for on the data
+        connection, so the session is given up (a failing sink or source included)."""
+        try:
+            yield
+        except BaseException:
+            self.broken = True
+            self._close_data()
+            raise
+
+    def _after_transfer(self, complete: bool):
+        self._range_armed = False
+        if not complete:
+            self.broken = True  # bytes may still be in flight on the data connection
+        if not self._keep_alive_on or not complete:
+            self._close_data()
 
     def _receive(self, count: int, consume: Callable[[memoryview], object], chunk: int, path) -> int:
         """Read ``count`` bytes from the data connection into buffers of ``chunk`` bytes handed to
         ``consume``, watching the control connection: a reply before the last byte means the server
-        stopped early (file shrank) or failed.  Returns the bytes received."""
+        stopped early (the file shrank) or failed.  Returns the bytes received."""
         buffer = memoryview(bytearray(max(1, min(count, chunk))))
         received = filled = 0
         final = None
@@ -297,19 +326,20 @@ class ControlSession:
         poller.register(self._sock, select.POLLIN)
         while received < count:
             if final is None and self._lines:
-                final = self.read_reply()
+                final = self._early_reply(poller, path)
                 continue
-            events = dict(poller.poll(1000 * (self.timeout if final is None else min(DRAIN_GRACE, self.timeout))))
+            wait = self.timeout if final is None else min(DRAIN_GRACE, self.timeout)
+            events = dict(poller.poll(1000 * wait))
             if not events:
                 if final is None:
-                    raise self._lost(f"transfer stalled for {self.timeout:g} s", errors.TimedOut)
-                break  # the server finished early and nothing more is coming
+                    raise errors.TimedOut(f"transfer stalled for {self.timeout:g} s", path)
+                break  # the server ended early and nothing more is coming
             if self._data.fileno() in events:
                 want = min(len(buffer) - filled, count - received)
                 try:
                     got = self._data.recv_into(buffer[filled:filled + want])
                 except OSError as exc:
-                    raise self._lost(f"data connection failed: {_reason(exc)}") from None
+                    raise SessionLost(f"data connection failed: {_reason(exc)}", path) from None
                 _quickack(self._data)
                 if not got:
                     break
@@ -318,21 +348,23 @@ class ControlSession:
                 if filled == len(buffer):
                     consume(buffer[:filled])
                     filled = 0
-            elif self._sock.fileno() in events and final is None:
-                final = self.read_reply()
-                if not final.ok:
-                    self.broken = True
-                    raise reply_error(final, path)
-                poller.unregister(self._sock)
+            elif final is None:
+                final = self._early_reply(poller, path)
         if filled:
             consume(buffer[:filled])
-        if final is None:
-            final = self.read_reply()
+        final = final or self.read_reply()
         if final.code != 226:
-            self.broken = True
-            raise reply_error(final, path) if not final.ok else errors.ProtocolError(
+            raise transfer_error(final, path) if not final.ok else errors.ProtocolError(
                 f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
         return received
+
+    def _early_reply(self, poller, path) -> Reply:
+        """A reply during a transfer: a ``226`` (data may still be in flight), or the server's failure."""
+        reply = self.read_reply()
+        if not reply.ok:
+            raise transfer_error(reply, path)
+        poller.unregister(self._sock)
+        return reply
 
     def _send_data(self, chunks: Iterable, size: int, path):
         sent = 0
@@ -342,15 +374,10 @@ class ControlSession:
                 sent += len(chunk)
         except OSError as exc:
             # The server stopped reading; its reply on the control connection says why.
-            self.broken = True
             reply = self._reply_after_failure()
-            raise (reply_error(reply, path) if reply and not reply.ok else
+            raise (transfer_error(reply, path) if reply and not reply.ok else
                    SessionLost(f"data connection failed: {_reason(exc)}", path)) from None
-        except BaseException:
-            self.broken = True  # the server still waits for bytes that will not come
-            raise
         if sent != size:
-            self.broken = True
             raise errors.HpcfsError(f"the source gave {sent} bytes where {size} were announced", path)
 
     def _reply_after_failure(self) -> Optional[Reply]:
@@ -358,14 +385,6 @@ class ControlSession:
             return self.read_reply()
         except errors.HpcfsError:
             return None
-
-    def _finish_store(self, path):
-        reply = self.read_reply()
-        complete = reply.code == 226
-        self._after_transfer(complete)
-        if not complete:
-            raise reply_error(reply, path) if not reply.ok else errors.ProtocolError(
-                f"unexpected end of upload: {reply.lines[0][:80]!r}", path)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def idle_and_sound(self) -> bool:
