@@ -1,0 +1,90 @@
+"""``hpcfs mount`` of the whole EM tree, driven by ordinary shell tools, with request counts read from the
+in-process server: no unknown volume is ever named, ``ls -lR`` costs one listing, a second read costs
+no download, and a file a pod writes shows up once the cache period has passed."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fixtures_em import VOLUMES
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not os.access("/dev/fuse", os.R_OK | os.W_OK) or not shutil.which("fusermount3"),
+                       reason="needs /dev/fuse and fusermount3"),
+]
+TTL = 1.0  # seconds for listings, attributes and negative answers, so out-of-band changes show quickly
+
+
+def hpcfs(*args, env=None, check=True):
+    return subprocess.run([sys.executable, "-m", "hpcfs", *args], env=env, capture_output=True, text=True,
+                          timeout=45, check=check)
+
+
+def tree_digests(top):
+    digests = {}
+    for directory, _, files in os.walk(top):
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as handle:
+                digests[os.path.relpath(path, top)] = hashlib.sha256(handle.read()).hexdigest()
+    return digests
+
+
+def lists_of(handle, volume):
+    return sum(1 for kind, detail in handle.log.entries if kind == "files/list" and detail == volume)
+
+
+@pytest.fixture
+def mounted(em_server, tmp_path):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = {**os.environ, **em_server.env, "XDG_STATE_HOME": str(tmp_path / "state")}
+    options = f"listing_ttl={TTL},attr_ttl={TTL},negative_ttl={TTL}"
+    hpcfs("mount", em_server.plain_url("/"), str(mountpoint), "-o", options, env=env)
+    yield mountpoint
+    if hpcfs("umount", str(mountpoint), env=env, check=False).returncode:
+        hpcfs("umount", "--lazy", str(mountpoint), env=env, check=False)
+    assert em_server.server.names_seen.keys() <= set(VOLUMES)
+
+
+def test_shell_tools_on_the_whole_tree(em_server, mounted, tmp_path):
+    assert sorted(os.listdir(mounted)) == ["_default", "pod-a", "pod-b"]
+    for probe in (".Trash-1000", ".Trash", "autorun.inf", ".hidden", "desktop"):
+        assert not os.path.exists(mounted / probe)
+    source = tmp_path / "src"
+    (source / "sub" / "deeper").mkdir(parents=True)
+    (source / "big.bin").write_bytes(os.urandom(3_000_000))
+    (source / "a.txt").write_text("hello\n")
+    (source / "sub" / "deeper" / "c.bin").write_bytes(os.urandom(70_000))
+    (source / "sub" / "empty.txt").write_bytes(b"")
+    subprocess.run(["cp", "-r", str(source), str(mounted / "pod-a")], check=True, timeout=30)
+    assert tree_digests(os.path.join(em_server.root, "pod-a", "src")) == tree_digests(source)
+    subprocess.run(["cp", "-r", str(mounted / "pod-a" / "src"), str(tmp_path / "out")], check=True, timeout=30)
+    assert tree_digests(tmp_path / "out") == tree_digests(source)
+    subprocess.run(["rm", "-r", str(mounted / "pod-a" / "src")], check=True, timeout=30)
+    assert os.listdir(os.path.join(em_server.root, "pod-a")) == []
+
+
+def test_request_counts_through_the_mount(em_server, mounted):
+    for path in ("r1.txt", "d/r2.txt", "d/e/r3.bin"):
+        em_server.server.write_out_of_band("pod-b", path, path.encode() * 100)
+    listing = subprocess.run(["ls", "-lR", str(mounted / "pod-b")], check=True, capture_output=True, text=True)
+    assert "r3.bin" in listing.stdout and lists_of(em_server, "pod-b") == 1
+    for _ in range(2):
+        with open(mounted / "pod-b" / "d" / "e" / "r3.bin", "rb") as handle:
+            assert handle.read() == b"d/e/r3.bin" * 100
+    assert em_server.log.counts["files/downlink"] == 1
+
+
+def test_a_file_written_by_a_pod_appears_after_the_cache_period(em_server, mounted):
+    assert os.listdir(mounted / "pod-b") == []
+    em_server.server.write_out_of_band("pod-b", "result.dat", b"written out of band")
+    deadline = time.monotonic() + 10 * TTL
+    while not os.path.exists(mounted / "pod-b" / "result.dat") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (mounted / "pod-b" / "result.dat").read_bytes() == b"written out of band"
