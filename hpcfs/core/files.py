@@ -28,6 +28,8 @@ class RemoteFile:
         self._size = entry.size if entry else 0
         self._dirty = False
         self._modified = entry.mtime if entry else time.time()
+        self.pending_mode = None  # chmod and utime that must wait until the file exists on the server
+        self.pending_mtime = None
         self._lock = threading.Lock()  # one upload at a time; spool creation happens once
         if writable and (truncate or entry is None):
             self._size = 0
@@ -80,6 +82,11 @@ class RemoteFile:
                     self.path,
                 ) from exc
             self._dirty = False
+            mode, mtime, self.pending_mode, self.pending_mtime = self.pending_mode, self.pending_mtime, None, None
+            if mode is not None:
+                self.tree.chmod(self.path, mode)
+            if mtime is not None:
+                self.tree.set_mtime(self.path, mtime)
             self.entry = self.tree.stat_cached(self.path) or self.entry
 
     def release(self):
@@ -98,8 +105,8 @@ class RemoteFile:
         """Attributes as the user sees them while the file is open for writing."""
         base = self.entry or Entry(name=self.path.rsplit("/", 1)[-1], kind=FILE, mode=0o644)
         return Entry(
-            name=base.name, kind=FILE, size=self._size, mtime=self._modified,
-            mode=base.mode, uid=base.uid, gid=base.gid, token=f"spool:{id(self)}:{self._size}",
+            name=base.name, kind=FILE, size=self._size, mtime=self._modified if self.pending_mtime is None else self.pending_mtime,
+            mode=base.mode if self.pending_mode is None else self.pending_mode, uid=base.uid, gid=base.gid, token=f"spool:{id(self)}:{self._size}",
         )
 
     # -- internals ------------------------------------------------------------------------------------

@@ -192,18 +192,26 @@ class RemoteTree:
 
     def chmod(self, path, mode):
         path = normalize(path)
-        entry = self.stat(path)
         if not self.capabilities.chmod:
             raise errors.NotSupported("the server cannot change permissions", path)
+        writer = self._writer(path)
+        if writer is not None and writer.dirty:  # not on the server yet: applied after the upload
+            writer.pending_mode = mode & 0o7777
+            return
+        entry = self._stat_server(path)
         self.backend.chmod(self._remote(path), mode & 0o7777)
         self.meta.put(path, dataclasses.replace(entry, mode=mode & 0o7777))
 
     def set_mtime(self, path, mtime):
         """Set the modification time; ignored (like the spool's own time) where the server cannot."""
         path = normalize(path)
-        entry = self.stat(path)
-        if not self.capabilities.set_mtime or self._writer(path) is not None:
+        if not self.capabilities.set_mtime:
             return
+        writer = self._writer(path)
+        if writer is not None and writer.dirty:  # not on the server yet: applied after the upload
+            writer.pending_mtime = mtime
+            return
+        entry = self._stat_server(path)
         self.backend.set_mtime(self._remote(path), mtime)
         self.meta.put(path, dataclasses.replace(entry, mtime=mtime))
 

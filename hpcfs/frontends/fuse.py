@@ -97,7 +97,8 @@ class HpcfsOperations(fuse.Operations):
         handle = self.remote_tree.open(
             path, writable=True, truncate=True, create=True, exclusive=bool(flags & os.O_EXCL)
         )
-        handle.requested_mode = mode & 0o7777
+        if mode & 0o111 and self.remote_tree.capabilities.chmod:
+            handle.pending_mode = mode & 0o7777  # new executables keep their x bits; others the server's default
         return self._register(handle)
 
     @_translate
@@ -133,10 +134,6 @@ class HpcfsOperations(fuse.Operations):
         if handle is None:
             return
         handle.release()
-        mode = getattr(handle, "requested_mode", None)
-        # New executables keep their x bits; plain files keep the server's default mode (one round trip less).
-        if mode is not None and mode & 0o111 and self.remote_tree.capabilities.chmod:
-            self.remote_tree.chmod(path, mode)
 
     # -- namespace ------------------------------------------------------------------------------------
     @_translate
