@@ -8,6 +8,7 @@ from an ``/em`` endpoint triggers one fresh login and one replay.  The API chang
 keys and a 405 switches the method for good.  Any 2xx is success; error bodies may be HTML.
 """
 import base64
+import functools
 import html
 import io
 import json
@@ -236,7 +237,7 @@ class EMClient:
               timeout: float = None, **arguments) -> requests.Response:
         """One authenticated exchange: renew the token if due, replay once after a 401, retry 423s."""
         with self._lock:
-            send = lambda: self._send(method, endpoint, where, body=body, timeout=timeout, **arguments)  # noqa: E731
+            send = functools.partial(self._send, method, endpoint, where, body=body, timeout=timeout, **arguments)
             response = self._until_not_busy(send, where)
             if response.status_code == 401:
                 response.close()
@@ -326,7 +327,7 @@ class EMClient:
         """Exchange the refresh token for a new access token; False when the server refuses."""
         response = self._until_not_busy(lambda: self._send(
             "POST", "/auth/refresh", "/", authenticate=False, json={"refresh": self._refresh}), "/")
-        if response.status_code in (400, 401, 403):
+        if not 200 <= response.status_code < 300:  # whatever the reason, a fresh login is the way on
             response.close()
             self._refresh = None
             return False
