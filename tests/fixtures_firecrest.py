@@ -3,11 +3,17 @@
 ``firecrest_server`` runs ``hpcfs.servers.firecrest.FirecrestServer`` on 127.0.0.1 with the real server's
 limits except where waiting would only slow tests down: a 50 ms command timeout (so an empty upload's
 408 comes fast), 8 MiB staging parts and an upload job that checks the bucket every 50 ms.
+``openapi_violations`` checks every exchange against shared/specs/firecrest-v2-openapi.json.
 """
+import json
+import os
+import re
 import secrets
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote, urlencode
 
+import jsonschema
 import pytest
 
 from hpcfs.servers.firecrest import FirecrestServer
@@ -65,3 +71,80 @@ def firecrest_server(tmp_path):
     handle = start_firecrest(root)
     yield handle
     handle.server.stop()
+
+
+# -- OpenAPI conformance --------------------------------------------------------------------------------
+SPEC_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "specs", "firecrest-v2-openapi.json")
+
+
+@lru_cache(maxsize=1)
+def openapi() -> dict:
+    with open(SPEC_PATH) as handle:
+        return json.load(handle)
+
+
+@lru_cache(maxsize=1)
+def _operations():
+    return [(re.compile("^" + re.sub(r"\{\w+\}", "[^/]+", template) + "/?$"), template, methods)
+            for template, methods in openapi()["paths"].items()]
+
+
+def openapi_operation(method: str, path: str):
+    """``(path template, operation)`` for a concrete request path; AssertionError if undocumented."""
+    for regex, template, methods in _operations():
+        if regex.match(path) and method.lower() in methods:
+            return template, methods[method.lower()]
+    raise AssertionError(f"{method} {path} is not in the OpenAPI document")
+
+
+def _validate(instance, schema: dict, what: str):
+    rooted = dict(schema, components=openapi()["components"])
+    try:
+        jsonschema.Draft202012Validator(rooted).validate(instance)
+    except jsonschema.ValidationError as exc:
+        raise AssertionError(f"{what} does not match the OpenAPI schema: {exc.message} at {list(exc.path)}") from None
+
+
+def check_request(method: str, path: str, content_type: str, body: bytes):
+    """A request body must be of a declared type, and a JSON one must match the ``requestBody`` schema."""
+    template, op = openapi_operation(method, path)
+    declared = (op.get("requestBody") or {}).get("content", {})
+    if body and "application/json" in content_type:
+        assert "application/json" in declared, f"{method} {template} takes no JSON body"
+        _validate(json.loads(body), declared["application/json"]["schema"], f"request to {method} {template}")
+    elif body:
+        assert content_type.split(";")[0] in declared, f"{method} {template} takes no {content_type} body"
+
+
+def check_response(method: str, path: str, status: int, content_type: str, body: bytes):
+    """The status must be documented (exactly or as 4XX/5XX) and a JSON body must match its schema."""
+    template, op = openapi_operation(method, path)
+    responses = op["responses"]
+    key = str(status) if str(status) in responses else f"{str(status)[0]}XX"
+    assert key in responses, f"{method} {template} answered {status}, documented: {sorted(responses)}"
+    schema = responses[key].get("content", {}).get("application/json", {}).get("schema")
+    if schema is None:
+        assert not body, f"{method} {template} answered {status} with a body the document does not declare"
+    elif "application/json" in content_type:
+        _validate(json.loads(body), schema, f"{status} reply of {method} {template}")
+
+
+@pytest.fixture
+def openapi_violations(firecrest_server):
+    """Every API exchange with ``firecrest_server`` is checked against the OpenAPI document; the test
+    asserts this list (of violations) is empty at its end."""
+    violations = []
+
+    def observe(request, response):
+        if request.path == "/token":
+            return
+        try:
+            check_request(request.method, request.path, request.headers.get("Content-Type", ""), request.body)
+            if response is not None:
+                check_response(request.method, request.path, response.status,
+                               response.headers.get("Content-Type", ""), response.body)
+        except AssertionError as exc:
+            violations.append(str(exc))
+
+    firecrest_server.server.observers.append(observe)
+    return violations

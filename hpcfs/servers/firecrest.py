@@ -18,6 +18,7 @@ import math
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -115,12 +116,14 @@ class FirecrestServer:
         self.scheduler = Scheduler(self.shell, self.knob, self.system)
         self._sessions = 0
         self._sessions_lock = threading.Lock()
+        self.observers = []  # callables (request, response) seeing every API exchange, e.g. to validate it
         self._tls_dir = tempfile.mkdtemp(prefix="hpcfs-firecrest-tls-") if tls else None
         self.api = RestServer(self._build_api(), host, port, self._tls_subdir("api"))
         self.s3 = RestServer(build_app(self.store, self.knobs, self.log), host, s3_port, self._tls_subdir("s3"))
         self.store.public_url = self.s3.url
-        for server in (self.api, self.s3):  # one reply is several writes: no Nagle wait on each
-            server.httpd.RequestHandlerClass.disable_nagle_algorithm = True
+        for server in (self.api, self.s3):
+            server.httpd.RequestHandlerClass.disable_nagle_algorithm = True  # a reply is several writes
+            _ignore_disconnects(server.httpd)
         self.cert_file = self._bundle_certificates() if tls else None
 
     def knob(self, name: str):
@@ -135,8 +138,9 @@ class FirecrestServer:
         return f"{self.api.url}/token"
 
     def start(self) -> "FirecrestServer":
-        self.api.start()
-        self.s3.start()
+        for server in (self.api, self.s3):  # RestServer.start, with a short poll so stop() is quick
+            threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                             name="firecrest-server", daemon=True).start()
         return self
 
     def stop(self):
@@ -226,6 +230,8 @@ class FirecrestServer:
                 response = _error_response(error, user, extra)
             if response is not None:
                 response.headers.update(headers)
+            for observer in self.observers:
+                observer(request, response)
             return response
 
         return run
@@ -508,6 +514,17 @@ class FirecrestServer:
             raise ApiError(404, "Job not found.")
         self.scheduler.cancel(job)
         return Response(204, b"", {})
+
+
+def _ignore_disconnects(httpd):
+    """A client that gave up on a hanging request (the empty upload) is no server error worth a traceback."""
+    default = httpd.handle_error
+
+    def handle_error(request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            default(request, client_address)
+
+    httpd.handle_error = handle_error
 
 
 # -- request parsing, as FastAPI and pydantic do it -------------------------------------------------------

@@ -1,0 +1,348 @@
+"""The firecrest:// backend against the local FirecREST server, over real sockets."""
+import hashlib
+import io
+import os
+import threading
+import time
+
+import pytest
+
+from fixtures_firecrest import start_firecrest
+from hpcfs import errors
+from hpcfs.backend import DIRECTORY, FILE, SYMLINK
+from hpcfs.servers import firecrest as fc
+from hpcfs.urls import open_backend
+
+MIB = 1024 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def local_sha256(path) -> str:
+    with open(path, "rb") as handle:
+        return sha256(handle.read())
+
+
+@pytest.fixture
+def backend(firecrest_server, openapi_violations):
+    opened, root = open_backend(firecrest_server.url("/"))
+    assert root == "/"
+    opened.client.backoff = 0.01  # keep retry tests fast; the policy is what is tested
+    firecrest_server.log.reset()
+    yield opened
+    opened.close()
+    assert openapi_violations == []
+
+
+def write_local(server, path, data: bytes):
+    full = os.path.join(server.root, path.lstrip("/"))
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full, "wb") as handle:
+        handle.write(data)
+    return full
+
+
+# -- metadata ------------------------------------------------------------------------------------------
+def test_list_is_one_request_with_every_attribute(firecrest_server, backend):
+    root = firecrest_server.root
+    write_local(firecrest_server, "/d/plain.txt", b"12345")
+    write_local(firecrest_server, "/d/.hidden", b"")
+    write_local(firecrest_server, "/d/it's here", b"q")
+    write_local(firecrest_server, "/d/ünïcødé ✓.txt", b"u")
+    write_local(firecrest_server, '/d/say "hi"\ttab', b"t")
+    os.mkdir(os.path.join(root, "d", "sub"))
+    os.symlink("plain.txt", os.path.join(root, "d", "link"))
+    os.chmod(os.path.join(root, "d", "plain.txt"), 0o640)
+
+    entries = {entry.name: entry for entry in backend.list("/d")}
+
+    assert firecrest_server.log.total() == 1 and firecrest_server.log.total(fc.LS) == 1
+    assert sorted(entries) == sorted([".hidden", "it's here", "ünïcødé ✓.txt", 'say "hi"\ttab', "link",
+                                      "plain.txt", "sub"])
+    plain = entries["plain.txt"]
+    assert (plain.kind, plain.size, plain.mode) == (FILE, 5, 0o640)
+    assert plain.mtime == int(os.stat(os.path.join(root, "d", "plain.txt")).st_mtime)
+    assert plain.uid == os.getuid()
+    assert (entries["sub"].kind, entries["link"].kind, entries["link"].target) == (DIRECTORY, SYMLINK, "plain.txt")
+
+
+def test_stat_lists_nothing_and_describes_links(firecrest_server, backend):
+    write_local(firecrest_server, "/f.bin", b"x" * 10)
+    os.symlink("f.bin", os.path.join(firecrest_server.root, "ln"))
+    assert backend.stat("/f.bin").size == 10 and backend.stat("/f.bin").name == "f.bin"
+    assert backend.stat("/ln").kind == SYMLINK
+    assert backend.stat("/").name == "" and backend.stat("/").kind == DIRECTORY
+    assert firecrest_server.log.total() == firecrest_server.log.total(fc.STAT) == 5
+
+
+def test_listing_a_file_or_missing_path(firecrest_server, backend):
+    write_local(firecrest_server, "/file", b"x")
+    os.mkdir(os.path.join(firecrest_server.root, "dir"))
+    write_local(firecrest_server, "/dir/inner", b"y")
+    os.symlink("dir", os.path.join(firecrest_server.root, "dirlink"))
+    with pytest.raises(errors.NotADirectory):
+        backend.list("/file")
+    with pytest.raises(errors.NotFound):
+        backend.list("/missing")
+    assert [entry.name for entry in backend.list("/dirlink")] == ["inner"]
+
+
+# -- reading -------------------------------------------------------------------------------------------
+def test_small_file_is_one_download(firecrest_server, backend):
+    data = os.urandom(300_000)
+    write_local(firecrest_server, "/small.bin", data)
+    sink = io.BytesIO()
+    backend.read_whole("/small.bin", sink)
+    assert sha256(sink.getvalue()) == sha256(data)
+    assert firecrest_server.log.total() == firecrest_server.log.total(fc.DOWNLOAD) == 1
+    assert backend.capabilities.max_whole_read == (5 * MIB - 1) // 4 * 3 == 3_932_157
+
+
+def test_ranges_are_staged_once_per_version(firecrest_server, backend):
+    data = os.urandom(6 * MIB)
+    write_local(firecrest_server, "/big.bin", data)
+    backend.recheck = 60.0
+    chunks, threads = {}, []
+    for offset in range(0, len(data), MIB):  # readahead-like: several readers at once
+        reader = threading.Thread(target=lambda o=offset: chunks.__setitem__(o, backend.read_range("/big.bin", o, MIB)))
+        threads.append(reader)
+        reader.start()
+    for reader in threads:
+        reader.join(30)
+    assert sha256(b"".join(chunks[o] for o in sorted(chunks))) == sha256(data)
+    assert firecrest_server.log.total("POST /filesystem/{system_name}/transfer/download") == 1
+    assert firecrest_server.log.total(fc.STAGED_GET) == 6
+    assert backend.read_range("/big.bin", len(data) - 10, 100) == data[-10:]  # short at the end
+    assert backend.read_range("/big.bin", len(data), 100) == b""
+
+    changed = os.urandom(6 * MIB + 1)
+    write_local(firecrest_server, "/big.bin", changed)
+    backend.recheck = 0.0
+    assert backend.read_range("/big.bin", 5, 1000) == changed[5:1005]
+    assert firecrest_server.log.total("POST /filesystem/{system_name}/transfer/download") == 2
+
+
+@pytest.mark.parametrize("size", [100_000, 3 * MIB], ids=["above-cap-413", "far-above-cap-deadlock"])
+def test_read_whole_falls_back_to_staging(firecrest_server, backend, size):
+    firecrest_server.knobs.extra["max_ops_file_size"] = 64 * 1024  # the server's cap shrank meanwhile
+    data = os.urandom(size)
+    write_local(firecrest_server, "/f", data)
+    sink = io.BytesIO()
+    backend.read_whole("/f", sink)
+    assert sha256(sink.getvalue()) == sha256(data)
+    assert firecrest_server.log.total("POST /filesystem/{system_name}/transfer/download") == 1
+
+
+# -- writing -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,uploads,parts", [(0, 1, 0), (MIB, 1, 0), (5 * MIB, 1, 0), (12 * MIB, 0, 2)],
+                         ids=["empty", "1MiB", "at-limit", "staged-12MiB"])
+def test_write_whole(firecrest_server, backend, size, uploads, parts):
+    write_local(firecrest_server, "/w/target", b"old content")
+    data = os.urandom(size)
+    backend.write_whole("/w/target", io.BytesIO(data), size)
+    assert local_sha256(os.path.join(firecrest_server.root, "w", "target")) == sha256(data)
+    assert firecrest_server.log.total(fc.UPLOAD) == uploads
+    assert firecrest_server.log.total("PUT /{bucket}/{key:path}") == parts
+    assert backend.stat("/w/target").size == size
+
+
+def test_staged_write_waits_for_the_upload_job(firecrest_server, backend):
+    firecrest_server.knobs.extra["ingress_poll"] = 0.4  # the job's first look finds no object yet
+    data = os.urandom(6 * MIB)
+    started = time.monotonic()
+    backend.write_whole("/late.bin", io.BytesIO(data), len(data))
+    assert time.monotonic() - started >= 0.35
+    assert local_sha256(os.path.join(firecrest_server.root, "late.bin")) == sha256(data)
+
+
+def test_empty_file_when_the_server_hangs_longer_than_we_wait(firecrest_server, backend):
+    firecrest_server.knobs.extra["command_timeout"] = 3.0  # the real server's 5 s, shortened
+    backend.empty_upload_wait = 0.3
+    started = time.monotonic()
+    backend.write_whole("/empty", io.BytesIO(b""), 0)
+    assert time.monotonic() - started < 2.0
+    assert os.path.getsize(os.path.join(firecrest_server.root, "empty")) == 0
+
+
+# -- namespace -----------------------------------------------------------------------------------------
+def test_mkdir_chmod_symlink_readlink(firecrest_server, backend):
+    root = firecrest_server.root
+    backend.mkdir("/new")
+    assert os.path.isdir(os.path.join(root, "new"))
+    with pytest.raises(errors.AlreadyExists):
+        backend.mkdir("/new")
+    with pytest.raises(errors.NotFound):
+        backend.mkdir("/missing/child")
+    write_local(firecrest_server, "/new/f", b"data")
+    backend.chmod("/new/f", 0o604)
+    assert os.stat(os.path.join(root, "new", "f")).st_mode & 0o777 == 0o604
+    backend.symlink("/new/f", "/new/link")
+    assert os.readlink(os.path.join(root, "new", "link")) == "/new/f"
+    assert backend.readlink("/new/link") == "/new/f"
+    with pytest.raises(errors.InvalidPath):
+        backend.readlink("/new/f")
+
+
+def test_rename_is_a_polled_job_with_posix_rules(firecrest_server, backend):
+    root = firecrest_server.root
+    firecrest_server.knobs.extra.update(queue_delay=0.1, job_visibility_lag=0.2)
+    write_local(firecrest_server, "/r/a", b"A")
+    write_local(firecrest_server, "/r/b", b"B")
+    write_local(firecrest_server, "/r/full/x", b"X")
+    os.mkdir(os.path.join(root, "r", "empty"))
+    os.mkdir(os.path.join(root, "r", "dir"))
+
+    backend.rename("/r/a", "/r/b")  # replaces a file
+    assert open(os.path.join(root, "r", "b"), "rb").read() == b"A"
+    assert not os.path.exists(os.path.join(root, "r", "a"))
+    backend.rename("/r/dir", "/r/empty")  # replaces an empty directory instead of moving into it
+    assert os.path.isdir(os.path.join(root, "r", "empty")) and not os.path.exists(os.path.join(root, "r", "dir"))
+    with pytest.raises(errors.IsADirectory):
+        backend.rename("/r/b", "/r/full")
+    with pytest.raises(errors.DirectoryNotEmpty):
+        backend.rename("/r/empty", "/r/full")
+    with pytest.raises(errors.NotFound):
+        backend.rename("/r/missing", "/r/c")
+    with pytest.raises(errors.NotFound):  # the job "completes" but its log tells the failure
+        backend.rename("/r/b", "/r/no/such/dir")
+    assert os.path.exists(os.path.join(root, "r", "b"))
+
+
+def test_remove_and_rmdir_never_delete_more(firecrest_server, backend):
+    root = firecrest_server.root
+    write_local(firecrest_server, "/t/keep/file", b"k")
+    os.mkdir(os.path.join(root, "t", "empty"))
+    with pytest.raises(errors.DirectoryNotEmpty):
+        backend.rmdir("/t/keep")
+    with pytest.raises(errors.IsADirectory):
+        backend.remove("/t/keep")
+    with pytest.raises(errors.NotADirectory):
+        backend.rmdir("/t/keep/file")
+    assert os.path.exists(os.path.join(root, "t", "keep", "file"))
+    backend.rmdir("/t/empty")
+    backend.remove("/t/keep/file")
+    assert os.listdir(os.path.join(root, "t")) == ["keep"] and os.listdir(os.path.join(root, "t", "keep")) == []
+    with pytest.raises(errors.NotFound):
+        backend.remove("/t/keep/file")
+
+
+def test_names_the_server_cannot_address(firecrest_server, backend):
+    write_local(firecrest_server, "/q/it's", b"x")
+    write_local(firecrest_server, "/q/a&b", b"y")
+    with pytest.raises(errors.InvalidPath):
+        backend.stat("/q/it's")
+    with pytest.raises(errors.InvalidPath):
+        backend.rename("/q/a&b", "/q/c")
+    assert firecrest_server.log.total() == 0  # refused before sending anything
+
+
+def test_non_ascii_names_round_trip(firecrest_server, backend):
+    data = b"\xff" * 1000
+    backend.mkdir("/Zürich")
+    backend.write_whole("/Zürich/ünï ✓.bin", io.BytesIO(data), len(data))
+    assert [entry.name for entry in backend.list("/Zürich")] == ["ünï ✓.bin"]
+    sink = io.BytesIO()
+    backend.read_whole("/Zürich/ünï ✓.bin", sink)
+    assert sink.getvalue() == data
+    backend.rename("/Zürich/ünï ✓.bin", "/Zürich/ö.bin")
+    assert os.listdir(os.path.join(firecrest_server.root, "Zürich")) == ["ö.bin"]
+
+
+# -- auth and retries ----------------------------------------------------------------------------------
+def test_token_renewed_before_the_server_minimum(tmp_path):
+    handle = start_firecrest(tmp_path, token_lifetime=4, min_token_ttl=2)
+    try:
+        backend, _ = open_backend(handle.url("/"))
+        handle.log.reset()
+        calls = 0
+        deadline = time.monotonic() + 2.6
+        while time.monotonic() < deadline:
+            backend.stat("/")
+            calls += 1
+            time.sleep(0.1)
+        tokens = handle.log.total(fc.TOKEN)
+        assert tokens >= 2  # fresh for 1 s of its 4 (margin = 3/4 of the lifetime when under 80 s)
+        assert handle.log.total() == calls + tokens  # never a 401 and a second try
+    finally:
+        handle.server.stop()
+
+
+def test_a_refused_token_is_renewed_and_retried_once(firecrest_server, backend):
+    backend.stat("/")
+    firecrest_server.server.issuer.revoke_all()
+    firecrest_server.log.reset()
+    backend.stat("/")
+    assert firecrest_server.log.total(fc.STAT) == 2 and firecrest_server.log.total(fc.TOKEN) == 1
+    firecrest_server.server.issuer.revoke_all()
+    firecrest_server.knobs.refuse_logins = True
+    with pytest.raises(errors.AuthenticationFailed) as refused:
+        backend.stat("/")
+    assert firecrest_server.secret not in str(refused.value)
+    assert firecrest_server.secret not in repr(backend.client.auth)
+
+
+@pytest.mark.parametrize("status", [408, 424, 429, 503])
+def test_busy_answers_are_retried_with_bounded_backoff(firecrest_server, backend, status):
+    firecrest_server.knobs.extra.update(busy_status=status, retry_after=0)
+    firecrest_server.knobs.busy_responses = 2
+    assert backend.stat("/").kind == DIRECTORY
+    assert firecrest_server.log.total(fc.STAT) == 3
+    firecrest_server.knobs.busy_responses = 100
+    started = time.monotonic()
+    with pytest.raises(errors.TimedOut if status == 408 else errors.Busy):
+        backend.stat("/")
+    assert firecrest_server.log.total(fc.STAT) == 3 + 1 + backend.client.retries
+    assert time.monotonic() - started < 5
+
+
+def test_timeouts_are_not_retried_for_mkdir(firecrest_server, backend):
+    firecrest_server.knobs.extra["busy_status"] = 408
+    firecrest_server.knobs.busy_responses = 1
+    with pytest.raises(errors.TimedOut):
+        backend.mkdir("/once")
+    assert firecrest_server.log.total("POST /filesystem/{system_name}/ops/mkdir") == 1
+
+
+def test_session_limit_and_failed_probe(firecrest_server, backend):
+    firecrest_server.knobs.extra["max_sessions"] = 1
+    firecrest_server.knobs.latency = 0.05
+    results = []
+    readers = [threading.Thread(target=lambda: results.append(backend.stat("/").kind)) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(30)
+    assert results == [DIRECTORY] * 4 and firecrest_server.log.total(fc.STAT) > 4  # some got 424, retried
+    firecrest_server.knobs.latency = 0
+    firecrest_server.server.fail_probe()
+    with pytest.raises(errors.Busy):
+        backend.stat("/")
+    firecrest_server.server.fail_probe(False)
+    assert backend.stat("/").kind == DIRECTORY
+
+
+# -- URLs and credentials ------------------------------------------------------------------------------
+def test_credentials_from_the_environment(firecrest_server, monkeypatch):
+    for name, value in firecrest_server.env.items():
+        monkeypatch.setenv(name, value)
+    backend, root = open_backend(firecrest_server.plain_url("/some/dir"))
+    assert root == "/some/dir"
+    assert backend.describe()["system"] == "local" and backend.describe()["server_version"] == fc.APP_VERSION
+    assert firecrest_server.secret not in repr(backend.describe())
+
+
+@pytest.mark.parametrize("missing", ["FIRECREST_URL", "AUTH_TOKEN_URL", "FIRECREST_CLIENT_ID",
+                                     "FIRECREST_CLIENT_SECRET"])
+def test_missing_settings_name_the_variable(firecrest_server, monkeypatch, missing):
+    for name, value in firecrest_server.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv(missing)
+    with pytest.raises(errors.UsageError, match=missing):
+        open_backend(firecrest_server.plain_url("/"))
+
+
+def test_unknown_system(firecrest_server):
+    with pytest.raises(errors.UsageError, match="no system 'daint'"):
+        open_backend(firecrest_server.url("/").replace("firecrest://local", "firecrest://daint"))
