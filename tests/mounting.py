@@ -1,0 +1,65 @@
+"""Helpers for tests that drive the real ``hpcfs`` command and real FUSE mounts."""
+import contextlib
+import hashlib
+import os
+import subprocess
+import sys
+
+HPCFS = [sys.executable, "-m", "hpcfs"]
+
+
+def hpcfs(*args, env=None, check=True, timeout=120, **kwargs):
+    """Run the CLI as a subprocess, with ``env`` added to the environment."""
+    result = subprocess.run(
+        HPCFS + list(args), env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        **kwargs,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"hpcfs {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+@contextlib.contextmanager
+def mounted(url, mountpoint, env=None, options=()):
+    """Mount with ``hpcfs mount`` (in the background, as users do) and always unmount."""
+    os.makedirs(mountpoint, exist_ok=True)
+    args = ["mount", url, str(mountpoint)]
+    for option in options:
+        args += ["-o", option]
+    state = os.path.join(os.path.dirname(str(mountpoint)), "state")
+    env = {**(env or {}), "XDG_STATE_HOME": state, "XDG_CACHE_HOME": os.path.join(state, "cache")}
+    hpcfs(*args, env=env)
+    try:
+        yield str(mountpoint)
+    finally:
+        hpcfs("umount", str(mountpoint), check=False)
+        if os.path.ismount(str(mountpoint)):
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_digests(top):
+    """``{relative path: sha256}`` of every file below ``top`` (directories as ``"dir"``)."""
+    result = {}
+    for directory, dirnames, filenames in os.walk(top):
+        for name in dirnames:
+            result[os.path.relpath(os.path.join(directory, name), top)] = "dir"
+        for name in filenames:
+            path = os.path.join(directory, name)
+            result[os.path.relpath(path, top)] = sha256_file(path)
+    return result
+
+
+def write_random(path, size):
+    """A file of ``size`` random bytes; returns its path."""
+    with open(path, "wb") as handle:
+        for offset in range(0, size, 1 << 20):
+            handle.write(os.urandom(min(1 << 20, size - offset)))
+    return path
