@@ -136,7 +136,8 @@ class EMBackend(Backend):
     def _volume_name(item) -> Optional[str]:
         """A pod name from a pvc/list item (a string, or a dict naming it); None for anything else."""
         if isinstance(item, dict):
-            item = next((item[k] for k in ("pod_name", "pvc_name", "name", "pvc") if isinstance(item.get(k), str)), None)
+            keys = ("pod_name", "pvc_name", "name", "pvc")
+            item = next((item[key] for key in keys if isinstance(item.get(key), str)), None)
         return item if isinstance(item, str) and is_pod_name(item) else None
 
     def _is_volume(self, name: str) -> bool:
@@ -518,7 +519,8 @@ def _pod_names(settings: dict, path: str) -> List[str]:
     names = [name.strip() for name in names + [first] if name.strip()]
     for name in names:
         if name != DEFAULT_VOLUME and not is_pod_name(name):
-            raise errors.UsageError(f"'{name}' is not a pod name (lowercase letters, digits and '-'), nor {DEFAULT_VOLUME}")
+            raise errors.UsageError(
+                f"'{name}' is not a pod name (lowercase letters, digits and '-'), nor {DEFAULT_VOLUME}")
     return names
 
 

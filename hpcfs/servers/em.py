@@ -388,7 +388,8 @@ class EMServer:
         known = user in self.users and hmac.compare_digest(self.users[user].encode(), password.encode())
         if self.knobs.refuse_logins or not known:
             return Response.json({"detail": "No active account found with the given credentials"}, 401)
-        return Response.json({"refresh": self.tokens.issue("refresh", user), "access": self.tokens.issue("access", user)})
+        return Response.json({"refresh": self.tokens.issue("refresh", user),
+                              "access": self.tokens.issue("access", user)})
 
     def _refresh(self, request: Request) -> Response:
         token = request.form.get("refresh")
