@@ -210,7 +210,7 @@ class FirecrestClient:
         job_id = job["jobId"]
         endpoint = f"/compute/{self.system}/jobs/{job_id}"
         first_seen_deadline = time.monotonic() + visibility_grace
-        delay = 0.05
+        delay = 0.01  # quick first polls (a short job), then back off to one poll every 2 s
         while True:
             try:
                 info = self.request("GET", endpoint, params={"allusers": "false"}).json()["jobs"][0]
@@ -222,7 +222,7 @@ class FirecrestClient:
             if time.monotonic() + delay > deadline:
                 raise errors.TimedOut(f"transfer job {job_id} did not finish in time")
             time.sleep(delay)
-            delay = min(delay * 1.6, 2.0)
+            delay = min(delay * 2, 2.0)
 
     # -- staging area (presigned URLs, no FirecREST headers) -----------------------------------------
     def staged_range(self, url: str, offset: int, length: int) -> bytes:

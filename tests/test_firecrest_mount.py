@@ -1,0 +1,106 @@
+"""``hpcfs mount`` of the local FirecREST server, used with ordinary shell tools; bytes checked by sha256,
+round trips counted by the in-process server."""
+import os
+import random
+import shutil
+import subprocess
+
+import pytest
+
+from hpcfs.servers import firecrest as fc
+from mounting import mounted, sha256_file, tree_digests, write_random
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not os.access("/dev/fuse", os.R_OK | os.W_OK) or not shutil.which("fusermount3"),
+                       reason="needs /dev/fuse and fusermount3"),
+]
+SIZES = {"empty": 0, "one-mib": 1 << 20, "fifty-mib": 50 << 20}  # the last one goes through S3 staging
+
+
+@pytest.fixture
+def mount(firecrest_server, tmp_path):
+    with mounted(firecrest_server.plain_url("/"), tmp_path / "mnt", env=firecrest_server.env) as mountpoint:
+        yield mountpoint
+
+
+def sh(*command, binary=False, input=None):
+    result = subprocess.run(command, check=True, capture_output=True, timeout=100, input=input)
+    return result.stdout if binary else result.stdout.decode()
+
+
+def test_cp_in_and_out_keeps_every_byte(firecrest_server, mount, tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    digests = {name: sha256_file(write_random(local / name, size)) for name, size in SIZES.items()}
+    sh("cp", *[str(local / name) for name in SIZES], mount)
+    back = tmp_path / "back"
+    back.mkdir()
+    sh("cp", *[os.path.join(mount, name) for name in SIZES], str(back))
+    for name, digest in digests.items():
+        assert sha256_file(os.path.join(firecrest_server.root, name)) == digest, f"{name} on the server"
+        assert sha256_file(back / name) == digest, f"{name} read back through the mount"
+    log = firecrest_server.log
+    assert log.total("POST /filesystem/{system_name}/transfer/upload") == 1
+    assert log.total("POST /filesystem/{system_name}/transfer/download") == 1
+
+
+def test_dd_reads_at_random_offsets(firecrest_server, mount):
+    data = os.urandom(8 << 20)
+    with open(os.path.join(firecrest_server.root, "random.bin"), "wb") as handle:
+        handle.write(data)
+    rng = random.Random(7)
+    for _ in range(30):
+        block = rng.choice([512, 4096, 65536])
+        skip = rng.randrange(0, len(data) // block)
+        out = sh("dd", f"if={mount}/random.bin", f"bs={block}", f"skip={skip}", "count=1", "status=none", binary=True)
+        assert out == data[skip * block: skip * block + block]
+    assert firecrest_server.log.total("POST /filesystem/{system_name}/transfer/download") == 1
+
+
+def test_rsync_round_trip_of_300_files(firecrest_server, mount, tmp_path):
+    source = tmp_path / "tree"
+    for index in range(300):
+        directory = source / f"d{index % 10:02d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"f{index:03d}.txt").write_bytes(os.urandom(index % 97 + 1))
+    sh("rsync", "-a", f"{source}/", f"{mount}/tree/")
+    assert tree_digests(os.path.join(firecrest_server.root, "tree")) == tree_digests(source)
+    back = tmp_path / "back"
+    sh("rsync", "-a", f"{mount}/tree/", f"{back}/")
+    assert tree_digests(back) == tree_digests(source)
+
+
+def test_rename_and_namespace(firecrest_server, mount):
+    root = firecrest_server.root
+    sh("mkdir", "-p", f"{mount}/a/b")
+    sh("sh", "-c", f"echo hello > {mount}/a/b/x.txt")
+    sh("mv", f"{mount}/a/b/x.txt", f"{mount}/a/y.txt")
+    assert sorted(os.listdir(os.path.join(root, "a"))) == ["b", "y.txt"]
+    assert sh("cat", f"{mount}/a/y.txt") == "hello\n"
+    sh("mv", f"{mount}/a/b", f"{mount}/a/c")
+    assert sorted(os.listdir(os.path.join(root, "a"))) == ["c", "y.txt"]
+    sh("chmod", "640", f"{mount}/a/y.txt")
+    assert os.stat(os.path.join(root, "a/y.txt")).st_mode & 0o777 == 0o640
+    result = subprocess.run(["rmdir", f"{mount}/a"], capture_output=True)
+    assert result.returncode != 0 and os.path.exists(os.path.join(root, "a", "y.txt"))
+    sh("rm", "-r", f"{mount}/a")
+    assert not os.path.exists(os.path.join(root, "a"))
+
+
+def test_request_counts(firecrest_server, mount):
+    os.mkdir(os.path.join(firecrest_server.root, "counted"))
+    for index in range(20):
+        with open(os.path.join(firecrest_server.root, "counted", f"f{index}"), "wb") as handle:
+            handle.write(b"x" * (index + 1))
+    log = firecrest_server.log
+    sh("stat", f"{mount}/counted")  # the directory itself, through its parent's listing
+    log.reset()
+    listing = sh("ls", "-l", f"{mount}/counted")
+    assert listing.count("\n") == 21
+    assert log.total() == log.total(fc.LS) == 1, log.snapshot()
+    log.reset()
+    assert sh("stat", "-c", "%s", f"{mount}/counted/f4").strip() == "5"
+    assert log.total() == 0, log.snapshot()
+    assert sh("cat", f"{mount}/counted/f9") == "x" * 10
+    assert log.total() == log.total(fc.DOWNLOAD) == 1, log.snapshot()
