@@ -13,7 +13,7 @@ import time
 
 from . import __version__, errors
 from .transfer import copy_paths, format_size
-from .targets import Target, resolve, tree_for
+from .targets import resolve, tree_for
 
 FUSE_OPTIONS = {
     "allow_other", "allow_root", "default_permissions", "direct_io", "kernel_cache", "auto_cache",
@@ -57,7 +57,7 @@ def cmd_mount(args):
         return _mount_in_background(args, target, mountpoint)
     from .frontends.fuse import mount
 
-    remote_tree = tree_for(target, **core_and_backend)
+    remote_tree = tree_for(target, rooted=True, **core_and_backend)
     if args.ready_fd is not None:  # tell the parent that authentication worked
         os.write(args.ready_fd, b"ok")
         os.close(args.ready_fd)
@@ -244,7 +244,7 @@ def cmd_info(args):
     try:
         facts = remote_tree.backend.describe()
         caps = remote_tree.capabilities
-        root = remote_tree.stat("/")
+        root = remote_tree.stat(target.path)
     finally:
         remote_tree.close()
     print(f"url: {target.display}")

@@ -23,7 +23,7 @@ from typing import Optional
 from . import errors
 from .backend import normalize
 from .core import open_tree
-from .urls import parse, redact
+from .urls import parse, redact, split_service
 
 SECRET_KEYS = ("password_env", "password_file", "password_command", "password_prompt")
 
@@ -34,7 +34,6 @@ class Target:
     path: str  # the local path, or the path inside the tree at ``url``
     display: str
     options: dict = field(default_factory=dict, repr=False)
-    from_profile: bool = False
 
     @property
     def is_local(self):
@@ -49,13 +48,14 @@ def resolve(argument, local_ok=False):
                 "do not put passwords or tokens on the command line (other users see them in 'ps'); "
                 "use an environment variable or a profile"
             )
-        return Target(url=argument, path="/", display=redact(argument))
+        service, path = split_service(argument)
+        return Target(url=service, path=path, display=redact(argument))
     profile_name, colon, path = argument.partition(":")
     if colon and re.fullmatch(r"[A-Za-z0-9_.-]+", profile_name) and len(profile_name) > 1:
         profiles = load_profiles()
         if profile_name in profiles:
             url, options = profiles[profile_name]
-            return Target(url=url, path=normalize(path or "/"), display=argument, options=options, from_profile=True)
+            return Target(url=url, path=normalize(path or "/"), display=argument, options=options)
         if not local_ok:
             raise errors.UsageError(f"no profile named '{profile_name}' in {config_path()}")
     if local_ok:
@@ -63,42 +63,11 @@ def resolve(argument, local_ok=False):
     raise errors.UsageError(f"not a remote location (expected a URL or PROFILE:/path): {argument}")
 
 
-def tree_for(target, **options):
-    """A RemoteTree whose ``target.path`` is the location the user named (adjusting ``target.path``).
-
-    A bare URL may name a file or a directory that does not exist yet; then the tree is opened at the
-    parent and ``target.path`` becomes the last component."""
-    merged = {**target.options, **options}
-    if target.from_profile:
-        return open_tree(target.url, subpath=target.path, **merged)
-    remote_tree = open_tree(target.url, **merged)
-    try:
-        if remote_tree.stat("/").is_dir:
-            return remote_tree
-    except errors.NotFound:
-        pass
-    except errors.NotADirectory:
-        pass
-    parent, name = parent_url(target.url)
-    if parent is None:
-        return remote_tree
-    remote_tree.close()
-    target.path = "/" + name
-    return open_tree(parent, **merged)
-
-
-def parent_url(url):
-    """``(URL of the parent directory, last name)``, or ``(None, "")`` at a tree's root."""
-    head, question, query = url.partition("?")
-    scheme, _, rest = head.partition("://")
-    slash = rest.find("/")
-    if slash < 0:
-        return None, ""
-    authority, path = rest[:slash], rest[slash:].rstrip("/")
-    parent_path, _, name = path.rpartition("/")
-    if not name or name.endswith(":") or "/rest/auth/" in "/" + name:
-        return None, ""
-    return f"{scheme}://{authority}{parent_path or '/'}{question}{query}", name
+def tree_for(target, rooted=False, **options):
+    """The RemoteTree in which ``target.path`` names what the user asked for; with ``rooted``, the tree
+    whose root is ``target.path`` (what a mount shows)."""
+    subpath = target.path if rooted else "/"
+    return open_tree(target.url, subpath=subpath, **{**target.options, **options})
 
 
 # -- profiles -------------------------------------------------------------------------------------------

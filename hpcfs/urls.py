@@ -77,6 +77,22 @@ def redact(url: str) -> str:
     return f"{scheme}://{userinfo}{at}{hostpart}"
 
 
+def split_service(url: str):
+    """``(service URL, path)``: the URL of the whole tree a server offers, and the path the URL names in it.
+
+    ``uftp://h:9000/rest/auth/TEST:/a/b`` -> ``(uftp://h:9000/rest/auth/TEST:/, /a/b)``;
+    ``firecrest://daint/a/b`` and ``em://u@h:8000/pod/a`` keep their authority and move the path."""
+    parsed = parse(url)
+    head, question, query = url.partition("?")
+    scheme, _, rest = head.partition("://")
+    slash = rest.find("/")
+    authority = rest if slash < 0 else rest[:slash]
+    if parsed.scheme == "uftp":
+        auth_path, colon, path = parsed.path.partition(":/")
+        return f"{scheme}://{authority}{auth_path}:/{question}{query}", "/" + path if colon else "/"
+    return f"{scheme}://{authority}/{question}{query}", parsed.path or "/"
+
+
 def open_backend(url: str, **options):
     """``(backend, root)`` for a URL; options override what the URL's query string says."""
     parsed = parse(url)

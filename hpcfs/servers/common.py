@@ -344,7 +344,10 @@ class RestServer:
         return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self):
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="rest-server", daemon=True)
+        # A short poll interval makes stop() quick (tests start and stop servers often).
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="rest-server", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -1,0 +1,145 @@
+"""fsspec front end: ``fsspec.open("uftp://...")``, ``pandas.read_csv("firecrest://...")``, Dask.
+
+One filesystem instance per service (the URL without its path, see :func:`hpcfs.urls.split_service`),
+so every path on the same server shares one RemoteTree: its metadata cache, block cache and connection
+pool.  Files are the core's own (readahead included), so fsspec's per-file caches are not used.  Errors
+are already ``OSError`` subclasses (``FileNotFoundError``, ...), which is what fsspec users expect.
+"""
+import datetime
+import posixpath
+
+from fsspec.spec import AbstractFileSystem
+
+from ..backend import normalize
+from ..core import open_tree
+from ..core.files import FileStream
+from ..urls import split_service
+
+
+class HpcfsFileSystem(AbstractFileSystem):
+    protocol = ("uftp", "firecrest", "em")
+    root_marker = "/"
+
+    def __init__(self, service_url, **options):
+        super().__init__(service_url=service_url, **options)
+        self.service_url = service_url
+        self.remote = open_tree(service_url, **options)
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        if isinstance(path, list):
+            return [cls._strip_protocol(item) for item in path]
+        if "://" in path:
+            return split_service(path)[1]
+        return normalize(path)
+
+    @staticmethod
+    def _get_kwargs_from_urls(path):
+        return {"service_url": split_service(path)[0]}
+
+    def unstrip_protocol(self, name):
+        return self.service_url.split("?", 1)[0].rstrip("/") + name
+
+    # -- metadata -------------------------------------------------------------------------------------
+    def ls(self, path, detail=True, **kwargs):
+        path = self._strip_protocol(path)
+        entry = self.remote.stat(path)
+        if not entry.is_dir:
+            return [self._describe(path, entry)] if detail else [path]
+        children = [(posixpath.join(path, child.name), child) for child in self.remote.listdir(path)]
+        if detail:
+            return [self._describe(child_path, child) for child_path, child in children]
+        return [child_path for child_path, _ in children]
+
+    def info(self, path, **kwargs):
+        path = self._strip_protocol(path)
+        return self._describe(path, self.remote.stat(path))
+
+    def modified(self, path):
+        return datetime.datetime.fromtimestamp(self.info(path)["mtime"], tz=datetime.timezone.utc)
+
+    created = modified
+
+    # -- data -----------------------------------------------------------------------------------------
+    def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
+        path = self._strip_protocol(path)
+        if "r" in mode and "+" not in mode:
+            return FileStream(self.remote.open(path), mode=mode, name=path)
+        handle = self.remote.open(path, writable=True, truncate="w" in mode, create=True, exclusive="x" in mode)
+        return FileStream(handle, mode=mode, readable="+" in mode, append="a" in mode, name=path)
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        path = self._strip_protocol(path)
+        handle = self.remote.open(path)
+        size = handle.size
+        start = 0 if start is None else (max(size + start, 0) if start < 0 else start)
+        end = size if end is None else (max(size + end, 0) if end < 0 else min(end, size))
+        return handle.read(start, end - start) if end > start else b""
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+        path = self._strip_protocol(path)
+        handle = self.remote.open(path, writable=True, truncate=True, create=True, exclusive=mode == "create")
+        try:
+            handle.write(0, value)
+        finally:
+            handle.release()
+
+    def cp_file(self, path1, path2, **kwargs):
+        with self.open(path1, "rb") as source, self.open(path2, "wb") as sink:
+            while True:
+                chunk = source.read(self.remote.options.block_size)
+                if not chunk:
+                    break
+                sink.write(chunk)
+
+    # -- namespace ------------------------------------------------------------------------------------
+    def mkdir(self, path, create_parents=True, **kwargs):
+        path = self._strip_protocol(path)
+        if create_parents:
+            self.makedirs(path, exist_ok=True)
+        else:
+            self.remote.mkdir(path)
+
+    def makedirs(self, path, exist_ok=False):
+        path = self._strip_protocol(path)
+        if self.remote.exists(path):
+            if not exist_ok:
+                raise FileExistsError(path)
+            return
+        parts = [part for part in path.split("/") if part]
+        for depth in range(1, len(parts) + 1):
+            current = "/" + "/".join(parts[:depth])
+            if not self.remote.exists(current):
+                self.remote.mkdir(current)
+
+    def rm_file(self, path):
+        self.remote.remove(self._strip_protocol(path))
+
+    def rmdir(self, path):
+        self.remote.rmdir(self._strip_protocol(path))
+
+    def _rm(self, path):
+        path = self._strip_protocol(path)
+        if self.remote.stat(path).is_dir:
+            self.remote.rmdir(path)
+        else:
+            self.remote.remove(path)
+
+    def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
+        source, destination = self._strip_protocol(path1), self._strip_protocol(path2)
+        if self.remote.exists(destination) and self.remote.stat(destination).is_dir:
+            destination = posixpath.join(destination, posixpath.basename(source))
+        self.remote.rename(source, destination)
+
+    def invalidate_cache(self, path=None):
+        self.remote.meta.invalidate(self._strip_protocol(path) if path else "/")
+
+    @staticmethod
+    def _describe(path, entry):
+        return {
+            "name": path,
+            "size": entry.size,
+            "type": "directory" if entry.is_dir else ("link" if entry.kind == "symlink" else "file"),
+            "mtime": entry.mtime,
+            "mode": entry.st_mode,
+        }
