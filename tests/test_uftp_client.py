@@ -2,8 +2,10 @@
 
 Bytes are checked by sha256 against the served directory; round trips are counted in the server's log.
 """
+import base64
 import hashlib
 import io
+import json
 import logging
 import os
 import random
@@ -22,7 +24,7 @@ from fs.test import FSTestCases
 from hpcfs import errors
 from hpcfs.servers.uftp import UFTPServer
 from hpcfs.uftp import auth as uftp_auth
-from hpcfs.uftp.backend import UFTPBackend, split_auth_path
+from hpcfs.uftp.backend import split_auth_path
 from hpcfs.urls import open_backend, parse
 
 pytestmark = pytest.mark.timeout(60)
@@ -525,11 +527,15 @@ def test_ssh_key_signed_jwt(tmp_path, monkeypatch, key_type):
 def test_jwt_claims():
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    token = uftp_auth.signed_jwt("alice", ed25519.Ed25519PrivateKey.generate(), now=1000)
-    header, payload, _ = token.split(".")
-    decode = lambda part: __import__("json").loads(__import__("base64").urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    assert decode(header) == {"alg": "EdDSA", "typ": "JWT"}
-    assert decode(payload) == {"etd": "false", "sub": "alice", "iss": "alice", "iat": 1000, "exp": 1300}
+    key = ed25519.Ed25519PrivateKey.generate()
+    header, payload, signature = uftp_auth.signed_jwt("alice", key, now=1000).split(".")
+
+    def decode(part):
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+    assert json.loads(decode(header)) == {"alg": "EdDSA", "typ": "JWT"}
+    assert json.loads(decode(payload)) == {"etd": "false", "sub": "alice", "iss": "alice", "iat": 1000, "exp": 1300}
+    key.public_key().verify(decode(signature), f"{header}.{payload}".encode())  # raises if it does not match
 
 
 @pytest.mark.parametrize("url, auth_url, base", [

@@ -94,14 +94,6 @@ def _port(port: int, reply: Reply) -> int:
     return port
 
 
-def quoted_path(reply: Reply) -> str:
-    """The path in ``257 "/abs/path" ...`` (PWD, MKD)."""
-    match = re.match(r'"(.*)"', reply.text)
-    if not match:
-        raise errors.ProtocolError(f"no quoted path in: {reply.lines[0][:80]!r}")
-    return match.group(1)
-
-
 # -- FEAT ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Features:
@@ -126,13 +118,6 @@ class Features:
     def epsv(self):
         # An empty FEAT tells nothing: EPSV is then tried, and PASV is the fallback.
         return self.has("EPSV") or not self.lines
-
-    @property
-    def hash_algorithms(self) -> List[str]:
-        for line in self.lines:
-            if line.startswith("HASH "):
-                return [name.rstrip("*") for name in line[5:].split(";") if name.strip("*")]
-        return []
 
 
 # -- STAT ----------------------------------------------------------------------------------------------
@@ -220,10 +205,6 @@ def parse_facts(line: str) -> Tuple[Dict[str, str], str]:
     if "type" not in facts:
         raise errors.ProtocolError(f"MLST facts without a type: {line[:80]!r}")
     return facts, name
-
-
-def facts_size(facts: Dict[str, str]) -> int:
-    return _int_fact(facts, "size", 10)
 
 
 def facts_mode(facts: Dict[str, str]) -> int:
