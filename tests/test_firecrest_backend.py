@@ -306,8 +306,7 @@ def test_timeouts_are_not_retried_for_mkdir(firecrest_server, backend):
 
 
 def test_session_limit_and_failed_probe(firecrest_server, backend):
-    firecrest_server.knobs.extra["max_sessions"] = 1
-    firecrest_server.knobs.latency = 0.05
+    firecrest_server.knobs.extra.update(max_sessions=1, command_latency=0.05)
     results = []
     readers = [threading.Thread(target=lambda: results.append(backend.stat("/").kind)) for _ in range(4)]
     for reader in readers:
@@ -315,7 +314,6 @@ def test_session_limit_and_failed_probe(firecrest_server, backend):
     for reader in readers:
         reader.join(30)
     assert results == [DIRECTORY] * 4 and firecrest_server.log.total(fc.STAT) > 4  # some got 424, retried
-    firecrest_server.knobs.latency = 0
     firecrest_server.server.fail_probe()
     with pytest.raises(errors.Busy):
         backend.stat("/")

@@ -39,6 +39,7 @@ DEFAULT_LIMITS = {
     "max_part_size": 2 * 1024 * MIB,  # S3 multipart part size for transfer/upload
     "command_timeout": 5.0,  # `timeout 5` around every ops command (empty upload, output deadlock)
     "max_sessions": 10,  # sshd MaxSessions: concurrent ops beyond this get 424
+    "command_latency": 0.0,  # seconds each SSH-backed request holds its session (the exec itself)
     "busy_status": 424,  # status of the answers `knobs.busy_responses` injects (408, 424, 429 or 503)
     "retry_after": 1,  # Retry-After seconds sent with an injected 429
     "unhealthy": False,  # the last health probe failed: 503 on every filesystem/compute request
@@ -250,6 +251,7 @@ class FirecrestServer:
                 raise self._busy_error(424)
             self._sessions += 1
         try:
+            time.sleep(self.knob("command_latency"))
             return handler(request, user)
         finally:
             with self._sessions_lock:

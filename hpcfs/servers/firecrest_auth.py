@@ -4,6 +4,7 @@ checked, at least ``min_ttl`` seconds left, username from ``preferred_username``
 """
 import base64
 import json
+import math
 import threading
 import time
 import uuid
@@ -66,7 +67,8 @@ class TokenIssuer:
     def mint(self, client_id: str, username: str, lifetime: Optional[float] = None) -> str:
         now = time.time()
         header = {"alg": "RS256", "typ": "JWT", "kid": self._kid}
-        claims = {"exp": int(now + (self.lifetime if lifetime is None else lifetime)), "iat": now,
+        expiry = math.ceil(now + (self.lifetime if lifetime is None else lifetime))  # never shorter than said
+        claims = {"exp": expiry, "iat": now,
                   "jti": str(uuid.uuid4()), "iss": "hpcfs-local-idp", "azp": client_id, "typ": "Bearer",
                   "preferred_username": username, "scope": "profile email"}
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
