@@ -205,25 +205,27 @@ class ControlSession:
     def _ensure_data(self):
         if self._data is not None:
             return
-        commands = []
-        if self.features.keep_alive and not self._keep_alive_on:
-            commands.append("KEEP-ALIVE true")
-        commands += ["NOOP 1", "EPSV" if self.features.epsv else "PASV"]
-        replies = self.batch(*commands)
-        for reply in replies[:-1]:
-            self.expect(reply, 200, 222, 223)
-        self._keep_alive_on = self.features.keep_alive
-        passive = replies[-1]
+        keep_alive = self.features.keep_alive and not self._keep_alive_on
+        commands = ["KEEP-ALIVE true"] * keep_alive + ["NOOP 1", "EPSV" if self.features.epsv else "PASV"]
+        *preliminaries, passive = self.batch(*commands)
         if passive.code in (500, 501, 502) and commands[-1] == "EPSV":
             passive = self.command("PASV")
-        _, port = passive_address(self.expect(passive, 227, 229))
-        # UFTPD listens on the control connection's own address; a 227 address may be a NAT-side one.
-        host = self._sock.getpeername()[0]
+        self.expect(passive, 227, 229)
+        # From here UFTPD blocks in accept(): anything but connecting leaves the session stuck.
+        try:
+            _, port = passive_address(passive)
+        except errors.ProtocolError as exc:
+            raise self._lost(str(exc), errors.ProtocolError) from None
+        host = self._sock.getpeername()[0]  # UFTPD listens on this address; a 227 address may be NAT's
         try:
             self._data = socket.create_connection((host, port), timeout=self.timeout)
         except OSError as exc:
             raise self._lost(f"cannot open the data connection to {host}:{port}: {_reason(exc)}") from None
         self._data.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        refused = next((reply for reply in preliminaries if not reply.ok), None)
+        if refused is not None:
+            raise self._lost(f"UFTPD refused to set up the data connection: {refused.lines[0][:80]!r}")
+        self._keep_alive_on = self._keep_alive_on or keep_alive
 
     def _close_data(self):
         if self._data is not None:
