@@ -4,6 +4,7 @@ import io
 import os
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -208,6 +209,30 @@ def test_rename_is_a_polled_job_with_posix_rules(firecrest_server, backend):
     with pytest.raises(errors.NotFound):  # the job "completes" but its log tells the failure
         backend.rename("/r/b", "/r/no/such/dir")
     assert os.path.exists(os.path.join(root, "r", "b"))
+
+
+def test_one_correlation_id_per_operation(firecrest_server, backend):
+    write_local(firecrest_server, "/c/a", b"A")
+    seen = []
+    firecrest_server.server.observers.append(
+        lambda request, response: seen.append((request.headers["X-Correlation-ID"], request.headers["X-Request-ID"])))
+    backend.rename("/c/a", "/c/b")
+    backend.stat("/c/b")
+    correlations = [uuid.UUID(correlation) for correlation, _ in seen]
+    assert len(seen) >= 5 and len(set(correlations[:-1])) == 1 and correlations[-1] != correlations[0]
+    assert len({uuid.UUID(request_id) for _, request_id in seen}) == len(seen)
+
+
+def test_a_failed_staged_upload_cancels_its_job(firecrest_server, backend):
+    firecrest_server.knobs.extra["max_part_size"] = 2 * MIB
+    with pytest.raises(errors.ProtocolError):
+        backend.write_whole("/short.bin", io.BytesIO(b"x" * (6 * MIB)), 7 * MIB)  # the spool came up short
+    job = firecrest_server.server.scheduler.jobs_of("alice")[0]
+    deadline = time.monotonic() + 2
+    while job.state != "CANCELLED":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not os.path.exists(os.path.join(firecrest_server.root, "short.bin"))
 
 
 def test_remove_and_rmdir_never_delete_more(firecrest_server, backend):

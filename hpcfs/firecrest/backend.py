@@ -56,8 +56,8 @@ class _Slice:
     def read(self, size: int = -1) -> bytes:
         size = self._left if size is None or size < 0 else min(size, self._left)
         data = self._source.read(size)
-        if len(data) < size:
-            raise errors.ProtocolError("the file to upload is shorter than announced")
+        if len(data) < size:  # not an OSError, which the HTTP layer would report as a broken connection
+            raise EOFError("the file to upload is shorter than announced")
         self._left -= len(data)
         return data
 
@@ -199,15 +199,24 @@ class FirecrestBackend(Backend):
         _refuse_mangled(path)
         job, directives = self.client.transfer_upload(path, size, self.account)
         part_size = int(directives["maxPartSize"])
-        etags = []
-        for number, url in enumerate(directives["partsUploadUrls"]):
-            etags.append(self.client.put_part(url, _Slice(source, min(part_size, size - number * part_size))))
-        self.client.complete_upload(directives["completeUploadUrl"], etags)
+        try:
+            etags = [self.client.put_part(url, _Slice(source, min(part_size, size - number * part_size)))
+                     for number, url in enumerate(directives["partsUploadUrls"])]
+            self.client.complete_upload(directives["completeUploadUrl"], etags)
+        except (errors.HpcfsError, EOFError) as failure:
+            self.client.cancel_job(job)  # else it waits for the object for a day
+            if isinstance(failure, EOFError):
+                raise errors.ProtocolError(str(failure), path) from None
+            raise
         self._finish(job, "successfully", path)
 
     def _finish(self, job: dict, marker: str, path: str):
         """Wait for a transfer job, then read its output log: the scheduler's state alone can lie."""
-        self.client.wait_for_job(job, time.monotonic() + self.job_timeout)
+        try:
+            self.client.wait_for_job(job, time.monotonic() + self.job_timeout)
+        except errors.TimedOut:
+            self.client.cancel_job(job)
+            raise
         logs = job["logs"]
         if marker in self.client.view(logs["outputLog"]):
             return

@@ -224,6 +224,13 @@ class FirecrestClient:
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    def cancel_job(self, job: dict):
+        """Best effort: a job left behind (an upload job waiting for parts that never come) is cancelled."""
+        try:
+            self.request("DELETE", f"/compute/{self.system}/jobs/{job['jobId']}", expect=(204,))
+        except errors.HpcfsError:
+            pass
+
     # -- staging area (presigned URLs, no FirecREST headers) -----------------------------------------
     def staged_range(self, url: str, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset+length)`` of a staged object; short or empty at its end."""
