@@ -8,11 +8,9 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from fixtures_firecrest import CLIENT_ID
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYFIRECREST_PYTHON = os.path.join(REPO, ".venv-pyfirecrest", "bin", "python")

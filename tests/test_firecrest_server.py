@@ -14,6 +14,7 @@ import requests
 from fixtures_firecrest import CLIENT_ID
 
 MIB = 1024 * 1024
+STAGE_S_BIN = {"sourcePath": "/s.bin", "transferDirectives": {"transferMethod": "s3"}}
 
 
 class Api:
@@ -34,6 +35,10 @@ class Api:
 
     def transfer(self, method, operation, **kwargs):
         return self(method, f"/filesystem/local/transfer/{operation}", **kwargs)
+
+    def log(self, path):
+        """A job log's text, as clients read it (``ops/view``)."""
+        return self.ops("GET", "view", params={"path": path}).json()["output"]
 
     def wait(self, job, timeout=10):
         deadline = time.monotonic() + timeout
@@ -82,7 +87,8 @@ def test_token_endpoint_and_token_lifetime_rules(firecrest_server, api):
     wrong = requests.post(token_url, data={"grant_type": "client_credentials", "client_id": CLIENT_ID,
                                            "client_secret": "wrong"})
     assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized_client"
-    basic = requests.post(token_url, data={"grant_type": "client_credentials"}, auth=(CLIENT_ID, firecrest_server.secret))
+    basic = requests.post(token_url, data={"grant_type": "client_credentials"},
+                          auth=(CLIENT_ID, firecrest_server.secret))
     assert basic.status_code == 200 and basic.json()["expires_in"] == 300
     assert requests.post(token_url, data={"grant_type": "password"}).status_code == 400
 
@@ -211,22 +217,21 @@ def test_move_job_reports_success_even_when_mv_fails(firecrest_server, api):
     job = api.transfer("POST", "mv", json={"sourcePath": "/a", "targetPath": "/b"}).json()["transferJob"]
     assert api("GET", f"/compute/local/jobs/{job['jobId']}").json()["message"] == "Job not found."
     assert api.wait(job)["status"]["state"] == "COMPLETED"
-    assert "Files were successfully moved." in api.ops("GET", "view", params={"path": job["logs"]["outputLog"]}).json()["output"]
+    assert "Files were successfully moved." in api.log(job["logs"]["outputLog"])
     assert os.path.exists(os.path.join(firecrest_server.root, "b"))
 
     put(firecrest_server, "/a&b", b"x")  # the job template HTML-escapes the path
     job = api.transfer("POST", "mv", json={"sourcePath": "/a&b", "targetPath": "/c"}).json()["transferJob"]
     assert api.wait(job)["status"]["state"] == "COMPLETED"
-    assert "successfully" not in api.ops("GET", "view", params={"path": job["logs"]["outputLog"]}).json()["output"]
-    error_log = api.ops("GET", "view", params={"path": job["logs"]["errorLog"]}).json()["output"]
-    assert "cannot stat '/a&amp;b': No such file or directory" in error_log
+    assert "successfully" not in api.log(job["logs"]["outputLog"])
+    assert "cannot stat '/a&amp;b': No such file or directory" in api.log(job["logs"]["errorLog"])
 
 
 def test_staged_download_with_ranges_and_expiry(firecrest_server, api):
     data = os.urandom(MIB)
     put(firecrest_server, "/s.bin", data)
     firecrest_server.knobs.extra["queue_delay"] = 0.3
-    reply = api.transfer("POST", "download", json={"sourcePath": "/s.bin", "transferDirectives": {"transferMethod": "s3"}})
+    reply = api.transfer("POST", "download", json=STAGE_S_BIN)
     assert reply.status_code == 201
     url = reply.json()["transferDirectives"]["downloadUrl"]
     assert requests.get(url).status_code == 404  # not staged until the job has run
@@ -238,7 +243,7 @@ def test_staged_download_with_ranges_and_expiry(firecrest_server, api):
     tampered = urlunsplit(parts._replace(query=parts.query.replace("X-Amz-Expires=604800", "X-Amz-Expires=604801")))
     assert requests.get(tampered).status_code == 403
     firecrest_server.knobs.extra.update(staging_ttl=0, queue_delay=0)
-    quick = api.transfer("POST", "download", json={"sourcePath": "/s.bin", "transferDirectives": {"transferMethod": "s3"}})
+    quick = api.transfer("POST", "download", json=STAGE_S_BIN)
     time.sleep(1.1)
     expired = requests.get(quick.json()["transferDirectives"]["downloadUrl"])
     assert expired.status_code == 403 and b"Request has expired" in expired.content
@@ -263,7 +268,8 @@ def test_staged_upload_multipart(firecrest_server, api):
     assert open(os.path.join(firecrest_server.root, "in.bin"), "rb").read() == data
     no_size = api.transfer("POST", "upload", json={"sourcePath": "/x", "transferDirectives": {"transferMethod": "s3"}})
     assert no_size.status_code == 500
-    streamer = api.transfer("POST", "upload", json={"sourcePath": "/x", "transferDirectives": {"transferMethod": "streamer"}})
+    streamer = api.transfer("POST", "upload",
+                            json={"sourcePath": "/x", "transferDirectives": {"transferMethod": "streamer"}})
     assert streamer.status_code == 400 and streamer.json()["message"] == "Requested transfer method is not available."
 
 

@@ -434,7 +434,8 @@ class FirecrestServer:
     def _transfer_upload(self, request: Request, user) -> Response:
         body = self._json(request)
         path = _body_path(body, quoted_by_shell=False)
-        size = self._staging_directives(body).get("fileSize", self._staging_directives(body).get("file_size"))
+        directives = self._staging_directives(body)
+        size = directives.get("fileSize", directives.get("file_size"))
         self._check_account(body.get("account"))
         if not isinstance(size, int):
             raise ApiError(500, "(\"unsupported operand type(s) for /: 'NoneType' and 'int'\",)")
@@ -465,7 +466,9 @@ class FirecrestServer:
 
     def _staging_directives(self, body: dict) -> dict:
         directives = _field(body, "transferDirectives", "transfer_directives")
-        method = directives.get("transferMethod", directives.get("transfer_method")) if isinstance(directives, dict) else None
+        if not isinstance(directives, dict):
+            directives = {}
+        method = directives.get("transferMethod", directives.get("transfer_method"))
         if method not in ("s3", "streamer", "wormhole"):
             raise _Validation("body", "transferDirectives", "Input tag does not match any of the expected tags")
         if method != "s3":
@@ -573,7 +576,7 @@ def _number(request: Request, name: str, default=None):
     try:
         return int(value)
     except ValueError:
-        raise _Validation("query", name, "Input should be a valid integer, unable to parse string as an integer") from None
+        raise _Validation("query", name, "Input should be a valid integer") from None
 
 
 def _multipart_file(request: Request) -> Tuple[str, bytes]:

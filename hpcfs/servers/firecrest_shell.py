@@ -33,6 +33,11 @@ class ApiError(Exception):
         self.status, self.message, self.error_type, self.data = status, message, error_type, data
 
 
+def timed_out() -> ApiError:
+    """What the server's guard around a command answers when it fires."""
+    return ApiError(408, "Command execution timeout limit exceeded.")
+
+
 def command_error(exit_status: int, stderr: str) -> ApiError:
     """The HTTP error FirecREST derives from a failed remote command."""
     message = f"Remote process failed with exit status:{exit_status}"
@@ -136,7 +141,7 @@ class RemoteShell:
             return confine(self.root, path)
         return os.path.join(confine(self.root, parent), name)
 
-    def _lstat(self, path: str, command_error_text: str, follow: bool = False):
+    def _stat(self, path: str, command_error_text: str, follow: bool = False):
         try:
             return os.stat(self.local(path, follow), follow_symlinks=follow)
         except OutsideRoot:
@@ -162,13 +167,13 @@ class RemoteShell:
     # -- ls -------------------------------------------------------------------------------------------
     def ls(self, path: str, hidden=False, numeric=False, recursive=False, dereference=False) -> List[dict]:
         follow = dereference or path.endswith("/")
-        st = self._lstat(path, f"ls: cannot access '{path}'", follow)
+        st = self._stat(path, f"ls: cannot access '{path}'", follow)
         if not stat_module.S_ISDIR(st.st_mode):
             text = self._ls_line(st, path.encode("utf-8", "surrogateescape"), self.local(path, follow), numeric)
         else:
             text = self._ls_directory(path, hidden, numeric, recursive, dereference, header=recursive)
-        timeout = ApiError(408, "Command execution timeout limit exceeded.")
-        return parse_ls(self.deliver(text.encode("utf-8", "surrogateescape"), timeout).decode("utf-8", "replace"))
+        stdout = self.deliver(text.encode("utf-8", "surrogateescape"), timed_out())
+        return parse_ls(stdout.decode("utf-8", "replace"))
 
     def _ls_directory(self, path, hidden, numeric, recursive, dereference, header) -> str:
         local = self.local(path, follow=True)
@@ -205,13 +210,13 @@ class RemoteShell:
 
     def ls_one(self, path: str) -> dict:
         """``ls -l -d`` of one path, as mkdir, symlink and chmod return it."""
-        st = self._lstat(path, f"ls: cannot access '{path}'")
+        st = self._stat(path, f"ls: cannot access '{path}'")
         line = self._ls_line(st, path.encode("utf-8", "surrogateescape"), self.local(path), False)
         return parse_ls(line)[0]
 
     # -- stat, checksum, file -------------------------------------------------------------------------
     def stat(self, path: str, dereference: bool = False) -> dict:
-        st = self._lstat(path, f"stat: cannot statx '{path}'", dereference)
+        st = self._stat(path, f"stat: cannot statx '{path}'", dereference)
         return {"mode": st.st_mode, "ino": st.st_ino, "dev": st.st_dev, "nlink": st.st_nlink, "uid": st.st_uid,
                 "gid": st.st_gid, "size": st.st_size, "atime": int(st.st_atime), "ctime": int(st.st_ctime),
                 "mtime": int(st.st_mtime)}
@@ -266,7 +271,7 @@ class RemoteShell:
             raise command_error(1, f"dd: failed to open '{path}': No such file or directory") from None
         except IsADirectoryError:
             raise command_error(1, f"dd: error reading '{path}': Is a directory") from None
-        text = self.deliver(raw, ApiError(408, "Command execution timeout limit exceeded.")).decode("utf-8", "replace")
+        text = self.deliver(raw, timed_out()).decode("utf-8", "replace")
         start = offset % size
         return text[start:start + size]
 
@@ -280,7 +285,7 @@ class RemoteShell:
         else:
             chosen = pieces[max(count - 1, 0):] if skip else pieces[max(len(pieces) - count, 0):]
         output = b"".join(chosen) if lines else chosen
-        return self.deliver(output, ApiError(408, "Command execution timeout limit exceeded.")).decode("utf-8", "replace")
+        return self.deliver(output, timed_out()).decode("utf-8", "replace")
 
     # -- writing --------------------------------------------------------------------------------------
     def upload(self, directory: str, filename: str, data: bytes):
@@ -337,7 +342,7 @@ class RemoteShell:
     def chmod(self, path: str, mode: str) -> dict:
         if not re.fullmatch(r"[0-7]{1,4}", mode or ""):
             raise command_error(1, f"chmod: invalid mode: '{mode}'")
-        self._lstat(path, f"chmod: cannot access '{path}'", follow=True)
+        self._stat(path, f"chmod: cannot access '{path}'", follow=True)
         os.chmod(self.local(path, follow=True), int(mode, 8))
         return self.ls_one(path)
 
@@ -350,7 +355,7 @@ class RemoteShell:
             gid = grp.getgrnam(group).gr_gid if group else -1
         except KeyError:
             raise command_error(1, f"chown: invalid user: '{owner}:{group}'") from None
-        self._lstat(path, f"chown: cannot access '{path}'", follow=True)
+        self._stat(path, f"chown: cannot access '{path}'", follow=True)
         try:
             os.chown(self.local(path, follow=True), uid, gid)
         except PermissionError:
@@ -359,7 +364,7 @@ class RemoteShell:
 
     def rm(self, path: str):
         """``rm -r --interactive=never``: recursive, so it deletes non-empty directories too."""
-        st = self._lstat(path, f"rm: cannot remove '{path}'")
+        st = self._stat(path, f"rm: cannot remove '{path}'")
         local = self.local(path)
         try:
             if stat_module.S_ISDIR(st.st_mode):
