@@ -17,7 +17,7 @@ from .targets import resolve, tree_for
 
 FUSE_OPTIONS = {
     "allow_other", "allow_root", "default_permissions", "direct_io", "kernel_cache", "auto_cache",
-    "noauto_cache", "fsname", "max_read", "uid", "gid", "umask",
+    "noauto_cache", "fsname", "max_read", "uid", "gid", "umask", "read_ahead_kb",
 }
 MOUNT_WAIT_SECONDS = 60
 

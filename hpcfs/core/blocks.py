@@ -71,7 +71,7 @@ class BlockCache:
             data = self._result(path, token, index, future)
             start = max(offset - index * self.block_size, 0)
             stop = min(end - index * self.block_size, len(data))
-            pieces.append(data[start:stop])
+            pieces.append(memoryview(data)[start:stop])  # views: the join below is the only copy
             if window and stop == len(data):
                 self._mark_consumed((path, token, index))
         result = b"".join(pieces)
