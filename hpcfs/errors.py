@@ -57,6 +57,12 @@ class TooLarge(HpcfsError):
     errno_code = errno.EFBIG
 
 
+class NoSpace(HpcfsError):
+    """The server's disk or the user's quota is full."""
+
+    errno_code = errno.ENOSPC
+
+
 class InvalidPath(HpcfsError):
     """A path the server must never see: NUL bytes, ``..`` escaping the root, names it cannot store."""
 

@@ -49,6 +49,8 @@ _ERRNO_CLASSES = {
     errno.EPERM: errors.PermissionDenied,
     errno.EROFS: errors.PermissionDenied,
     errno.EFBIG: errors.TooLarge,
+    errno.ENOSPC: errors.NoSpace,
+    errno.EDQUOT: errors.NoSpace,
     errno.ENAMETOOLONG: errors.InvalidPath,
     errno.EINVAL: errors.InvalidPath,
     errno.EXDEV: errors.NotSupported,
