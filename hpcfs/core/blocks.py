@@ -27,15 +27,15 @@ class ReadPattern:
 
     def update(self, offset, size, block_size, max_blocks):
         """Record a read; return the readahead window in blocks."""
-        # FUSE worker threads may deliver the kernel's sequential requests slightly out of order, so
-        # "sequential" means within a couple of blocks of where the last read ended.
-        slack = 2 * block_size
-        sequential = self.next_offset - slack <= offset <= self.next_offset + slack
-        if sequential:
+        # A read that starts where the last one ended is sequential.  Once a run is going, FUSE worker
+        # threads may deliver the kernel's requests slightly out of order, so "near" then counts too.
+        near = abs(offset - self.next_offset) <= 2 * block_size
+        if offset == self.next_offset or (near and self.window):
             self.window = min(max(1, self.window * 2), max_blocks)
+            self.next_offset = max(self.next_offset, offset + size)
         else:
             self.window = 0
-        self.next_offset = max(self.next_offset, offset + size) if sequential else offset + size
+            self.next_offset = offset + size
         return self.window
 
 

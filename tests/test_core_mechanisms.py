@@ -1,0 +1,192 @@
+"""The core's speed mechanisms, proven by what reaches the server (request counts, sizes, parallelism),
+against the real local UFTP server.  No timings: speed is measured by scripts/bench."""
+import hashlib
+import os
+import random
+import subprocess
+import threading
+
+import pytest
+
+from hpcfs.core import CoreOptions, RemoteTree
+from hpcfs.urls import open_backend
+from mounting import mounted
+
+BLOCK = 1 << 20
+
+
+class Observed:
+    """The real backend, with the data requests the core makes recorded, as a packet trace would show."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.capabilities = backend.capabilities
+        self.reads = []  # (path, offset, length)
+        self.peak = 0
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def read_range(self, path, offset, length):
+        with self._lock:
+            self._active += 1
+            self.peak = max(self.peak, self._active)
+            self.reads.append((path, offset, length))
+        try:
+            return self.backend.read_range(path, offset, length)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+@pytest.fixture
+def make_tree(uftp_server):
+    trees = []
+
+    def make(**options):
+        backend, root = open_backend(uftp_server.url("/"))
+        observed = Observed(backend)
+        tree = RemoteTree(observed, root, CoreOptions(**{"block_size": BLOCK, **options}))
+        trees.append(tree)
+        return tree, observed
+
+    yield make
+    for tree in trees:
+        tree.close()
+
+
+def put(uftp_server, name, size):
+    data = os.urandom(size)
+    path = os.path.join(uftp_server.root, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return data
+
+
+def read_sequentially(tree, path, chunk=128 << 10):
+    handle = tree.open(path)
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        data = handle.read(offset, chunk)
+        if not data:
+            return digest.hexdigest()
+        digest.update(data)
+        offset += len(data)
+
+
+def test_a_listing_answers_every_stat_in_the_directory(uftp_server, make_tree):
+    for index in range(20):
+        put(uftp_server, f"d/f{index}", index)
+    tree, _ = make_tree()
+    tree.listdir("/d")
+    before = uftp_server.log.snapshot()
+    sizes = [tree.stat(f"/d/f{index}").size for index in range(20)]
+    with pytest.raises(FileNotFoundError):
+        tree.stat("/d/not-there")
+    assert sizes == list(range(20))
+    assert uftp_server.log.snapshot() == before, "a stat after a listing went to the server"
+
+
+def test_missing_paths_are_remembered_briefly(uftp_server, make_tree):
+    tree, _ = make_tree()
+    for _ in range(3):
+        with pytest.raises(FileNotFoundError):
+            tree.stat("/nothing/here")
+    assert uftp_server.log.snapshot()["MLST"] == 1
+
+
+def test_own_writes_update_the_cache_without_a_round_trip(uftp_server, make_tree):
+    put(uftp_server, "w/old", 10)
+    tree, _ = make_tree()
+    tree.listdir("/w")
+    handle = tree.open("/w/new", writable=True, create=True)
+    handle.write(0, b"x" * 1234)
+    handle.release()
+    before = uftp_server.log.snapshot()
+    assert sorted(entry.name for entry in tree.listdir("/w")) == ["new", "old"]
+    assert tree.stat("/w/new").size == 1234
+    assert uftp_server.log.snapshot() == before
+    with open(os.path.join(uftp_server.root, "w/new"), "rb") as stored:
+        assert stored.read() == b"x" * 1234
+
+
+def test_sequential_reads_keep_several_blocks_in_flight(uftp_server, make_tree):
+    data = put(uftp_server, "seq.bin", 24 * BLOCK + 123)
+    tree, observed = make_tree(readahead=8 * BLOCK, cache_size=32 * BLOCK)
+    assert read_sequentially(tree, "/seq.bin") == hashlib.sha256(data).hexdigest()
+    assert observed.peak >= 2, "readahead never had two blocks in flight"
+    offsets = sorted(offset for _, offset, _ in observed.reads)
+    assert offsets == [index * BLOCK for index in range(25)], "each block fetched exactly once, block-aligned"
+    assert all(length == BLOCK for _, offset, length in observed.reads if offset < 24 * BLOCK)
+
+
+def test_random_reads_fetch_only_what_they_ask_for(uftp_server, make_tree):
+    data = put(uftp_server, "random.bin", 16 * BLOCK)
+    tree, observed = make_tree()
+    handle = tree.open("/random.bin")
+    rng = random.Random(3)
+    offsets = [rng.randrange(4096, len(data) - 4096) for _ in range(200)]
+    for offset in offsets:
+        assert handle.read(offset, 4096) == data[offset : offset + 4096]
+    assert len(observed.reads) == 200
+    assert all(length == 4096 for _, _, length in observed.reads), "a random read started readahead"
+
+
+def test_readers_of_one_file_share_its_blocks(uftp_server, make_tree):
+    data = put(uftp_server, "shared.bin", 12 * BLOCK)
+    tree, observed = make_tree(readahead=4 * BLOCK, cache_size=64 * BLOCK)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(read_sequentially(tree, "/shared.bin")))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == [hashlib.sha256(data).hexdigest()] * 8
+    assert sum(length for _, _, length in observed.reads) == len(data), "a block was fetched twice"
+
+
+def test_block_memory_stays_within_the_cache_size(uftp_server, make_tree):
+    put(uftp_server, "big.bin", 40 * BLOCK)
+    tree, _ = make_tree(readahead=4 * BLOCK, cache_size=8 * BLOCK)
+    handle = tree.open("/big.bin")
+    peak = 0
+    for offset in range(0, 40 * BLOCK, 256 << 10):
+        handle.read(offset, 256 << 10)
+        peak = max(peak, len(tree.blocks._blocks) * BLOCK)
+    assert peak <= 8 * BLOCK
+
+
+def test_two_scans_through_a_small_cache_fetch_each_block_once(uftp_server, make_tree):
+    first, second = put(uftp_server, "a.bin", 20 * BLOCK), put(uftp_server, "b.bin", 20 * BLOCK)
+    tree, observed = make_tree(readahead=2 * BLOCK, cache_size=8 * BLOCK)
+    digests = {}
+    threads = [threading.Thread(target=lambda name=name: digests.__setitem__(name, read_sequentially(tree, name)))
+               for name in ("/a.bin", "/b.bin")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert digests == {"/a.bin": hashlib.sha256(first).hexdigest(), "/b.bin": hashlib.sha256(second).hexdigest()}
+    assert sum(length for _, _, length in observed.reads) == 40 * BLOCK, "the scans evicted unread readahead"
+
+
+def test_ls_lR_through_the_mount_costs_one_listing_per_directory(uftp_server, tmp_path):
+    for directory in range(10):
+        for index in range(30):
+            put(uftp_server, f"tree/d{directory}/f{index}", 1)
+    with mounted(uftp_server.plain_url("/"), tmp_path / "mnt", env=uftp_server.env) as mountpoint:
+        uftp_server.log.reset()
+        cold = subprocess.run(["ls", "-lR", f"{mountpoint}/tree"], capture_output=True, text=True, check=True)
+        counts = uftp_server.log.snapshot()
+        assert cold.stdout.count(" f") == 300
+        # One STAT N per directory (tree and its 10 children); the lookup of "tree" itself is one stat,
+        # which the UFTP backend sends as MLST + STAT F.
+        assert counts["STAT"] - counts["MLST"] == 11 and counts["MLST"] <= 1 and counts["RETR"] == 0, counts
+        uftp_server.log.reset()
+        subprocess.run(["ls", "-lR", f"{mountpoint}/tree"], capture_output=True, check=True)
+        assert sum(uftp_server.log.snapshot().values()) == 0, "a warm ls -lR went to the server"
