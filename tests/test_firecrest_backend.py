@@ -369,3 +369,20 @@ def test_missing_settings_name_the_variable(firecrest_server, monkeypatch, missi
 def test_unknown_system(firecrest_server):
     with pytest.raises(errors.UsageError, match="no system 'daint'"):
         open_backend(firecrest_server.url("/").replace("firecrest://local", "firecrest://daint"))
+
+
+def test_tls_and_a_required_account(tmp_path):
+    handle = start_firecrest(tmp_path, tls=True, account_required=True)
+    try:
+        backend, _ = open_backend(handle.url("/") + f"&verify={handle.server.cert_file}&account=project")
+        assert handle.server.url.startswith("https://")
+        data = os.urandom(6 * MIB)
+        backend.write_whole("/staged", io.BytesIO(data), len(data))
+        assert backend.read_range("/staged", 100, 50) == data[100:150]
+        backend.rename("/staged", "/moved")
+        assert local_sha256(os.path.join(handle.root, "moved")) == sha256(data)
+        backend.account = None
+        with pytest.raises(errors.InvalidPath, match="Account parameter is required"):
+            backend.rename("/moved", "/again")
+    finally:
+        handle.server.stop()

@@ -335,7 +335,7 @@ def backend_from_url(url: ParsedURL, options: dict):
         max_parallel = int(_setting("max_parallel", None, url, options) or 8)
     except ValueError:
         raise errors.UsageError("timeout and max_parallel must be numbers") from None
-    session = requests.Session()
+    session = _Session()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(8, 2 * max_parallel))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -356,6 +356,14 @@ def backend_from_url(url: ParsedURL, options: dict):
         account=_setting("account", None, url, options),
     )
     return backend, normalize(url.path)
+
+
+class _Session(requests.Session):
+    """A session whose ``verify`` is used as set: plain requests lets REQUESTS_CA_BUNDLE override it."""
+
+    def request(self, *args, **kwargs):
+        kwargs.setdefault("verify", self.verify)
+        return super().request(*args, **kwargs)
 
 
 def _timezone(name: str) -> datetime.tzinfo:

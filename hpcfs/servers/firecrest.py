@@ -18,6 +18,7 @@ import math
 import os
 import secrets
 import shutil
+import ssl
 import sys
 import tempfile
 import threading
@@ -25,7 +26,8 @@ import time
 import uuid
 from typing import Dict, Optional, Tuple
 
-from .common import DEFAULT_HOST, Knobs, Request, Response, RestApp, RestServer, RequestLog, temporary_directory
+from .common import (DEFAULT_HOST, Knobs, Request, Response, RestApp, RestServer, RequestLog, self_signed_certificate,
+                     temporary_directory)
 from .firecrest_auth import TokenIssuer, TokenRejected
 from .firecrest_jobs import (Scheduler, copy, delete, egress_script, file_script, ingress_script, move,
                              template)
@@ -48,6 +50,7 @@ DEFAULT_LIMITS = {
     "ingress_poll": 60.0,  # the upload job checks the staging bucket this often
     "ingress_max_polls": 1440,
     "staging_ttl": 604800,  # lifetime of presigned URLs, seconds
+    "account_required": False,  # job directives name {account}: transfer requests without one get 400
 }
 SSH_BACKED = ("/filesystem/", "/compute/")
 QUOTE_FAILURE = "bash: -c: line 1: unexpected EOF while looking for matching `''"
@@ -118,14 +121,14 @@ class FirecrestServer:
         self._sessions = 0
         self._sessions_lock = threading.Lock()
         self.observers = []  # callables (request, response) seeing every API exchange, e.g. to validate it
-        self._tls_dir = tempfile.mkdtemp(prefix="hpcfs-firecrest-tls-") if tls else None
-        self.api = RestServer(self._build_api(), host, port, self._tls_subdir("api"))
-        self.s3 = RestServer(build_app(self.store, self.knobs, self.log), host, s3_port, self._tls_subdir("s3"))
-        self.store.public_url = self.s3.url
+        self.api = RestServer(self._build_api(), host, port)
+        self.s3 = RestServer(build_app(self.store, self.knobs, self.log), host, s3_port)
         for server in (self.api, self.s3):
             server.httpd.RequestHandlerClass.disable_nagle_algorithm = True  # a reply is several writes
             _ignore_disconnects(server.httpd)
-        self.cert_file = self._bundle_certificates() if tls else None
+        self._tls_dir = tempfile.mkdtemp(prefix="hpcfs-firecrest-tls-") if tls else None
+        self.cert_file = self._serve_tls() if tls else None
+        self.store.public_url = self.s3.url
 
     def knob(self, name: str):
         return self.knobs.extra.get(name, DEFAULT_LIMITS[name])
@@ -156,20 +159,15 @@ class FirecrestServer:
         """Mark the SSH service unhealthy, as a failed health probe does: 503 until cleared."""
         self.knobs.extra["unhealthy"] = unhealthy
 
-    def _tls_subdir(self, name: str) -> Optional[str]:
-        if not self._tls_dir:
-            return None
-        path = os.path.join(self._tls_dir, name)
-        os.makedirs(path)
-        return path
-
-    def _bundle_certificates(self) -> str:
-        bundle = os.path.join(self._tls_dir, "ca-bundle.pem")
-        with open(bundle, "w") as out:
-            for server in (self.api, self.s3):
-                with open(server.cert_file) as cert:
-                    out.write(cert.read())
-        return bundle
+    def _serve_tls(self) -> str:
+        """HTTPS on both ports with one self-signed certificate (one file for clients to trust)."""
+        cert_file, key_file = self_signed_certificate(self._tls_dir)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        for server in (self.api, self.s3):
+            server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+            server.scheme = "https"
+        return cert_file
 
     # -- request pipeline -------------------------------------------------------------------------------
     def _build_api(self) -> RestApp:
@@ -282,7 +280,7 @@ class FirecrestServer:
         return f"{self.work_dir.rstrip('/')}/{user}"
 
     def _check_account(self, body_or_query_account: Optional[str]):
-        if self.knobs.extra.get("account_required") and not body_or_query_account:
+        if self.knob("account_required") and not body_or_query_account:
             raise ApiError(400, "Account parameter is required on this system.")
 
     def _transfer_job(self, job) -> dict:
@@ -313,7 +311,7 @@ class FirecrestServer:
         file_systems = [{"path": "/", "dataType": "users", "defaultWorkDir": False},
                         {"path": self.work_dir, "dataType": "scratch", "defaultWorkDir": True}]
         directives = ["#SBATCH --time=0-00:15:00"]
-        if self.knobs.extra.get("account_required"):
+        if self.knob("account_required"):
             directives.append("#SBATCH --account={account}")
         return {
             "name": self.system,
