@@ -356,6 +356,16 @@ def test_credentials_from_the_environment(firecrest_server, monkeypatch):
     assert firecrest_server.secret not in repr(backend.describe())
 
 
+def test_credentials_from_a_profile(firecrest_server, monkeypatch):
+    for name in firecrest_server.env:
+        monkeypatch.delenv(name, raising=False)
+    env = firecrest_server.env  # a profile's keys: its `url` is the location, its secret comes as `password`
+    backend, _ = open_backend(firecrest_server.plain_url("/"), api_url=env["FIRECREST_URL"],
+                              token_url=env["AUTH_TOKEN_URL"], client_id=env["FIRECREST_CLIENT_ID"],
+                              password=env["FIRECREST_CLIENT_SECRET"])
+    assert backend.stat("/").kind == DIRECTORY
+
+
 @pytest.mark.parametrize("missing", ["FIRECREST_URL", "AUTH_TOKEN_URL", "FIRECREST_CLIENT_ID",
                                      "FIRECREST_CLIENT_SECRET"])
 def test_missing_settings_name_the_variable(firecrest_server, monkeypatch, missing):

@@ -306,17 +306,29 @@ def _refuse_mangled(path: str):
 
 
 # -- firecrest://SYSTEM/path -----------------------------------------------------------------------------
-def _setting(name: str, env: Optional[str], url: ParsedURL, options: dict) -> Optional[str]:
-    for value in (options.get(name), url.params.get(name), os.environ.get(env) if env else None):
+# option names (options, then the URL's query), their environment variable, what to call them when missing;
+# a profile names the API URL ``api_url`` (its ``url`` is the location) and gives the secret as ``password``
+SETTINGS = {
+    "api": (("url", "api_url"), "FIRECREST_URL", "API URL"),
+    "token_url": (("token_url",), "AUTH_TOKEN_URL", "token URL"),
+    "client_id": (("client_id",), "FIRECREST_CLIENT_ID", "client id"),
+    "secret": (("client_secret", "password"), "FIRECREST_CLIENT_SECRET", "client secret"),
+}
+
+
+def _setting(url: ParsedURL, options: dict, *names: str, env: Optional[str] = None) -> Optional[str]:
+    candidates = [options.get(name) for name in names] + [url.params.get(name) for name in names]
+    for value in candidates + [os.environ.get(env) if env else None]:
         if value not in (None, ""):
             return value
     return None
 
 
-def _required(name: str, env: str, url: ParsedURL, options: dict, what: str) -> str:
-    value = _setting(name, env, url, options)
+def _required(url: ParsedURL, options: dict, key: str) -> str:
+    names, env, what = SETTINGS[key]
+    value = _setting(url, options, *names, env=env)
     if value is None:
-        raise errors.UsageError(f"FirecREST {what} missing: set {env} (or the {name}= option)")
+        raise errors.UsageError(f"FirecREST {what} missing: set {env} (or the {names[0]}= option)")
     return value
 
 
@@ -324,22 +336,18 @@ def backend_from_url(url: ParsedURL, options: dict):
     """``(FirecrestBackend, root)`` for ``firecrest://SYSTEM/path``; asks ``/status/systems`` for the limits."""
     if not url.host:
         raise errors.UsageError("firecrest:// URL without a system name (expected firecrest://SYSTEM/path)")
-    api_url = _required("url", "FIRECREST_URL", url, options, "API URL")
-    token_url = _required("token_url", "AUTH_TOKEN_URL", url, options, "token URL")
-    client_id = _setting("client_id", "FIRECREST_CLIENT_ID", url, options) or url.username
-    if client_id is None:
-        raise errors.UsageError("FirecREST client id missing: set FIRECREST_CLIENT_ID (or the client_id= option)")
-    secret = _required("client_secret", "FIRECREST_CLIENT_SECRET", url, options, "client secret")
+    api_url, token_url = _required(url, options, "api"), _required(url, options, "token_url")
+    client_id, secret = _required(url, options, "client_id"), _required(url, options, "secret")
     try:
-        timeout = float(_setting("timeout", None, url, options) or 60)
-        max_parallel = int(_setting("max_parallel", None, url, options) or 8)
+        timeout = float(_setting(url, options, "timeout") or 60)
+        max_parallel = int(_setting(url, options, "max_parallel") or 8)
     except ValueError:
         raise errors.UsageError("timeout and max_parallel must be numbers") from None
     session = _Session()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(8, 2 * max_parallel))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    verify = _setting("verify", None, url, options)
+    verify = _setting(url, options, "verify")
     if verify is not None:
         session.verify = False if str(verify).lower() in ("0", "false", "no") else verify
     auth = ClientCredentials(token_url, client_id, secret, session, timeout)
@@ -350,10 +358,10 @@ def backend_from_url(url: ParsedURL, options: dict):
     if info is None:
         known = ", ".join(s.get("name", "?") for s in systems) or "none"
         raise errors.UsageError(f"FirecREST at {api_url} has no system '{url.host}' (known: {known})")
-    tz_name = _setting("tz", None, url, options)
+    tz_name = _setting(url, options, "tz")
     backend = FirecrestBackend(
         client, info, max_parallel=max_parallel, tz=_timezone(tz_name) if tz_name else None,
-        account=_setting("account", None, url, options),
+        account=_setting(url, options, "account"),
     )
     return backend, normalize(url.path)
 
