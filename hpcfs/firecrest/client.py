@@ -103,7 +103,7 @@ class FirecrestClient:
                     attempt = self._pause(attempt)
                     continue
                 raise errors.TimedOut(f"{method} {endpoint}: no answer within the time-out", path) from None
-            except requests.ConnectionError as exc:
+            except requests.ConnectionError as exc:  # mostly a pooled connection the server had closed
                 if attempt < self.retries:
                     attempt = self._pause(attempt)
                     continue
