@@ -141,6 +141,10 @@ def normalize(path: str) -> str:
     """Canonical absolute path inside the tree; refuses what could escape it or cannot be sent."""
     if "\0" in path:
         raise errors.InvalidPath("path contains a NUL byte", path)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes from FUSE arrive as surrogates; no server can store them
+        raise errors.InvalidPath("name is not valid UTF-8", path.encode("utf-8", "replace").decode()) from None
     parts = []
     for part in path.split("/"):
         if part in ("", "."):

@@ -87,7 +87,8 @@ class RemoteTree:
         try:
             entry = self._stat_server(path)
         except errors.NotFound:
-            if not create:
+            # A file another handle here is still writing exists for this process, though not on the server.
+            if not create and self._writer(path) is None:
                 raise
             self._require_directory(split(path)[0])
             entry = None

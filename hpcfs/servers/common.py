@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import re
+import socket
 import socketserver
 import ssl
 import tempfile
@@ -240,6 +241,16 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):  # requests are counted, not printed
         pass
 
+    def setup(self):
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self):
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        super().finish()
+
     def _handle(self):
         split = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
@@ -329,6 +340,7 @@ class RestServer:
         handler = type("Handler", (_RestHandler,), {})
         self.httpd = _ThreadingHTTPServer((host, port), handler)
         self.httpd.app = app
+        self.httpd.connections, self.httpd.connections_lock = set(), threading.Lock()
         self.cert_file = None
         if tls_dir is not None:
             self.cert_file, key_file = self_signed_certificate(tls_dir)
@@ -352,8 +364,16 @@ class RestServer:
         return self
 
     def stop(self):
+        """Stop as a killed process would: kept-alive client connections end too."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self.httpd.connections_lock:
+            connections = list(self.httpd.connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def temporary_directory(prefix="hpcfs-"):

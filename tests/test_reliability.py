@@ -1,0 +1,237 @@
+"""Faults, expiry, bad input and concurrency through real mounts: nothing lost, nothing wrong, no hangs.
+
+The per-protocol suites test each client's retries in detail; this file checks what a user of the mount
+sees, across protocols where the case applies.  docs/reliability.md lists the cases and guarantees.
+"""
+import concurrent.futures
+import errno
+import glob
+import hashlib
+import os
+import subprocess
+import time
+
+import pytest
+
+from hpcfs.servers.uftp import UFTPServer
+from mounting import hpcfs, mounted, sha256_file, write_random
+
+PROTOCOLS = ["uftp", "firecrest", "em"]
+
+
+@pytest.fixture(params=PROTOCOLS)
+def service(request):
+    """(server handle, the directory of the tree where files may be written) for each protocol."""
+    handle = request.getfixturevalue(f"{request.param}_server")
+    return handle, getattr(handle, "volume_path", "/")
+
+
+@pytest.fixture
+def mount(service, tmp_path):
+    handle, base = service
+    with mounted(handle.plain_url("/"), tmp_path / "mnt", env=handle.env) as mountpoint:
+        yield os.path.join(mountpoint, base.lstrip("/")), os.path.join(handle.root, base.lstrip("/"))
+
+
+def digest(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_many_readers_and_writers_at_once(mount):
+    """16 readers and 4 writers on different files, and 8 readers on one file, all at the same time."""
+    view, served = mount
+    contents = {f"in{index}.bin": os.urandom(256 << 10) for index in range(16)}
+    contents["shared.bin"] = os.urandom(1 << 20)
+    for name, data in contents.items():
+        with open(os.path.join(served, name), "wb") as handle:
+            handle.write(data)
+    written = {f"out{index}.bin": os.urandom(512 << 10) for index in range(4)}
+
+    def read(name):
+        with open(os.path.join(view, name), "rb") as handle:
+            return name, digest(handle.read())
+
+    def write(name):
+        with open(os.path.join(view, name), "wb") as handle:
+            handle.write(written[name])
+        return name, None
+
+    with concurrent.futures.ThreadPoolExecutor(28) as pool:
+        jobs = [pool.submit(read, f"in{index}.bin") for index in range(16)]
+        jobs += [pool.submit(read, "shared.bin") for _ in range(8)]
+        jobs += [pool.submit(write, name) for name in written]
+        results = [job.result(timeout=120) for job in jobs]
+    for name, seen in results:
+        if seen is not None:
+            assert seen == digest(contents[name]), name
+    for name, data in written.items():
+        assert sha256_file(os.path.join(served, name)) == digest(data), name
+
+
+def test_two_writers_of_one_file_last_close_wins(mount):
+    view, served = mount
+    path = os.path.join(view, "contested.txt")
+    first, second = open(path, "wb"), open(path, "wb")
+    first.write(b"first writer\n")
+    second.write(b"second writer, longer\n")
+    first.close()
+    second.close()
+    with open(os.path.join(served, "contested.txt"), "rb") as stored:
+        assert stored.read() == b"second writer, longer\n"
+
+
+@pytest.mark.parametrize("name", ["it's.txt", "ünïcødé ✓.txt", "sp ace.txt", "new\nline.txt"])
+def test_unusual_names_round_trip_or_are_refused_cleanly(mount, name):
+    """Quotes, non-ASCII and spaces must work; a newline may be refused (UFTP's control channel is
+    line-based) but then with EINVAL and nothing created on the server."""
+    view, served = mount
+    try:
+        with open(os.path.join(view, name), "wb") as handle:
+            handle.write(b"payload")
+    except OSError as exc:
+        assert "\n" in name and exc.errno == errno.EINVAL, exc
+        assert not os.path.exists(os.path.join(served, name))
+        return
+    assert os.path.exists(os.path.join(served, name)), os.listdir(served)
+    assert name in os.listdir(view)
+    with open(os.path.join(view, name), "rb") as handle:
+        assert handle.read() == b"payload"
+
+
+def test_names_that_must_not_reach_the_server(service, mount, tmp_path):
+    handle, base = service
+    view, served = mount
+    # A name that is not UTF-8 cannot be sent as any protocol's text: EINVAL, nothing created.
+    with pytest.raises(OSError) as raised:
+        with open(os.path.join(os.fsencode(view), b"bad-\xff-name"), "wb") as stream:
+            stream.write(b"x")
+    assert raised.value.errno == errno.EINVAL
+    assert not any(b"\xff" in entry for entry in os.listdir(os.fsencode(served)))
+    # ".." that would leave the tree is refused before anything is sent.
+    local = tmp_path / "payload.txt"
+    local.write_text("x")
+    escape = handle.plain_url(base.rstrip("/") + "/../../../escape.txt")
+    result = hpcfs("cp", str(local), escape, env=handle.env, check=False)
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "leaves the root" in result.stderr
+    assert not glob.glob(os.path.join(os.path.dirname(handle.root.rstrip("/")), "**", "escape.txt"), recursive=True)
+
+
+# -- UFTP: faults under a live mount -----------------------------------------------------------------------
+def restart(server):
+    """Stop ``server`` and start a new one on the same ports and root, as after a reboot."""
+    server.stop()
+    return UFTPServer(server.root, dict(server.users), auth_port=server.auth_port, listen_port=server.listen_port,
+                      cmd_port=server.cmd_port, tls_dir=server.tls_dir).start()
+
+
+def test_mount_survives_a_server_restart(uftp_server, tmp_path):
+    with open(os.path.join(uftp_server.root, "before.txt"), "w") as handle:
+        handle.write("before\n")
+    with mounted(uftp_server.plain_url("/"), tmp_path / "mnt", env=uftp_server.env,
+                 options=["attr_ttl=0"]) as mountpoint:
+        assert open(os.path.join(mountpoint, "before.txt")).read() == "before\n"
+        uftp_server.server = restart(uftp_server.server)
+        with open(os.path.join(uftp_server.root, "after.txt"), "w") as handle:
+            handle.write("after\n")
+        assert open(os.path.join(mountpoint, "after.txt")).read() == "after\n"
+        with open(os.path.join(mountpoint, "written.txt"), "w") as handle:
+            handle.write("written\n")
+        assert open(os.path.join(uftp_server.root, "written.txt")).read() == "written\n"
+    uftp_server.server.stop()
+
+
+def test_server_gone_fails_within_the_timeout_and_umount_works(uftp_server, tmp_path):
+    mountpoint = tmp_path / "mnt"
+    with mounted(uftp_server.plain_url("/"), mountpoint, env=uftp_server.env,
+                 options=["timeout=3", "attr_ttl=0"]) as view:
+        os.listdir(view)
+        uftp_server.server.stop()
+        started = time.monotonic()
+        listing = subprocess.run(["ls", "-l", view], capture_output=True, text=True, timeout=120)
+        assert listing.returncode != 0, "ls of a dead server succeeded"
+        assert time.monotonic() - started < 60, "the failure took longer than a few timeouts"
+    assert not os.path.ismount(str(mountpoint)), "umount did not detach the mount"
+
+
+def test_a_failed_upload_keeps_the_data_and_says_where(uftp_server, tmp_path):
+    state = tmp_path / "state"
+    data = os.urandom(3 << 20)
+    with mounted(uftp_server.plain_url("/"), tmp_path / "mnt", env=uftp_server.env,
+                 options=["timeout=3"]) as mountpoint:
+        handle = open(os.path.join(mountpoint, "precious.bin"), "wb")
+        handle.write(data)
+        uftp_server.server.stop()
+        with pytest.raises(OSError):
+            handle.close()
+    spools = glob.glob(str(state / "cache" / "hpcfs" / "spool" / "precious.bin.*"))
+    assert len(spools) == 1, "the written data was not kept"
+    assert sha256_file(spools[0]) == digest(data)
+    log_text = "".join(open(path).read() for path in glob.glob(str(state / "hpcfs" / "*.log")))
+    assert spools[0] in log_text, "the log does not say where the data is"
+
+
+def test_a_dropped_data_connection_is_retried_with_correct_bytes(uftp_server, tmp_path):
+    data = os.urandom(6 << 20)
+    with open(os.path.join(uftp_server.root, "big.bin"), "wb") as handle:
+        handle.write(data)
+    with mounted(uftp_server.plain_url("/"), tmp_path / "mnt", env=uftp_server.env) as mountpoint:
+        uftp_server.knobs.drop_after_bytes = 300_000
+        assert sha256_file(os.path.join(mountpoint, "big.bin")) == digest(data)
+        uftp_server.knobs.drop_after_bytes = 100_000
+        payload = write_random(tmp_path / "up.bin", 5 << 20)
+        subprocess.run(["cp", str(payload), mountpoint], check=True, timeout=120)
+        assert sha256_file(os.path.join(uftp_server.root, "up.bin")) == sha256_file(payload)
+
+
+def test_revoked_password_gives_permission_denied_not_a_hang(uftp_server, tmp_path):
+    with mounted(uftp_server.plain_url("/"), tmp_path / "mnt", env=uftp_server.env,
+                 options=["attr_ttl=0", "timeout=5"]) as mountpoint:
+        os.listdir(mountpoint)
+        uftp_server.knobs.refuse_logins = True
+        uftp_server.server = restart(uftp_server.server)  # every session ends: a new login is needed
+        uftp_server.server.knobs.refuse_logins = True
+        result = subprocess.run(["ls", mountpoint], capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and "Permission denied" in result.stderr, result.stderr
+    uftp_server.server.stop()
+
+
+# -- secrets -------------------------------------------------------------------------------------------
+def test_secrets_stay_out_of_argv_logs_and_errors(uftp_server, tmp_path):
+    password = uftp_server.env["UFTP_PASSWORD"]
+    with mounted(uftp_server.plain_url("/"), tmp_path / "mnt", env=uftp_server.env) as mountpoint:
+        os.listdir(mountpoint)
+        pids = subprocess.run(["pgrep", "-f", f"hpcfs mount --foreground.*{mountpoint}"],
+                              capture_output=True, text=True).stdout.split()
+        assert pids, "no mount process found"
+        for pid in pids:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                assert password.encode() not in cmdline.read()
+    verbose = hpcfs("-v", "ls", uftp_server.plain_url("/"), env=uftp_server.env)
+    wrong = hpcfs("-v", "ls", uftp_server.plain_url("/"), env={**uftp_server.env, "UFTP_PASSWORD": "s3cr3t-x"},
+                  check=False)
+    logs = "".join(open(path).read() for path in glob.glob(str(tmp_path / "state" / "hpcfs" / "*.log")))
+    for text in (verbose.stdout, verbose.stderr, wrong.stderr, logs):
+        assert password not in text and "s3cr3t-x" not in text
+    assert wrong.returncode == 1
+
+
+def test_local_servers_listen_on_loopback_only(uftp_server, firecrest_server, em_server):
+    """Every listening TCP socket of this process (all three servers run in it) is bound to 127.0.0.1."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                    listening.append(fields[1])
+    assert len(listening) >= 5, listening  # uftp auth+listen+cmd, firecrest, em
+    assert all(address.startswith("0100007F:") for address in listening), listening
