@@ -235,6 +235,7 @@ def _param_regex(match):
 
 class _RestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real gateways do
+    disable_nagle_algorithm = True  # headers and body are separate writes: avoid a delayed-ACK wait per reply
     server_version = "hpcfs-local"
     app: RestApp
 
