@@ -318,7 +318,7 @@ def test_error_replies(server, tree):
         "DELE nope": b"500 Error processing command 'DELE': [Errno 2] No such file or directory: "
                      b"'/srv/uftp/data/nope'\n",
         "MKD sub": b"500 Error processing command 'MKD': [Errno 17] File exists: '/srv/uftp/data/sub'\n",
-        "RNTO x": b"503 Error processing command 'RNTO': Illegal sequence of FTP commands - must send RNFR first\n",
+        "RNTO x": b"500 Error processing command 'RNTO': 'Session' object has no attribute 'rename_from_path'\n",
         "RANG a b": b"501 Error processing command 'RANG': Argument syntax error\n",
         "REST x": b"501 Error processing command 'REST': Argument syntax error\n",
         "CWD nope": b"550 Error processing command 'CWD': Can't cwd to directory: [Errno 2] No such file or "
@@ -337,6 +337,14 @@ def test_error_replies(server, tree):
         assert wire.one(command) == reply, command
     assert wire.one("RNFR hello.txt") == b"350 File action OK Please send rename-to\n"
     assert wire.one("RNTO ../../x") == b"534 Error processing command 'RNTO': Forbidden: /srv/x not in /srv/uftp/data\n"
+    # the real base check is a plain prefix test: a sibling sharing the prefix is reachable
+    assert wire.one("MLST ../data2") == (
+        b"550 Error processing command 'MLST': Directory/file does not exist or cannot be accessed!\n")
+    # a failed bare APPE leaves the byte count set, so the next APPE goes ahead (and fails on the file)
+    assert wire.one("APPE hello.txt").endswith(b"tuple indices must be integers or slices, not str\n")
+    assert wire.cmd("APPE nope") == [b"150 OK\n"]
+    assert wire.reply() == [
+        b"500 Error processing command 'APPE': [Errno 2] No such file or directory: '/srv/uftp/data/nope'\n"]
 
 
 def test_listing_a_file_is_an_error_and_closes_the_data_connection(server):
@@ -540,6 +548,7 @@ def test_ssh_key_jwt_logins(server, tmp_path):
 def _command_port(server, text):
     with socket.create_connection(("127.0.0.1", server.cmd_port), timeout=5) as sock:
         sock.sendall(text.encode())
+        sock.shutdown(socket.SHUT_WR)
         return sock.makefile("rb").read()
 
 
@@ -551,6 +560,8 @@ def test_command_port_speaks_the_uftpd_protocol(server, tree):
         f"Version: DEV\nListenPort: {server.listen_port}\nListenAddress: 127.0.0.1\n"
         f"MaxSessionsPerClient: 16\n\n").encode()
     assert _command_port(server, "request-type=nope\nEND\n") == b"ERROR::Unsupported request type 'nope'\n"
+    # a request cut off before END is answered, not spun on (the real UFTPD loops forever on it)
+    assert _command_port(server, "request-type=uftp-ping-request\n").startswith(b"Version: DEV\n")
     wire = Wire(server.listen_port)
     assert wire.login("pushedsecret") == b"230 Login successful\n"
     assert wire.one("PWD") == b'257 "/srv/uftp/data"\n'

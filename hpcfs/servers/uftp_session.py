@@ -21,6 +21,7 @@ NOT_ACCESSIBLE = "Directory/file does not exist or cannot be accessed!"
 # Replies of real UFTPD 3.5.x bugs, kept so clients are tested against what they will meet.
 SIZE_BUG = "Connector.write_message() got an unexpected keyword argument 'msg'"
 APPE_BUG = "tuple indices must be integers or slices, not str"
+RNTO_BUG = "'Session' object has no attribute 'rename_from_path'"  # RNTO before any RNFR
 FEATURES = [  # the glued entries are the real server's missing commas
     "PASV", "EPSV", "RANG STREAM", "REST STREAMMFMT", "MLSD", "MLST", "APPE",
     "MFF Modify;UNIX.mode;KEEP-ALIVE", "ARCHIVE", "UTF-8",
@@ -151,8 +152,9 @@ class Session:
         """The virtual absolute path for a client path; 534 outside the base dir or the served root."""
         path = path.strip()
         virtual = normalize_path(path if path.startswith("/") else self.cwd + "/" + path)
-        inside = self.base == "/" or virtual == self.base or virtual.startswith(self.base + "/")
-        if not inside:
+        # A plain prefix test, as the real server does: base /data also admits /data2 (the served root
+        # still confines everything below).
+        if not virtual.startswith(self.base):
             raise UFTPError(f"Forbidden: {virtual} not in {self.base}", 534)
         try:
             confine(self.server.root, virtual)
@@ -239,7 +241,7 @@ class Session:
     def rnto(self, params):
         real = self.target(params)[1]
         if self.rename_from is None:
-            raise UFTPError("Illegal sequence of FTP commands - must send RNFR first", 503)
+            raise AttributeError(RNTO_BUG)
         os.rename(self.rename_from, real)  # like the real server, RNFR is not forgotten afterwards
         self.reply("200 OK")
 
@@ -483,6 +485,7 @@ class Session:
     def appe(self, params):
         real = self.target(params)[1]
         if self.number_of_bytes == -1:
+            self.number_of_bytes = sys.maxsize  # left set by the failure below, so a following APPE proceeds
             os.stat(real)
             raise TypeError(APPE_BUG)
         self.reply("150 OK")
