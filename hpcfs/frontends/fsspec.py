@@ -20,9 +20,12 @@ class HpcfsFileSystem(AbstractFileSystem):
     protocol = ("uftp", "firecrest", "em")
     root_marker = "/"
 
-    def __init__(self, service_url, **options):
-        super().__init__(service_url=service_url, **options)
+    def __init__(self, service_url, auto_mkdir=False, **options):
+        """``auto_mkdir``: writing a file creates its missing parent directories (as object stores and
+        fsspec's LocalFileSystem(auto_mkdir=True) do); ``options`` are core and backend options."""
+        super().__init__(service_url=service_url, auto_mkdir=auto_mkdir, **options)
         self.service_url = service_url
+        self.auto_mkdir = auto_mkdir
         self.remote = open_tree(service_url, **options)
 
     @classmethod
@@ -65,6 +68,7 @@ class HpcfsFileSystem(AbstractFileSystem):
         path = self._strip_protocol(path)
         if "r" in mode and "+" not in mode:
             return FileStream(self.remote.open(path), mode=mode, name=path)
+        self._make_parent(path)
         handle = self.remote.open(path, writable=True, truncate="w" in mode, create=True, exclusive="x" in mode)
         return FileStream(handle, mode=mode, readable="+" in mode, append="a" in mode, name=path)
 
@@ -78,6 +82,7 @@ class HpcfsFileSystem(AbstractFileSystem):
 
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
         path = self._strip_protocol(path)
+        self._make_parent(path)
         handle = self.remote.open(path, writable=True, truncate=True, create=True, exclusive=mode == "create")
         try:
             handle.write(0, value)
@@ -85,6 +90,9 @@ class HpcfsFileSystem(AbstractFileSystem):
             handle.release()
 
     def cp_file(self, path1, path2, **kwargs):
+        if self.isdir(path1):  # fsspec's recursive copy hands directories here too
+            self.makedirs(path2, exist_ok=True)
+            return
         with self.open(path1, "rb") as source, self.open(path2, "wb") as sink:
             while True:
                 chunk = source.read(self.remote.options.block_size)
@@ -112,11 +120,20 @@ class HpcfsFileSystem(AbstractFileSystem):
             if not self.remote.exists(current):
                 self.remote.mkdir(current)
 
+    def _make_parent(self, path):
+        if self.auto_mkdir:
+            self.makedirs(posixpath.dirname(path), exist_ok=True)
+
     def rm_file(self, path):
         self.remote.remove(self._strip_protocol(path))
 
     def rmdir(self, path):
         self.remote.rmdir(self._strip_protocol(path))
+
+    def rm(self, path, recursive=False, maxdepth=None):
+        # fsspec's own rm hands directories to rm_file too.
+        for item in reversed(self.expand_path(path, recursive=recursive, maxdepth=maxdepth)):
+            self._rm(item)
 
     def _rm(self, path):
         path = self._strip_protocol(path)

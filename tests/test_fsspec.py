@@ -1,0 +1,189 @@
+"""The fsspec front end against the local servers: entry points, fsspec's own abstract test suite, exact
+ranged reads, pandas through ``uftp://``/``firecrest://``/``em://``, and Dask reading 20 files in worker
+processes.  Bytes are checked against the servers' directories."""
+import hashlib
+import io
+import os
+import posixpath
+import random
+
+import dask
+import dask.bag
+import fsspec
+import fsspec.tests.abstract as abstract
+import pandas
+import pytest
+
+from hpcfs.frontends.fsspec import HpcfsFileSystem
+
+PROTOCOLS = ("uftp", "firecrest", "em")
+
+
+@pytest.fixture(autouse=True)
+def close_cached_filesystems():
+    """fsspec keeps one instance per URL; close each test's (its server is gone afterwards)."""
+    yield
+    for instance in list(HpcfsFileSystem._cache.values()):
+        instance.remote.close()
+    HpcfsFileSystem.clear_instance_cache()
+
+
+@pytest.fixture(params=PROTOCOLS)
+def server(request):
+    """``(handle, base)``: a running server and the directory below which files may be written."""
+    handle = request.getfixturevalue(f"{request.param}_server")
+    return handle, getattr(handle, "volume_path", "")
+
+
+def write_server_file(handle, base, name, data):
+    path = os.path.join(handle.root, base.strip("/"), name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as sink:
+        sink.write(data)
+    return f"{base}/{name}"
+
+
+# -- registration -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_fsspec_finds_hpcfs_through_its_entry_point(protocol):
+    assert fsspec.get_filesystem_class(protocol) is HpcfsFileSystem
+
+
+def test_fsspec_open_resolves_to_hpcfs_and_reads_the_file(server):
+    handle, base = server
+    data = os.urandom(300_000)
+    path = write_server_file(handle, base, "blob.bin", data)
+    opened = fsspec.open(handle.url(path), "rb")
+    assert isinstance(opened.fs, HpcfsFileSystem)
+    with opened as source:
+        assert hashlib.sha256(source.read()).digest() == hashlib.sha256(data).digest()
+
+
+def test_text_write_then_read_through_fsspec_open(server):
+    handle, base = server
+    with fsspec.open(handle.url(f"{base}/notes.txt"), "wt", encoding="utf-8") as sink:
+        sink.write("grüße\n" * 1000)
+    with open(os.path.join(handle.root, base.strip("/"), "notes.txt"), encoding="utf-8") as written:
+        assert written.read() == "grüße\n" * 1000
+    with fsspec.open(handle.url(f"{base}/notes.txt"), "rt", encoding="utf-8") as source:
+        assert source.readline() == "grüße\n"
+
+
+def test_missing_file_is_file_not_found(server):
+    handle, base = server
+    with pytest.raises(FileNotFoundError):
+        with fsspec.open(handle.url(f"{base}/no-such-file"), "rb") as source:
+            source.read()
+
+
+# -- ranged reads -----------------------------------------------------------------------------------------
+def test_cat_file_returns_exactly_the_range(server):
+    handle, base = server
+    data = os.urandom(5 << 20)
+    path = write_server_file(handle, base, "ranges.bin", data)
+    filesystem, _ = fsspec.core.url_to_fs(handle.url(path))
+    rng = random.Random(3)
+    ranges = [(None, None), (0, 1), (17, 4096), (-1000, None), (None, -1000), (-300, -100), (len(data) - 5, len(data) + 50),
+              (len(data) + 10, None), (4000, 100), (0, len(data))]
+    ranges += [tuple(sorted(rng.sample(range(len(data)), 2))) for _ in range(20)]
+    for start, end in ranges:
+        assert filesystem.cat_file(path, start=start, end=end) == data[start:end], (start, end)
+
+
+def test_seek_and_read_on_an_open_file(server):
+    handle, base = server
+    data = os.urandom(3 << 20)
+    path = write_server_file(handle, base, "seek.bin", data)
+    with fsspec.open(handle.url(path), "rb") as source:
+        source.seek(2 << 20)
+        assert source.read(1000) == data[2 << 20 : (2 << 20) + 1000]
+        source.seek(-10, io.SEEK_END)
+        assert source.read() == data[-10:]
+
+
+# -- pandas and Dask --------------------------------------------------------------------------------------
+def numbered_frame(rows, first=0):
+    return pandas.DataFrame({"id": range(first, first + rows), "value": [i * 0.5 for i in range(first, first + rows)],
+                             "label": [f"row-{i}" for i in range(first, first + rows)]})
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_pandas_reads_a_csv_with_credentials_from_the_environment(request, monkeypatch, protocol):
+    handle = request.getfixturevalue(f"{protocol}_server")
+    base = getattr(handle, "volume_path", "")
+    for name, value in handle.env.items():
+        monkeypatch.setenv(name, value)
+    frame = numbered_frame(5000)
+    write_server_file(handle, base, "table.csv", frame.to_csv(index=False).encode())
+    assert "password" not in handle.plain_url() and "secret" not in handle.plain_url()
+    read = pandas.read_csv(handle.plain_url(f"{base}/table.csv"))
+    pandas.testing.assert_frame_equal(read, frame)
+
+
+def test_pandas_writes_a_csv_and_reads_it_back(server):
+    handle, base = server
+    frame = numbered_frame(2000)
+    frame.to_csv(handle.url(f"{base}/out.csv"), index=False)
+    with open(os.path.join(handle.root, base.strip("/"), "out.csv"), "rb") as written:
+        assert written.read() == frame.to_csv(index=False).encode()
+    pandas.testing.assert_frame_equal(pandas.read_csv(handle.url(f"{base}/out.csv")), frame)
+
+
+@pytest.mark.timeout(120)
+def test_dask_reads_twenty_files_in_worker_processes(uftp_server):
+    rows = 250
+    frames = [numbered_frame(rows, first=index * rows) for index in range(20)]
+    for index, frame in enumerate(frames):
+        write_server_file(uftp_server, "", f"parts/part-{index:02d}.csv", frame.to_csv(index=False).encode())
+    lines = dask.bag.read_text(uftp_server.url("/parts/part-*.csv"), files_per_partition=1)
+    records = lines.map(str.rstrip).filter(lambda line: line and not line.startswith("id,")).map(lambda line: line.split(","))
+    with dask.config.set(scheduler="processes", num_workers=4):  # each worker unpickles its own filesystem
+        rows_read, id_sum, value_sum, worker_pids = dask.compute(
+            records.count(), records.map(lambda r: int(r[0])).sum(), records.map(lambda r: float(r[1])).sum(),
+            lines.map_partitions(lambda _: [os.getpid()]),
+        )
+    everything = pandas.concat(frames)
+    assert lines.npartitions == 20
+    assert os.getpid() not in worker_pids, "the files were read in this process, not by workers"
+    assert rows_read == len(everything) == 20 * rows
+    assert id_sum == everything["id"].sum()
+    assert value_sum == pytest.approx(everything["value"].sum())
+
+
+# -- fsspec's own abstract suite against the local UFTP server -------------------------------------------
+class UFTPFixtures(abstract.AbstractFixtures):
+    @pytest.fixture
+    def fs(self, uftp_server):
+        # auto_mkdir: the suite writes files into directories it never made, as object stores allow.
+        filesystem = fsspec.filesystem("uftp", service_url=uftp_server.url(), auto_mkdir=True, skip_instance_cache=True)
+        yield filesystem
+        filesystem.remote.close()
+
+    @pytest.fixture
+    def fs_join(self):
+        return posixpath.join
+
+    @pytest.fixture
+    def fs_path(self, fs):
+        fs.mkdir("/suite")
+        return "/suite"
+
+
+class TestAbstractCopy(abstract.AbstractCopyTests, UFTPFixtures):
+    pass
+
+
+class TestAbstractGet(abstract.AbstractGetTests, UFTPFixtures):
+    pass
+
+
+class TestAbstractPut(abstract.AbstractPutTests, UFTPFixtures):
+    pass
+
+
+class TestAbstractOpen(abstract.AbstractOpenTests, UFTPFixtures):
+    pass
+
+
+class TestAbstractPipe(abstract.AbstractPipeTests, UFTPFixtures):
+    pass
