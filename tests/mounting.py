@@ -37,6 +37,26 @@ def mounted(url, mountpoint, env=None, options=()):
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
 
 
+def sh(*command, binary=False, input=None, timeout=300):
+    """Run a shell tool; its stdout as text (or bytes with ``binary``)."""
+    result = subprocess.run(command, check=True, capture_output=True, timeout=timeout, input=input)
+    return result.stdout if binary else result.stdout.decode()
+
+
+def copy_round_trip(mountpoint, served_root, workdir, sizes):
+    """``cp`` files of ``sizes`` into the mount and back out; check every copy by sha256."""
+    local, back = os.path.join(workdir, "local"), os.path.join(workdir, "back")
+    os.makedirs(local)
+    os.makedirs(back)
+    digests = {name: sha256_file(write_random(os.path.join(local, name), size)) for name, size in sizes.items()}
+    sh("cp", *[os.path.join(local, name) for name in sizes], mountpoint)
+    sh("cp", *[os.path.join(mountpoint, name) for name in sizes], back)
+    for name, digest in digests.items():
+        assert sha256_file(os.path.join(served_root, name)) == digest, f"{name} on the server"
+        assert sha256_file(os.path.join(back, name)) == digest, f"{name} read back through the mount"
+        assert os.path.getsize(os.path.join(mountpoint, name)) == sizes[name]
+
+
 def sha256_file(path):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -6,9 +6,14 @@ import shutil
 import subprocess
 
 import pytest
+from mounting import (
+    copy_round_trip,
+    mounted,
+    sh,
+    tree_digests,
+)
 
 from hpcfs.servers import firecrest as fc
-from mounting import mounted, sha256_file, tree_digests, write_random
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -24,25 +29,10 @@ def mount(firecrest_server, tmp_path):
         yield mountpoint
 
 
-def sh(*command, binary=False, input=None):
-    result = subprocess.run(command, check=True, capture_output=True, timeout=100, input=input)
-    return result.stdout if binary else result.stdout.decode()
 
 
 def test_cp_in_and_out_keeps_every_byte(firecrest_server, mount, tmp_path):
-    local = tmp_path / "local"
-    local.mkdir()
-    digests = {name: sha256_file(write_random(local / name, size)) for name, size in SIZES.items()}
-    sh("cp", *[str(local / name) for name in SIZES], mount)
-    back = tmp_path / "back"
-    back.mkdir()
-    sh("cp", *[os.path.join(mount, name) for name in SIZES], str(back))
-    for name, digest in digests.items():
-        assert sha256_file(os.path.join(firecrest_server.root, name)) == digest, f"{name} on the server"
-        assert sha256_file(back / name) == digest, f"{name} read back through the mount"
-    log = firecrest_server.log
-    assert log.total("POST /filesystem/{system_name}/transfer/upload") == 1
-    assert log.total("POST /filesystem/{system_name}/transfer/download") == 1
+    copy_round_trip(mount, firecrest_server.root, str(tmp_path), SIZES)
 
 
 def test_dd_reads_at_random_offsets(firecrest_server, mount):

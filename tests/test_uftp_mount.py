@@ -2,11 +2,16 @@
 import hashlib
 import os
 import random
-import subprocess
 
 import pytest
-
-from mounting import hpcfs, mounted, sha256_file, tree_digests, write_random
+from mounting import (
+    copy_round_trip,
+    hpcfs,
+    mounted,
+    sh,
+    sha256_file,
+    tree_digests,
+)
 
 SIZES = {"empty": 0, "one-byte": 1, "mib-plus-one": (1 << 20) + 1, "hundred-mib": 100 << 20}
 
@@ -17,24 +22,10 @@ def mount(uftp_server, tmp_path):
         yield mountpoint
 
 
-def sh(*command, binary=False, input=None):
-    """Run a shell tool; its stdout as text (or bytes with ``binary``)."""
-    result = subprocess.run(command, check=True, capture_output=True, timeout=300, input=input)
-    return result.stdout if binary else result.stdout.decode()
 
 
 def test_cp_in_and_out_keeps_every_byte(uftp_server, mount, tmp_path):
-    local = tmp_path / "local"
-    local.mkdir()
-    digests = {name: sha256_file(write_random(local / name, size)) for name, size in SIZES.items()}
-    sh("cp", *[str(local / name) for name in SIZES], mount)
-    back = tmp_path / "back"
-    back.mkdir()
-    sh("cp", *[os.path.join(mount, name) for name in SIZES], str(back))
-    for name, digest in digests.items():
-        assert sha256_file(os.path.join(uftp_server.root, name)) == digest, f"{name} on the server"
-        assert sha256_file(back / name) == digest, f"{name} read back through the mount"
-        assert os.path.getsize(os.path.join(mount, name)) == SIZES[name]
+    copy_round_trip(mount, uftp_server.root, str(tmp_path), SIZES)
 
 
 def test_dd_reads_at_random_offsets(uftp_server, mount):
