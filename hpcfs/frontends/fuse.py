@@ -229,7 +229,11 @@ def mount(remote_tree, mountpoint, foreground=True, read_only=False, fsname="hpc
         target=_set_kernel_readahead, args=(mountpoint, readahead_kib), name="hpcfs-readahead", daemon=True
     ).start()
     operations = HpcfsOperations(remote_tree, read_only=read_only)
-    fuse.FUSE(operations, mountpoint, foreground=foreground, nothreads=False, **fuse_options)
+    try:
+        fuse.FUSE(operations, mountpoint, foreground=foreground, nothreads=False, **fuse_options)
+    except RuntimeError as exc:  # libfuse has printed why on stderr; mfusepy only gives its status code
+        remote_tree.close()
+        raise errors.HpcfsError(f"FUSE could not mount {mountpoint} (libfuse status {exc})") from None
 
 
 def _set_kernel_readahead(mountpoint, kib, wait_seconds=30):
