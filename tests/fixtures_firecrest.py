@@ -74,7 +74,7 @@ def firecrest_server(tmp_path):
 
 
 # -- OpenAPI conformance --------------------------------------------------------------------------------
-SPEC_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "specs", "firecrest-v2-openapi.json")
+SPEC_PATH = os.path.join(os.path.dirname(__file__), "data", "firecrest-v2-openapi.json")  # FirecREST 2.x's own
 
 
 @lru_cache(maxsize=1)

@@ -240,3 +240,32 @@ def test_local_servers_listen_on_loopback_only(uftp_server, firecrest_server, em
                     listening.append(fields[1])
     assert len(listening) >= 5, listening  # uftp auth+listen+cmd, firecrest, em
     assert all(address.startswith("0100007F:") for address in listening), listening
+
+
+# -- credentials expiring under a live mount ---------------------------------------------------------
+def test_firecrest_tokens_expire_under_a_live_mount(tmp_path):
+    from fixtures_firecrest import start_firecrest
+
+    (tmp_path / "root").mkdir()
+    handle = start_firecrest(tmp_path / "root", token_lifetime=33, min_token_ttl=30)
+    try:
+        with mounted(handle.plain_url("/"), tmp_path / "mnt", env=handle.env, options=["attr_ttl=0"]) as view:
+            for round_ in range(3):
+                with open(os.path.join(handle.root, f"file{round_}"), "w") as stream:
+                    stream.write("x")
+                assert f"file{round_}" in os.listdir(view)
+                time.sleep(2.5)  # past the token's last usable second after two rounds
+        assert handle.log.snapshot()["POST /token"] >= 2, "the token was never renewed"
+    finally:
+        handle.server.stop()
+
+
+def test_em_tokens_expire_under_a_live_mount(make_em_server, tmp_path):
+    handle = make_em_server(access_lifetime=1.0, refresh_lifetime=2.0)
+    volume = handle.volume_path.strip("/")
+    options = ["attr_ttl=0", "listing_ttl=0"]
+    with mounted(handle.plain_url("/"), tmp_path / "mnt", env=handle.env, options=options) as view:
+        for round_ in range(3):
+            handle.server.write_out_of_band(volume, f"file{round_}", b"x")
+            time.sleep(2.5)  # access and refresh tokens both expired: a new login is needed
+            assert f"file{round_}" in os.listdir(os.path.join(view, volume))
