@@ -10,9 +10,11 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import pytest
 import requests
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from hpcfs.servers.uftp import UFTPServer
 
@@ -483,6 +485,29 @@ def test_multi_stream_framing_both_ways(server, tree):
         stream.close()
     assert wire.reply() == [b"226 File transfer successful\n"]
     assert (tree[1] / "upload.bin").read_bytes() == big
+
+
+def test_gzip_and_aes_layers(server, tree):
+    """compress=true: RETR is a gzip stream ended by closing; an AES key: STOR is one CBC stream whose
+    PKCS#5 padding ends it (reference §5.6); FEAT advertises the cipher."""
+    hello = (tree[1] / "hello.txt").read_bytes()
+    wire = session(server, compress=True)
+    data = wire.data()
+    assert wire.one("RETR hello.txt") == b"150 OK 11 bytes available for reading.\n"
+    assert zlib.decompress(read_all(data), wbits=31) == hello
+    assert wire.reply() == [b"226 File transfer successful\n"]
+
+    key = os.urandom(16 + 32)
+    wire = session(server, encryptionKey=base64.b64encode(key).decode(), encryptionAlgorithm="AES")
+    assert b" CRYPTED-AES\n" in wire.cmd("FEAT")
+    data = wire.data()
+    assert wire.one("STOR secret.bin") == b"150 OK\n"
+    encryptor = Cipher(algorithms.AES(key[16:]), modes.CBC(key[:16])).encryptor()
+    payload = os.urandom(1000)
+    data.sendall(encryptor.update(payload + bytes([8]) * 8) + encryptor.finalize())
+    data.close()
+    assert wire.reply() == [b"226 File transfer successful\n"]
+    assert (tree[1] / "secret.bin").read_bytes() == payload
 
 
 # -- Auth REST and the command port ---------------------------------------------------------------------

@@ -45,7 +45,13 @@ class TransferJob:
     expires: float
     key: Optional[bytes] = field(default=None, repr=False)
     algo: str = "n/a"
+    compress: bool = False
     sessions: List[threading.Event] = field(default_factory=list)  # set when that session has ended
+
+    @property
+    def layered(self):
+        """Data goes through gzip and/or a cipher, so each transfer ends by closing the connection."""
+        return self.compress or self.key is not None
 
 
 class LoginRefused(Exception):
@@ -133,10 +139,7 @@ class UFTPServer:
 
     def _add_job(self, request):
         user, limit = request["user"], self.setting("session_limit")
-        if request.get("key"):
-            raise ValueError("Encrypted connections are not supported by this UFTPD server.")
-        if request.get("compress", "false").lower() == "true":
-            raise ValueError("Compressed connections are not supported by this UFTPD server.")
+        key, algo = _encryption(request.get("key"), request.get("algo"))
         job = TransferJob(
             user=user,
             secret=request["secret"],
@@ -145,6 +148,9 @@ class UFTPServer:
             persistent=request.get("persistent", "false").lower() == "true",
             streams=int(request.get("streams", "1")),
             expires=time.time() + self.setting("secret_lifetime"),
+            key=key,
+            algo=algo,
+            compress=request.get("compress", "false").lower() == "true",
         )
         with self._lock:
             if self.user_counts.get(user, 0) >= limit:
@@ -357,6 +363,18 @@ def _transfer_request(user, secret, body, client_ip):
         if body.get(name):
             request[wire] = str(body[name])
     return request
+
+
+def _encryption(encoded_key, algo):
+    """Key bytes and algorithm of a job; without ``algo`` the key length decides, as in UFTPD."""
+    if not encoded_key:
+        return None, "n/a"
+    key = base64.b64decode(encoded_key)
+    algo = (algo or ("AES" if len(key) in (32, 40, 48) else "BLOWFISH")).upper()
+    if algo not in ("AES", "BLOWFISH") or (algo == "BLOWFISH" and len(key) > 56) or \
+            (algo == "AES" and len(key) not in (32, 40, 48)):
+        raise ValueError("Illegal key length")
+    return key, algo
 
 
 def _error(status, message):

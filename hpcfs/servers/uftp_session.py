@@ -15,7 +15,7 @@ import time
 
 from .common import OutsideRoot, confine
 from .uftp_wire import (MULTI_STREAM_BLOCK, DroppedConnection, MultiStreamData, PlainData, close_socket,
-                        ls_line, mlst_facts, stat_line)
+                        data_stream, ls_line, mlst_facts, stat_line)
 
 NOT_ACCESSIBLE = "Directory/file does not exist or cannot be accessed!"
 # Replies of real UFTPD 3.5.x bugs, kept so clients are tested against what they will meet.
@@ -376,7 +376,8 @@ class Session:
             raise Exception(f"Rejecting connection from unexpected host {address[0]} - expected {self.control.peer_ip()}")
         self.connectors.append(sock)
         if len(self.connectors) == self.num_streams:
-            self.data = PlainData(sock) if self.num_streams == 1 else MultiStreamData(self.connectors)
+            streams = [data_stream(s, self.job.key, self.job.algo, self.job.compress) for s in self.connectors]
+            self.data = streams[0] if self.num_streams == 1 else MultiStreamData(streams)
 
     def close_data(self):
         self.num_streams = 1
@@ -388,11 +389,12 @@ class Session:
         self.connectors = []
         self.data = None
 
-    def after_transfer(self, close_before_reply):
-        """Range state resets after every transfer; without keep-alive the data connection closes (the real
-        server closes before the 226 after receiving, after it when sending)."""
+    def after_transfer(self, close_first):
+        """Range state resets after every transfer; without keep-alive the data connection closes, after the
+        226 -- unless ``close_first`` (the real server's order after receiving, or to end a gzip or cipher
+        stream after sending)."""
         self.reset_range()
-        if close_before_reply and not self.keep_alive:
+        if close_first:
             self.close_data()
         self.reply("226 File transfer successful")
         if not self.keep_alive:
@@ -471,7 +473,7 @@ class Session:
     def retr(self, params):
         _, real = self.readable(params)
         self.reply(f"150 OK {self.announced_size(real)} bytes available for reading.")
-        self.transfer(lambda: self.send_file(real), receiving=False)
+        self.transfer(lambda: self.send_file(real), close_first=self.job.layered)
 
     def stor(self, params):
         real = self.target(params)[1]
@@ -480,7 +482,7 @@ class Session:
         with open(real, "ab"):
             os.utime(real)  # "touch", as the real server does before 150
         self.reply("150 OK")
-        self.transfer(lambda: self.receive_file(real), receiving=True)
+        self.transfer(lambda: self.receive_file(real), close_first=not self.keep_alive)
 
     def appe(self, params):
         real = self.target(params)[1]
@@ -489,15 +491,15 @@ class Session:
             os.stat(real)
             raise TypeError(APPE_BUG)
         self.reply("150 OK")
-        self.transfer(lambda: self.receive_file(real), receiving=True)
+        self.transfer(lambda: self.receive_file(real), close_first=not self.keep_alive)
 
-    def transfer(self, move, receiving):
+    def transfer(self, move, close_first):
         try:
             move()
         except Exception:
             self.close_data()
             raise
-        self.after_transfer(close_before_reply=receiving)
+        self.after_transfer(close_first)
 
     def send_file(self, real):
         drop_at = self.server.knobs.take_drop()
@@ -516,6 +518,8 @@ class Session:
     def receive_file(self, real):
         if self.archive_mode:
             return self.receive_archive(real)
+        if self.job.key is not None:  # a cipher stream ends only with the connection
+            self.number_of_bytes = sys.maxsize
         drop_at = self.server.knobs.take_drop()
         count = self.number_of_bytes if drop_at is None else min(self.number_of_bytes, drop_at)
         with open(real, "r+b") as target:

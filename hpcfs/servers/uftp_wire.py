@@ -1,5 +1,5 @@
 """UFTPD's wire pieces: file facts in its listing formats, the control connection's line I/O and the data
-connections (plain, or JPARSS multi-stream framing, reference §5.5)."""
+connections (plain, gzip, encrypted, JPARSS multi-stream framing; reference §5.5-5.6)."""
 import errno
 import os
 import posixpath
@@ -7,6 +7,14 @@ import socket
 import stat
 import struct
 import time
+import zlib
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+try:
+    from cryptography.hazmat.decrepit.ciphers.algorithms import Blowfish
+except ImportError:  # cryptography < 43
+    Blowfish = algorithms.Blowfish
 
 FRAME = struct.Struct(">HHIII")  # JPARSS multi-stream header: magic, stream index, seq, block size, chunk
 FRAME_MAGIC = 0xCEBF
@@ -80,6 +88,7 @@ class ControlConnection:
 
 
 # -- data connections --------------------------------------------------------------------------------------
+# Every stream offers read(n) (n bytes unless EOF), read_some(n) (at least one unless EOF), write, close.
 class PlainData:
     """A single data connection."""
 
@@ -94,31 +103,123 @@ class PlainData:
     def read(self, length):
         return self._input.read(length)
 
+    def read_some(self, length):
+        return self._input.read1(length)
+
     def close(self):
         close_socket(self.sock)
 
 
-class MultiStreamData:
-    """JPARSS framing over several connections: each block is split over the streams, one header each."""
+class GzipLayer:
+    """gzip (zlib wbits=31) over a stream; the trailer goes out on close, so the transfer ends there."""
 
-    def __init__(self, socks):
-        self.socks = socks
-        self._inputs = [s.makefile("rb") for s in socks]
+    def __init__(self, inner):
+        self.inner = inner
+        self.compressor = zlib.compressobj(wbits=31)
+        self.decompressor = zlib.decompressobj(wbits=31)
+        self.pending = b""
+        self.wrote = False
+
+    def write(self, data):
+        self.wrote = True
+        self.inner.write(self.compressor.compress(data))
+        return len(data)
+
+    def read(self, length):
+        while len(self.pending) < length:
+            chunk = self.inner.read_some(1 << 16)
+            self.pending += self.decompressor.decompress(chunk) if chunk else self.decompressor.flush()
+            if not chunk:
+                break
+        data, self.pending = self.pending[:length], self.pending[length:]
+        return data
+
+    read_some = read
+
+    def close(self):
+        if self.wrote:
+            _quietly(self.inner.write, self.compressor.flush())
+        self.inner.close()
+
+
+class CipherLayer:
+    """The whole transfer as one cipher stream (Blowfish-ECB, or AES-CBC with key blob = IV || key),
+    PKCS#5-style padding only at the end; so it ends with the connection."""
+
+    def __init__(self, inner, key, algo):
+        self.inner = inner
+        self.cipher = _cipher(key, algo)
+        self.block = self.cipher.algorithm.block_size // 8
+        self.encryptor = self.decryptor = None
+        self.written = 0
+        self.held = self.plain = b""
+        self.at_eof = False
+
+    def write(self, data):
+        self.encryptor = self.encryptor or self.cipher.encryptor()
+        self.written += len(data)
+        self.inner.write(self.encryptor.update(data))
+        return len(data)
+
+    def read(self, length):
+        self.decryptor = self.decryptor or self.cipher.decryptor()
+        while len(self.plain) < length and not self.at_eof:
+            chunk = self.inner.read_some(1 << 16)
+            data = self.held + chunk
+            if chunk:  # hold back the last block: it may carry the padding
+                keep = len(data) % self.block or self.block
+                self.plain += self.decryptor.update(data[:-keep])
+                self.held = data[-keep:]
+            else:
+                self.at_eof = True
+                last = self.decryptor.update(data) + self.decryptor.finalize()
+                self.plain += last[:-last[-1]] if last else b""
+        data, self.plain = self.plain[:length], self.plain[length:]
+        return data
+
+    read_some = read
+
+    def close(self):
+        if self.encryptor is not None:
+            pad = self.block - self.written % self.block
+            _quietly(self.inner.write, self.encryptor.update(bytes([pad]) * pad) + self.encryptor.finalize())
+        self.inner.close()
+
+
+def _cipher(key, algo):
+    if algo == "AES":
+        return Cipher(algorithms.AES(key[16:]), modes.CBC(key[:16]))
+    return Cipher(Blowfish(key), modes.ECB())
+
+
+def data_stream(sock, key=None, algo=None, compress=False):
+    """One data connection with the job's layers: plaintext -> gzip -> encryption -> TCP."""
+    stream = PlainData(sock)
+    if key is not None:
+        stream = CipherLayer(stream, key, algo)
+    return GzipLayer(stream) if compress else stream
+
+
+class MultiStreamData:
+    """JPARSS framing over several streams: each block is split over them, one header each."""
+
+    def __init__(self, streams):
+        self.streams = streams
         self.write_seq = self.read_seq = 0
 
     def write(self, data):
-        count, size = len(self.socks), len(data)
+        count, size = len(self.streams), len(data)
         chunk = size // count
-        for index, sock in enumerate(self.socks):
+        for index, stream in enumerate(self.streams):
             length = size - index * chunk if index == count - 1 else chunk
             header = FRAME.pack(FRAME_MAGIC, index, self.write_seq, size, length)
-            sock.sendall(header + data[index * chunk:index * chunk + length])
+            stream.write(header + data[index * chunk:index * chunk + length])
         self.write_seq += 1
         return size
 
     def read(self, _length):
         block = bytearray()
-        for index, source in enumerate(self._inputs):
+        for index, source in enumerate(self.streams):
             header = source.read(FRAME.size)
             if len(header) < FRAME.size:
                 return b""  # EOF
@@ -127,14 +228,21 @@ class MultiStreamData:
                 raise IOError(f"I/O error reader {index} (bad multi-stream frame header)")
             if index == 0:
                 block = bytearray(size)
-            offset = position * (size // len(self._inputs))
+            offset = position * (size // len(self.streams))
             block[offset:offset + length] = source.read(length)
         self.read_seq += 1
         return bytes(block)
 
     def close(self):
-        for sock in self.socks:
-            close_socket(sock)
+        for stream in self.streams:
+            stream.close()
+
+
+def _quietly(action, *args):
+    try:
+        action(*args)
+    except OSError:  # the peer may already be gone
+        pass
 
 
 def close_socket(sock):
