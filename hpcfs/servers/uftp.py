@@ -129,7 +129,7 @@ class UFTPServer:
         if kind == "uftp-transfer-request":
             try:
                 self._add_job(request)
-            except ValueError as exc:
+            except (KeyError, ValueError) as exc:  # a missing field reads "ERROR::'user'", as in UFTPD
                 return f"ERROR::{exc}"
             return f"OK::{self.listen_port}"
         if kind == "uftp-ping-request":
@@ -212,7 +212,7 @@ class UFTPServer:
                 try:
                     request = _read_command_request(sock.makefile("rb"))
                     sock.sendall((self.handle_command(request) + "\n").encode())
-                except OSError:
+                except Exception:  # one bad request must not end the command port
                     pass
                 _shutdown(sock)
 
@@ -301,10 +301,9 @@ class UFTPServer:
         user = self._caller(request)
         if user is None:
             return _error(401, "Authentication failed")
-        href = f"https://{self.host}:{self.auth_port}/rest/auth/{self.server_name}"
         return common.Response.json({
             self.server_name: {
-                "href": href, "description": "hpcfs local UFTPD", "status": "OK",
+                "href": self.auth_url, "description": "hpcfs local UFTPD", "status": "OK",
                 "uftpdServerVersion": self.version, "sessionLimit": self.setting("session_limit"),
                 "uid": user, "gid": "NONE", "availableGroups": [], "reservations": [],
                 "dataSharing": {"enabled": False},

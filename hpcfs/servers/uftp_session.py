@@ -109,11 +109,11 @@ class Session:
             self.close_data()
 
     def handle(self, line):
-        verb, _, params = line.partition(" ")
+        verb, has_params, params = line.partition(" ")
         verb = verb.upper()
         # A bare verb gets params None: handlers that need them fail with Python's own error text, which
         # is exactly what the real server replies (e.g. "'NoneType' object has no attribute 'split'").
-        params = params if _ else None
+        params = params if has_params else None
         self.server.log.record(verb, params or "")
         self.server.knobs.delay()
         handler = self.commands.get(verb)
