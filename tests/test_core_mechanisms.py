@@ -22,6 +22,7 @@ class Observed:
         self.backend = backend
         self.capabilities = backend.capabilities
         self.reads = []  # (path, offset, length)
+        self.writes = []  # (kind, offset, length)
         self.peak = 0
         self._active = 0
         self._lock = threading.Lock()
@@ -36,6 +37,16 @@ class Observed:
         finally:
             with self._lock:
                 self._active -= 1
+
+    def write_range(self, path, offset, data):
+        with self._lock:
+            self.writes.append(("range", offset, len(data)))
+        return self.backend.write_range(path, offset, data)
+
+    def write_whole(self, path, source, size):
+        with self._lock:
+            self.writes.append(("whole", 0, size))
+        return self.backend.write_whole(path, source, size)
 
     def __getattr__(self, name):
         return getattr(self.backend, name)
@@ -190,3 +201,32 @@ def test_ls_lR_through_the_mount_costs_one_listing_per_directory(uftp_server, tm
         uftp_server.log.reset()
         subprocess.run(["ls", "-lR", f"{mountpoint}/tree"], capture_output=True, check=True)
         assert sum(uftp_server.log.snapshot().values()) == 0, "a warm ls -lR went to the server"
+
+
+def test_a_file_written_from_start_to_end_streams_while_being_written(uftp_server, make_tree):
+    tree, observed = make_tree()
+    data = os.urandom(20 * BLOCK + 777)
+    handle = tree.open("/streamed.bin", writable=True, create=True)
+    for offset in range(0, len(data), 128 << 10):
+        handle.write(offset, data[offset : offset + (128 << 10)])
+    sent_before_close = [write for write in observed.writes if write[0] == "range"]
+    handle.release()
+    assert len(sent_before_close) >= 8, "pieces did not go out while the file was being written"
+    assert observed.writes[0] == ("whole", 0, 0), "the file was not created empty first"
+    with open(os.path.join(uftp_server.root, "streamed.bin"), "rb") as stored:
+        assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert tree.stat("/streamed.bin").size == len(data)
+
+
+def test_a_write_out_of_order_falls_back_to_one_whole_upload(uftp_server, make_tree):
+    tree, observed = make_tree()
+    data = bytearray(os.urandom(12 * BLOCK))
+    handle = tree.open("/patched.bin", writable=True, create=True)
+    handle.write(0, bytes(data))
+    patch = os.urandom(5000)
+    handle.write(3 * BLOCK + 10, patch)  # rewrites bytes that may already be on the server
+    data[3 * BLOCK + 10 : 3 * BLOCK + 10 + 5000] = patch
+    handle.release()
+    assert observed.writes[-1] == ("whole", 0, len(data))
+    with open(os.path.join(uftp_server.root, "patched.bin"), "rb") as stored:
+        assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()

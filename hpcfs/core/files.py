@@ -2,9 +2,12 @@
 
 A file opened for writing gets a spool in the spool directory.  Writes land there; ``flush`` (FUSE flush
 and fsync, Python ``close``) sends the whole spool with one ``write_whole``, which backends may split into
-parallel pieces.  If the upload fails the spool is kept and the error says where, so written data is never
-lost.  Two writers of one file each have their own spool; the last one to close wins, as with NFS.
+parallel pieces.  A new file written from start to end on a backend with in-place writes is streamed
+instead: pieces go out while the writer is still writing.  If the upload fails the spool is kept and the
+error says where, so written data is never lost.  Two writers of one file each have their own spool; the
+last one to close wins, as with NFS.
 """
+import collections
 import io
 import os
 import tempfile
@@ -31,10 +34,13 @@ class RemoteFile:
         self.pending_mode = None  # chmod and utime that must wait until the file exists on the server
         self.pending_mtime = None
         self._lock = threading.Lock()  # one upload at a time; spool creation happens once
+        self._stream = None
         if writable and (truncate or entry is None):
             self._size = 0
             self._open_spool(copy_existing=False)
             self._changed()  # creating or truncating must reach the server even with no writes
+            if tree.capabilities.ranged_writes:
+                self._stream = StreamedUpload(tree, path)
 
     @property
     def size(self):
@@ -54,13 +60,18 @@ class RemoteFile:
     def write(self, offset, data):
         self._require_writable()
         self._ensure_spool()
+        if self._stream is not None and offset != self._size:
+            self._end_streaming()
         written = os.pwrite(self._spool_fd, data, offset)
         self._size = max(self._size, offset + written)
         self._changed()
+        if self._stream is not None and not self._stream.appended(self._spool_fd, self._size):
+            self._end_streaming()
         return written
 
     def truncate(self, size):
         self._require_writable()
+        self._end_streaming()
         if self._spool_fd is None and size == 0:
             self._open_spool(copy_existing=False)
         self._ensure_spool()
@@ -74,8 +85,12 @@ class RemoteFile:
             if not self._dirty:
                 return
             try:
-                with open(self._spool_path, "rb") as source:
-                    self.tree.upload(self.path, source, self._size)
+                if self._stream is not None and self._stream.finish(self._spool_fd, self._size):
+                    self.tree.uploaded(self.path, self._size)
+                else:
+                    self._end_streaming()
+                    with open(self._spool_path, "rb") as source:
+                        self.tree.upload(self.path, source, self._size)
             except errors.HpcfsError as exc:
                 raise type(exc)(
                     f"upload failed ({exc.strerror}); the written data is kept in {self._spool_path}",
@@ -114,6 +129,11 @@ class RemoteFile:
         self._dirty = True
         self._modified = time.time()
 
+    def _end_streaming(self):
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream = None
+
     def _require_writable(self):
         if not self.writable:
             raise errors.PermissionDenied("file is not open for writing", self.path)
@@ -143,6 +163,65 @@ class RemoteFile:
         pattern = ReadPattern()
         for offset in range(0, self.entry.size, step):
             os.pwrite(fd, self.tree.read_data(self.path, self.entry, pattern, offset, step), offset)
+
+
+class StreamedUpload:
+    """Sends a file written from start to end in pieces while it is still being written.
+
+    Used for new or truncated files on backends that write in place (``write_range``).  The server's file
+    is created empty when the first piece is due; pieces then go out in parallel, at most
+    ``max_parallel`` at once (the writer waits, so memory stays bounded); the flush sends the tail.  A
+    write anywhere but the end, or a failed piece, ends streaming: the flush then sends the whole spool.
+    """
+
+    def __init__(self, tree, path):
+        self.tree = tree
+        self.remote = tree.remote_path(path)
+        self.piece_size = 2 * tree.options.block_size
+        self.sent = 0  # bytes [0, sent) are handed to the backend
+        self.started = False
+        self._pending = collections.deque()
+
+    def appended(self, fd, size):
+        """Send the complete pieces; False if streaming failed (the flush then uploads the spool)."""
+        try:
+            while size - self.sent >= self.piece_size:
+                self._send(fd, self.piece_size)
+        except errors.HpcfsError:
+            return False
+        return True
+
+    def finish(self, fd, size):
+        """True once the server holds all ``size`` bytes; False if the caller must upload the spool."""
+        if not self.started:
+            return False  # a small file: one whole upload is cheaper
+        try:
+            if size > self.sent:
+                self._send(fd, size - self.sent)
+            while self._pending:
+                self._pending.popleft().result()
+        except errors.HpcfsError:
+            return False
+        return True
+
+    def stop(self):
+        """Wait for pieces in flight (a late piece must not land after a full upload)."""
+        while self._pending:
+            try:
+                self._pending.popleft().result()
+            except errors.HpcfsError:
+                pass
+
+    def _send(self, fd, length):
+        backend = self.tree.backend
+        if not self.started:
+            backend.write_whole(self.remote, io.BytesIO(b""), 0)  # create, or truncate what was there
+            self.started = True
+        while len(self._pending) >= self.tree.capabilities.max_parallel:
+            self._pending.popleft().result()
+        data = os.pread(fd, length, self.sent)
+        self._pending.append(self.tree.upload_pool.submit(backend.write_range, self.remote, self.sent, data))
+        self.sent += length
 
 
 class FileStream(io.RawIOBase):

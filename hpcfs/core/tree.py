@@ -8,6 +8,7 @@ import dataclasses
 import posixpath
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import errors
 from ..backend import DIRECTORY, FILE, Entry, normalize, split
@@ -29,6 +30,7 @@ class RemoteTree:
             backend, self.options.block_size, self.options.readahead, self.options.cache_size
         )
         self.files = WholeFileCache(backend, max_bytes=self.options.file_cache_size)
+        self.upload_pool = ThreadPoolExecutor(backend.capabilities.max_parallel, thread_name_prefix="hpcfs-upload")
         self._writers = {}  # path -> set of RemoteFile open for writing
         self._writers_lock = threading.Lock()
 
@@ -47,7 +49,7 @@ class RemoteTree:
         if cached is not None:
             return cached
         try:
-            entry = self.backend.stat(self._remote(path))
+            entry = self.backend.stat(self.remote_path(path))
         except errors.NotADirectory as exc:  # a parent is a file: nothing exists below it
             raise errors.NotFound("no such file or directory", path) from exc
         except errors.NotFound:
@@ -66,7 +68,7 @@ class RemoteTree:
         entries = self.meta.listing(path)
         if entries is None:
             try:
-                entries = self.backend.list(self._remote(path))
+                entries = self.backend.list(self.remote_path(path))
             except errors.NotFound:
                 self.meta.mark_missing(path)
                 raise
@@ -107,16 +109,20 @@ class RemoteTree:
         """Bytes of one file version: through blocks where the backend has ranged reads and the file is
         too big to fetch whole, else through the whole-file cache."""
         if self._ranged(entry):
-            return self.blocks.read(self._remote(path), entry, pattern, offset, size)
+            return self.blocks.read(self.remote_path(path), entry, pattern, offset, size)
         if offset >= entry.size:
             return b""
-        return self.files.read(self._remote(path), entry, offset, size)
+        return self.files.read(self.remote_path(path), entry, offset, size)
 
     def upload(self, path, source, size):
         limit = self.capabilities.max_upload
         if limit is not None and size > limit:
             raise errors.TooLarge(f"file of {size} bytes exceeds the server's upload limit of {limit}", path)
-        self.backend.write_whole(self._remote(path), source, size)
+        self.backend.write_whole(self.remote_path(path), source, size)
+        self.uploaded(path, size)
+
+    def uploaded(self, path, size):
+        """Record a completed upload: new attributes cached, the old version's blocks dropped."""
         self._forget_data(path)
         previous = self.stat_cached(path)
         self.meta.put(
@@ -155,7 +161,7 @@ class RemoteTree:
         if self.exists(path):
             raise errors.AlreadyExists("file exists", path)
         self._require_directory(split(path)[0])
-        self.backend.mkdir(self._remote(path))
+        self.backend.mkdir(self.remote_path(path))
         self.meta.put(path, Entry(name=split(path)[1], kind=DIRECTORY, mtime=time.time(), mode=0o755))
         self.meta.put_listing(path, [])
 
@@ -163,7 +169,7 @@ class RemoteTree:
         path = normalize(path)
         if self.stat(path).is_dir:
             raise errors.IsADirectory("is a directory", path)
-        self.backend.remove(self._remote(path))
+        self.backend.remove(self.remote_path(path))
         self.meta.mark_missing(path)
         self._forget_data(path)
 
@@ -173,7 +179,7 @@ class RemoteTree:
             raise errors.PermissionDenied("cannot remove the root of the tree", path)
         if not self.stat(path).is_dir:
             raise errors.NotADirectory("not a directory", path)
-        self.backend.rmdir(self._remote(path))
+        self.backend.rmdir(self.remote_path(path))
         self.meta.invalidate(path)
         self.meta.mark_missing(path)
 
@@ -182,7 +188,7 @@ class RemoteTree:
         if self.capabilities.rename == "none":
             raise errors.NotSupported("the server cannot rename", src)
         entry = self.stat(src)
-        self.backend.rename(self._remote(src), self._remote(dst))
+        self.backend.rename(self.remote_path(src), self.remote_path(dst))
         for path in (src, dst):
             self.meta.invalidate(path)
             self._forget_data(path)
@@ -200,7 +206,7 @@ class RemoteTree:
             writer.pending_mode = mode & 0o7777
             return
         entry = self._stat_server(path)
-        self.backend.chmod(self._remote(path), mode & 0o7777)
+        self.backend.chmod(self.remote_path(path), mode & 0o7777)
         self.meta.put(path, dataclasses.replace(entry, mode=mode & 0o7777))
 
     def set_mtime(self, path, mtime):
@@ -213,27 +219,29 @@ class RemoteTree:
             writer.pending_mtime = mtime
             return
         entry = self._stat_server(path)
-        self.backend.set_mtime(self._remote(path), mtime)
+        self.backend.set_mtime(self.remote_path(path), mtime)
         self.meta.put(path, dataclasses.replace(entry, mtime=mtime))
 
     def symlink(self, target, path):
         path = normalize(path)
         if not self.capabilities.symlinks:
             raise errors.NotSupported("the server has no symbolic links", path)
-        self.backend.symlink(target, self._remote(path))
+        self.backend.symlink(target, self.remote_path(path))
         self.meta.invalidate(path)
         self.meta.invalidate_listing(split(path)[0])
 
     def readlink(self, path):
-        return self.backend.readlink(self._remote(normalize(path)))
+        return self.backend.readlink(self.remote_path(normalize(path)))
 
     def close(self):
+        self.upload_pool.shutdown(wait=True)
         self.blocks.close()
         self.files.close()
         self.backend.close()
 
     # -- internals ------------------------------------------------------------------------------------
-    def _remote(self, path):
+    def remote_path(self, path):
+        """The backend's path for a path in this tree."""
         return normalize(posixpath.join(self.root, path.lstrip("/")))
 
     def _ranged(self, entry):
@@ -261,6 +269,6 @@ class RemoteTree:
         return list(by_name.values())
 
     def _forget_data(self, path):
-        remote = self._remote(path)
+        remote = self.remote_path(path)
         self.blocks.forget(remote)
         self.files.forget(remote)
