@@ -377,5 +377,18 @@ class RestServer:
                 pass
 
 
+def run_until_interrupted(server):
+    """Block until Ctrl-C or SIGTERM, then stop ``server`` (for ``hpcfs serve``)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
 def temporary_directory(prefix="hpcfs-"):
     return tempfile.mkdtemp(prefix=prefix)

@@ -44,6 +44,7 @@ from .common import (
     Knobs,
     OutsideRoot,
     Request,
+    run_until_interrupted,
     RequestLog,
     Response,
     RestApp,
@@ -628,9 +629,4 @@ def serve(args):
     else:
         lines.append("  credentials: export EM_USERNAME and EM_PASSWORD for the account you configured")
     print("\n".join(lines), flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    run_until_interrupted(server)

@@ -27,7 +27,7 @@ import uuid
 from typing import Dict, Optional, Tuple
 
 from .common import (DEFAULT_HOST, Knobs, Request, Response, RestApp, RestServer, RequestLog, self_signed_certificate,
-                     temporary_directory)
+                     run_until_interrupted, temporary_directory)
 from .firecrest_auth import TokenIssuer, TokenRejected
 from .firecrest_jobs import (Scheduler, copy, delete, egress_script, file_script, ingress_script, move,
                              template)
@@ -655,9 +655,4 @@ def serve(args):
     print(f"  then: hpcfs mount firecrest://{server.system}/ MOUNTPOINT")
     if server.cert_file:
         print(f"  self-signed certificates: export REQUESTS_CA_BUNDLE={server.cert_file}")
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    run_until_interrupted(server)

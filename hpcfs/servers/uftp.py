@@ -442,10 +442,4 @@ def serve(args):
     print(f"  TLS certificate (self-signed): {server.cert_file}  (HPCFS_CA_FILE={server.cert_file})")
     print(f"UFTPD listen port:  {args.host}:{server.listen_port}")
     print(f"UFTPD command port: {args.host}:{server.cmd_port}  (plain text, key=value ... END)", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    common.run_until_interrupted(server)
