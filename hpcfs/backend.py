@@ -97,9 +97,6 @@ class Backend:
         """Write ``data`` at ``offset`` in place, without truncating (only with ``ranged_writes``)."""
         raise errors.NotSupported("partial writes are not supported", path)
 
-    def truncate(self, path: str, size: int) -> None:
-        raise errors.NotSupported("truncate is not supported", path)
-
     # -- namespace --------------------------------------------------------------------------------------
     def mkdir(self, path: str) -> None:
         raise NotImplementedError

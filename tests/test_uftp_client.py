@@ -252,17 +252,6 @@ def test_write_range_in_place(uftp_server, backend):
     assert backend.read_range("/f", 9, 10) == b"9\0\0Z"
 
 
-def test_truncate(uftp_server, backend):
-    put(uftp_server.root, "/f", b"data")
-    backend.truncate("/f", 0)
-    assert local_bytes(uftp_server.root, "/f") == b""
-    with pytest.raises(errors.NotSupported):
-        backend.truncate("/f", 2)
-    with pytest.raises(errors.NotFound):
-        backend.truncate("/missing", 0)
-    assert not os.path.exists(os.path.join(uftp_server.root, "missing"))
-
-
 # -- namespace -----------------------------------------------------------------------------------------
 def test_directories(uftp_server, backend):
     backend.mkdir("/d")

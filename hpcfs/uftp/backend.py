@@ -364,19 +364,6 @@ class UFTPBackend(Backend):
         self._run(lambda session: session.store(remote, [data], len(data), offset))
         self._sizes.grow(path, offset + len(data))
 
-    def truncate(self, path: str, size: int) -> None:
-        path, remote = self._remote(path)
-        if size != 0:
-            raise errors.NotSupported("UFTP truncates only to zero length", path)
-
-        def operation(session):
-            if self._stat_line(session, remote, path).is_dir:  # STOR would create a missing file
-                raise errors.IsADirectory("is a directory", path)
-            session.store(remote, [], 0)
-
-        self._run(operation)
-        self._sizes.set(path, 0)
-
     # -- namespace --------------------------------------------------------------------------------------
     def mkdir(self, path: str) -> None:
         path, remote = self._remote(path)
