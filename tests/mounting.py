@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from hpcfs.frontends.fuse import is_mounted
+
 HPCFS = [sys.executable, "-m", "hpcfs"]
 
 
@@ -33,7 +35,7 @@ def mounted(url, mountpoint, env=None, options=()):
         yield str(mountpoint)
     finally:
         hpcfs("umount", str(mountpoint), check=False)
-        if os.path.ismount(str(mountpoint)):
+        if is_mounted(str(mountpoint)):  # a failed umount must not leave mounts behind for later tests
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
 
 

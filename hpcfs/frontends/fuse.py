@@ -11,6 +11,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 
@@ -209,6 +210,25 @@ class HpcfsOperations(fuse.Operations):
             "st_blksize": _BLOCK,
             "st_blocks": (entry.size + 511) // 512,
         }
+
+
+def is_mounted(mountpoint):
+    """Whether something is mounted at ``mountpoint``, judged by the kernel's mount table.
+
+    ``os.path.ismount`` stats the mount's root, which fails while the server is gone: exactly when
+    ``hpcfs umount`` must still work."""
+    target = os.path.realpath(mountpoint)
+    with open("/proc/self/mounts") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) > 1 and _unescape_mount_path(fields[1]) == target:
+                return True
+    return False
+
+
+def _unescape_mount_path(field):
+    """/proc/mounts writes space, tab, newline and backslash in paths as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
 def mount(remote_tree, mountpoint, foreground=True, read_only=False, fsname="hpcfs", options=None):
