@@ -82,7 +82,7 @@ class Backend:
 
     # -- data -------------------------------------------------------------------------------------------
     def read_range(self, path: str, offset: int, length: int) -> bytes:
-        """Bytes ``[offset, offset+length)``; shorter only at end of file."""
+        """Bytes ``[offset, offset+length)`` (``bytes`` or a ``bytearray``); shorter only at end of file."""
         raise errors.NotSupported("ranged reads are not supported", path)
 
     def read_whole(self, path: str, sink: BinaryIO) -> None:

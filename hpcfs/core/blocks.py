@@ -60,7 +60,7 @@ class BlockCache:
         first, last = offset // self.block_size, (end - 1) // self.block_size
         token = entry.change_token
         if window == 0 and not self._all_cached(path, token, first, last):
-            return self.backend.read_range(path, offset, end - offset)
+            return bytes(self.backend.read_range(path, offset, end - offset))
         futures = [self._block(path, token, entry.size, index) for index in range(first, last + 1)]
         for index in range(last + 1, last + 1 + window):
             if index * self.block_size >= entry.size:

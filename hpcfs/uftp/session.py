@@ -245,10 +245,12 @@ class ControlSession:
             announced = transfer_size(start)
             if announced != length:
                 raise errors.ProtocolError(f"UFTPD announced {announced} bytes for a range of {length}", path)
-            pieces = []
-            received = self._receive(length, lambda view: pieces.append(bytes(view)), length, path)
+            target = bytearray(length)  # filled in place: a block costs no copy on its way to the cache
+            received = self._receive(length, lambda view: None, length, path, buffer=target)
         self._after_transfer(received == length)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if received < length:
+            del target[received:]
+        return target
 
     def retrieve_all(self, path: str, write: Callable[[memoryview], object]) -> int:
         """Stream the whole file to ``write``; returns the byte count."""
@@ -318,11 +320,12 @@ class ControlSession:
         if not self._keep_alive_on or not complete:
             self._close_data()
 
-    def _receive(self, count: int, consume: Callable[[memoryview], object], chunk: int, path) -> int:
+    def _receive(self, count: int, consume: Callable[[memoryview], object], chunk: int, path,
+                 buffer: Optional[bytearray] = None) -> int:
         """Read ``count`` bytes from the data connection into buffers of ``chunk`` bytes handed to
         ``consume``, watching the control connection: a reply before the last byte means the server
         stopped early (the file shrank) or failed.  Returns the bytes received."""
-        buffer = memoryview(bytearray(max(1, min(count, chunk))))
+        buffer = memoryview(buffer if buffer is not None else bytearray(max(1, min(count, chunk))))
         received = filled = 0
         final = None
         poller = select.poll()
