@@ -5,20 +5,26 @@ ones are plain paths.  Errors are one line on stderr with exit status 1 (2 for b
 adds a request log and tracebacks.  Passwords are never read from the command line.
 """
 import argparse
+import dataclasses
+import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
 
 from . import __version__, errors
 from .transfer import copy_paths, format_size
-from .targets import resolve, tree_for
+from .targets import Target, Trees, check_options, refuse_secret_options, resolve, tree_for
 
 FUSE_OPTIONS = {
     "allow_other", "allow_root", "default_permissions", "direct_io", "kernel_cache", "auto_cache",
     "noauto_cache", "fsname", "max_read", "uid", "gid", "umask", "read_ahead_kb",
 }
+# Generic mount(8) options that /etc/fstab lines carry and a FUSE mount has nothing to do with.
+FSTAB_ONLY_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
+                      "exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime", "noatime", "relatime"}
 MOUNT_WAIT_SECONDS = 60
 
 
@@ -49,10 +55,12 @@ def cmd_mount(args):
     mountpoint = os.path.abspath(args.mountpoint)
     if not os.path.isdir(mountpoint):
         raise errors.UsageError(f"mountpoint does not exist or is not a directory: {args.mountpoint}")
-    if os.path.ismount(mountpoint):
+    if is_mounted(mountpoint):
         raise errors.UsageError(f"mountpoint is busy (something is already mounted there): {args.mountpoint}")
-    target = resolve(args.url)
     core_and_backend, fuse_options = _split_mount_options(args.options)
+    read_only = args.read_only or bool(fuse_options.pop("ro", False))
+    target = _received_target(args.target_fd) if args.target_fd is not None else resolve(args.url)
+    check_options(target.url, {**target.options, **core_and_backend})
     if not args.foreground:
         return _mount_in_background(args, target, mountpoint)
     from .frontends.fuse import mount
@@ -61,30 +69,43 @@ def cmd_mount(args):
     if args.ready_fd is not None:  # tell the parent that authentication worked
         os.write(args.ready_fd, b"ok")
         os.close(args.ready_fd)
-    mount(remote_tree, mountpoint, read_only=args.read_only, fsname=f"hpcfs:{target.display}", options=fuse_options)
+    mount(remote_tree, mountpoint, read_only=read_only, fsname=f"hpcfs:{target.display}", options=fuse_options)
 
 
 def _mount_in_background(args, target, mountpoint):
-    """Run the mount in a detached child; return once it is mounted, or report why it could not be."""
-    read_end, write_end = os.pipe()
-    command = [sys.executable, "-m", "hpcfs", "mount", "--foreground", "--ready-fd", str(write_end), args.url, mountpoint]
+    """Run the mount in a detached child; return once it is mounted, or report why it could not be.
+
+    The child gets the resolved target through a pipe, so a profile's secret (typed at a prompt, or from
+    a command) is fetched once, here, and never appears in the child's arguments or environment."""
+    ready_read, ready_write = os.pipe()
+    target_read, target_write = os.pipe()
+    command = [sys.executable, "-m", "hpcfs", "mount", "--foreground", "--ready-fd", str(ready_write),
+               "--target-fd", str(target_read), args.url, mountpoint]
     for option in args.options:
         command += ["-o", option]
     if args.read_only:
         command.append("--read-only")
+    if args.verbose:  # the request log goes to the mount's log file
+        command.append("--verbose")
     log_path = _mount_log_path(mountpoint)
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            pass_fds=(write_end,), start_new_session=True,
+            pass_fds=(ready_write, target_read), start_new_session=True,
         )
-    os.close(write_end)
-    ready = os.read(read_end, 2)  # empty when the child exits before authenticating
-    os.close(read_end)
+    os.close(ready_write)
+    os.close(target_read)
+    try:
+        with os.fdopen(target_write, "w") as pipe:
+            json.dump(dataclasses.asdict(target), pipe)
+    except BrokenPipeError:  # the child died first; its log says why
+        pass
+    ready = os.read(ready_read, 2)  # empty when the child exits before authenticating
+    os.close(ready_read)
     deadline = time.monotonic() + MOUNT_WAIT_SECONDS
-    while ready and not os.path.ismount(mountpoint) and child.poll() is None and time.monotonic() < deadline:
+    while ready and not is_mounted(mountpoint) and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    if os.path.ismount(mountpoint):
+    if is_mounted(mountpoint):
         print(f"mounted {target.display} on {mountpoint} (log: {log_path})", file=sys.stderr)
         return 0
     if child.poll() is None:
@@ -92,9 +113,20 @@ def _mount_in_background(args, target, mountpoint):
     raise errors.HpcfsError(_last_error_line(log_path) or f"mount did not come up; see {log_path}")
 
 
+def _received_target(fd):
+    with os.fdopen(fd) as pipe:
+        return Target(**json.load(pipe))
+
+
+def is_mounted(mountpoint):
+    from .frontends.fuse import is_mounted as in_mount_table  # loads libfuse: only for mount commands
+
+    return in_mount_table(mountpoint)
+
+
 def cmd_umount(args):
     mountpoint = os.path.abspath(args.mountpoint)
-    if not os.path.ismount(mountpoint):
+    if not is_mounted(mountpoint):
         raise errors.UsageError(f"not mounted: {args.mountpoint}")
     for command in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount"]):
         try:
@@ -113,13 +145,14 @@ def cmd_umount(args):
 
 
 def _split_mount_options(option_args):
-    """``-o a=1,b`` into (core and backend options, FUSE options)."""
+    """``-o a=1,b`` into (core and backend options, FUSE options); ``ro`` counts as a FUSE option."""
     ours, fuse_options = {}, {}
     for group in option_args:
         for item in filter(None, group.split(",")):
             key, has_value, value = item.partition("=")
             key = key.strip().replace("-", "_")
-            (fuse_options if key in FUSE_OPTIONS else ours)[key] = value if has_value else True
+            (fuse_options if key in FUSE_OPTIONS | {"ro"} else ours)[key] = value if has_value else True
+    refuse_secret_options(ours)
     return ours, fuse_options
 
 
@@ -140,23 +173,18 @@ def _last_error_line(log_path):
 # -- file commands --------------------------------------------------------------------------------------
 def cmd_ls(args):
     target = resolve(args.path)
-    remote_tree = tree_for(target)
-    try:
+    with Trees() as trees:
+        remote_tree = trees.get(target)
         entry = remote_tree.stat(target.path)
         entries = sorted(remote_tree.listdir(target.path), key=lambda e: e.name) if entry.is_dir else [entry]
-        for item in entries:
-            print(_long_line(item) if args.long else item.name)
-    finally:
-        remote_tree.close()
+    for item in entries:
+        print(_long_line(item) if args.long else item.name)
 
 
 def cmd_stat(args):
     target = resolve(args.path)
-    remote_tree = tree_for(target)
-    try:
-        entry = remote_tree.stat(target.path)
-    finally:
-        remote_tree.close()
+    with Trees() as trees:
+        entry = trees.get(target).stat(target.path)
     print(f"  File: {target.path}")
     print(f"  Type: {'directory' if entry.is_dir else entry.kind}")
     print(f"  Size: {entry.size}")
@@ -165,10 +193,10 @@ def cmd_stat(args):
 
 
 def cmd_cat(args):
-    for path in args.paths:
-        target = resolve(path)
-        remote_tree = tree_for(target)
-        try:
+    targets = [resolve(path) for path in args.paths]
+    with Trees() as trees:
+        for target in targets:
+            remote_tree = trees.get(target)
             handle = remote_tree.open(target.path)
             offset, step = 0, remote_tree.options.block_size
             while True:
@@ -177,22 +205,17 @@ def cmd_cat(args):
                     break
                 sys.stdout.buffer.write(data)
                 offset += len(data)
-            sys.stdout.buffer.flush()
-        finally:
-            remote_tree.close()
+        sys.stdout.buffer.flush()
 
 
 def cmd_mkdir(args):
-    for path in args.paths:
-        target = resolve(path)
-        remote_tree = tree_for(target)
-        try:
+    targets = [resolve(path) for path in args.paths]
+    with Trees() as trees:
+        for target in targets:
             if args.parents:
-                _make_parents(remote_tree, target.path)
+                _make_parents(trees.get(target), target.path)
             else:
-                remote_tree.mkdir(target.path)
-        finally:
-            remote_tree.close()
+                trees.get(target).mkdir(target.path)
 
 
 def _make_parents(remote_tree, path):
@@ -204,18 +227,16 @@ def _make_parents(remote_tree, path):
 
 
 def cmd_rm(args):
-    for path in args.paths:
-        target = resolve(path)
-        remote_tree = tree_for(target)
-        try:
+    targets = [resolve(path) for path in args.paths]
+    with Trees() as trees:
+        for target in targets:
+            remote_tree = trees.get(target)
             if remote_tree.stat(target.path).is_dir:
                 if not args.recursive:
                     raise errors.IsADirectory("is a directory (use -r)", target.path)
                 _remove_tree(remote_tree, target.path)
             else:
                 remote_tree.remove(target.path)
-        finally:
-            remote_tree.close()
 
 
 def _remove_tree(remote_tree, path):
@@ -239,24 +260,34 @@ def cmd_cp(args):
 
 
 def cmd_info(args):
+    """What a user checks first: can the server be reached, does it accept the credentials, what are its
+    limits.  Each question gets its own line, so a failure says which step failed."""
     target = resolve(args.url)
-    remote_tree = tree_for(target)
-    try:
+    print(f"url: {target.display}")
+    with Trees() as trees:
+        try:  # some backends log in when opened, others with their first request
+            remote_tree = trees.get(target)
+            root = remote_tree.stat(target.path)
+        except errors.AuthenticationFailed as exc:
+            print("reachable: yes")
+            print(f"authenticated: no ({_one_line(exc)})")
+            return 1
+        except errors.Unavailable as exc:
+            print(f"reachable: no ({_one_line(exc)})")
+            return 1
         facts = remote_tree.backend.describe()
         caps = remote_tree.capabilities
-        root = remote_tree.stat(target.path)
-    finally:
-        remote_tree.close()
-    print(f"url: {target.display}")
-    print("reachable: yes, authenticated: yes")
-    print(f"root: {'directory' if root.is_dir else root.kind}")
+    print("reachable: yes")
+    print("authenticated: yes")
+    print(f"path: {target.path} ({'directory' if root.is_dir else root.kind})")
     for key, value in facts.items():
-        print(f"{key}: {value}")
+        print(f"{key}: {', '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}")
     print(
-        f"capabilities: ranged reads {'yes' if caps.ranged_reads else 'no'}, "
+        f"limits: ranged reads {'yes' if caps.ranged_reads else 'no'}, "
         f"partial writes {'yes' if caps.ranged_writes else 'no'}, rename {caps.rename}, "
         f"parallel requests {caps.max_parallel}"
         + (f", largest upload {format_size(caps.max_upload)}" if caps.max_upload else "")
+        + (f", largest whole read {format_size(caps.max_whole_read)}" if caps.max_whole_read else "")
     )
 
 
@@ -278,83 +309,122 @@ def _one_line(exc):
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _configure_logging(verbose):
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="hpcfs: %(name)s: %(message)s" if verbose else "hpcfs: %(message)s",
+class RedactingFormatter(logging.Formatter):
+    """Request logs name URLs; a presigned URL's signature or a token in a query is a credential."""
+
+    SECRET = re.compile(
+        r"((?:password|passwd|secret|token|signature|credential|access_token|refresh_token|code)=)[^&\s\"']+",
+        re.IGNORECASE,
     )
+    AUTHORIZATION = re.compile(r"((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+
+    def format(self, record):
+        text = super().format(record)
+        return self.AUTHORIZATION.sub(r"\1***", self.SECRET.sub(r"\1***", text))
+
+
+def _configure_logging(verbose):
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("hpcfs: %(name)s: %(message)s" if verbose else "hpcfs: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
     if not verbose:
         logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line, like other shell tools' ``cmd: error: ...``, with a hint instead of the
+    whole usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+VERBOSE_HELP = "log every request (secrets redacted); tracebacks on errors"
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    common = argparse.ArgumentParser(add_help=False)  # -v works after the command name too
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    parser = OneLineErrorParser(
         prog="hpcfs",
         description="Remote HPC storage (UFTP, FirecREST, EM API) as local files.",
-        epilog="Credentials come from environment variables or profiles, never from the command line.",
+        epilog="Remote locations are URLs (uftp://..., firecrest://..., em://...) or PROFILE:/path. "
+               "Credentials come from environment variables or profiles, never from the command line.",
     )
     parser.add_argument("--version", action="version", version=f"hpcfs {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every request; tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    mount = commands.add_parser("mount", help="mount a remote tree (background by default)")
+    def command(name, helptext, runner):
+        sub = commands.add_parser(name, help=helptext, description=helptext, parents=[common])
+        sub.set_defaults(run=runner)
+        return sub
+
+    mount = command("mount", "mount a remote tree (in the background unless --foreground)", cmd_mount)
     mount.add_argument("url", help="URL or PROFILE:/path")
     mount.add_argument("mountpoint")
     mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     mount.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[=VAL],...",
-                       help="cache/readahead (attr_ttl, block_size, readahead, cache_size), backend and FUSE options")
+                       help="cache and readahead (attr_ttl, negative_ttl, block_size, readahead, cache_size, "
+                            "spool_dir), backend options (timeout, ...: a wrong name is refused with the list) "
+                            "and FUSE options (allow_other, read_ahead_kb, ro, ...)")
     mount.add_argument("-r", "--read-only", action="store_true")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    mount.set_defaults(run=cmd_mount)
+    mount.add_argument("--target-fd", type=int, help=argparse.SUPPRESS)
 
-    umount = commands.add_parser("umount", help="unmount")
+    umount = command("umount", "unmount", cmd_umount)
     umount.add_argument("mountpoint")
     umount.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
-    umount.set_defaults(run=cmd_umount)
 
-    ls = commands.add_parser("ls", help="list a remote directory")
-    ls.add_argument("path")
+    ls = command("ls", "list a remote directory", cmd_ls)
+    ls.add_argument("path", help="URL or PROFILE:/path")
     ls.add_argument("-l", "--long", action="store_true", help="mode, size and time")
-    ls.set_defaults(run=cmd_ls)
 
-    cp = commands.add_parser("cp", help="copy files to, from or between remote trees")
-    cp.add_argument("sources", nargs="+")
+    cp = command("cp", "copy files to, from or between remote trees", cmd_cp)
+    cp.add_argument("sources", nargs="+", help="local paths, URLs or PROFILE:/path")
     cp.add_argument("destination")
     cp.add_argument("-r", "--recursive", action="store_true")
-    cp.add_argument("-R", "--resume", action="store_true", help="continue partial copies, skip complete ones")
-    cp.add_argument("-j", "--parallel", type=int, default=4, help="files copied at once (default 4)")
+    cp.add_argument("-R", "--resume", action="store_true",
+                    help="skip files the destination already has (same size); continue partial downloads")
+    cp.add_argument("-j", "--parallel", type=_positive, default=4, help="files copied at once (default 4)")
     progress = cp.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="show rate and ETA (default: when stderr is a terminal)")
     progress.add_argument("--no-progress", dest="progress", action="store_false")
-    cp.set_defaults(run=cmd_cp)
 
-    for name, helptext, runner in (("cat", "print remote files", cmd_cat), ("mkdir", "make remote directories", cmd_mkdir),
-                                   ("rm", "remove remote files", cmd_rm)):
-        sub = commands.add_parser(name, help=helptext)
-        sub.add_argument("paths", nargs="+")
-        if name == "mkdir":
-            sub.add_argument("-p", "--parents", action="store_true")
-        if name == "rm":
-            sub.add_argument("-r", "--recursive", action="store_true")
-        sub.set_defaults(run=runner)
+    cat = command("cat", "print remote files", cmd_cat)
+    cat.add_argument("paths", nargs="+")
+    mkdir = command("mkdir", "make remote directories", cmd_mkdir)
+    mkdir.add_argument("paths", nargs="+")
+    mkdir.add_argument("-p", "--parents", action="store_true", help="make parents as needed; no error if existing")
+    rm = command("rm", "remove remote files (and directories with -r)", cmd_rm)
+    rm.add_argument("paths", nargs="+")
+    rm.add_argument("-r", "--recursive", action="store_true")
 
-    stat = commands.add_parser("stat", help="attributes of a remote path")
+    stat = command("stat", "attributes of a remote path", cmd_stat)
     stat.add_argument("path")
-    stat.set_defaults(run=cmd_stat)
 
-    info = commands.add_parser("info", help="reachability, authentication and server limits")
-    info.add_argument("url")
-    info.set_defaults(run=cmd_info)
+    info = command("info", "reachability, authentication and server limits", cmd_info)
+    info.add_argument("url", help="URL or PROFILE:/path")
 
-    serve = commands.add_parser("serve", help="run a local test server")
+    serve = command("serve", "run a local test server (uftp, firecrest, em)", None)
     servers = serve.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
     for protocol in ("uftp", "firecrest", "em"):
         module = _server_module(protocol)
-        sub = servers.add_parser(protocol, help=f"local {protocol} server")
+        sub = servers.add_parser(protocol, help=f"local {protocol} server", parents=[common])
         module.add_arguments(sub)
         sub.set_defaults(run=cmd_serve, server_module=module)
     return parser
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _server_module(protocol):
@@ -364,19 +434,21 @@ def _server_module(protocol):
 
 
 def mount_helper(argv=None):
-    """``mount.hpcfs URL MOUNTPOINT [-o options]`` for /etc/fstab (type ``hpcfs``)."""
+    """``mount.hpcfs URL MOUNTPOINT [-sfnv] [-o options]``: what mount(8) runs for an /etc/fstab line of
+    type ``hpcfs``.  mount(8)'s generic options are dropped; ``ro`` mounts read-only."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) < 2:
-        print("usage: mount.hpcfs URL MOUNTPOINT [-o OPTIONS]", file=sys.stderr)
+    if len(argv) < 2 or argv[0].startswith("-") or argv[1].startswith("-"):
+        print("mount.hpcfs: error: usage: mount.hpcfs URL|PROFILE:/path MOUNTPOINT [-o OPTIONS]", file=sys.stderr)
         return 2
     url, mountpoint, rest = argv[0], argv[1], argv[2:]
     options = []
     while rest:
         flag = rest.pop(0)
-        if flag == "-o" and rest:
-            # mount(8) passes its own generic options too; keep only ours.
-            kept = [o for o in rest.pop(0).split(",") if o not in ("rw", "defaults", "auto", "noauto", "user", "nofail", "_netdev")]
-            options += ["-o", ",".join(kept)] if kept else []
+        if flag in ("-o", "-t", "-N") and rest:  # -t fuse.hpcfs and -N namespace: nothing for us
+            value = rest.pop(0)
+            kept = [item for item in value.split(",") if item not in FSTAB_ONLY_OPTIONS]
+            if flag == "-o" and kept:
+                options += ["-o", ",".join(kept)]
     return main(["mount", url, mountpoint] + options)
 
 

@@ -8,7 +8,9 @@ Profiles live in ``$XDG_CONFIG_HOME/hpcfs/config.ini`` (``~/.config/hpcfs/config
                                        # or password_prompt = yes
     block_size = 4M                    # any -o option
 
-A file holding a secret (the config itself or a password file) must not be readable by others.
+The ``password_*`` keys say where the secret comes from: the password (UFTP, EM API) or the client secret
+(FirecREST, whose API URL is ``api_url`` there).  A file holding a secret (the config itself or a password
+file) must not be readable by others.
 """
 import configparser
 import getpass
@@ -22,10 +24,19 @@ from typing import Optional
 
 from . import errors
 from .backend import normalize
-from .core import open_tree
+from .core import CoreOptions, open_tree
 from .urls import parse, redact, split_service
 
-SECRET_KEYS = ("password_env", "password_file", "password_command", "password_prompt")
+SECRET_SOURCES = ("password_env", "password_file", "password_command", "password_prompt")
+SECRET_NAMES = {"password", "client_secret", "token", "secret"}  # options that hold (or are) a credential
+# What each backend reads from its options or URL query (see backend_from_url in hpcfs/<scheme>/backend.py).
+BACKEND_OPTIONS = {
+    "uftp": {"user", "password", "token", "identity", "ca_file", "verify", "timeout", "sessions"},
+    "firecrest": {"url", "api_url", "token_url", "client_id", "client_secret", "password", "verify", "timeout",
+                  "max_parallel", "tz", "account"},
+    "em": {"username", "password", "pods", "tls", "scheme", "verify", "timeout", "upload_timeout", "busy_timeout",
+           "busy_backoff", "listing_ttl", "volumes_ttl", "max_upload", "max_files"},
+}
 
 
 @dataclass
@@ -43,18 +54,14 @@ class Target:
 def resolve(argument, local_ok=False):
     if "://" in argument:
         url = parse(argument)
-        if url.password is not None or "token=" in argument:
-            raise errors.UsageError(
-                "do not put passwords or tokens on the command line (other users see them in 'ps'); "
-                "use an environment variable or a profile"
-            )
+        refuse_secret_options(set(url.params) | ({"password"} if url.password is not None else set()))
         service, path = split_service(argument)
         return Target(url=service, path=path, display=redact(argument))
     profile_name, colon, path = argument.partition(":")
     if colon and re.fullmatch(r"[A-Za-z0-9_.-]+", profile_name) and len(profile_name) > 1:
-        profiles = load_profiles()
-        if profile_name in profiles:
-            url, options = profiles[profile_name]
+        profile = load_profile(profile_name)
+        if profile is not None:
+            url, options = profile
             return Target(url=url, path=normalize(path or "/"), display=argument, options=options)
         if not local_ok:
             raise errors.UsageError(f"no profile named '{profile_name}' in {config_path()}")
@@ -67,7 +74,52 @@ def tree_for(target, rooted=False, **options):
     """The RemoteTree in which ``target.path`` names what the user asked for; with ``rooted``, the tree
     whose root is ``target.path`` (what a mount shows)."""
     subpath = target.path if rooted else "/"
-    return open_tree(target.url, subpath=subpath, **{**target.options, **options})
+    merged = {**target.options, **options}
+    check_options(target.url, merged)
+    return open_tree(target.url, subpath=subpath, **merged)
+
+
+class Trees:
+    """One RemoteTree per service and options, shared by every argument that names it (one login, one
+    set of sessions), closed together: ``with Trees() as trees: trees.get(target)``."""
+
+    def __init__(self):
+        self._open = {}
+
+    def get(self, target):
+        key = (target.url, tuple(sorted(target.options.items())))
+        if key not in self._open:
+            self._open[key] = tree_for(target)
+        return self._open[key]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        for tree in self._open.values():
+            tree.close()
+
+
+def check_options(url, options):
+    """Refuse options (given with -o, in a profile or in the URL's query) that nothing would read: a typo
+    must not pass silently."""
+    parsed = parse(url)
+    known = CoreOptions.names() | BACKEND_OPTIONS[parsed.scheme]
+    unknown = sorted((set(options) | set(parsed.params)) - known)
+    if unknown:
+        raise errors.UsageError(
+            f"unknown option '{unknown[0]}' for {parsed.scheme}:// (known: {', '.join(sorted(known - SECRET_NAMES))})"
+        )
+
+
+def refuse_secret_options(options):
+    """Secrets never travel on the command line: other users see it in ``ps``."""
+    secret = sorted(set(options) & SECRET_NAMES)
+    if secret:
+        raise errors.UsageError(
+            f"do not put '{secret[0]}' on the command line (other users see it in 'ps'); "
+            "use an environment variable or a profile"
+        )
 
 
 # -- profiles -------------------------------------------------------------------------------------------
@@ -76,30 +128,36 @@ def config_path():
     return os.path.join(base, "hpcfs", "config.ini")
 
 
-def load_profiles():
-    """``{name: (url, options)}``; options include the password when the profile says where it is."""
+def load_profile(name):
+    """``(url, options)`` of one profile, or None; options include the secret when the profile says where
+    it comes from (only this profile's secret is fetched: no prompts or commands for the others)."""
     path = config_path()
     if not os.path.exists(path):
-        return {}
+        return None
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(path)
     except configparser.Error as exc:
         raise errors.UsageError(f"{path}: {' '.join(str(exc).split())}") from None
-    profiles = {}
-    for name in parser.sections():
-        section = dict(parser[name])
-        if "url" not in section:
-            raise errors.UsageError(f"{path}: profile [{name}] has no url")
-        if any(key in section for key in ("password", "secret", "token")):
-            require_private(path)
-        url = section.pop("url")
-        options = {k: v for k, v in section.items() if k not in SECRET_KEYS}
-        password = _profile_password(name, section)
-        if password is not None:
-            options["password"] = password
-        profiles[name] = (url, options)
-    return profiles
+    if any(_holds_secret(parser[section]) for section in parser.sections()):
+        require_private(path)
+    if not parser.has_section(name):
+        return None
+    section = dict(parser[name])
+    url = section.pop("url", None)
+    if url is None:
+        raise errors.UsageError(f"{path}: profile [{name}] has no url")
+    options = {key: value for key, value in section.items() if key not in SECRET_SOURCES}
+    password = _profile_password(name, section)
+    if password is not None:
+        options["password"] = password
+    return url, options
+
+
+def _holds_secret(section):
+    url = parse(section["url"]) if "://" in section.get("url", "") else None
+    in_url = url is not None and (url.password is not None or SECRET_NAMES & set(url.params))
+    return bool(SECRET_NAMES & set(section) or in_url)
 
 
 def _profile_password(name, section):

@@ -1,8 +1,10 @@
 """``hpcfs cp``: copies between local paths and remote trees, in either direction or remote to remote.
 
 Files are copied by several threads at once; each remote read goes through the core's readahead, so one
-large file already keeps several ranged requests in flight.  ``resume`` skips files that are already
-complete at the destination and continues a partial download where it stopped.
+large file already keeps several ranged requests in flight.  Uploads hand the source file straight to the
+backend (no spool copy), so an interrupted upload leaves nothing half-sent behind.  ``resume`` skips files
+whose destination already has the source's size and continues a shorter local file (a partial download)
+where it stopped; a partial remote file is sent again whole.
 """
 import os
 import posixpath
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from . import errors
 from .core.files import FileStream
-from .targets import tree_for
+from .targets import Trees
 
 CHUNK = 1 << 20
 
@@ -26,12 +28,21 @@ class Item:
     size: int
 
 
+@dataclass
+class Job:
+    source_side: object
+    source: str
+    destination: str
+    size: int
+
+
+class Cancelled(Exception):
+    """Another copy failed or the user pressed Ctrl-C: stop at the next chunk."""
+
+
 class LocalSide:
     join = staticmethod(os.path.join)
     basename = staticmethod(os.path.basename)
-
-    def __init__(self, root):
-        self.root = root
 
     def stat(self, path):
         try:
@@ -51,22 +62,25 @@ class LocalSide:
         handle.seek(offset)
         return handle
 
-    def open_write(self, path, offset=0):
-        handle = open(path, "r+b" if offset else "wb")
-        handle.seek(offset)
-        return handle
-
-    def close(self):
-        pass
+    def receive(self, path, reader, offset, size, meter, stop):
+        with open(path, "r+b" if offset else "wb") as handle:
+            handle.seek(offset)
+            while True:
+                if stop.is_set():
+                    raise Cancelled()
+                data = reader.read(CHUNK)
+                if not data:
+                    return
+                handle.write(data)
+                meter.advance(len(data))
 
 
 class RemoteSide:
     join = staticmethod(posixpath.join)
     basename = staticmethod(posixpath.basename)
 
-    def __init__(self, target):
-        self.remote_tree = tree_for(target)
-        self.root = target.path
+    def __init__(self, remote_tree):
+        self.remote_tree = remote_tree
 
     def stat(self, path):
         try:
@@ -87,50 +101,72 @@ class RemoteSide:
         stream.seek(offset)
         return stream
 
-    def open_write(self, path, offset=0):
-        handle = self.remote_tree.open(path, writable=True, truncate=not offset, create=True)
-        stream = FileStream(handle, readable=False)
-        stream.seek(offset)
-        return stream
-
-    def close(self):
-        self.remote_tree.close()
+    def receive(self, path, reader, offset, size, meter, stop):
+        """Upload ``reader`` whole (``offset`` is 0 here: see ``_resume_offset``)."""
+        self.remote_tree.upload(path, CountingReader(reader, meter, stop), size - offset)
 
 
-def side_for(target):
-    return LocalSide(target.path) if target.is_local else RemoteSide(target)
+class CountingReader:
+    """A source for a backend's ``write_whole`` that moves the progress meter and obeys ``stop``.  Backends
+    may rewind to replay a request, so only bytes beyond the furthest point read count as progress."""
+
+    def __init__(self, source, meter, stop):
+        self.source, self.meter, self.stop = source, meter, stop
+        self.furthest = source.tell()
+
+    def read(self, size=-1):
+        if self.stop.is_set():
+            raise Cancelled()
+        data = self.source.read(size)
+        position = self.source.tell()
+        if position > self.furthest:
+            self.meter.advance(position - self.furthest)
+            self.furthest = position
+        return data
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        return self.source.seek(offset, whence)
+
+    def tell(self):
+        return self.source.tell()
+
+    def seekable(self):
+        return True
 
 
 def copy_paths(sources, destination, recursive=False, resume=False, parallel=4, progress=False):
-    dest_side = side_for(destination)
-    source_sides = []
-    try:
-        dest_item = dest_side.stat(dest_side.root)
+    with Trees() as trees:
+        local = LocalSide()
+
+        def side_for(target):
+            return local if target.is_local else RemoteSide(trees.get(target))
+
+        dest_side = side_for(destination)
+        dest_item = dest_side.stat(destination.path)
         into_directory = dest_item is not None and dest_item.is_dir
         if len(sources) > 1 and not into_directory:
             raise errors.NotADirectory("copying several sources needs an existing directory", destination.display)
         jobs = []
         for source in sources:
-            side = side_for(source)
-            source_sides.append(side)
-            item = side.stat(side.root)
-            if item is None:
-                raise errors.NotFound("no such file or directory", source.display)
-            target_path = dest_side.join(dest_side.root, side.basename(side.root.rstrip("/")) or "root") if into_directory else dest_side.root
-            if item.is_dir:
-                if not recursive:
-                    raise errors.IsADirectory("is a directory (use -r)", source.display)
-                jobs += _plan_tree(side, side.root, dest_side, target_path)
-            else:
-                jobs.append((side, side.root, target_path, item.size))
-        meter = Progress(len(jobs), sum(job[3] for job in jobs), enabled=progress)
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            for future in [pool.submit(_copy_file, *job, dest_side, resume, meter) for job in jobs]:
-                future.result()
-        meter.finish()
-    finally:
-        for side in source_sides + [dest_side]:
-            side.close()
+            jobs += _plan_source(side_for(source), source, dest_side, destination.path, into_directory, recursive)
+        meter = Progress(len(jobs), sum(job.size for job in jobs), enabled=progress)
+        try:
+            _run_copies(jobs, dest_side, resume, meter, parallel)
+        finally:  # also before an error message: it must start on a line of its own
+            meter.finish()
+
+
+def _plan_source(side, source, dest_side, dest_root, into_directory, recursive):
+    item = side.stat(source.path)
+    if item is None:
+        raise errors.NotFound("no such file or directory", source.display)
+    name = side.basename(source.path.rstrip("/")) or "root"
+    target_path = dest_side.join(dest_root, name) if into_directory else dest_root
+    if not item.is_dir:
+        return [Job(side, source.path, target_path, item.size)]
+    if not recursive:
+        raise errors.IsADirectory("is a directory (use -r)", source.display)
+    return _plan_tree(side, source.path, dest_side, target_path)
 
 
 def _plan_tree(side, source_dir, dest_side, dest_dir):
@@ -143,47 +179,66 @@ def _plan_tree(side, source_dir, dest_side, dest_dir):
         if item.is_dir:
             jobs += _plan_tree(side, src, dest_side, dst)
         else:
-            jobs.append((side, src, dst, item.size))
+            jobs.append(Job(side, src, dst, item.size))
     return jobs
 
 
-def _copy_file(side, src, dst, size, dest_side, resume, meter):
-    offset = 0
-    if resume:
-        existing = dest_side.stat(dst)
-        if existing is not None and not existing.is_dir and existing.size <= size:
-            offset = existing.size if isinstance(dest_side, LocalSide) or existing.size == size else 0
-        if offset == size:
-            meter.advance(size, file_done=True)
-            return
-    meter.advance(offset)
-    reader = side.open_read(src, offset)
+def _run_copies(jobs, dest_side, resume, meter, parallel):
+    """Copy ``parallel`` files at a time; the first failure (or Ctrl-C) stops the others at their next chunk."""
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="hpcfs-cp")
     try:
-        writer = dest_side.open_write(dst, offset)
-        try:
-            while True:
-                data = reader.read(CHUNK)
-                if not data:
-                    break
-                writer.write(data)
-                meter.advance(len(data))
-        finally:
-            writer.close()
+        futures = [pool.submit(_copy_file, job, dest_side, resume, meter, stop) for job in jobs]
+        for future in futures:
+            future.result()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _copy_file(job, dest_side, resume, meter, stop):
+    offset = _resume_offset(job, dest_side) if resume else 0
+    if resume and offset == job.size:
+        meter.skip(job.size, file_done=True)
+        return
+    meter.skip(offset)
+    reader = job.source_side.open_read(job.source, offset)
+    try:
+        dest_side.receive(job.destination, reader, offset, job.size, meter, stop)
     finally:
         reader.close()
     meter.advance(0, file_done=True)
 
 
+def _resume_offset(job, dest_side):
+    """Where a resumed copy starts: the size when complete, the local file's length for a partial download,
+    else 0 (a remote file cannot be appended to safely, and a longer one is not a partial copy)."""
+    existing = dest_side.stat(job.destination)
+    if existing is None or existing.is_dir or existing.size > job.size:
+        return 0
+    if existing.size == job.size or isinstance(dest_side, LocalSide):
+        return existing.size
+    return 0
+
+
 class Progress:
-    """One status line on stderr: files, bytes, rate and ETA, redrawn at most five times a second."""
+    """One status line on stderr: files, bytes, rate and ETA, redrawn at most five times a second.  Bytes
+    skipped by ``resume`` count as done but not towards the rate."""
 
     def __init__(self, files, total_bytes, enabled):
         self.files, self.total = files, total_bytes
         self.enabled = enabled
-        self.done_files = self.done_bytes = 0
+        self.done_files = self.done_bytes = self.skipped_bytes = 0
         self.started = time.monotonic()
         self._drawn = 0.0
         self._lock = threading.Lock()
+
+    def skip(self, nbytes, file_done=False):
+        with self._lock:
+            self.skipped_bytes += nbytes
+        self.advance(nbytes, file_done)
 
     def advance(self, nbytes, file_done=False):
         with self._lock:
@@ -201,14 +256,20 @@ class Progress:
             sys.stderr.flush()
 
     def _draw(self, now):
-        elapsed = max(now - self.started, 1e-6)
-        rate = self.done_bytes / elapsed
-        left = (self.total - self.done_bytes) / rate if rate else 0
+        rate = (self.done_bytes - self.skipped_bytes) / max(now - self.started, 1e-6)
+        left = self.total - self.done_bytes
+        eta = "0:00" if left <= 0 else (_minutes(left / rate) if rate > 0 else "--:--")
+        # \r returns to the line start, \033[K clears what a longer previous line left there.
         sys.stderr.write(
             f"\r{self.done_files}/{self.files} files  {format_size(self.done_bytes)} / {format_size(self.total)}"
-            f"  {format_size(rate)}/s  ETA {int(left) // 60}:{int(left) % 60:02d}  "
+            f"  {format_size(rate)}/s  ETA {eta}\033[K"
         )
         sys.stderr.flush()
+
+
+def _minutes(seconds):
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def format_size(size):

@@ -83,9 +83,10 @@ def test_cat_file_returns_exactly_the_range(server):
     path = write_server_file(handle, base, "ranges.bin", data)
     filesystem, _ = fsspec.core.url_to_fs(handle.url(path))
     rng = random.Random(3)
-    ranges = [(None, None), (0, 1), (17, 4096), (-1000, None), (None, -1000), (-300, -100), (len(data) - 5, len(data) + 50),
-              (len(data) + 10, None), (4000, 100), (0, len(data))]
-    ranges += [tuple(sorted(rng.sample(range(len(data)), 2))) for _ in range(20)]
+    size = len(data)
+    ranges = [(None, None), (0, 1), (17, 4096), (-1000, None), (None, -1000), (-300, -100), (size - 5, size + 50),
+              (size + 10, None), (4000, 100), (0, size)]
+    ranges += [tuple(sorted(rng.sample(range(size), 2))) for _ in range(20)]
     for start, end in ranges:
         assert filesystem.cat_file(path, start=start, end=end) == data[start:end], (start, end)
 
@@ -136,7 +137,7 @@ def test_dask_reads_twenty_files_in_worker_processes(uftp_server):
     for index, frame in enumerate(frames):
         write_server_file(uftp_server, "", f"parts/part-{index:02d}.csv", frame.to_csv(index=False).encode())
     lines = dask.bag.read_text(uftp_server.url("/parts/part-*.csv"), files_per_partition=1)
-    records = lines.map(str.rstrip).filter(lambda line: line and not line.startswith("id,")).map(lambda line: line.split(","))
+    records = lines.map(str.rstrip).filter(lambda line: line and not line.startswith("id,")).map(str.split, ",")
     with dask.config.set(scheduler="processes", num_workers=4):  # each worker unpickles its own filesystem
         rows_read, id_sum, value_sum, worker_pids = dask.compute(
             records.count(), records.map(lambda r: int(r[0])).sum(), records.map(lambda r: float(r[1])).sum(),
