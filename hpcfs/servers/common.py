@@ -381,13 +381,18 @@ def run_until_interrupted(server):
     """Block until Ctrl-C or SIGTERM, then stop ``server`` (for ``hpcfs serve``)."""
     import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
+
+
+def _interrupt(*_):
+    # Not raise_signal(SIGINT): a shell script's background job ignores SIGINT, so `kill` would do nothing.
+    raise KeyboardInterrupt
 
 
 def temporary_directory(prefix="hpcfs-"):
