@@ -222,11 +222,75 @@ class RestApp:
             request.params = {k: unquote(v) for k, v in match.groupdict().items()}
             self.log.record(f"{method} {pattern}", request.path)
             self.knobs.delay()
-            return handler(request)
+            kind = garbage_for(self.knobs, request.path)
+            return handler(request) if kind is None else garbled(kind, lambda: handler(request))
         self.log.record("unrouted", f"{request.method} {request.path}")
         if allowed:
             return Response.json({"detail": "Method Not Allowed"}, 405, {"Allow": ", ".join(allowed)})
         return Response.json({"detail": "Not Found"}, 404)
+
+
+# -- the ``garbage`` knob: malformed replies, as a broken server or a proxy in between gives them ---------
+# ``knobs.extra["garbage"] = {"ops/ls": "html", "files/list": b'{"data": 1}'}`` answers every request whose
+# path ends in a key (``/filesystem/local/ops/ls``, ``/em/files/list``) with the kind of garbage named:
+GARBAGE_KINDS = (
+    "truncated-json",  # the real reply's body cut in half (a complete HTTP response with a broken body)
+    "wrong-types",  # the real JSON reply with every value of another type (a string becomes a number ...)
+    "html",  # 200 with a proxy's HTML page instead of the reply
+    "empty",  # 200 with an empty body
+    "short-body",  # the real reply announcing its full Content-Length but sending half, then closing
+)
+# For fuzzing, a ``bytes`` value is sent verbatim as a 200 JSON body, a ``(status, bytes)`` pair with that
+# status.  Delete the key (or the whole ``garbage`` dict) to switch it off.
+# Replies a handler streams itself (EM downloads) are not garbled: ``drop_after_bytes`` cuts those.
+_PROXY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
+
+
+def garbage_for(knobs: Knobs, path: str):
+    """The garbage kind (or bytes) the knob orders for a request to ``path``; None for an honest reply."""
+    path = path.rstrip("/")
+    return next((kind for key, kind in dict(knobs.extra.get("garbage") or {}).items()
+                 if path.endswith("/" + key.strip("/"))), None)
+
+
+def garbled(kind, reply: Callable[[], Optional[Response]]) -> Optional[Response]:
+    """The reply ``kind`` of garbage stands for; ``reply()`` gives the honest one where it is needed."""
+    if isinstance(kind, (bytes, tuple)):
+        status, body = kind if isinstance(kind, tuple) else (200, kind)
+        return Response(status, body, {"Content-Type": "application/json"})
+    if kind == "html":
+        return Response(200, _PROXY_PAGE, {"Content-Type": "text/html"})
+    if kind == "empty":
+        return Response(200, b"", {"Content-Type": "application/json"})
+    if kind not in GARBAGE_KINDS:
+        raise ValueError(f"unknown garbage kind {kind!r} (known: {', '.join(GARBAGE_KINDS)})")
+    honest = reply()
+    if honest is None or honest.file_path is not None:  # streamed or a file: nothing to garble here
+        return honest
+    body = honest.body or b'{"output": null}'
+    if kind == "truncated-json":
+        return Response(honest.status, body[: len(body) // 2], honest.headers)
+    if kind == "wrong-types":
+        try:
+            mangled = json.dumps(_wrong_types(json.loads(body))).encode()
+        except ValueError:  # not JSON at all (a download): the JSON number 0 instead
+            mangled = b"0"
+        return Response(honest.status, mangled, dict(honest.headers, **{"Content-Type": "application/json"}))
+    headers = dict(honest.headers, **{"Content-Length": str(len(body)), "Connection": "close"})
+    return Response(honest.status, body[: len(body) // 2], headers)  # short-body
+
+
+def _wrong_types(value):
+    """Every leaf of a JSON value replaced by one of another type; containers keep their shape."""
+    if isinstance(value, dict):
+        return {key: _wrong_types(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_wrong_types(item) for item in value]
+    if isinstance(value, str):
+        return len(value)
+    if value is None:
+        return {}
+    return [str(value)]  # numbers and booleans
 
 
 def _param_regex(match):
@@ -277,8 +341,9 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
             return send_file(self, response.file_path, response.headers)
         self.send_response(response.status)
         for key, value in response.headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(response.body)))
+            self.send_header(key, value)  # "Connection: close" ends the connection after this reply
+        if "Content-Length" not in response.headers:  # a garbled reply may announce another length
+            self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(response.body)

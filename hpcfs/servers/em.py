@@ -19,7 +19,9 @@ get ``423 LOCKED``.  ``api="v1"`` follows the prose spec (``pod_name``, GET list
 
 Test hooks: :attr:`knobs` (common ones plus ``extra``: ``busy_time`` seconds each ``/em`` request
 holds the account lock, ``upload_delay`` seconds of the second hop, ``fail_responses`` HTML 500s to
-give), :attr:`log` (one entry per request: kind such as ``files/list``, detail = the volume it named),
+give, ``garbage`` malformed replies such as ``{"files/list": "truncated-json"}`` -- routes by the end of
+their path: ``files/list``, ``pvc/list``, ``auth``, ``refresh``; kinds in ``common.GARBAGE_KINDS``),
+:attr:`log` (one entry per request: kind such as ``files/list``, detail = the volume it named),
 :attr:`statuses`, :meth:`revoke_tokens` and :meth:`write_out_of_band` (a pod writing into a volume).
 """
 import base64

@@ -9,6 +9,9 @@ staging area on a second port for ``transfer/upload|download``.  The served dire
 The real server's limits and defects are knobs (``server.knobs.extra``, see ``DEFAULT_LIMITS``), switchable
 while it runs: the output cap (413, or 408/500 after the command timeout when far above it), the empty
 upload that times out (408), ``MaxSessions`` (424), a failed health probe (503), busy answers and latency.
+Malformed replies, as a broken server or proxy sends them: ``knobs.extra["garbage"] = {"ops/ls": "html"}``
+(routes by the end of their path -- ``ops/ls``, ``ops/stat``, ``ops/download``, ``status/systems``,
+``token`` ...; kinds in ``common.GARBAGE_KINDS``).
 """
 import argparse
 import datetime
