@@ -89,22 +89,24 @@ class FirecrestBackend(Backend):
 
     # -- metadata -------------------------------------------------------------------------------------
     def list(self, path: str) -> List[Entry]:
-        with self.client.operation():
+        with self.client.operation(path):
             items = self.client.ls(path)
+            entries = [entry_from_file(item, self.tz) for item in items]  # malformed records fail here
             if len(items) == 1 and "/" in items[0]["name"]:  # ls of a non-directory names the path itself
-                if items[0]["type"] != "l":
+                if entries[0].kind != SYMLINK:
                     raise errors.NotADirectory("not a directory", path)
-                items = self.client.ls(path.rstrip("/") + "/")  # a link: list what it points to
-            return [entry_from_file(item, self.tz) for item in items]
+                target = self.client.ls(path.rstrip("/") + "/")  # a link: list what it points to
+                entries = [entry_from_file(item, self.tz) for item in target]
+            return entries
 
     def stat(self, path: str) -> Entry:
-        with self.client.operation():
+        with self.client.operation(path):
             name = "" if path == "/" else posixpath.basename(path)
             return entry_from_stat(name, self.client.stat(path))
 
     # -- reading --------------------------------------------------------------------------------------
     def read_whole(self, path: str, sink: BinaryIO) -> None:
-        with self.client.operation():
+        with self.client.operation(path):
             try:
                 self.client.download(path, sink)
             except errors.TooLarge:  # grown past the server's cap since it was listed
@@ -117,7 +119,7 @@ class FirecrestBackend(Backend):
             raise errors.NotSupported("this FirecREST system has no S3 staging for ranged reads", path)
         if length <= 0:
             return b""
-        with self.client.operation():
+        with self.client.operation(path):
             for attempt in range(2):
                 copy = self._staged_copy(path)
                 try:
@@ -160,7 +162,7 @@ class FirecrestBackend(Backend):
     def write_whole(self, path: str, source: BinaryIO, size: int) -> None:
         directory, name = split(path)
         self._forget(path)
-        with self.client.operation():
+        with self.client.operation(path):
             if size == 0:
                 self._create_empty(directory, name, path)
             elif size <= self.max_ops:
@@ -226,11 +228,11 @@ class FirecrestBackend(Backend):
 
     # -- namespace ------------------------------------------------------------------------------------
     def mkdir(self, path: str) -> None:
-        with self.client.operation():
+        with self.client.operation(path):
             self.client.mkdir(path)
 
     def remove(self, path: str) -> None:
-        with self.client.operation():
+        with self.client.operation(path):
             if self.stat(path).is_dir:
                 raise errors.IsADirectory("is a directory", path)
             self.client.rm(path)
@@ -239,7 +241,7 @@ class FirecrestBackend(Backend):
     def rmdir(self, path: str) -> None:
         if path == "/":
             raise errors.PermissionDenied("cannot remove the root of the tree", path)
-        with self.client.operation():
+        with self.client.operation(path):
             if self.list(path):
                 raise errors.DirectoryNotEmpty("directory not empty", path)
             self.client.rm(path)
@@ -249,7 +251,7 @@ class FirecrestBackend(Backend):
             return
         _refuse_mangled(src)
         _refuse_mangled(dst)
-        with self.client.operation():
+        with self.client.operation(src):
             source = self.stat(src)
             self._clear_target(source, dst)
             self._finish(self.client.mv(src, dst, self.account), "Files were successfully", src)
@@ -273,19 +275,19 @@ class FirecrestBackend(Backend):
             raise errors.NotADirectory("not a directory", dst)
 
     def chmod(self, path: str, mode: int) -> None:
-        with self.client.operation():
+        with self.client.operation(path):
             self.client.chmod(path, mode)
 
     def symlink(self, target: str, path: str) -> None:
-        with self.client.operation():
+        with self.client.operation(path):
             self.client.symlink(target, path)
 
     def readlink(self, path: str) -> str:
-        with self.client.operation():
+        with self.client.operation(path):
             items = self.client.ls(path)
-        if len(items) != 1 or "/" not in items[0]["name"] or items[0]["type"] != "l":
-            raise errors.InvalidPath("not a symbolic link", path)
-        return decode_name(items[0]["linkTarget"])
+            if len(items) != 1 or "/" not in items[0]["name"] or items[0]["type"] != "l":
+                raise errors.InvalidPath("not a symbolic link", path)
+            return decode_name(items[0]["linkTarget"])
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -350,17 +352,16 @@ def backend_from_url(url: ParsedURL, options: dict):
         session.verify = False if str(verify).lower() in ("0", "false", "no") else verify
     auth = ClientCredentials(token_url, client_id, secret, session, timeout)
     client = FirecrestClient(api_url, url.host.lower(), auth, session, timeout)
-    with client.operation():
-        systems = client.systems()
-    info = next((s for s in systems if s.get("name", "").lower() == client.system), None)
-    if info is None:
-        known = ", ".join(s.get("name", "?") for s in systems) or "none"
-        raise errors.UsageError(f"FirecREST at {api_url} has no system '{url.host}' (known: {known})")
     tz_name = _setting(url, options, "tz")
-    backend = FirecrestBackend(
-        client, info, max_parallel=max_parallel, tz=_timezone(tz_name) if tz_name else None,
-        account=_setting(url, options, "account"),
-    )
+    tz = _timezone(tz_name) if tz_name else None
+    with client.operation():  # the system list and its limits are server data too
+        systems = client.systems()
+        info = next((s for s in systems if s.get("name", "").lower() == client.system), None)
+        if info is None:
+            known = ", ".join(s.get("name", "?") for s in systems) or "none"
+            raise errors.UsageError(f"FirecREST at {api_url} has no system '{url.host}' (known: {known})")
+        backend = FirecrestBackend(client, info, max_parallel=max_parallel, tz=tz,
+                                   account=_setting(url, options, "account"))
     return backend, normalize(url.path)
 
 

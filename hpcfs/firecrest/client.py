@@ -18,6 +18,7 @@ import requests
 
 from .. import errors
 from .auth import ClientCredentials
+from .listing import malformed_data
 
 RETRIED = (408, 424, 429, 503)
 TERMINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -36,6 +37,8 @@ MESSAGE_ERRORS = (
     ("exit status:124", errors.TimedOut),
     ("Channel not open for sending", errors.TooLarge),  # output far above the cap deadlocks the channel
 )
+# a reply whose body broke off (shorter than its Content-Length) or cannot be decoded
+BROKEN_REPLY = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
 STATUS_ERRORS = {400: errors.InvalidPath, 401: errors.AuthenticationFailed, 403: errors.PermissionDenied,
                  404: errors.NotFound, 408: errors.TimedOut, 413: errors.TooLarge, 424: errors.Busy,
                  429: errors.Busy, 503: errors.Busy}
@@ -76,11 +79,13 @@ class FirecrestClient:
         self.server_version: Optional[str] = None
 
     @contextlib.contextmanager
-    def operation(self):
-        """Requests made inside share one ``X-Correlation-ID`` (nested operations keep the outer one)."""
+    def operation(self, path: Optional[str] = None):
+        """One filesystem operation on ``path``: requests made inside share one ``X-Correlation-ID`` (nested
+        operations keep the outer one), and a malformed answer met inside is a ProtocolError naming ``path``."""
         token = _correlation.set(_correlation.get() or str(uuid.uuid4()))
         try:
-            yield
+            with malformed_data("answer", path):
+                yield
         finally:
             _correlation.reset(token)
 
@@ -108,6 +113,11 @@ class FirecrestClient:
                     attempt = self._pause(attempt)
                     continue
                 raise errors.Unavailable(f"cannot reach {self.api_url}: {type(exc).__name__}", path) from None
+            except BROKEN_REPLY as exc:  # the server did act on it: repeat only what is harmless to repeat
+                if idempotent and attempt < self.retries:
+                    attempt = self._pause(attempt)
+                    continue
+                raise _broken(f"{method} {endpoint}", exc, path) from None
             self.server_version = response.headers.get("F7T-AppVersion", self.server_version)
             status = response.status_code
             if status == 401 and not renewed:
@@ -151,9 +161,7 @@ class FirecrestClient:
     def download(self, path: str, sink: BinaryIO):
         response = self.request("GET", self._fs("ops", "download"), path, params={"path": _addressable(path)},
                                 stream=True)
-        with response:
-            for chunk in response.iter_content(1 << 20):
-                sink.write(chunk)
+        _stream_into(response, sink, path)
 
     def upload(self, directory: str, filename: str, data: bytes, timeout=None, retry_timeouts: bool = True):
         """``ops/upload`` (replaces an existing file).  The multipart header quotes the name as RFC 2045
@@ -242,10 +250,7 @@ class FirecrestClient:
         return response.content
 
     def staged_stream(self, url: str, sink: BinaryIO):
-        response = self._staging("GET", url, stream=True)
-        with response:
-            for chunk in response.iter_content(1 << 20):
-                sink.write(chunk)
+        _stream_into(self._staging("GET", url, stream=True), sink)
 
     def put_part(self, url: str, body) -> str:
         return self._staging("PUT", url, data=body).headers["ETag"]
@@ -263,6 +268,8 @@ class FirecrestClient:
                 raise errors.TimedOut(f"staging area: no answer to {method} within the time-out") from None
             except requests.ConnectionError as exc:
                 raise errors.Unavailable(f"cannot reach the staging area: {type(exc).__name__}") from None
+            except BROKEN_REPLY as exc:
+                raise _broken(f"staging area {method}", exc) from None
             if response.status_code in (500, 503) and attempt < self.retries and method == "GET":
                 self._pause(attempt)
                 continue
@@ -276,6 +283,22 @@ class FirecrestClient:
 
 class StagingExpired(errors.PermissionDenied):
     """A presigned URL that is no longer valid (its ``ttl`` passed): stage again."""
+
+
+def _stream_into(response: requests.Response, sink: BinaryIO, path: Optional[str] = None):
+    """Copy a streamed body into ``sink``; a body that breaks off is an error, never a short file."""
+    received = 0
+    with response:
+        try:
+            for chunk in response.iter_content(1 << 20):
+                sink.write(chunk)
+                received += len(chunk)
+        except requests.RequestException as exc:
+            raise _broken(f"download (after {received} bytes)", exc, path) from None
+
+
+def _broken(what: str, exc: Exception, path: Optional[str] = None) -> errors.ProtocolError:
+    return errors.ProtocolError(f"{what}: the server's reply broke off ({type(exc).__name__})", path)
 
 
 def _addressable(path: str) -> str:
