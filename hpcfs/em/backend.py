@@ -29,6 +29,7 @@ from .client import DEFAULT_VOLUME, EMClient, can_upload_name, is_pod_name, seek
 
 GIB = 1024**3
 DIR_MODE = 0o755
+LARGEST_SIZE = (1 << 63) - 1  # off_t
 
 
 def _parse_time(text) -> float:
@@ -44,28 +45,42 @@ def _entry_from_node(node) -> Entry:
     if not isinstance(node, dict) or node.get("type") not in ("file", "directory"):
         raise errors.ProtocolError(f"unexpected node in a volume listing: {str(node)[:80]}")
     name = node.get("name")
-    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+    if not isinstance(name, str) or not name or "/" in name or "\0" in name or name in (".", ".."):
         raise errors.ProtocolError(f"unexpected name in a volume listing: {name!r}")
     if node["type"] == "directory":
         return Entry(name, DIRECTORY, 0, _parse_time(node.get("time")), DIR_MODE)
     try:
         size = int(node.get("size", 0))
-    except (TypeError, ValueError):
-        raise errors.ProtocolError(f"unexpected size {node.get('size')!r} for {name}") from None
+    except (TypeError, ValueError, OverflowError):
+        size = -1
+    if not 0 <= size <= LARGEST_SIZE:
+        raise errors.ProtocolError(f"unexpected size {str(node.get('size'))[:40]} for {name}")
     token = f"{size}:{node.get('time')}:{node.get('hash')}"  # minute-resolution time alone is not enough
     return Entry(name, FILE, size, _parse_time(node.get("time")), 0o644, token=token)
+
+
+def _contents(node: dict, path: str) -> list:
+    contents = node.get("contents") or []
+    if not isinstance(contents, list):
+        raise errors.ProtocolError(f"the contents of directory {path} in a volume listing are not a list")
+    return contents
 
 
 class VolumeListing:
     """One volume's tree from one ``files/list`` call, indexed by path relative to the volume."""
 
-    def __init__(self, nodes, fetched_at: float):
+    def __init__(self, nodes, fetched_at: float, where: Optional[str] = None):
+        """``where`` (the volume's tree path) is what errors about malformed nodes name."""
         self.fetched_at = fetched_at
         self.entries: Dict[str, Entry] = {"": Entry("", DIRECTORY, mode=DIR_MODE)}
         self.children: Dict[str, Dict[str, Entry]] = {"": {}}
-        if not isinstance(nodes, list):
-            raise errors.ProtocolError("a volume listing is not a list of nodes")
-        self._add_nodes("", nodes)
+        try:
+            if not isinstance(nodes, list):
+                raise errors.ProtocolError("a volume listing is not a list of nodes")
+            self._add_nodes("", nodes)
+        except errors.ProtocolError as exc:
+            exc.path = exc.path or where
+            raise
 
     def _add_nodes(self, parent: str, nodes):
         for node in nodes:
@@ -73,7 +88,7 @@ class VolumeListing:
             path = posixpath.join(parent, entry.name)
             self.put(path, entry)
             if entry.is_dir:
-                self._add_nodes(path, node.get("contents") or [])
+                self._add_nodes(path, _contents(node, path))
 
     def put(self, path: str, entry: Entry):
         """Record ``entry`` at ``path``, with the directories leading to it (uploads create them)."""
@@ -90,9 +105,12 @@ class VolumeListing:
         """Forget ``path`` and everything below it."""
         parent, name = posixpath.split(path)
         self.children.get(parent, {}).pop(name, None)
-        for known in [p for p in self.entries if p == path or p.startswith(path + "/")]:
-            del self.entries[known]
-            self.children.pop(known, None)
+        dropped = self.entries.pop(path, None)
+        if dropped is not None and dropped.is_dir:  # only a directory has anything below it (and a
+            self.children.pop(path, None)  # listing of 20,000 files must not scan them for each one)
+            for known in [p for p in self.entries if p.startswith(path + "/")]:
+                del self.entries[known]
+                self.children.pop(known, None)
 
     def files_below(self, path: str) -> List[str]:
         return sorted(p for p, e in self.entries.items() if not e.is_dir and p.startswith(path + "/"))
@@ -127,8 +145,10 @@ class EMBackend(Backend):
     def volumes(self) -> List[str]:
         with self._lock:
             if self._listed_at is None or time.monotonic() - self._listed_at >= self.volumes_ttl:
-                names = self.client.list_volumes()
-                self._listed = {self._volume_name(item) for item in names or []} - {None}
+                names = self.client.list_volumes() or []
+                if not isinstance(names, list):
+                    raise errors.ProtocolError("the server's volume list is not a list", "/")
+                self._listed = {self._volume_name(item) for item in names} - {None}
                 self._listed_at = time.monotonic()
             return sorted(self._configured | self._listed)
 
@@ -160,7 +180,7 @@ class EMBackend(Backend):
                 return self._listings.setdefault(volume, VolumeListing([], time.monotonic()))
             cached = self._listings.get(volume)
             if cached is None or fresh or time.monotonic() - cached.fetched_at >= self.listing_ttl:
-                cached = VolumeListing(self.client.list_files(volume), time.monotonic())
+                cached = VolumeListing(self.client.list_files(volume), time.monotonic(), f"/{volume}")
                 self._listings[volume] = cached
                 self._prune_held(volume, cached)
             return cached

@@ -12,6 +12,7 @@ import functools
 import html
 import io
 import json
+import math
 import random
 import re
 import shutil
@@ -28,6 +29,9 @@ from .. import errors
 DEFAULT_VOLUME = "_default"  # the tree's name for the volume used when no pod name is sent
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes (DNS-1123) label
 HTTP_METHODS = ("GET", "POST")
+UNREADABLE_JSON = (ValueError, RecursionError)  # not JSON at all, or nested deeper than the parser goes
+# a reply whose body broke off (shorter than its Content-Length) or cannot be decoded
+BROKEN_REPLY = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
 
 
 def is_pod_name(name: str) -> bool:
@@ -45,21 +49,23 @@ def can_upload_name(name: str) -> bool:
 
 
 def token_expiry(token: str) -> Tuple[Optional[float], Optional[float]]:
-    """``(exp, lifetime)`` read from a JWT without checking its signature; ``(None, None)`` if opaque."""
+    """``(exp, lifetime)`` read from a JWT without checking its signature; ``(None, None)`` if opaque or
+    unreadable (renewal then waits for the server's 401)."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         expiry = float(claims["exp"])
-        return expiry, expiry - float(claims.get("iat", expiry))
-    except (IndexError, KeyError, TypeError, ValueError):
+        lifetime = expiry - float(claims.get("iat", expiry))
+    except (AttributeError, IndexError, KeyError, OverflowError, RecursionError, TypeError, ValueError):
         return None, None
+    return (expiry, lifetime) if math.isfinite(lifetime) else (None, None)
 
 
 def describe_failure(response: requests.Response) -> Tuple[str, str]:
     """``(error code, message)`` from an error body: the API's envelope, DRF's detail, or an HTML page."""
     try:
         body = response.json()
-    except ValueError:
+    except UNREADABLE_JSON:
         body = None
     if isinstance(body, dict):
         code = str(body.get("error") or body.get("code") or "")
@@ -265,6 +271,8 @@ class EMClient:
             raise errors.TimedOut(f"no answer from {self.base_url} within the time-out", where) from None
         except requests.ConnectionError as exc:
             raise errors.Unavailable(f"cannot reach {self.base_url}: {type(exc).__name__}", where) from None
+        except BROKEN_REPLY as exc:
+            raise errors.ProtocolError(f"the reply to {endpoint} broke off ({type(exc).__name__})", where) from None
 
     def _until_not_busy(self, send: Callable[[], requests.Response], where: str) -> requests.Response:
         """Retry ``423 LOCKED`` with exponential back-off and jitter, for at most ``busy_timeout`` seconds."""
@@ -296,11 +304,15 @@ class EMClient:
     @staticmethod
     def _data(response: requests.Response, where: str):
         try:
-            return response.json()["data"]
-        except (ValueError, KeyError, TypeError):
-            raise errors.ProtocolError("the server's answer has no 'data' envelope", where) from None
+            body = response.json()
+        except UNREADABLE_JSON:
+            start = " ".join(response.text[:80].split())
+            raise errors.ProtocolError(f"the server's answer is not JSON: {start!r}", where) from None
         finally:
             response.close()
+        if not isinstance(body, dict) or "data" not in body:
+            raise errors.ProtocolError("the server's answer has no 'data' envelope", where)
+        return body["data"]
 
     # -- tokens -----------------------------------------------------------------------------------------
     def _access_token(self) -> str:
@@ -319,7 +331,8 @@ class EMClient:
             response.close()
             raise errors.AuthenticationFailed(f"the EM API refused the login of user {self.username}")
         tokens = self._tokens(response)
-        self._refresh = tokens.get("refresh")
+        refresh = tokens.get("refresh")
+        self._refresh = refresh if isinstance(refresh, str) else None  # without one, renewal is a new login
         self._refresh_expiry = token_expiry(self._refresh)[0] if self._refresh else None
         self._set_access(tokens)
 
@@ -327,12 +340,15 @@ class EMClient:
         """Exchange the refresh token for a new access token; False when the server refuses."""
         response = self._until_not_busy(lambda: self._send(
             "POST", "/auth/refresh", "/", authenticate=False, json={"refresh": self._refresh}), "/")
-        if not 200 <= response.status_code < 300:  # whatever the reason, a fresh login is the way on
-            response.close()
-            self._refresh = None
-            return False
-        self._set_access(self._tokens(response))
-        return True
+        if 200 <= response.status_code < 300:
+            try:
+                self._set_access(self._tokens(response))
+                return True
+            except errors.ProtocolError:  # an unreadable answer: a fresh login may still work
+                pass
+        response.close()  # whatever the reason, a fresh login is the way on
+        self._refresh = None
+        return False
 
     def _set_access(self, tokens: dict):
         self._access = tokens["access"]
@@ -351,7 +367,7 @@ class EMClient:
             if not isinstance(tokens.get("access"), str):
                 raise ValueError
             return tokens
-        except (ValueError, AttributeError):
+        except (*UNREADABLE_JSON, AttributeError):
             raise errors.ProtocolError("the authentication answer holds no access token") from None
         finally:
             response.close()
