@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 
 from . import __version__, errors
 from .transfer import copy_paths, format_size
@@ -32,6 +33,7 @@ def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
+    warnings.showwarning = _one_line_warning
     try:
         return args.run(args) or 0
     except errors.UsageError as exc:
@@ -331,6 +333,17 @@ def _configure_logging(verbose):
         logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """Library warnings (``verify=0``: "Unverified HTTPS request ...") as one line each, once."""
+    text = f"hpcfs: warning: {_one_line(message)}"
+    if text not in _shown_warnings:
+        _shown_warnings.add(text)
+        print(text, file=sys.stderr)
+
+
+_shown_warnings = set()
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """Usage errors as one line, like other shell tools' ``cmd: error: ...``, with a hint instead of the
     whole usage text."""
@@ -446,7 +459,7 @@ def mount_helper(argv=None):
         flag = rest.pop(0)
         if flag in ("-o", "-t", "-N") and rest:  # -t fuse.hpcfs and -N namespace: nothing for us
             value = rest.pop(0)
-            kept = [item for item in value.split(",") if item not in FSTAB_ONLY_OPTIONS]
+            kept = [item for item in value.split(",") if item.partition("=")[0] not in FSTAB_ONLY_OPTIONS]
             if flag == "-o" and kept:
                 options += ["-o", ",".join(kept)]
     return main(["mount", url, mountpoint] + options)

@@ -54,7 +54,7 @@ class Target:
 def resolve(argument, local_ok=False):
     if "://" in argument:
         url = parse(argument)
-        refuse_secret_options(set(url.params) | ({"password"} if url.password is not None else set()))
+        refuse_secret_options({**url.params, **({"password": url.password} if url.password is not None else {})})
         service, path = split_service(argument)
         return Target(url=service, path=path, display=redact(argument))
     profile_name, colon, path = argument.partition(":")
@@ -113,8 +113,10 @@ def check_options(url, options):
 
 
 def refuse_secret_options(options):
-    """Secrets never travel on the command line: other users see it in ``ps``."""
-    secret = sorted(set(options) & SECRET_NAMES)
+    """Secrets never travel on the command line: other users see it in ``ps``.  A token named by
+    reference (``token=@FILE``, ``token=@@VARIABLE``) is fine."""
+    secret = sorted(name for name, value in options.items()
+                    if name in SECRET_NAMES and not (name == "token" and str(value).startswith("@")))
     if secret:
         raise errors.UsageError(
             f"do not put '{secret[0]}' on the command line (other users see it in 'ps'); "

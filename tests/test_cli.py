@@ -433,7 +433,7 @@ def test_mount_helper_for_fstab_with_a_profile(cli, isolated, uftp, tmp_path):
                            f"ca_file = {uftp.env['HPCFS_CA_FILE']}\npassword_file = {password_file}\n")
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    mount_options = "rw,noauto,user,nosuid,nodev,ro,attr_ttl=5"  # mount(8) passes its generic ones too
+    mount_options = "rw,noauto,user=alice,nosuid,nodev,ro,attr_ttl=5"  # mount(8) passes its generic ones too
     result = subprocess.run([MOUNT_HELPER, "myhpc:/data", str(mountpoint), "-o", mount_options, "-t", "hpcfs"],
                             env=isolated, capture_output=True, text=True, timeout=90)
     try:
