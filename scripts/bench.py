@@ -1,0 +1,1084 @@
+"""Side-by-side benchmark of hpcfs against sshfs, rclone mount, pyuftp cp and PyUNICORE 1.3.7's FUSE driver.
+
+Everything runs on this machine and binds 127.0.0.1.  The local UFTP server runs inside this process (its
+request log gives hpcfs's server request counts); a loopback OpenSSH sshd serves the same directory to the
+SFTP peers.  Every workload runs twice: on plain loopback and with 10 ms round trip injected, for UFTP by the
+server's latency knob, for sshd by a user-space delay proxy (``_proxy`` below) that holds every chunk 5 ms
+in each direction.  Each measurement gets a fresh mount; every command has a time limit; every mount is
+unmounted and every process this script started is stopped on the way out.
+
+    .venv/bin/python scripts/bench.py [--quick] [--peers hpcfs,sshfs,...] [--workloads seq-read,...]
+
+Internal helpers run as subprocesses of the same file: ``_proxy LISTEN_PORT TARGET_PORT DELAY_MS`` and
+``_randread FILE REFERENCE COUNT SEED``.
+"""
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+HPCFS = REPO / ".venv" / "bin" / "hpcfs"
+PEER_VENV = REPO / ".venv-pyunicore"  # pyuftp (and pyunicore 2.x), as scripts/install makes it
+FUSE_DRIVER_VENV = REPO / ".venv-pyunicore137"  # the last pyunicore with a FUSE driver
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+MB = 1_000_000  # rates are in MB/s of 10^6 bytes, as dd prints them
+MIB = 1 << 20
+RTTS = (0, 10)  # round trips in ms: loopback, then injected
+PEER_NAMES = ("hpcfs", "sshfs", "rclone", "rclone-hashcheck", "pyuftp", "pyunicore-fuse")
+DOC_BEGIN, DOC_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    big: int  # the sequential read / write file
+    dirs: int  # the ls -lR tree: dirs x files_per_dir files of 100 bytes
+    files_per_dir: int
+    random_reads: int  # 4 KiB reads on loopback
+    random_reads_rtt: int  # ... and with latency (each costs at least a round trip)
+    small_files: int  # cp -r in and out, 4 KiB each
+
+    @property
+    def tree_files(self):
+        return self.dirs * self.files_per_dir
+
+
+FULL = Sizes(big=1 << 30, dirs=100, files_per_dir=100, random_reads=2000, random_reads_rtt=200, small_files=1000)
+QUICK = Sizes(big=64 << 20, dirs=10, files_per_dir=100, random_reads=300, random_reads_rtt=50, small_files=100)
+
+
+# -- data set ---------------------------------------------------------------------------------------------
+class DataSet:
+    """The served tree, made once per size in the scratch directory and reused: ``big.bin``, ``tree/`` of
+    100-byte files, ``small/`` of 4 KiB files; writes land in ``in-*`` directories removed after each run."""
+
+    def __init__(self, scratch: Path, sizes: Sizes):
+        self.sizes = sizes
+        self.root = scratch / ("data" if sizes == FULL else "data-quick")
+        self.big = self.root / "big.bin"
+        self.tree = self.root / "tree"
+        self.small = self.root / "small"
+
+    def ensure(self):
+        stamp = self.root / ".complete"
+        wanted = json.dumps(self.sizes.__dict__, sort_keys=True)
+        if stamp.exists() and stamp.read_text() == wanted:
+            return
+        print(f"making the data set in {self.root} (once)", flush=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        with open(self.big, "wb") as handle:
+            for offset in range(0, self.sizes.big, 16 * MIB):
+                handle.write(os.urandom(min(16 * MIB, self.sizes.big - offset)))
+        for d in range(self.sizes.dirs):
+            directory = self.tree / f"d{d:03d}"
+            directory.mkdir(parents=True)
+            for f in range(self.sizes.files_per_dir):
+                (directory / f"f{d * self.sizes.files_per_dir + f:05d}").write_bytes(os.urandom(100))
+        self.small.mkdir()
+        for index in range(self.sizes.small_files):
+            (self.small / f"s{index:04d}.bin").write_bytes(os.urandom(4096))
+        stamp.write_text(wanted)
+
+    def incoming(self, name: str) -> Path:
+        """A fresh, empty directory on the server side for one peer's writes."""
+        path = self.root / f"in-{name}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir()
+        return path
+
+    def remove_incoming(self):
+        for path in self.root.glob("in-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def tree_file_paths(self):
+        """Server-side paths of the tree's files, as they appear in UFTP requests."""
+        return {f"/tree/{p.parent.name}/{p.name}" for p in self.tree.glob("d*/f*")}
+
+
+# -- servers ----------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str, limit: float = 20):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {limit:g} s")
+
+
+def stop_process(process: Optional[subprocess.Popen], grace: float = 10):
+    """SIGTERM to the process group this script started, then SIGKILL after ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class Sshd:
+    """A loopback OpenSSH sshd with its own host key, config and authorised client key (root login by key
+    only, sftp subsystem), plus the client's ssh config for sshfs."""
+
+    def __init__(self, scratch: Path, logs: Path):
+        self.dir = scratch / "ssh"
+        self.logs = logs
+        self.key = self.dir / "client_key"
+        self.port = free_port()
+        self.user = os.environ.get("USER") or "root"
+        self.process = None
+
+    def start(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in ("host_key", "client_key"):
+            if not (self.dir / name).exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)], check=True)
+        shutil.copy(self.dir / "client_key.pub", self.dir / "authorized_keys")
+        config = self.dir / "sshd_config"
+        config.write_text("\n".join([
+            f"ListenAddress 127.0.0.1:{self.port}", f"HostKey {self.dir / 'host_key'}",
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}", "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+            "PidFile none", "MaxSessions 100", "MaxStartups 100", "LogLevel ERROR",
+            f"Subsystem sftp {SFTP_SERVER}", "",
+        ]))
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        with open(self.logs / "sshd.log", "ab") as log:
+            self.process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=log,
+                                            stderr=log, start_new_session=True)
+        wait_for_port(self.port, self.process, "sshd")
+        return self
+
+    def client_config(self, ports: Dict[int, int]) -> Path:
+        """An ssh config with one host alias per round trip (``bench-rtt0``, ``bench-rtt10``)."""
+        path = self.dir / "ssh_config"
+        blocks = []
+        for rtt, port in ports.items():
+            blocks += [f"Host bench-rtt{rtt}", "  HostName 127.0.0.1", f"  Port {port}", f"  User {self.user}",
+                       f"  IdentityFile {self.key}", "  IdentitiesOnly yes", "  BatchMode yes",
+                       "  StrictHostKeyChecking no", "  UserKnownHostsFile /dev/null", "  LogLevel ERROR"]
+        path.write_text("\n".join(blocks) + "\n")
+        return path
+
+    def stop(self):
+        stop_process(self.process)
+
+
+class DelayProxy:
+    """``_proxy`` in a subprocess: a TCP relay to ``target`` holding every chunk ``delay_ms`` each way."""
+
+    def __init__(self, target: int, delay_ms: float, logs: Path):
+        self.target, self.delay_ms, self.logs = target, delay_ms, logs
+        self.port = free_port()
+        self.process = None
+
+    def start(self):
+        with open(self.logs / "proxy.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, __file__, "_proxy", str(self.port), str(self.target), str(self.delay_ms)],
+                stdout=log, stderr=log, start_new_session=True)
+        wait_for_port(self.port, self.process, "the delay proxy")
+        return self
+
+    def stop(self):
+        stop_process(self.process)
+
+
+class Site:
+    """The servers of one run: UFTP in this process, sshd and its delay proxy in subprocesses.  Each client
+    gets its own UFTP user, so one peer's leaked sessions never count against another's session limit."""
+
+    CLIENTS = ("hpcfs", "pyuftp", "pyunicore")
+
+    def __init__(self, data: DataSet, scratch: Path, logs: Path):
+        from hpcfs.servers.uftp import UFTPServer  # only the orchestrating process needs hpcfs
+
+        self.data = data
+        self.passwords = {name: secrets.token_urlsafe(12) for name in self.CLIENTS}
+        tls = scratch / "tls"
+        tls.mkdir(parents=True, exist_ok=True)
+        self.uftp = UFTPServer(str(data.root), dict(self.passwords), tls_dir=str(tls))
+        self.sshd = Sshd(scratch, logs)
+        self.proxy = None
+        self.ssh_config = None
+        self.rtt = 0
+        self.logs = logs
+
+    def start(self):
+        self.uftp.start()
+        self.sshd.start()
+        self.proxy = DelayProxy(self.sshd.port, 5, self.logs).start()
+        self.ssh_config = self.sshd.client_config({0: self.sshd.port, 10: self.proxy.port})
+        return self
+
+    def stop(self):
+        for stop in (self.proxy.stop if self.proxy else None, self.sshd.stop, self.uftp.stop):
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    stop()
+
+    def set_rtt(self, rtt_ms: int):
+        """UFTP: every command reply (control channel and Auth REST) waits one full round trip.  SSH: the
+        proxy's 5 ms each way are used instead of the direct port."""
+        self.rtt = rtt_ms
+        self.uftp.knobs.latency = rtt_ms / 1000.0
+
+    @property
+    def auth_url(self):
+        return self.uftp.auth_url
+
+    def uftp_env(self, client: str) -> Dict[str, str]:
+        return {"UFTP_USER": client, "UFTP_PASSWORD": self.passwords[client], "HPCFS_CA_FILE": self.uftp.cert_file}
+
+    @property
+    def ssh_host(self):
+        return f"bench-rtt{self.rtt}"
+
+    @property
+    def ssh_port(self):
+        return self.sshd.port if self.rtt == 0 else self.proxy.port
+
+    def requests(self) -> "RequestWindow":
+        return RequestWindow(self.uftp.log.entries)
+
+
+class RequestWindow:
+    """The UFTP server's requests from now on, as ``(kind, detail)`` pairs."""
+
+    def __init__(self, entries: list):
+        self._entries = entries
+        self._start = len(entries)
+
+    def made(self) -> list:
+        return self._entries[self._start:]
+
+
+# -- commands and mounts ----------------------------------------------------------------------------------
+class Failed(Exception):
+    """A peer could not do a workload; the message goes into its row."""
+
+
+def run_timed(argv, limit: float, env=None, stdout=subprocess.DEVNULL, stderr=None, cwd=None) -> float:
+    """Run ``argv``; its wall time in seconds, or Failed (non-zero exit, or over ``limit`` seconds).
+    stderr goes to the ``stderr`` file if given (and is read back for the failure message)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=stdout, stderr=stderr or subprocess.PIPE, env=env, cwd=cwd,
+                               start_new_session=True)
+    try:
+        _, err = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        stop_process(process, grace=2)
+        process.communicate()
+        raise Failed(f"timed out after {limit:g} s") from None
+    elapsed = time.perf_counter() - start
+    if process.returncode != 0:
+        text = Path(stderr.name).read_bytes() if stderr else err
+        lines = [line for line in text.decode(errors="replace").splitlines() if line.strip()]
+        raise Failed((lines[-1] if lines else f"exit status {process.returncode}")[:160])
+    return elapsed
+
+
+@dataclass
+class Mounted:
+    path: Path
+    process: subprocess.Popen
+    log_path: Path
+    log_offset: int  # where this mount's part of the (appended) log starts
+
+    def failed(self, exc: Exception) -> "Outcome":
+        """A failed row, with the mount process's last error line when it logged one."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_offset)
+            lines = log.read().decode(errors="replace").splitlines()
+        errors = [line.strip() for line in lines if re.search(r"error|exception", line, re.I)]
+        return Outcome.failed(f"{exc}" + (f"; mount log: {errors[-1][:200]}" if errors else ""))
+
+    start_mib: Optional[float] = None  # resident memory once mounted, before the workload
+
+    def memory_mib(self, field="VmHWM") -> Optional[float]:
+        """VmHWM (peak resident memory) or VmRSS of the mount process."""
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+        return None
+
+
+def unmount(path: Path):
+    for command in (["fusermount3", "-u"], ["fusermount3", "-uz"]):
+        if not os.path.ismount(path):
+            return
+        subprocess.run(command + [str(path)], capture_output=True, timeout=30)
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def mount_process(argv, env, mountpoint: Path, log_path: Path, limit: float = 60):
+    """Start a foreground FUSE process, wait until ``mountpoint`` is mounted, always unmount and stop it."""
+    if os.path.ismount(mountpoint):
+        unmount(mountpoint)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log_offset = log.tell()
+        process = subprocess.Popen(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + limit
+        while not os.path.ismount(mountpoint):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise Failed(f"mount did not come up: {tail[0][:160]}")
+            time.sleep(0.05)
+        mounted = Mounted(mountpoint, process, log_path, log_offset)
+        mounted.start_mib = mounted.memory_mib("VmRSS")
+        yield mounted
+    finally:
+        unmount(mountpoint)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            stop_process(process)
+
+
+@dataclass
+class Context:
+    site: Site
+    data: DataSet
+    scratch: Path
+    logs: Path
+
+    @property
+    def mountpoint(self):
+        return self.scratch / "mnt"
+
+
+class Peer:
+    """A client that mounts the served tree."""
+
+    name = label = ""
+    protocol = ""  # "uftp" or "sftp"
+    time_limit = 240.0  # seconds for any one command of a workload
+    limits: Dict[str, float] = {}
+    workloads = None  # names of the workloads this peer runs; None: all
+
+    def limit(self, workload: str) -> float:
+        return self.limits.get(workload, self.time_limit)
+
+    def command(self, ctx: Context):
+        """``(argv, extra environment)`` of the foreground mount process."""
+        raise NotImplementedError
+
+    def mounted(self, ctx: Context):
+        argv, env = self.command(ctx)
+        return mount_process(argv, env, ctx.mountpoint, ctx.logs / f"{self.name}.log")
+
+
+class HpcfsPeer(Peer):
+    protocol = "uftp"
+
+    def __init__(self, options=()):
+        self.options = list(options)
+        self.name = "hpcfs" + "".join(f"-{o}" for o in self.options).replace(",", "-").replace("=", "")
+        self.label = "hpcfs" + "".join(f" -o {o}" for o in self.options)
+
+    def command(self, ctx):
+        url = "uftp://" + ctx.site.auth_url.removeprefix("https://") + ":/"
+        argv = [str(HPCFS), "mount", "--foreground", url, str(ctx.mountpoint)]
+        for option in self.options:
+            argv += ["-o", option]
+        state = ctx.scratch / "state"
+        env = {**ctx.site.uftp_env("hpcfs"), "XDG_STATE_HOME": str(state), "XDG_CACHE_HOME": str(state / "cache")}
+        return argv, env
+
+
+class SshfsPeer(Peer):
+    name = label = "sshfs"
+    protocol = "sftp"
+
+    def command(self, ctx):
+        return ["sshfs", "-f", "-F", str(ctx.site.ssh_config), f"{ctx.site.ssh_host}:{ctx.data.root}",
+                str(ctx.mountpoint)], {}
+
+
+class RclonePeer(Peer):
+    """``rclone mount`` of an sftp remote.  By default rclone runs ``md5sum FILE`` in a remote shell each
+    time a file it read or wrote whole is closed (~90 ms a file here, ~2 s a GiB); the main row turns that
+    off with ``--sftp-disable-hashcheck``, which only makes rclone faster."""
+
+    protocol = "sftp"
+
+    def __init__(self, hash_check=False):
+        self.hash_check = hash_check
+        self.name = "rclone-hashcheck" if hash_check else "rclone"
+        self.label = "rclone (default hash check)" if hash_check else "rclone"
+        self.workloads = ("seq-read",) if hash_check else None
+
+    def command(self, ctx):
+        remote = (f":sftp,host=127.0.0.1,port={ctx.site.ssh_port},user={ctx.site.sshd.user},"
+                  f"key_file={ctx.site.sshd.key}:{ctx.data.root}")
+        return ["rclone", "mount", remote, str(ctx.mountpoint), "--config", "/dev/null",
+                "--cache-dir", str(ctx.scratch / "rclone-cache")] + ([] if self.hash_check else
+                                                                   ["--sftp-disable-hashcheck"]), {}
+
+
+# PyUNICORE's own uftpmount opener does this: authenticate for a persistent secret, then run the driver.
+FUSE_DRIVER_LAUNCHER = """
+import os, sys
+from pyunicore.credentials import UsernamePassword
+from pyunicore.uftp.uftp import UFTP
+from pyunicore.uftp import uftpfuse
+host, port, secret = UFTP().authenticate(
+    UsernamePassword(os.environ["UFTP_USER"], os.environ["UFTP_PASSWORD"]), sys.argv[1], "/")
+os.environ["UFTP_PASSWORD"] = secret
+sys.argv = ["unicore-fusedriver", "-f", f"{host}:{port}", sys.argv[2]]
+uftpfuse.main()
+"""
+
+
+class PyunicoreFusePeer(Peer):
+    name = "pyunicore-fuse"
+    label = "pyunicore 1.3.7 FUSE"
+    protocol = "uftp"
+    time_limit = 60.0  # single-threaded, one MLST per getattr: bounded so it cannot eat the run
+    limits = {"ls": 20.0}
+
+    def command(self, ctx):
+        python = FUSE_DRIVER_VENV / "bin" / "python"
+        return [str(python), "-c", FUSE_DRIVER_LAUNCHER, ctx.site.auth_url, str(ctx.mountpoint)], \
+            ctx.site.uftp_env("pyunicore")
+
+
+# -- results ----------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    value: Optional[float] = None  # in the row's unit (MB/s, reads/s, s, files/s); None when it failed
+    text: str = ""
+    detail: str = ""
+    peak_mib: Optional[float] = None  # VmHWM of the mount process after the workload
+    start_mib: Optional[float] = None  # its VmRSS once mounted
+    requests: str = ""  # UFTP server requests made, by command
+    listings: Optional[int] = None  # ls -lR over UFTP: listing requests ...
+    per_file: Optional[int] = None  # ... and requests naming one of the tree's files
+
+    @classmethod
+    def failed(cls, why: str):
+        return cls(text=f"failed: {why}")
+
+
+@dataclass
+class Results:
+    rows: Dict[tuple, Outcome] = field(default_factory=dict)  # (row, client, rtt) -> Outcome
+    order: List[tuple] = field(default_factory=list)
+
+    def put(self, row: str, client: str, rtt: int, outcome: Outcome):
+        if (row, client) not in self.order:
+            self.order.append((row, client))
+        self.rows[(row, client, rtt)] = outcome
+
+    def value(self, row, client, rtt) -> Optional[float]:
+        outcome = self.rows.get((row, client, rtt))
+        return outcome.value if outcome else None
+
+
+def rate(nbytes: int, seconds: float) -> Outcome:
+    return Outcome(nbytes / seconds / MB, f"{nbytes / seconds / MB:,.0f} MB/s", f"{seconds:.2f} s")
+
+
+def describe_requests(made) -> str:
+    """Counts by command, most frequent first, e.g. ``512 RANG, 512 RETR, 1 USER``."""
+    counts: Dict[str, int] = {}
+    for kind, detail in made:
+        name = f"STAT {detail.split(' ', 1)[0]}" if kind == "STAT" and detail else kind
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda item: -item[1])) or "none"
+
+
+def listing_counts(made, tree_files):
+    """``(listing requests, requests naming one file of the tree)``; pyunicore sends paths without the
+    leading slash."""
+    listings = sum(1 for kind, detail in made if (kind == "STAT" and detail.startswith("N ")) or kind in ("LIST", "MLSD"))
+    per_file = sum(1 for _, detail in made if "/" + detail.split(" ")[-1].lstrip("/") in tree_files)
+    return listings, per_file
+
+
+# -- workloads --------------------------------------------------------------------------------------------
+def measured(peer: Peer, ctx: Context, workload, row_names):
+    """Mount, run ``workload(mount, ctx, peer, made)`` counting UFTP requests, attach peak memory; a
+    failure fills every row of the workload."""
+    outcomes = {}
+    try:
+        with peer.mounted(ctx) as mount:
+            try:
+                outcomes = workload(mount, ctx, peer, ctx.site.requests())
+            except Failed as exc:
+                outcomes = {row: mount.failed(exc) for row in row_names}
+            peak = mount.memory_mib()
+        for outcome in outcomes.values():
+            outcome.peak_mib, outcome.start_mib = peak, mount.start_mib
+    except Failed as exc:  # the mount itself
+        return {row: Outcome.failed(str(exc)) for row in row_names}
+    for row in row_names:
+        outcomes.setdefault(row, Outcome.failed("not run"))
+    return outcomes
+
+
+def seq_read(mount, ctx, peer, window):
+    size = ctx.data.sizes.big
+    seconds = run_timed(["dd", f"if={mount.path / 'big.bin'}", "of=/dev/null", "bs=1M"], peer.limit("seq-read"))
+    outcome = rate(size, seconds)
+    if peer.protocol == "uftp":
+        outcome.requests = describe_requests(window.made())
+    return {"seq-read": outcome}
+
+
+def random_read(mount, ctx, peer, window):
+    count = ctx.data.sizes.random_reads if ctx.site.rtt == 0 else ctx.data.sizes.random_reads_rtt
+    out = subprocess.run(
+        [sys.executable, __file__, "_randread", str(mount.path / "big.bin"), str(ctx.data.big), str(count), "5"],
+        capture_output=True, text=True, timeout=peer.limit("random-read") + 10)
+    if out.returncode != 0:
+        raise Failed((out.stderr.strip().splitlines() or ["randread failed"])[-1][:160])
+    report = json.loads(out.stdout)
+    if report["wrong"]:
+        return {"random-read": Outcome.failed(f"{report['wrong']:,} of {count:,} reads returned wrong bytes")}
+    per_second = count / report["seconds"]
+    outcome = Outcome(per_second, f"{per_second:,.0f} reads/s", f"{count:,}/{count:,} correct, {report['seconds']:.2f} s")
+    if peer.protocol == "uftp":
+        outcome.requests = describe_requests(window.made())
+    return {"random-read": outcome}
+
+
+def list_tree(mount, ctx, peer, window):
+    outcomes = {}
+    tree_files = ctx.data.tree_file_paths()
+    for row in ("ls-cold", "ls-warm"):
+        listing = ctx.scratch / "ls.out"
+        these = ctx.site.requests()
+        with open(listing, "wb") as out:
+            try:
+                seconds = run_timed(["stdbuf", "-oL", "ls", "-lR", str(mount.path / "tree")], peer.limit("ls"),
+                                    stdout=out)
+            except Failed as exc:
+                listed = f"{count_listed(listing):,} of {ctx.data.sizes.tree_files:,} files listed by then"
+                outcomes[row] = mount.failed(Failed(f"{exc} ({listed})"))
+                return outcomes
+        listed = count_listed(listing)
+        if listed != ctx.data.sizes.tree_files:
+            outcomes[row] = Outcome.failed(f"listed {listed:,} of {ctx.data.sizes.tree_files:,} files")
+            return outcomes
+        outcome = Outcome(seconds, f"{seconds:.2f} s")
+        if peer.protocol == "uftp":
+            outcome.listings, outcome.per_file = listing_counts(these.made(), tree_files)
+            outcome.requests = describe_requests(these.made())
+            outcome.detail = f"{outcome.listings} listings, {outcome.per_file} per-file requests"
+        outcomes[row] = outcome
+    return outcomes
+
+
+def count_listed(listing: Path) -> int:
+    with contextlib.suppress(OSError), open(listing, "rb") as handle:
+        return sum(1 for line in handle if line.startswith(b"-"))
+    return 0
+
+
+def write_big(mount, ctx, peer, window):
+    target = ctx.data.incoming(peer.name)
+    seconds = run_timed(["cp", str(ctx.data.big), str(mount.path / target.name / "big.bin")], peer.limit("write"))
+    outcome = rate(ctx.data.sizes.big, seconds)
+    if peer.protocol == "uftp":
+        outcome.requests = describe_requests(window.made())
+    return {"write": outcome}
+
+
+def copy_small(mount, ctx, peer, window):
+    target = ctx.data.incoming(peer.name)
+    count = ctx.data.sizes.small_files
+    outcomes = {}
+    out_dir = ctx.scratch / "out"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
+    for row, argv in (("cp-r-in", ["cp", "-r", str(ctx.data.small), str(mount.path / target.name)]),
+                      ("cp-r-out", ["cp", "-r", str(mount.path / "small"), str(out_dir)])):
+        these = ctx.site.requests()
+        try:
+            seconds = run_timed(argv, peer.limit("cp-r"))
+        except Failed as exc:
+            outcomes[row] = mount.failed(exc)
+            continue
+        outcomes[row] = Outcome(count / seconds, f"{count / seconds:,.0f} files/s", f"{seconds:.2f} s")
+        if peer.protocol == "uftp":
+            outcomes[row].requests = describe_requests(these.made())
+    return outcomes
+
+
+def verify_copies(ctx, peer, outcomes):
+    """After unmounting: what was written must be on the server byte for byte, what was read must match."""
+    checks = {
+        "write": (ctx.data.big, ctx.data.root / f"in-{peer.name}" / "big.bin"),
+        "cp-r-in": (ctx.data.small, ctx.data.root / f"in-{peer.name}" / "small"),
+        "cp-r-out": (ctx.data.small, ctx.scratch / "out" / "small"),
+    }
+    for row, (expected, actual) in checks.items():
+        outcome = outcomes.get(row)
+        if outcome is None or outcome.value is None:
+            continue
+        problem = compare_paths(expected, actual)
+        if problem:
+            outcomes[row] = Outcome.failed(f"wrong result: {problem}")
+    ctx.data.remove_incoming()
+    shutil.rmtree(ctx.scratch / "out", ignore_errors=True)
+
+
+def compare_paths(expected: Path, actual: Path) -> str:
+    if expected.is_dir():
+        names = sorted(p.name for p in expected.iterdir())
+        if not actual.is_dir() or sorted(p.name for p in actual.iterdir()) != names:
+            found = len(list(actual.iterdir())) if actual.is_dir() else 0
+            return f"{found:,} of {len(names):,} files arrived"
+        bad = [name for name in names if (expected / name).read_bytes() != (actual / name).read_bytes()]
+        return f"{len(bad):,} files differ" if bad else ""
+    if not actual.exists():
+        return "file missing"
+    if actual.stat().st_size != expected.stat().st_size:
+        return f"{actual.stat().st_size:,} of {expected.stat().st_size:,} bytes"
+    if subprocess.run(["cmp", "-s", str(expected), str(actual)]).returncode != 0:
+        return "bytes differ"
+    return ""
+
+
+WORKLOADS = {  # name -> (function, rows it fills)
+    "seq-read": (seq_read, ["seq-read"]),
+    "random-read": (random_read, ["random-read"]),
+    "ls": (list_tree, ["ls-cold", "ls-warm"]),
+    "write": (write_big, ["write"]),
+    "cp-r": (copy_small, ["cp-r-in", "cp-r-out"]),
+}
+ROW_LABELS = {
+    "seq-read": "sequential read (dd bs=1M)",
+    "random-read": "4 KiB random reads, bytes checked",
+    "ls-cold": "ls -lR cold",
+    "ls-warm": "ls -lR warm",
+    "write": "cp of the big file into the mount",
+    "cp-r-in": "cp -r of 4 KiB files into the mount",
+    "cp-r-out": "cp -r of 4 KiB files out of the mount",
+}
+
+
+# pyuftp unchanged, with a stopwatch around its data phase (UFTP.copy_data: the bytes of one transfer).
+PYUFTP_TIMED = """
+import sys, time
+from pyuftp.client import main
+from pyuftp.uftp import UFTP
+copy_data = UFTP.copy_data
+def timed_copy_data(self, *args, **kwargs):
+    start = time.perf_counter()
+    try:
+        return copy_data(self, *args, **kwargs)
+    finally:
+        print(f"data-phase-seconds {time.perf_counter() - start}", file=sys.stderr)
+UFTP.copy_data = timed_copy_data
+sys.argv[0] = "pyuftp"
+sys.exit(main())
+"""
+
+
+def pyuftp_transfer(ctx, direction) -> Outcome:
+    """``pyuftp cp`` of the big file, to /dev/null or up into an incoming directory.  The rate is that of
+    its data phase (hpcfs's dd, too, starts on a mount that has already authenticated); the whole command's
+    wall time, with interpreter start, authentication and login, is shown beside it."""
+    url = ctx.site.auth_url
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **ctx.site.uftp_env("pyuftp")}
+    if direction == "read":
+        arguments = ["cp", "-P", f"{url}:/big.bin", "/dev/null"]
+    else:
+        arguments = ["cp", "-P", str(ctx.data.big), f"{url}:/{ctx.data.incoming('pyuftp').name}/big.bin"]
+    window = ctx.site.requests()
+    stderr = ctx.scratch / "pyuftp.err"
+    try:
+        with open(stderr, "wb") as err:
+            seconds = run_timed([str(PEER_VENV / "bin" / "python"), "-c", PYUFTP_TIMED, *arguments], 240,
+                                env=env, cwd=ctx.scratch, stderr=err)
+        if direction == "write":
+            problem = compare_paths(ctx.data.big, ctx.data.root / "in-pyuftp" / "big.bin")
+            if problem:
+                raise Failed(f"wrong result: {problem}")
+    except Failed as exc:
+        return Outcome.failed(str(exc))
+    finally:
+        ctx.data.remove_incoming()
+    phases = [float(x) for x in re.findall(r"data-phase-seconds (\S+)", stderr.read_text())]
+    if len(phases) != 1:
+        return Outcome.failed(f"expected one data phase, saw {len(phases)}")
+    outcome = rate(ctx.data.sizes.big, phases[0])
+    outcome.detail = f"data phase {phases[0]:.2f} s, whole command {seconds:.2f} s"
+    outcome.requests = describe_requests(window.made())
+    return outcome
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+def all_peers():
+    return [HpcfsPeer(), SshfsPeer(), RclonePeer(), RclonePeer(hash_check=True), PyunicoreFusePeer()]
+
+
+def run(ctx: Context, peers, with_pyuftp, workloads, rtts, results: Results):
+    for rtt in rtts:
+        ctx.site.set_rtt(rtt)
+        for name in workloads:
+            function, rows = WORKLOADS[name]
+            for peer in peers:
+                if peer.workloads is not None and name not in peer.workloads:
+                    continue
+                print(f"[RTT {rtt:>2} ms] {name:<11} {peer.label} ...", end=" ", flush=True)
+                outcomes = measured(peer, ctx, function, rows)
+                verify_copies(ctx, peer, outcomes)
+                for row, outcome in outcomes.items():
+                    results.put(row, peer.label, rtt, outcome)
+                print("; ".join(o.text for o in outcomes.values()), flush=True)
+            if name in ("seq-read", "write") and with_pyuftp:
+                direction = "read" if name == "seq-read" else "write"
+                print(f"[RTT {rtt:>2} ms] {name:<11} pyuftp cp ...", end=" ", flush=True)
+                outcome = pyuftp_transfer(ctx, direction)
+                results.put(name, "pyuftp cp", rtt, outcome)
+                print(outcome.text, flush=True)
+            if name == "seq-read" and rtt == 0 and any(p.name == "hpcfs" for p in peers):
+                bounded = HpcfsPeer(["cache_size=64M,readahead=16M"])
+                print(f"[RTT {rtt:>2} ms] {name:<11} {bounded.label} ...", end=" ", flush=True)
+                outcome = measured(bounded, ctx, function, rows)["seq-read"]
+                results.put(name, bounded.label, rtt, outcome)
+                print(outcome.text, flush=True)
+
+
+# -- report -----------------------------------------------------------------------------------------------
+@dataclass
+class Target:
+    text: str
+    measured: str
+    ratio: Optional[float]
+    required: str
+    met: Optional[bool]
+
+
+def targets(results: Results, sizes: Sizes) -> List[Target]:
+    value = results.value
+    hp = "hpcfs"
+
+    def ratio_target(text, row, rtt, other, required):
+        ours, theirs = value(row, hp, rtt), value(row, other, rtt)
+        if ours is None or theirs is None:
+            return Target(text, "missing", None, f">= {required}", None)
+        ratio = ours / theirs
+        return Target(text, f"{ours:,.0f} vs {theirs:,.0f}", ratio, f">= {required}", ratio >= required)
+
+    found = [
+        ratio_target("sequential read vs sshfs, loopback", "seq-read", 0, "sshfs", 4),
+        ratio_target("sequential read vs rclone, RTT 10 ms", "seq-read", 10, "rclone", 1.3),
+        ratio_target("sequential read vs pyuftp cp, loopback", "seq-read", 0, "pyuftp cp", 0.6),
+        ratio_target("sequential read vs pyuftp cp, RTT 10 ms", "seq-read", 10, "pyuftp cp", 0.6),
+    ]
+    for rtt in RTTS:
+        cold = results.rows.get(("ls-cold", hp, rtt))
+        if cold and cold.listings is not None:
+            directories = sizes.dirs + 1
+            found.append(Target(f"ls -lR cold: one listing per directory, no per-file requests, RTT {rtt} ms",
+                                f"{cold.listings} listings for {directories} dirs, {cold.per_file} per-file", None,
+                                f"{directories}, 0", cold.listings <= directories and cold.per_file == 0))
+    warm_ours, warm_sshfs = value("ls-warm", hp, 0), value("ls-warm", "sshfs", 0)
+    if warm_ours is not None and warm_sshfs is not None:
+        found.append(Target("ls -lR warm vs sshfs warm, loopback (time)", f"{warm_ours:.2f} s vs {warm_sshfs:.2f} s",
+                            warm_ours / warm_sshfs, "<= 1.5", warm_ours <= 1.5 * warm_sshfs))
+    random_reads = results.rows.get(("random-read", hp, 0))
+    if random_reads:
+        met = random_reads.value is not None and random_reads.value >= 2000
+        found.append(Target("random 4 KiB reads all correct, loopback", random_reads.text, None, ">= 2,000/s", met))
+    found += memory_targets(results)
+    for rtt in RTTS:
+        write, read = value("write", hp, rtt), value("seq-read", hp, rtt)
+        if write is not None and read is not None:
+            found.append(Target(f"write vs own sequential read, RTT {rtt} ms", f"{write:,.0f} vs {read:,.0f} MB/s",
+                                write / read, ">= 0.5", write / read >= 0.5))
+    return found
+
+
+def memory_bound_mib(label: str) -> float:
+    """How far hpcfs's memory may grow above its RSS at mount, by design: the block cache, one readahead
+    window still being filled after eviction dropped it from the index, and each session's receive buffer
+    plus the copy handed to the cache (two blocks)."""
+    from hpcfs.core.options import CoreOptions
+    from hpcfs.uftp.backend import DEFAULT_SESSIONS
+
+    values = dict(item.split("=", 1) for option in label.split(" -o ")[1:] for item in option.split(","))
+    options = CoreOptions.from_strings(values)
+    return (options.cache_size + options.readahead + 2 * DEFAULT_SESSIONS * options.block_size) / MIB
+
+
+def memory_targets(results: Results) -> List[Target]:
+    found = []
+    for label in dict.fromkeys(client for _, client in results.order if client.startswith("hpcfs")):
+        grown = [(o.peak_mib - o.start_mib, row, rtt) for (row, client, rtt), o in results.rows.items()
+                 if client == label and o.peak_mib and o.start_mib]
+        if not grown:
+            continue
+        most, row, rtt = max(grown)
+        bound = memory_bound_mib(label)
+        found.append(Target(f"{label}: peak memory above its RSS at mount, worst workload",
+                            f"{most:,.0f} MiB ({ROW_LABELS[row]}, RTT {rtt} ms)", most / bound,
+                            f"<= {bound:,.0f} MiB", most <= bound))
+    return found
+
+
+def machine_facts() -> Dict[str, str]:
+    def output(*argv):
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            return (done.stdout + done.stderr).strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "n/a"
+
+    def first_line(text):
+        return text.splitlines()[0] if text else "n/a"
+
+    def version_in(venv, *packages):
+        code = "import importlib.metadata as m, sys; print(', '.join(p + ' ' + m.version(p) for p in sys.argv[1:]))"
+        return output(str(venv / "bin" / "python"), "-c", code, *packages)
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) // (1 << 20)
+    os_name = next((line.split("=", 1)[1].strip('"') for line in Path("/etc/os-release").read_text().splitlines()
+                    if line.startswith("PRETTY_NAME=")), "n/a")
+    commit = output("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
+    dirty = output("git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no")
+    return {
+        "machine": f"{cpu}, {os.cpu_count()} cores, {memory} GiB RAM",
+        "system": f"{os_name}, kernel {platform.release()}, Python {platform.python_version()}",
+        "hpcfs": f"commit {commit}{' (with local changes)' if dirty else ''}; "
+                 + version_in(REPO / ".venv", "mfusepy"),
+        "FUSE": first_line(output("fusermount3", "--version")) + "; libfuse2 "
+                + output("dpkg-query", "-W", "-f=${Version}", "libfuse2"),
+        "sshfs": next((line for line in output("sshfs", "--version").splitlines() if "SSHFS" in line), "n/a"),
+        "rclone": first_line(output("rclone", "version")),
+        "OpenSSH": first_line(output("ssh", "-V")),
+        "pyuftp": version_in(PEER_VENV, "pyuftp"),
+        "pyunicore FUSE": version_in(FUSE_DRIVER_VENV, "pyunicore", "fusepy"),
+    }
+
+
+def commands_used(ctx: Context) -> List[str]:
+    """The mount commands of this run, credentials left out (they travel in environment variables)."""
+    lines = []
+    for peer in all_peers() + [HpcfsPeer(["cache_size=64M,readahead=16M"])]:
+        argv, env = peer.command(ctx)
+        if isinstance(peer, PyunicoreFusePeer):
+            argv = ["python", "-c", "'<authenticate for a persistent secret, then run uftpfuse.main()>'", *argv[3:]]
+        shown = " ".join(str(a) for a in argv)
+        names = " ".join(sorted(k for k in env if k.startswith(("UFTP", "HPCFS"))))
+        lines.append(f"{peer.label}: `{shown}`" + (f" (with {names} in the environment)" if names else ""))
+    return lines
+
+
+def markdown(results: Results, facts, ctx: Context, rtts, elapsed: float) -> str:
+    sizes = ctx.data.sizes
+    lines = [f"Run of {time.strftime('%Y-%m-%d %H:%M %Z')}, {elapsed / 60:.1f} minutes"
+             + (" (--quick sizes)" if sizes != FULL else "") + ".", ""]
+    lines += [f"- **{key}**: {value}" for key, value in facts.items()]
+    lines += ["", f"Data: {sizes.big // MIB:,} MiB random file; {sizes.tree_files:,} files of 100 B in "
+              f"{sizes.dirs} directories; {sizes.small_files:,} files of 4 KiB. Random reads: "
+              f"{sizes.random_reads:,} on loopback, {sizes.random_reads_rtt:,} at RTT 10 ms. "
+              "MB/s = 10^6 bytes/s. Peak = VmHWM of the mount process after the workload; in brackets its VmRSS "
+              "right after mounting.", ""]
+    header = "| workload | client | " + " | ".join(f"RTT {r} ms | peak MiB (at mount)" for r in rtts) + " |"
+    lines += [header, "|" + "---|" * (2 + 2 * len(rtts))]
+    notes = []
+    for row, client in results.order:
+        cells = []
+        for rtt in rtts:
+            outcome = results.rows.get((row, client, rtt))
+            if outcome is None:
+                cells += ["-", "-"]
+                continue
+            text = outcome.text + (f" ({outcome.detail})" if outcome.detail and outcome.value is not None else "")
+            cells += [text, f"{outcome.peak_mib:,.0f} ({outcome.start_mib:,.0f})" if outcome.peak_mib else "-"]
+            if outcome.requests:
+                notes.append(f"- {ROW_LABELS.get(row, row)}, {client}, RTT {rtt} ms: {outcome.requests}")
+        lines.append(f"| {ROW_LABELS.get(row, row)} | {client} | " + " | ".join(cells) + " |")
+    lines += ["", "Targets (hpcfs against the peers, same run):", "",
+              "| target | measured | ratio | required | met |", "|---|---|---|---|---|"]
+    for target in targets(results, sizes):
+        ratio = f"{target.ratio:.2f}x" if target.ratio is not None else ""
+        met = {True: "yes", False: "**no**", None: "n/a"}[target.met]
+        lines.append(f"| {target.text} | {target.measured} | {ratio} | {target.required} | {met} |")
+    lines += ["", "UFTP server requests (from the local server's request log):", ""] + notes
+    lines += ["", "Mount commands:", ""] + [f"- {line}" for line in commands_used(ctx)]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(path: Path, block: str):
+    """Replace the generated block of ``path`` between the bench markers, keeping the text around it."""
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{DOC_BEGIN}\n{DOC_END}\n"
+    if DOC_BEGIN not in text or DOC_END not in text:
+        text = text.rstrip("\n") + f"\n\n{DOC_BEGIN}\n{DOC_END}\n"
+    before, rest = text.split(DOC_BEGIN, 1)
+    after = rest.split(DOC_END, 1)[1]
+    path.write_text(f"{before}{DOC_BEGIN}\n{block}{DOC_END}{after}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--peers", default=",".join(PEER_NAMES), help=f"subset of {','.join(PEER_NAMES)}")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--rtt", default="0,10", help="round trips in ms to run (0 and/or 10)")
+    parser.add_argument("--doc", type=Path, help="write the results into this Markdown file "
+                        "(default: docs/benchmarks.md for a full run of everything, none otherwise)")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    names = args.peers.split(",")
+    peers = [p for p in all_peers() if p.name in names]
+    workloads = [w for w in args.workloads.split(",") if w]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    rtts = [int(r) for r in args.rtt.split(",")]
+    if unknown or any(r not in RTTS for r in rtts):
+        parser.error(f"unknown workload or round trip: {unknown or rtts}")
+    everything = not args.quick and set(names) == set(PEER_NAMES) and len(workloads) == len(WORKLOADS) and len(rtts) == 2
+    doc = args.doc or (REPO / "docs" / "benchmarks.md" if everything else None)
+
+    scratch = Path(os.environ.get("HPCFS_BENCH_DIR", "/tmp/hpcfs-bench")).resolve()
+    logs = scratch / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    data = DataSet(scratch, sizes)
+    data.ensure()
+    data.remove_incoming()
+    sys.path.insert(0, str(REPO))
+    site = Site(data, scratch, logs)
+    ctx = Context(site, data, scratch, logs)
+    results = Results()
+    started, load_before = time.monotonic(), os.getloadavg()
+    try:
+        site.start()
+        run(ctx, peers, "pyuftp" in names, workloads, rtts, results)
+        facts = machine_facts()
+        facts["load"] = ("1-minute load average %.2f before the run, %.2f after (other work on the machine "
+                         "shows up here)" % (load_before[0], os.getloadavg()[0]))
+        report = markdown(results, facts, ctx, rtts, time.monotonic() - started)
+    finally:
+        unmount(ctx.mountpoint)
+        site.stop()
+        data.remove_incoming()
+    print()
+    print(report)
+    if doc:
+        write_doc(doc, report)
+        print(f"written to {doc}")
+    return 0
+
+
+# -- helpers run as subprocesses ----------------------------------------------------------------------------
+def random_reads_main(path, reference, count, seed):
+    """``count`` 4 KiB reads at random offsets of ``path``, each compared with ``reference``; prints JSON."""
+    count, size = int(count), os.path.getsize(reference)
+    rng = random.Random(int(seed))
+    offsets = [rng.randrange(0, size - 4096) for _ in range(count)]
+    with open(reference, "rb") as ref:
+        expected = [os.pread(ref.fileno(), 4096, offset) for offset in offsets]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start = time.perf_counter()
+        got = [os.pread(fd, 4096, offset) for offset in offsets]
+        seconds = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    wrong = sum(1 for a, b in zip(got, expected) if a != b)
+    print(json.dumps({"seconds": seconds, "wrong": wrong}))
+
+
+async def _relay(reader, writer, delay):
+    """Forward chunks in order, each no earlier than ``delay`` after it arrived; at most 16 MiB queued
+    (a generous TCP window: SSH's own 2 MiB channel window is what limits a single channel)."""
+    loop = asyncio.get_running_loop()
+    queue = asyncio.Queue(maxsize=256)
+
+    async def receive():
+        while True:
+            data = await reader.read(64 * 1024)
+            await queue.put((loop.time() + delay, data))
+            if not data:
+                return
+
+    async def send():
+        while True:
+            due, data = await queue.get()
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not data:
+                with contextlib.suppress(OSError):
+                    writer.write_eof()
+                return
+            writer.write(data)
+            await writer.drain()
+
+    receiving = asyncio.ensure_future(receive())
+    try:
+        await send()
+    finally:
+        receiving.cancel()
+
+
+async def _proxy(listen_port, target_port, delay):
+    async def connection(client_reader, client_writer):
+        try:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        except OSError:
+            client_writer.close()
+            return
+        for writer in (client_writer, server_writer):
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await asyncio.gather(_relay(client_reader, server_writer, delay), _relay(server_reader, client_writer, delay),
+                                 return_exceptions=True)
+        finally:
+            for writer in (client_writer, server_writer):
+                writer.close()
+
+    server = await asyncio.start_server(connection, "127.0.0.1", listen_port)
+    async with server:
+        await server.serve_forever()
+
+
+def proxy_main(listen_port, target_port, delay_ms):
+    asyncio.run(_proxy(int(listen_port), int(target_port), float(delay_ms) / 1000.0))
+
+
+if __name__ == "__main__":
+    helpers = {"_proxy": proxy_main, "_randread": random_reads_main}
+    if len(sys.argv) > 1 and sys.argv[1] in helpers:
+        helpers[sys.argv[1]](*sys.argv[2:])
+    else:
+        sys.exit(main())
