@@ -176,6 +176,15 @@ def test_secrets_on_the_command_line_are_refused_without_echoing_them(cli, uftp,
         message = one_line_error(result, 2)
         assert "command line" in message
         assert secret not in result.stderr + result.stdout
+    by_reference = one_line_error(cli("ls", uftp.url() + "?token=@/no/such/token-file", env=uftp.env), 2)
+    assert "cannot read the token file" in by_reference  # a token file's name is no secret
+
+
+def test_verify_off_warns_in_one_line(cli, uftp):
+    env = {name: value for name, value in uftp.env.items() if name != "HPCFS_CA_FILE"}
+    assert "TLS verification failed" in one_line_error(cli("ls", uftp.url(), env=env), 1)
+    result = ok(cli("ls", uftp.url() + "?verify=0", env=env))
+    assert re.fullmatch(r"hpcfs: warning: Unverified HTTPS request [^\n]*\n", result.stderr), result.stderr
 
 
 # -- file commands --------------------------------------------------------------------------------------
@@ -572,8 +581,13 @@ def test_serve_starts_a_server_the_cli_can_use(cli, isolated, tmp_path, protocol
     if protocol == "uftp":
         arguments = arguments + [private_file(tmp_path / "users", "demo:pw-for-test\n")]
     env = {**isolated, **credentials}
+
+    def like_a_background_job():  # a shell script's `hpcfs serve ... &` ignores SIGINT: `kill` must still work
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     server = subprocess.Popen(HPCFS + ["serve", protocol, "--root", str(root)] + arguments, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=like_a_background_job)
     try:
         banner = ""
         deadline = time.monotonic() + 30
@@ -584,8 +598,8 @@ def test_serve_starts_a_server_the_cli_can_use(cli, isolated, tmp_path, protocol
         url, client_env = connection_from_banner(protocol, banner)
         assert ok(cli("ls", url, env={**credentials, **client_env})).stdout.splitlines() == ["hello.txt"]
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
+        server.terminate()
+        assert server.wait(timeout=30) == 0
 
 
 def connection_from_banner(protocol, banner):
