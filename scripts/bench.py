@@ -530,8 +530,8 @@ def listing_counts(made, tree_files):
 
 # -- workloads --------------------------------------------------------------------------------------------
 def measured(peer: Peer, ctx: Context, workload, row_names):
-    """Mount, run ``workload(mount, ctx, peer, made)`` counting UFTP requests, attach peak memory; a
-    failure fills every row of the workload."""
+    """Mount, run ``workload(mount, ctx, peer, request window)``, attach the mount's memory; a failure
+    fills every row of the workload that has no outcome yet."""
     outcomes = {}
     try:
         with peer.mounted(ctx) as mount:
@@ -545,13 +545,19 @@ def measured(peer: Peer, ctx: Context, workload, row_names):
     except Failed as exc:  # the mount itself
         return {row: Outcome.failed(str(exc)) for row in row_names}
     for row in row_names:
-        outcomes.setdefault(row, Outcome.failed("not run"))
+        outcomes.setdefault(row, Outcome.failed("not run (the step before it failed)"))
     return outcomes
 
 
 def seq_read(mount, ctx, peer, window):
     size = ctx.data.sizes.big
-    seconds = run_timed(["dd", f"if={mount.path / 'big.bin'}", "of=/dev/null", "bs=1M"], peer.limit("seq-read"))
+    report = ctx.scratch / "dd.err"
+    with open(report, "wb") as err:
+        seconds = run_timed(["dd", f"if={mount.path / 'big.bin'}", "of=/dev/null", "bs=1M"], peer.limit("seq-read"),
+                            stderr=err)
+    copied = re.search(r"^(\d+) bytes", report.read_text(), re.M)
+    if not copied or int(copied.group(1)) != size:
+        raise Failed(f"dd read {copied.group(1) if copied else 'no'} bytes of {size:,}")
     outcome = rate(size, seconds)
     if peer.protocol == "uftp":
         outcome.requests = describe_requests(window.made())
