@@ -2,9 +2,11 @@
 
 Files are copied by several threads at once; each remote read goes through the core's readahead, so one
 large file already keeps several ranged requests in flight.  Uploads hand the source file straight to the
-backend (no spool copy), so an interrupted upload leaves nothing half-sent behind.  ``resume`` skips files
-whose destination already has the source's size and continues a shorter local file (a partial download)
-where it stopped; a partial remote file is sent again whole.
+backend (no spool copy).  Where the server renames instantly (UFTP, which also writes pieces in place),
+a file is uploaded under a temporary name and renamed when complete, so an interrupted upload never
+leaves a partial file under the real name.  ``resume`` skips files whose destination already has the
+source's size and continues a shorter local file (a partial download) where it stopped; a partial remote
+file is sent again whole.
 """
 import os
 import posixpath
@@ -103,7 +105,24 @@ class RemoteSide:
 
     def receive(self, path, reader, offset, size, meter, stop):
         """Upload ``reader`` whole (``offset`` is 0 here: see ``_resume_offset``)."""
-        self.remote_tree.upload(path, CountingReader(reader, meter, stop), size - offset)
+        source = CountingReader(reader, meter, stop)
+        if self.remote_tree.capabilities.rename != "instant":  # a job or a copy: too slow to do per file
+            self.remote_tree.upload(path, source, size)
+            return
+        directory, name = posixpath.split(path)
+        partial = posixpath.join(directory, f".{name}.hpcfs-partial")
+        try:
+            self.remote_tree.upload(partial, source, size)
+        except BaseException:
+            self._remove_quietly(partial)
+            raise
+        self.remote_tree.rename(partial, path)
+
+    def _remove_quietly(self, path):
+        try:
+            self.remote_tree.remove(path)
+        except errors.HpcfsError:
+            pass  # the error that brought us here is the one to report
 
 
 class CountingReader:

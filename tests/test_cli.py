@@ -395,6 +395,22 @@ def test_ctrl_c_stops_a_copy_promptly(isolated, uftp, tmp_path):
     assert stderr.endswith(b"\nhpcfs: interrupted\n"), stderr[-200:]  # on a line of its own
 
 
+def test_an_interrupted_upload_leaves_no_partial_file_behind(isolated, uftp, tmp_path):
+    source = write_random(tmp_path / "big.bin", 96 << 20)
+    uftp.handle.knobs.latency = 0.2
+    partial = uftp.local(".big.bin.hpcfs-partial")  # UFTP writes pieces in place: hpcfs uploads under this
+    process = subprocess.Popen(HPCFS + ["cp", str(source), uftp.url("big.bin")], env={**isolated, **uftp.env},
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (os.path.exists(partial) and os.path.getsize(partial)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert os.path.getsize(partial), "the upload did not start"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert os.listdir(uftp.local()) == []
+
+
 # -- mount ----------------------------------------------------------------------------------------------
 def test_mount_in_the_background_with_options_then_umount(cli, remote, tmp_path):
     data = write_random(remote.local("inside.bin"), (2 << 20) + 5)
