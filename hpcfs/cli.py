@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +40,9 @@ def main(argv=None):
     except errors.UsageError as exc:
         print(f"hpcfs: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`hpcfs cat ... | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + signal.SIGPIPE
     except OSError as exc:
         print(f"hpcfs: {_one_line(exc)}", file=sys.stderr)
         return 1

@@ -220,6 +220,14 @@ def test_mkdir_cp_ls_stat_cat_rm(cli, remote, tmp_path):
     assert not os.path.exists(remote.local("a"))
 
 
+def test_output_cut_short_by_the_reader_ends_quietly(isolated, uftp):
+    write_random(uftp.local("big.bin"), 20 << 20)
+    pipeline = f"{' '.join(HPCFS)} cat {uftp.url('big.bin')} | head -c 10 | wc -c; echo ${{PIPESTATUS[0]}}"
+    result = subprocess.run(["bash", "-c", pipeline], env={**isolated, **uftp.env}, capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.split() == ["10", "141"] and result.stderr == "", result  # as cat, killed by SIGPIPE
+
+
 def test_missing_paths_and_wrong_credentials_are_one_line_exit_1(cli, remote):
     for command in ("ls", "stat", "cat", "rm"):
         message = one_line_error(cli(command, remote.url("no/such/file"), env=remote.env), 1)
