@@ -18,7 +18,8 @@ import warnings
 
 from . import __version__, errors
 from .transfer import copy_paths, format_size
-from .targets import Target, Trees, check_options, refuse_secret_options, resolve, tree_for
+from .core import check_options
+from .targets import Target, Trees, refuse_secret_options, resolve, tree_for
 
 FUSE_OPTIONS = {
     "allow_other", "allow_root", "default_permissions", "direct_io", "kernel_cache", "auto_cache",

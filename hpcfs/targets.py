@@ -24,21 +24,11 @@ from typing import Optional
 
 from . import errors
 from .backend import normalize
-from .core import CoreOptions, open_tree
+from .core import SECRET_NAMES, open_tree
 from .urls import parse, redact, split_service
 
 SECRET_SOURCES = ("password_env", "password_file", "password_command", "password_prompt")
-SECRET_NAMES = {"password", "client_secret", "token", "secret"}  # options that hold (or are) a credential
 # What each backend reads from its options or URL query (see backend_from_url in hpcfs/<scheme>/backend.py).
-BACKEND_OPTIONS = {
-    "uftp": {"user", "password", "token", "identity", "ca_file", "verify", "timeout", "sessions"},
-    "firecrest": {"url", "api_url", "token_url", "client_id", "client_secret", "password", "verify", "timeout",
-                  "max_parallel", "tz", "account"},
-    "em": {"username", "password", "pods", "tls", "scheme", "verify", "timeout", "upload_timeout", "busy_timeout",
-           "busy_backoff", "listing_ttl", "volumes_ttl", "max_upload", "max_files"},
-}
-
-
 @dataclass
 class Target:
     url: Optional[str]  # None for a local path
@@ -74,9 +64,7 @@ def tree_for(target, rooted=False, **options):
     """The RemoteTree in which ``target.path`` names what the user asked for; with ``rooted``, the tree
     whose root is ``target.path`` (what a mount shows)."""
     subpath = target.path if rooted else "/"
-    merged = {**target.options, **options}
-    check_options(target.url, merged)
-    return open_tree(target.url, subpath=subpath, **merged)
+    return open_tree(target.url, subpath=subpath, **{**target.options, **options})
 
 
 class Trees:
@@ -98,18 +86,6 @@ class Trees:
     def __exit__(self, *exc_info):
         for tree in self._open.values():
             tree.close()
-
-
-def check_options(url, options):
-    """Refuse options (given with -o, in a profile or in the URL's query) that nothing would read: a typo
-    must not pass silently."""
-    parsed = parse(url)
-    known = CoreOptions.names() | BACKEND_OPTIONS[parsed.scheme]
-    unknown = sorted((set(options) | set(parsed.params)) - known)
-    if unknown:
-        raise errors.UsageError(
-            f"unknown option '{unknown[0]}' for {parsed.scheme}:// (known: {', '.join(sorted(known - SECRET_NAMES))})"
-        )
 
 
 def refuse_secret_options(options):

@@ -269,10 +269,13 @@ class Progress:
                 self._draw(now)
 
     def finish(self):
-        if self.enabled:
-            self._draw(time.monotonic())
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        """Draw the last state and end the line; copies still winding down draw nothing more."""
+        with self._lock:
+            if self.enabled:
+                self._draw(time.monotonic())
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+                self.enabled = False
 
     def _draw(self, now):
         rate = (self.done_bytes - self.skipped_bytes) / max(now - self.started, 1e-6)

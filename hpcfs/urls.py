@@ -93,8 +93,12 @@ def split_service(url: str):
     return f"{scheme}://{authority}/{question}{query}", parsed.path or "/"
 
 
+def backend_module(scheme: str):
+    """The protocol package's backend module: ``backend_from_url`` and its ``OPTIONS``."""
+    return importlib.import_module(BACKENDS[scheme])
+
+
 def open_backend(url: str, **options):
     """``(backend, root)`` for a URL; options override what the URL's query string says."""
     parsed = parse(url)
-    module = importlib.import_module(BACKENDS[parsed.scheme])
-    return module.backend_from_url(parsed, options)
+    return backend_module(parsed.scheme).backend_from_url(parsed, options)

@@ -238,8 +238,6 @@ def test_missing_paths_and_wrong_credentials_are_one_line_exit_1(cli, remote):
     assert "wrong-password" not in message
 
 
-@pytest.mark.xfail(strict=True, reason="hpcfs/uftp/auth.py treats the Auth server's '500 Too many active sessions' "
-                                      "as Unavailable instead of Busy, so it is not retried (reported)")
 def test_rapid_commands_wait_for_uftp_session_slots(cli, uftp_server):
     for _ in range(12):  # 2 sessions each: beyond the default limit of 16 within one cleanup period
         ok(cli("ls", uftp_server.plain_url("/"), env=uftp_server.env))

@@ -1,7 +1,8 @@
 """The protocol-independent core: caches, readahead and file objects over a backend."""
 import posixpath
 
-from ..urls import open_backend, parse
+from ..errors import UsageError
+from ..urls import backend_module, open_backend, parse
 from .options import CoreOptions
 from .tree import RemoteTree
 
@@ -9,6 +10,7 @@ from .tree import RemoteTree
 def open_tree(url, subpath="/", **options):
     """A RemoteTree for a URL (or for ``subpath`` below it).  Core tunables (block_size, attr_ttl, ...)
     may come from the URL's query string or from ``options``; the rest of ``options`` goes to the backend."""
+    check_options(url, options)
     core_names = CoreOptions.names()
     backend_options = {key: value for key, value in options.items() if key not in core_names}
     backend, root = open_backend(url, **backend_options)
@@ -22,4 +24,17 @@ def open_tree(url, subpath="/", **options):
     return RemoteTree(backend, posixpath.join(root, subpath.lstrip("/")), core_options)
 
 
-__all__ = ["CoreOptions", "RemoteTree", "open_tree"]
+def check_options(url, options):
+    """Refuse options (keyword, ``-o``, profile or URL query) that nothing would read: a typo must not pass
+    silently."""
+    parsed = parse(url)
+    known = CoreOptions.names() | backend_module(parsed.scheme).OPTIONS
+    unknown = sorted((set(options) | set(parsed.params)) - known)
+    if unknown:
+        names = ", ".join(sorted(known - SECRET_NAMES))
+        raise UsageError(f"unknown option '{unknown[0]}' for {parsed.scheme}:// (known: {names})")
+
+
+SECRET_NAMES = {"password", "client_secret", "token", "secret"}  # options that hold (or are) a credential
+
+__all__ = ["CoreOptions", "RemoteTree", "check_options", "open_tree"]

@@ -551,6 +551,11 @@ def _verify(settings: dict):
     return False if str(value).lower() in ("0", "false", "no", "off") else value
 
 
+# What backend_from_url reads from options and the URL query; anything else is a user's typo.
+OPTIONS = {"username", "password", "pods", "tls", "scheme", "verify", "timeout", "upload_timeout", "busy_timeout",
+           "busy_backoff", "listing_ttl", "volumes_ttl", "max_upload", "max_files"}
+
+
 def backend_from_url(url: ParsedURL, options: dict):
     """``em://USER[:PASSWORD]@HOST[:PORT]/[POD/path]`` -> ``(EMBackend, root)``.
 

@@ -332,6 +332,11 @@ def _required(url: ParsedURL, options: dict, key: str) -> str:
     return value
 
 
+# What backend_from_url reads from options and the URL query; anything else is a user's typo.
+OPTIONS = {"url", "api_url", "token_url", "client_id", "client_secret", "password", "verify", "timeout",
+           "max_parallel", "tz", "account"}
+
+
 def backend_from_url(url: ParsedURL, options: dict):
     """``(FirecrestBackend, root)`` for ``firecrest://SYSTEM/path``; asks ``/status/systems`` for the limits."""
     if not url.host:

@@ -253,7 +253,7 @@ class AuthClient:
             return errors.AuthenticationFailed(message)
         if status == 404:
             return errors.NotFound(f"no such server '{self.server_name}' at the Auth server ({detail})")
-        if status in (429, 503):
+        if status in (429, 503) or "Too many" in detail:  # the session limit comes back as a 500
             return errors.Busy(message)
         if status >= 500:
             return errors.Unavailable(message)

@@ -36,6 +36,20 @@ BUSY_WAIT = 10.0  # how long "500 Too many active sessions" is retried (UFTPD re
 SIZE_HINTS = 4096
 
 
+def retry_while_busy(action):
+    """``action()``, retried with jittered backoff while UFTPD or its Auth server say there are too many
+    sessions: closed ones count until UFTPD reaps them, every 5 s."""
+    delay, deadline = 0.05, time.monotonic() + BUSY_WAIT
+    while True:
+        try:
+            return action()
+        except errors.Busy:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 2.0)
+
+
 class SessionPool:
     """Logged-in sessions sharing one persistent secret, plus the keeper that keeps the secret alive."""
 
@@ -53,7 +67,7 @@ class SessionPool:
         self._keeper: Optional[ControlSession] = None
         self.features = None
         self.version = ""
-        self._renew(0)
+        retry_while_busy(lambda: self._renew(0))
 
     @property
     def server(self) -> str:
@@ -92,22 +106,17 @@ class SessionPool:
 
     # -- lending sessions -------------------------------------------------------------------------------
     def acquire(self) -> ControlSession:
-        delay, deadline = 0.05, time.monotonic() + BUSY_WAIT
-        while True:
+        def attempt():
             session = self._take_or_reserve()
             if session is not None:
                 return session
             try:
                 return self._login()
-            except errors.Busy:
-                self._forget()
-                if time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, 2.0)
             except BaseException:
                 self._forget()
                 raise
+
+        return retry_while_busy(attempt)
 
     def _take_or_reserve(self) -> Optional[ControlSession]:
         """An idle sound session, or None after reserving a slot for a new one."""
@@ -472,6 +481,10 @@ def _positive_int(value) -> Optional[int]:
 
 
 # -- URL -----------------------------------------------------------------------------------------------
+# What backend_from_url reads from options and the URL query; anything else is a user's typo.
+OPTIONS = {"user", "password", "token", "identity", "ca_file", "verify", "timeout", "sessions"}
+
+
 def backend_from_url(parsed, options):
     """``uftp://[user[:password]@]host:port[/SITE]/rest/auth/SERVER[:/base/dir][?token=..|identity=..]``,
     PyUNICORE's URL shape; the backend's ``/`` is the base directory, so the root is ``/``."""

@@ -17,6 +17,7 @@ from the Auth server, then speaks UFTPD's FTP dialect (/work/shared/reference/uf
 import collections
 import contextlib
 import errno
+import logging
 import re
 import select
 import socket
@@ -29,6 +30,8 @@ QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 MAX_LINE = 1 << 20  # a reply line longer than this is not UFTPD talking
 CHUNK = 1 << 20  # data is moved in pieces of this size
 DRAIN_GRACE = 1.0  # after an early 226, how long to wait for data still in flight
+
+log = logging.getLogger("hpcfs.uftp")
 
 
 class SecretRejected(errors.AuthenticationFailed):
@@ -144,6 +147,8 @@ class ControlSession:
         """Send one or more commands in a single segment (pipelining saves round trips)."""
         if any("\n" in command or "\r" in command for command in commands):
             raise errors.InvalidPath("names with line breaks cannot be sent over UFTP")
+        for command in commands:
+            log.debug("UFTPD <- %s", "PASS ***" if command.startswith("PASS ") else command)
         payload = "".join(command + "\r\n" for command in commands).encode("utf-8", "surrogateescape")
         try:
             self._sock.sendall(payload)
