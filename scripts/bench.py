@@ -897,7 +897,9 @@ def machine_facts() -> Dict[str, str]:
 
 
 def commands_used(ctx: Context) -> List[str]:
-    """The mount commands of this run, credentials left out (they travel in environment variables)."""
+    """The mount commands of this run on loopback, credentials left out (they travel in environment
+    variables), and what changes at 10 ms."""
+    ctx.site.set_rtt(0)
     lines = []
     for peer in all_peers() + [HpcfsPeer(["cache_size=64M,readahead=16M"])]:
         argv, env = peer.command(ctx)
@@ -906,6 +908,8 @@ def commands_used(ctx: Context) -> List[str]:
         shown = " ".join(str(a) for a in argv)
         names = " ".join(sorted(k for k in env if k.startswith(("UFTP", "HPCFS"))))
         lines.append(f"{peer.label}: `{shown}`" + (f" (with {names} in the environment)" if names else ""))
+    lines.append(f"at RTT 10 ms the UFTP commands are the same (the server's latency knob is set); sshfs uses the "
+                 f"host alias `bench-rtt10` and rclone `port={ctx.site.proxy.port}`, the delay proxy")
     return lines
 
 
