@@ -230,3 +230,24 @@ def test_a_write_out_of_order_falls_back_to_one_whole_upload(uftp_server, make_t
     assert observed.writes[-1] == ("whole", 0, len(data))
     with open(os.path.join(uftp_server.root, "patched.bin"), "rb") as stored:
         assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_writes_slightly_out_of_order_still_stream(uftp_server, make_tree):
+    """The kernel splits one large write over several FUSE threads; their order must not end streaming."""
+    tree, observed = make_tree()
+    data = os.urandom(20 * BLOCK)
+    chunk = 128 << 10
+    offsets = list(range(0, len(data), chunk))
+    rng = random.Random(5)
+    for start in range(0, len(offsets), 4):  # each group of four arrives in a random order
+        group = offsets[start : start + 4]
+        rng.shuffle(group)
+        offsets[start : start + 4] = group
+    handle = tree.open("/shuffled.bin", writable=True, create=True)
+    for offset in offsets:
+        handle.write(offset, data[offset : offset + chunk])
+    streamed = [write for write in observed.writes if write[0] == "range"]
+    handle.release()
+    assert len(streamed) >= 8 and observed.writes[-1][0] == "range", observed.writes
+    with open(os.path.join(uftp_server.root, "shuffled.bin"), "rb") as stored:
+        assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()

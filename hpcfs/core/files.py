@@ -34,6 +34,7 @@ class RemoteFile:
         self.pending_mode = None  # chmod and utime that must wait until the file exists on the server
         self.pending_mtime = None
         self._lock = threading.Lock()  # one upload at a time; spool creation happens once
+        self._write_lock = threading.Lock()
         self._stream = None
         if writable and (truncate or entry is None):
             self._size = 0
@@ -60,18 +61,18 @@ class RemoteFile:
     def write(self, offset, data):
         self._require_writable()
         self._ensure_spool()
-        if self._stream is not None and offset != self._size:
-            self._end_streaming()
         written = os.pwrite(self._spool_fd, data, offset)
-        self._size = max(self._size, offset + written)
-        self._changed()
-        if self._stream is not None and not self._stream.appended(self._spool_fd, self._size):
-            self._end_streaming()
+        with self._write_lock:  # FUSE threads may write to one file at once, and not in order
+            self._size = max(self._size, offset + written)
+            self._changed()
+            if self._stream is not None and not self._stream.written(self._spool_fd, offset, offset + written):
+                self._end_streaming()
         return written
 
     def truncate(self, size):
         self._require_writable()
-        self._end_streaming()
+        with self._write_lock:
+            self._end_streaming()
         if self._spool_fd is None and size == 0:
             self._open_spool(copy_existing=False)
         self._ensure_spool()
@@ -168,10 +169,12 @@ class RemoteFile:
 class StreamedUpload:
     """Sends a file written from start to end in pieces while it is still being written.
 
-    Used for new or truncated files on backends that write in place (``write_range``).  The server's file
-    is created empty when the first piece is due; pieces then go out in parallel, at most
-    ``max_parallel`` at once (the writer waits, so memory stays bounded); the flush sends the tail.  A
-    write anywhere but the end, or a failed piece, ends streaming: the flush then sends the whole spool.
+    Used for new or truncated files on backends that write in place (``write_range``).  Writes may arrive
+    slightly out of order (the kernel hands one large write to several FUSE threads), so what counts is the
+    *prefix*: the bytes written without a gap from the start.  The server's file is created empty when the
+    first piece is due; complete pieces of the prefix then go out in parallel, at most ``max_parallel`` at
+    once (the writer waits, so memory stays bounded); the flush sends the tail.  A write into bytes already
+    sent, a gap left at the flush, or a failed piece ends streaming: the flush then sends the whole spool.
     """
 
     def __init__(self, tree, path):
@@ -179,13 +182,26 @@ class StreamedUpload:
         self.remote = tree.remote_path(path)
         self.piece_size = 2 * tree.options.block_size
         self.sent = 0  # bytes [0, sent) are handed to the backend
+        self.prefix = 0  # bytes [0, prefix) are written, without a gap
         self.started = False
+        self._beyond = {}  # extents written past the prefix: start -> end
         self._pending = collections.deque()
 
-    def appended(self, fd, size):
-        """Send the complete pieces; False if streaming failed (the flush then uploads the spool)."""
+    def written(self, fd, start, end):
+        """Record a write and send the complete pieces; False if streaming cannot go on."""
+        if start < self.sent:
+            return False
+        self._beyond[start] = max(end, self._beyond.get(start, end))
+        grown = True
+        while grown:  # absorb every extent that now touches the prefix
+            grown = False
+            for extent_start, extent_end in list(self._beyond.items()):
+                if extent_start <= self.prefix:
+                    self.prefix = max(self.prefix, extent_end)
+                    del self._beyond[extent_start]
+                    grown = True
         try:
-            while size - self.sent >= self.piece_size:
+            while self.prefix - self.sent >= self.piece_size:
                 self._send(fd, self.piece_size)
         except errors.HpcfsError:
             return False
@@ -193,8 +209,8 @@ class StreamedUpload:
 
     def finish(self, fd, size):
         """True once the server holds all ``size`` bytes; False if the caller must upload the spool."""
-        if not self.started:
-            return False  # a small file: one whole upload is cheaper
+        if not self.started or self._beyond or self.prefix != size:
+            return False  # a small file (one whole upload is cheaper), or one with gaps
         try:
             if size > self.sent:
                 self._send(fd, size - self.sent)
