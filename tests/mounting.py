@@ -2,6 +2,7 @@
 import contextlib
 import hashlib
 import os
+import random
 import subprocess
 import sys
 
@@ -57,6 +58,20 @@ def copy_round_trip(mountpoint, served_root, workdir, sizes):
         assert sha256_file(os.path.join(served_root, name)) == digest, f"{name} on the server"
         assert sha256_file(os.path.join(back, name)) == digest, f"{name} read back through the mount"
         assert os.path.getsize(os.path.join(mountpoint, name)) == sizes[name]
+
+
+def check_dd_at_random_offsets(mountpoint, served_root, reads, seed=7):
+    """``dd skip=`` at random offsets of an 8 MiB file, each block compared with what the server holds."""
+    data = os.urandom(8 << 20)
+    with open(os.path.join(served_root, "random.bin"), "wb") as handle:
+        handle.write(data)
+    rng = random.Random(seed)
+    for _ in range(reads):
+        block = rng.choice([512, 4096, 65536])
+        skip = rng.randrange(0, len(data) // block)
+        out = sh("dd", f"if={mountpoint}/random.bin", f"bs={block}", f"skip={skip}", "count=1", "status=none",
+                 binary=True)
+        assert out == data[skip * block : skip * block + block], f"dd bs={block} skip={skip}"
 
 
 def sha256_file(path):

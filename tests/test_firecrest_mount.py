@@ -1,17 +1,11 @@
 """``hpcfs mount`` of the local FirecREST server, used with ordinary shell tools; bytes checked by sha256,
 round trips counted by the in-process server."""
 import os
-import random
 import shutil
 import subprocess
 
 import pytest
-from mounting import (
-    copy_round_trip,
-    mounted,
-    sh,
-    tree_digests,
-)
+from mounting import check_dd_at_random_offsets, copy_round_trip, mounted, sh, tree_digests
 
 from hpcfs.servers import firecrest as fc
 
@@ -29,23 +23,12 @@ def mount(firecrest_server, tmp_path):
         yield mountpoint
 
 
-
-
 def test_cp_in_and_out_keeps_every_byte(firecrest_server, mount, tmp_path):
     copy_round_trip(mount, firecrest_server.root, str(tmp_path), SIZES)
 
 
 def test_dd_reads_at_random_offsets(firecrest_server, mount):
-    data = os.urandom(8 << 20)
-    with open(os.path.join(firecrest_server.root, "random.bin"), "wb") as handle:
-        handle.write(data)
-    rng = random.Random(7)
-    for _ in range(30):
-        block = rng.choice([512, 4096, 65536])
-        skip = rng.randrange(0, len(data) // block)
-        out = sh("dd", f"if={mount}/random.bin", f"bs={block}", f"skip={skip}", "count=1", "status=none", binary=True)
-        assert out == data[skip * block: skip * block + block]
-    assert firecrest_server.log.total("POST /filesystem/{system_name}/transfer/download") == 1
+    check_dd_at_random_offsets(mount, firecrest_server.root, reads=30)
 
 
 def test_rsync_round_trip_of_300_files(firecrest_server, mount, tmp_path):

@@ -1,17 +1,9 @@
 """``hpcfs mount`` of the local UFTP server, used with ordinary shell tools; bytes checked by sha256."""
 import hashlib
 import os
-import random
 
 import pytest
-from mounting import (
-    copy_round_trip,
-    hpcfs,
-    mounted,
-    sh,
-    sha256_file,
-    tree_digests,
-)
+from mounting import check_dd_at_random_offsets, copy_round_trip, hpcfs, mounted, sh, sha256_file, tree_digests
 
 SIZES = {"empty": 0, "one-byte": 1, "mib-plus-one": (1 << 20) + 1, "hundred-mib": 100 << 20}
 
@@ -22,22 +14,12 @@ def mount(uftp_server, tmp_path):
         yield mountpoint
 
 
-
-
 def test_cp_in_and_out_keeps_every_byte(uftp_server, mount, tmp_path):
     copy_round_trip(mount, uftp_server.root, str(tmp_path), SIZES)
 
 
 def test_dd_reads_at_random_offsets(uftp_server, mount):
-    data = os.urandom(8 << 20)
-    with open(os.path.join(uftp_server.root, "random.bin"), "wb") as handle:
-        handle.write(data)
-    rng = random.Random(7)
-    for _ in range(40):
-        block = rng.choice([512, 4096, 65536])
-        skip = rng.randrange(0, len(data) // block)
-        out = sh("dd", f"if={mount}/random.bin", f"bs={block}", f"skip={skip}", "count=1", "status=none", binary=True)
-        assert out == data[skip * block : skip * block + block]
+    check_dd_at_random_offsets(mount, uftp_server.root, reads=40)
 
 
 def test_rsync_round_trip_of_a_thousand_files(uftp_server, mount, tmp_path):

@@ -68,25 +68,21 @@ def c_quote(name: bytes) -> str:
 
 
 def _owner(uid: int, numeric: bool) -> str:
-    if not numeric:
-        try:
-            import pwd
-
-            return pwd.getpwuid(uid).pw_name
-        except (KeyError, ImportError):
-            pass
-    return str(uid)
+    return _name(uid, numeric, "pwd", "getpwuid", "pw_name")
 
 
 def _group(gid: int, numeric: bool) -> str:
+    return _name(gid, numeric, "grp", "getgrgid", "gr_name")
+
+
+def _name(number: int, numeric: bool, module: str, lookup: str, field: str) -> str:
+    """A user or group name as ``ls -l`` shows it, or the number where asked or unknown."""
     if not numeric:
         try:
-            import grp
-
-            return grp.getgrgid(gid).gr_name
+            return getattr(getattr(__import__(module), lookup)(number), field)
         except (KeyError, ImportError):
             pass
-    return str(gid)
+    return str(number)
 
 
 def parse_ls(stdout: str) -> List[dict]:
