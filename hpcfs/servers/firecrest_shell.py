@@ -6,6 +6,8 @@ reproduces the commands' output and their coreutils error messages, so the same 
 status codes, and keeps the real server's defects: the output cap with its deadlock, the hang on an
 empty upload, paths with ``'`` breaking the shell quoting, names octal-escaped by a C locale.
 """
+import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -36,6 +38,20 @@ class ApiError(Exception):
 def timed_out() -> ApiError:
     """What the server's guard around a command answers when it fires."""
     return ApiError(408, "Command execution timeout limit exceeded.")
+
+
+@contextlib.contextmanager
+def shell_errors(prefix: str, outside_root: int = errno.ENOENT):
+    """A failed file operation as the shell reports it: ``PREFIX: No such file or directory`` and the like.
+    A path outside the served root looks like ``outside_root`` (missing, unless the command says otherwise)."""
+    try:
+        yield
+    except OutsideRoot:
+        raise command_error(1, f"{prefix}: {os.strerror(outside_root)}") from None
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise command_error(1, f"{prefix}: {os.strerror(exc.errno)}") from None
 
 
 def command_error(exit_status: int, stderr: str) -> ApiError:
@@ -138,16 +154,8 @@ class RemoteShell:
         return os.path.join(confine(self.root, parent), name)
 
     def _stat(self, path: str, command_error_text: str, follow: bool = False):
-        try:
+        with shell_errors(command_error_text, outside_root=errno.EACCES):
             return os.stat(self.local(path, follow), follow_symlinks=follow)
-        except OutsideRoot:
-            raise command_error(1, f"{command_error_text}: Permission denied") from None
-        except FileNotFoundError:
-            raise command_error(1, f"{command_error_text}: No such file or directory") from None
-        except NotADirectoryError:
-            raise command_error(1, f"{command_error_text}: Not a directory") from None
-        except PermissionError:
-            raise command_error(1, f"{command_error_text}: Permission denied") from None
 
     def deliver(self, stdout: bytes, on_deadlock: ApiError) -> bytes:
         """Apply the output cap: 413 just above it; far above it the channel deadlocks until the
@@ -288,51 +296,26 @@ class RemoteShell:
         """``base64 -d > 'directory/filename'``.  With no input the command never sees EOF: the file is
         created, then the request times out (408) — the real server's empty-upload defect."""
         target = f"{directory}/{filename}"
-        try:
-            with open(self.local(target), "wb") as handle:
-                handle.write(data)
-        except (FileNotFoundError, OutsideRoot):
-            raise command_error(1, f"bash: line 1: {target}: No such file or directory") from None
-        except NotADirectoryError:
-            raise command_error(1, f"bash: line 1: {target}: Not a directory") from None
-        except IsADirectoryError:
-            raise command_error(1, f"bash: line 1: {target}: Is a directory") from None
-        except PermissionError:
-            raise command_error(1, f"bash: line 1: {target}: Permission denied") from None
+        with shell_errors(f"bash: line 1: {target}"), open(self.local(target), "wb") as handle:
+            handle.write(data)
         if not data:
             time.sleep(self.limits()[1])
             raise command_error(124, "")
 
     def mkdir(self, path: str, parent: bool) -> dict:
-        message = f"mkdir: cannot create directory '{path}'"
-        try:
+        with shell_errors(f"mkdir: cannot create directory '{path}'"):
             local = self.local(path)
             if parent:
                 os.makedirs(local, exist_ok=True)
                 if not os.path.isdir(local):
-                    raise FileExistsError
+                    raise FileExistsError(errno.EEXIST, "File exists")
             else:
                 os.mkdir(local)
-        except FileExistsError:
-            raise command_error(1, f"{message}: File exists") from None
-        except (FileNotFoundError, OutsideRoot):
-            raise command_error(1, f"{message}: No such file or directory") from None
-        except NotADirectoryError:
-            raise command_error(1, f"{message}: Not a directory") from None
-        except PermissionError:
-            raise command_error(1, f"{message}: Permission denied") from None
         return self.ls_one(path)
 
     def symlink(self, target: str, link: str) -> dict:
-        message = f"ln: failed to create symbolic link '{link}'"
-        try:
+        with shell_errors(f"ln: failed to create symbolic link '{link}'"):
             os.symlink(target, self.local(link))
-        except FileExistsError:
-            raise command_error(1, f"{message}: File exists") from None
-        except (FileNotFoundError, OutsideRoot):
-            raise command_error(1, f"{message}: No such file or directory") from None
-        except NotADirectoryError:
-            raise command_error(1, f"{message}: Not a directory") from None
         return self.ls_one(link)
 
     def chmod(self, path: str, mode: str) -> dict:
