@@ -17,6 +17,7 @@ import collections
 import os
 import posixpath
 import random
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -248,15 +249,52 @@ class UFTPBackend(Backend):
 
     def _with_name(self, session: ControlSession, remote: str, path: str, command: str, *more: str):
         """``command <path>`` plus ``more``, pipelined.  UFTPD's MFMT and MFF split their argument on
-        every space, so a path with spaces is reached by a CWD to its parent and the bare name."""
+        every space, so a path with spaces is reached by a CWD to its parent and the bare name (callers
+        give a name without spaces: see ``_set_attribute``)."""
         target = remote
         if " " in remote:
-            parent, name = posixpath.split(remote)
-            if " " in name or name != name.strip():
-                raise errors.NotSupported("UFTPD cannot change attributes of a name containing spaces", path)
+            parent, target = posixpath.split(remote)
             session.expect(session.command(f"CWD {parent}"), 200, path=path)
-            target = name
         return session.batch(f"{command} {target}", *more)
+
+    def _set_attribute(self, path: str, remote: str, apply: Callable[[ControlSession, str], None]):
+        """``apply(session, remote path)`` where the path's last name has no space, as UFTPD's MFMT and MFF
+        need.  A directory named with spaces is addressed as ``name/.``.  A file named with spaces is
+        renamed to a space-free temporary name in its directory (RNFR/RNTO take spaces), changed there and
+        renamed back whatever happened; the directory then gets its own modification time back."""
+        if " " not in posixpath.basename(remote):
+            self._run(lambda session: apply(session, remote))
+            return
+        if self._run(lambda session: self._stat_line(session, remote, path)).is_dir:
+            self._run(lambda session: apply(session, f"{remote}/."))
+            return
+        parent = posixpath.dirname(remote)
+        parent_mtime = self._run(lambda session: self._stat_line(session, parent, path)).mtime_ms // 1000
+        self._under_temporary_name(path, remote, apply)
+        self._run(lambda session: self._apply_mtime(session, f"{parent}/.", path, parent_mtime))
+
+    def _under_temporary_name(self, path: str, remote: str, apply: Callable[[ControlSession, str], None]):
+        """``apply`` to the file while it has a space-free name; it is never left there unless renaming it
+        back fails, and then the error says where it is."""
+        temporary_name = f".hpcfs-attr.{secrets.token_hex(6)}"
+        temporary = posixpath.join(posixpath.dirname(remote), temporary_name)
+        self._run(lambda session: self._move(session, remote, temporary, path, path), retry=False)
+        try:
+            self._run(lambda session: apply(session, temporary))
+        finally:
+            try:
+                self._run(lambda session: self._move(session, temporary, remote, path, path), retry=False)
+            except (errors.HpcfsError, SessionLost) as failure:
+                parked = posixpath.join(posixpath.dirname(path), temporary_name)
+                raise errors.HpcfsError(f"could not rename the file back after setting an attribute "
+                                        f"({failure}); it is now at {parked}", path) from failure
+
+    @staticmethod
+    def _move(session: ControlSession, remote_src: str, remote_dst: str, src: str, dst: str):
+        # Not pipelined: UFTPD keeps the last RNFR path, so an RNTO after a failed RNFR would move the
+        # file named by an earlier rename.
+        session.expect(session.command(f"RNFR {remote_src}"), 350, path=src)
+        session.expect(session.command(f"RNTO {remote_dst}"), 200, path=dst)
 
     # -- metadata ---------------------------------------------------------------------------------------
     def list(self, path: str) -> List[Entry]:
@@ -399,13 +437,7 @@ class UFTPBackend(Backend):
         if "/" in (src, dst):
             raise errors.PermissionDenied("cannot move the root of the tree", src)
 
-        def operation(session):
-            # Not pipelined: UFTPD keeps the last RNFR path, so an RNTO after a failed RNFR would move the
-            # file named by an earlier rename.
-            session.expect(session.command(f"RNFR {remote_src}"), 350, path=src)
-            session.expect(session.command(f"RNTO {remote_dst}"), 200, path=dst)
-
-        self._run(operation, retry=False)
+        self._run(lambda session: self._move(session, remote_src, remote_dst, src, dst), retry=False)
         size = self._sizes.get(src)
         self._sizes.drop(src)
         self._sizes.drop(dst)
@@ -415,32 +447,31 @@ class UFTPBackend(Backend):
     def chmod(self, path: str, mode: int) -> None:
         path, remote = self._remote(path)
 
-        def operation(session):
-            reply, = self._with_name(session, remote, path, f"MFF UNIX.mode={mode & 0o7777:o};")
+        def apply(session: ControlSession, target: str):
+            reply, = self._with_name(session, target, path, f"MFF UNIX.mode={mode & 0o7777:o};")
             session.expect(reply, 213, path=path)
 
-        self._run(operation)
+        self._set_attribute(path, remote, apply)
 
     def set_mtime(self, path: str, mtime: float) -> None:
+        path, remote = self._remote(path)
+        wanted = int(mtime)
+        self._set_attribute(path, remote, lambda session, target: self._apply_mtime(session, target, path, wanted))
+
+    def _apply_mtime(self, session: ControlSession, target: str, path: str, wanted: int):
         """MFMT reads the time as the *server's* local time, whose zone we do not know: send it as UTC,
         read back the UTC mtime STAT reports, and correct by the difference (twice at most, for DST)."""
-        path, remote = self._remote(path)
-        target = int(mtime)
-
-        def operation(session):
-            sent = target
-            for _ in range(3):
-                stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(sent))
-                mfmt, stat = self._with_name(session, remote, path, f"MFMT {stamp}", f"STAT F {remote}")
-                session.expect(mfmt, 213, path=path)
-                lines = parse_stat_reply(session.expect(stat, 211, path=path))
-                actual = lines[0].mtime_ms // 1000 if lines else target
-                if actual == target:
-                    return
-                sent += target - actual
-            raise errors.HpcfsError("UFTPD did not keep the modification time it was sent", path)
-
-        self._run(operation)
+        sent = wanted
+        for _ in range(3):
+            stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(sent))
+            mfmt, stat = self._with_name(session, target, path, f"MFMT {stamp}", f"STAT F {target}")
+            session.expect(mfmt, 213, path=path)
+            lines = parse_stat_reply(session.expect(stat, 211, path=path))
+            actual = lines[0].mtime_ms // 1000 if lines else wanted
+            if actual == wanted:
+                return
+            sent += wanted - actual
+        raise errors.HpcfsError("UFTPD did not keep the modification time it was sent", path)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def describe(self) -> dict:

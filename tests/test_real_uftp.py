@@ -1,0 +1,105 @@
+"""hpcfs against the real UFTPD 3.5.3 (``../shared/peers``), for what only the real server shows."""
+import os
+import secrets
+import shutil
+import stat
+
+import pytest
+
+from fixtures_real_peers import real_uftp  # noqa: F401  (session fixture)
+from mounting import mounted, sh, sha256_file, write_random
+
+pytestmark = pytest.mark.timeout(300)
+
+# name -> (size, mode, mtime); every name has a space, so rsync's temporary ".NAME.XXXXXX" has one too
+SPACED_TREE = {
+    "plain.txt": (11, 0o644, 1_600_000_000),
+    "a file.txt": (1, 0o640, 1_500_000_000),
+    "dir one/b c.bin": ((1 << 20) + 1, 0o600, 1_400_000_000),
+    "dir one/sub dir/ leading space": (0, 0o755, 1_300_000_000),
+    "dir one/sub dir/two  spaces.dat": (4097, 0o604, 1_234_567_890),
+}
+SPACED_DIRS = {"dir one": (0o750, 1_200_000_000), "dir one/sub dir": (0o711, 1_100_000_000)}
+
+
+@pytest.fixture
+def uftp_area(real_uftp):  # noqa: F811
+    """A fresh directory in the real UFTPD's data tree (shared by everyone: never touch the rest)."""
+    name = f"real-peers-fixes-{secrets.token_hex(4)}"
+    served = os.path.join(real_uftp["UFTP_DATA_DIR"], name)
+    os.mkdir(served)
+    os.chmod(served, 0o777)  # UFTPD sessions write as nobody
+    try:
+        yield served, f"{real_uftp['UFTP_URL']}/{name}"
+    finally:
+        shutil.rmtree(served, ignore_errors=True)
+
+
+def build_spaced_tree(top):
+    for relative, (size, mode, mtime) in SPACED_TREE.items():
+        path = os.path.join(top, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_random(path, size)
+        os.chmod(path, mode)
+        os.utime(path, (mtime, mtime))
+    for relative, (mode, mtime) in sorted(SPACED_DIRS.items(), reverse=True):  # deepest first
+        os.chmod(os.path.join(top, relative), mode)
+        os.utime(os.path.join(top, relative), (mtime, mtime))
+
+
+def attributes(top):
+    """``{relative path: (sha256 or "dir", mode, whole-second mtime)}`` below ``top``.  A directory's mtime
+    is left out: rsync's own renames into it move it on the server after rsync set it (any server, any
+    name; rsync skips its touch-up because the mount's cached attributes still show the time it set)."""
+    found = {}
+    for directory, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            is_dir = stat.S_ISDIR(info.st_mode)
+            content = "dir" if is_dir else sha256_file(path)
+            found[os.path.relpath(path, top)] = (content, stat.S_IMODE(info.st_mode), 0 if is_dir else int(info.st_mtime))
+    return found
+
+
+def test_rsync_archive_of_names_with_spaces_round_trips(real_uftp, uftp_area, tmp_path):  # noqa: F811
+    """UFTPD's MFMT/MFF split their argument on spaces: hpcfs sets attributes under a space-free temporary
+    name and renames back, so ``rsync -a`` keeps modes and times, and a second run sends nothing."""
+    served, url = uftp_area
+    source = tmp_path / "source"
+    build_spaced_tree(source)
+    expected = attributes(source)
+    env = {key: real_uftp[key] for key in ("UFTP_PASSWORD", "HPCFS_CA_FILE")}
+    with mounted(url, tmp_path / "mnt", env=env) as mountpoint:
+        sh("rsync", "-a", f"{source}/", f"{mountpoint}/tree/")
+        assert attributes(os.path.join(served, "tree")) == expected, "on the server"
+        assert attributes(os.path.join(mountpoint, "tree")) == expected, "through the mount"
+        again = sh("rsync", "-a", "--itemize-changes", f"{source}/", f"{mountpoint}/tree/")
+        assert again.strip() == "", f"a second rsync -a found differences:\n{again}"
+        back = tmp_path / "back"
+        sh("rsync", "-a", f"{mountpoint}/tree/", f"{back}/")
+        assert attributes(back) == expected, "copied back out"
+        sh("touch", "-d", "@1000000000", f"{mountpoint}/tree/a file.txt")
+        sh("chmod", "600", f"{mountpoint}/tree/a file.txt")
+    changed = os.stat(os.path.join(served, "tree", "a file.txt"))
+    assert (int(changed.st_mtime), stat.S_IMODE(changed.st_mode)) == (1_000_000_000, 0o600)
+    leftovers = [name for _, dirs, files in os.walk(served) for name in dirs + files if ".hpcfs-attr." in name]
+    assert leftovers == [], "temporary names left behind"
+
+
+def test_directory_times_survive_attribute_changes_of_spaced_names(real_uftp, uftp_area, tmp_path):  # noqa: F811
+    """Setting a spaced file's attributes renames it twice; its directory keeps its own time, and a
+    directory named with spaces takes MFMT/MFF as ``name/.``."""
+    served, url = uftp_area
+    env = {key: real_uftp[key] for key in ("UFTP_PASSWORD", "HPCFS_CA_FILE")}
+    with mounted(url, tmp_path / "mnt", env=env) as mountpoint:
+        sh("mkdir", "-p", f"{mountpoint}/dir one")
+        sh("sh", "-c", f"echo hello > '{mountpoint}/dir one/x y.txt'")
+        sh("touch", "-d", "@1100000000", f"{mountpoint}/dir one")
+        sh("chmod", "700", f"{mountpoint}/dir one")
+        sh("touch", "-d", "@1000000000", f"{mountpoint}/dir one/x y.txt")
+        sh("chmod", "604", f"{mountpoint}/dir one/x y.txt")
+    directory, spaced = os.stat(os.path.join(served, "dir one")), os.stat(os.path.join(served, "dir one", "x y.txt"))
+    assert (int(directory.st_mtime), stat.S_IMODE(directory.st_mode)) == (1_100_000_000, 0o700)
+    assert (int(spaced.st_mtime), stat.S_IMODE(spaced.st_mode)) == (1_000_000_000, 0o604)
+    assert os.listdir(os.path.join(served, "dir one")) == ["x y.txt"]
