@@ -59,6 +59,9 @@ class LocalSide:
     def mkdir(self, path):
         os.makedirs(path, exist_ok=True)
 
+    def check_size(self, path, size, reading):
+        """Local files have no size limit."""
+
     def open_read(self, path, offset=0):
         handle = open(path, "rb")
         handle.seek(offset)
@@ -97,6 +100,18 @@ class RemoteSide:
     def mkdir(self, path):
         if self.stat(path) is None:
             self.remote_tree.mkdir(path)
+
+    def check_size(self, path, size, reading):
+        """Refuse a file the server cannot send or take (a FirecREST system without staging) before any
+        byte moves, rather than after a long local spool or a server-side timeout."""
+        caps = self.remote_tree.capabilities
+        if reading and not caps.ranged_reads and caps.max_whole_read is not None and size > caps.max_whole_read:
+            raise errors.TooLarge(f"{format_size(size)} is above the largest file this server can send "
+                                  f"({format_size(caps.max_whole_read)}); it offers no staging or ranged reads "
+                                  "for larger files", path)
+        if not reading and caps.max_upload is not None and size > caps.max_upload:
+            raise errors.TooLarge(f"{format_size(size)} is above the largest file this server can take "
+                                  f"({format_size(caps.max_upload)}); it offers no staging for larger files", path)
 
     def open_read(self, path, offset=0):
         stream = FileStream(self.remote_tree.open(path))
@@ -168,6 +183,9 @@ def copy_paths(sources, destination, recursive=False, resume=False, parallel=4, 
         jobs = []
         for source in sources:
             jobs += _plan_source(side_for(source), source, dest_side, destination.path, into_directory, recursive)
+        for job in jobs:
+            job.source_side.check_size(job.source, job.size, reading=True)
+            dest_side.check_size(job.destination, job.size, reading=False)
         meter = Progress(len(jobs), sum(job.size for job in jobs), enabled=progress)
         try:
             _run_copies(jobs, dest_side, resume, meter, parallel)

@@ -9,12 +9,13 @@ import uuid
 import pytest
 
 from fixtures_firecrest import start_firecrest
-from hpcfs import errors
+from hpcfs import errors, net
 from hpcfs.backend import DIRECTORY, FILE, SYMLINK
 from hpcfs.servers import firecrest as fc
 from hpcfs.urls import open_backend
 
 MIB = 1024 * 1024
+FAST = net.Policy(backoff=0.01, max_backoff=0.05, breaker_cooldown=2.0)
 
 
 def sha256(data: bytes) -> str:
@@ -30,7 +31,7 @@ def local_sha256(path) -> str:
 def backend(firecrest_server, openapi_violations):
     opened, root = open_backend(firecrest_server.url("/"))
     assert root == "/"
-    opened.client.backoff = 0.01  # keep retry tests fast; the policy is what is tested
+    net.set_policy(opened.client.api_url, FAST)  # keep retry tests fast; the policy is what is tested
     firecrest_server.log.reset()
     yield opened
     opened.close()
@@ -308,18 +309,32 @@ def test_a_refused_token_is_renewed_and_retried_once(firecrest_server, backend):
     assert firecrest_server.secret not in repr(backend.client.auth)
 
 
-@pytest.mark.parametrize("status", [408, 424, 429, 503])
-def test_busy_answers_are_retried_with_bounded_backoff(firecrest_server, backend, status):
+@pytest.mark.parametrize("status", [424, 429, 503])
+def test_busy_answers_are_retried_then_the_breaker_opens(firecrest_server, backend, status):
     firecrest_server.knobs.extra.update(busy_status=status, retry_after=0)
     firecrest_server.knobs.busy_responses = 2
     assert backend.stat("/").kind == DIRECTORY
     assert firecrest_server.log.total(fc.STAT) == 3
     firecrest_server.knobs.busy_responses = 100
     started = time.monotonic()
-    with pytest.raises(errors.TimedOut if status == 408 else errors.Busy):
+    with pytest.raises(errors.Busy):
         backend.stat("/")
-    assert firecrest_server.log.total(fc.STAT) == 3 + 1 + backend.client.retries
+    assert firecrest_server.log.total(fc.STAT) == 3 + FAST.breaker_threshold  # then the breaker opened
+    with pytest.raises(errors.Busy, match="holds requests back"):
+        backend.stat("/")  # fails fast: nothing sent while the breaker is open
+    assert firecrest_server.log.total(fc.STAT) == 3 + FAST.breaker_threshold
     assert time.monotonic() - started < 5
+
+
+def test_a_server_timeout_is_repeated_once_only(firecrest_server, backend):
+    firecrest_server.knobs.extra.update(busy_status=408, retry_after=0)
+    firecrest_server.knobs.busy_responses = 1
+    assert backend.stat("/").kind == DIRECTORY
+    assert firecrest_server.log.total(fc.STAT) == 2
+    firecrest_server.knobs.busy_responses = 100
+    with pytest.raises(errors.TimedOut):
+        backend.stat("/")
+    assert firecrest_server.log.total(fc.STAT) == 2 + 2
 
 
 def test_timeouts_are_not_retried_for_mkdir(firecrest_server, backend):
@@ -343,6 +358,7 @@ def test_session_limit_and_failed_probe(firecrest_server, backend):
     with pytest.raises(errors.Busy):
         backend.stat("/")
     firecrest_server.server.fail_probe(False)
+    time.sleep(FAST.breaker_cooldown)  # five 503s in a row opened the breaker: it stays open this long
     assert backend.stat("/").kind == DIRECTORY
 
 

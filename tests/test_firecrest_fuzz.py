@@ -20,7 +20,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from mounting import mounted, sh
 
-from hpcfs import errors
+from hpcfs import errors, net
 from hpcfs.firecrest import listing
 from hpcfs.firecrest.client import error_from_message
 from hpcfs.servers import firecrest as fc
@@ -129,7 +129,8 @@ def service(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(service):
     opened, _ = open_backend(service.url("/"))
-    opened.client.retries = 0  # one request per example: retries are tested on their own below
+    # one request per example (retries are tested on their own below), and no breaker among random statuses
+    net.set_policy(opened.client.api_url, net.Policy(attempts=1, breaker_threshold=1 << 30))
     yield opened
     opened.close()
 
@@ -207,7 +208,7 @@ def test_a_download_that_breaks_off_is_an_error_not_a_short_file(service, backen
 
 def test_a_reply_that_broke_off_is_retried_then_an_error(service):
     opened, _ = open_backend(service.url("/"))
-    opened.client.retries, opened.client.backoff = 2, 0.01
+    net.set_policy(opened.client.api_url, net.Policy(attempts=3, backoff=0.01, breaker_threshold=1 << 30))
     service.log.reset()
     try:
         with garbage(service, "ops/ls", "short-body"), pytest.raises(errors.ProtocolError, match="broke off"):

@@ -8,15 +8,13 @@ import threading
 import time
 from typing import Optional
 
-import requests
-
-from .. import errors
+from .. import errors, net
 
 
 class ClientCredentials:
     """Bearer tokens for one client id from ``token_url`` (``client_secret_post``)."""
 
-    def __init__(self, token_url: str, client_id: str, client_secret: str, session: requests.Session,
+    def __init__(self, token_url: str, client_id: str, client_secret: str, session,
                  timeout: float = 30.0, margin: float = 60.0):
         self.token_url = token_url
         self.client_id = client_id
@@ -49,12 +47,8 @@ class ClientCredentials:
     def _fetch(self):
         started = time.monotonic()
         form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self._secret}
-        try:
-            reply = self._session.post(self.token_url, data=form, timeout=self._timeout)
-        except requests.Timeout:
-            raise errors.TimedOut(f"token endpoint {self.token_url} did not answer in {self._timeout:g} s") from None
-        except requests.RequestException as exc:
-            raise errors.Unavailable(f"cannot reach token endpoint {self.token_url}: {type(exc).__name__}") from None
+        reply = net.send(self._session, "POST", self.token_url, data=form, timeout=self._timeout,
+                         what="token request")
         if reply.status_code in (400, 401, 403):
             raise errors.AuthenticationFailed(
                 f"token endpoint refused client '{self.client_id}': {_oauth_error(reply)}")
@@ -70,7 +64,7 @@ class ClientCredentials:
         self.fetched += 1
 
 
-def _oauth_error(reply: requests.Response) -> str:
+def _oauth_error(reply: net.Response) -> str:
     try:
         body = reply.json()
         return body.get("error_description") or body.get("error") or f"HTTP {reply.status_code}"

@@ -23,11 +23,10 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, List, Optional
 
-import requests
-from requests.adapters import HTTPAdapter
+from cachetools import TTLCache
 
-from .. import errors
-from ..backend import DIRECTORY, SYMLINK, Backend, Capabilities, Entry, normalize, split
+from .. import errors, net
+from ..backend import DIRECTORY, FILE, SYMLINK, Backend, Capabilities, Entry, normalize, split
 from ..urls import ParsedURL
 from .auth import ClientCredentials
 from .client import FirecrestClient, StagingExpired, error_from_message
@@ -35,6 +34,8 @@ from .listing import decode_name, entry_from_file, entry_from_stat
 
 JOB_MANGLED = "&<>'\""  # the job templates HTML-escape these, so jobs would act on another path
 STAGE_LOCKS = 64
+SIZE_HINTS = 4096
+SIZE_HINT_TTL = 30.0
 
 
 @dataclass
@@ -85,6 +86,9 @@ class FirecrestBackend(Backend):
         )
         self._staged = {}
         self._staged_lock = threading.Lock()
+        # path -> size of a file last seen here, for the no-staging check; as long-lived as the core's attributes
+        self._sizes: TTLCache = TTLCache(SIZE_HINTS, SIZE_HINT_TTL)
+        self._sizes_lock = threading.Lock()
         self._stage_locks = [threading.Lock() for _ in range(STAGE_LOCKS)]
 
     # -- metadata -------------------------------------------------------------------------------------
@@ -97,22 +101,49 @@ class FirecrestBackend(Backend):
                     raise errors.NotADirectory("not a directory", path)
                 target = self.client.ls(path.rstrip("/") + "/")  # a link: list what it points to
                 entries = [entry_from_file(item, self.tz) for item in target]
-            return entries
+        self._remember_sizes(path, entries)
+        return entries
 
     def stat(self, path: str) -> Entry:
         with self.client.operation(path):
             name = "" if path == "/" else posixpath.basename(path)
-            return entry_from_stat(name, self.client.stat(path))
+            entry = entry_from_stat(name, self.client.stat(path))
+        self._remember_sizes(posixpath.dirname(path), [entry])
+        return entry
+
+    def _remember_sizes(self, directory: str, entries: List[Entry]):
+        with self._sizes_lock:
+            for entry in entries:
+                if entry.kind == FILE:  # a link's own size says nothing about what it points to
+                    self._sizes[posixpath.join(directory, entry.name)] = entry.size
 
     # -- reading --------------------------------------------------------------------------------------
     def read_whole(self, path: str, sink: BinaryIO) -> None:
         with self.client.operation(path):
+            if not self.staging:
+                self._refuse_above_download_limit(path)
             try:
                 self.client.download(path, sink)
             except errors.TooLarge:  # grown past the server's cap since it was listed
                 if not self.staging:
                     raise
                 self.client.staged_stream(self._staged_copy(path).url, sink)
+
+    def _refuse_above_download_limit(self, path: str):
+        """Without staging, ``ops/download`` is the only way out, and for a file above its limit the server
+        does not refuse: it holds an SSH channel until its command timeout (408), and a few such reads
+        exhaust its channels (424) and fail its health check (503) for every user.  So check the size
+        first: the one this backend just listed or stat'ed (callers look before they read), else ask."""
+        with self._sizes_lock:
+            size = self._sizes.get(path)
+        if size is None:
+            size = self.stat(path).size
+        limit = self.capabilities.max_whole_read
+        if size > limit:
+            raise errors.TooLarge(
+                f"{size} bytes is above the direct-download limit of FirecREST system '{self.client.system}' "
+                f"({limit} bytes, from its max_ops_file_size {self.max_ops}), and the system offers no staging "
+                "(no data_transfer) for larger files", path)
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
         if not self.staging:
@@ -157,6 +188,9 @@ class FirecrestBackend(Backend):
         with self._staged_lock:
             for path in paths:
                 self._staged.pop(path, None)
+        with self._sizes_lock:
+            for path in paths:
+                self._sizes.pop(path, None)
 
     # -- writing --------------------------------------------------------------------------------------
     def write_whole(self, path: str, source: BinaryIO, size: int) -> None:
@@ -173,8 +207,9 @@ class FirecrestBackend(Backend):
             elif self.staging:
                 self._staged_upload(path, source, size)
             else:
-                raise errors.TooLarge(f"larger than the server's {self.max_ops}-byte upload limit "
-                                      "and the system has no staging area", path)
+                raise errors.TooLarge(f"{size} bytes is above the upload limit of FirecREST system "
+                                      f"'{self.client.system}' ({self.max_ops} bytes, its max_ops_file_size), "
+                                      "and the system offers no staging (no data_transfer) for larger files", path)
 
     def _create_empty(self, directory: str, name: str, path: str):
         """An empty upload hangs until the server's command timeout (408), yet the file is created at
@@ -294,7 +329,11 @@ class FirecrestBackend(Backend):
         return {"protocol": "firecrest", "api": self.client.api_url, "system": self.client.system,
                 "server_version": self.client.server_version, "client_id": self.client.auth.client_id,
                 "token_url": self.client.auth.token_url, "max_ops_file_size": self.max_ops,
-                "staging": "s3" if self.staging else None, "file_systems": self.file_systems}
+                "staging": "s3" if self.staging else self._no_staging(), "file_systems": self.file_systems}
+
+    def _no_staging(self) -> str:
+        return (f"no staging: files above {self.capabilities.max_whole_read} bytes cannot be read "
+                f"and files above {self.max_ops} bytes cannot be written")
 
     def close(self) -> None:
         self.client.session.close()
@@ -333,7 +372,7 @@ def _required(url: ParsedURL, options: dict, key: str) -> str:
 
 
 # What backend_from_url reads from options and the URL query; anything else is a user's typo.
-OPTIONS = {"url", "api_url", "token_url", "client_id", "client_secret", "password", "verify", "timeout",
+OPTIONS = {"url", "api_url", "token_url", "client_id", "client_secret", "password", "verify", "ca_file", "timeout",
            "max_parallel", "tz", "account"}
 
 
@@ -348,13 +387,8 @@ def backend_from_url(url: ParsedURL, options: dict):
         max_parallel = int(_setting(url, options, "max_parallel") or 8)
     except ValueError:
         raise errors.UsageError("timeout and max_parallel must be numbers") from None
-    session = _Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(8, 2 * max_parallel))
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    verify = _setting(url, options, "verify")
-    if verify is not None:
-        session.verify = False if str(verify).lower() in ("0", "false", "no") else verify
+    session = net.new_session(_setting(url, options, "verify"), _setting(url, options, "ca_file"),
+                              pool_size=max(8, 2 * max_parallel))
     auth = ClientCredentials(token_url, client_id, secret, session, timeout)
     client = FirecrestClient(api_url, url.host.lower(), auth, session, timeout)
     tz_name = _setting(url, options, "tz")
@@ -368,14 +402,6 @@ def backend_from_url(url: ParsedURL, options: dict):
         backend = FirecrestBackend(client, info, max_parallel=max_parallel, tz=tz,
                                    account=_setting(url, options, "account"))
     return backend, normalize(url.path)
-
-
-class _Session(requests.Session):
-    """A session whose ``verify`` is used as set: plain requests lets REQUESTS_CA_BUNDLE override it."""
-
-    def request(self, *args, **kwargs):
-        kwargs.setdefault("verify", self.verify)
-        return super().request(*args, **kwargs)
 
 
 def _timezone(name: str) -> datetime.tzinfo:

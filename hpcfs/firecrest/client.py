@@ -1,26 +1,22 @@
-"""The FirecREST v2 REST calls hpcfs needs, with retries, token renewal and error mapping.
+"""The FirecREST v2 REST calls hpcfs needs, with token renewal and error mapping.
 
 Every API request carries ``Authorization: Bearer``, a fresh ``X-Request-ID`` and the ``X-Correlation-ID``
 of the filesystem operation it belongs to (both UUIDs: the server answers 400 to anything else).  A 401
-renews the token and retries once.  408 (command timeout), 424 (no SSH channel), 429 (gateway rate limit)
-and 503 (failed health probe) are retried with bounded exponential backoff — 408 only where repeating
-the request is harmless.  Errors become :mod:`hpcfs.errors` from the status and the remote stderr the
-message carries.  Staging URLs (S3) get plain requests on the same pooled session.
+renews the token and retries once.  Everything else about repeating requests — 408 (command timeout), 424
+(no SSH channel), 429 (gateway rate limit), 503 (failed health probe), the cap on requests in flight and the
+circuit breaker — is :mod:`hpcfs.net`'s one policy.  Errors become :mod:`hpcfs.errors` from the status and
+the remote stderr the message carries.  Staging URLs (S3) go through the same transport.
 """
 import contextlib
 import contextvars
-import random
 import time
 import uuid
 from typing import BinaryIO, List, Optional, Tuple
 
-import requests
-
-from .. import errors
+from .. import errors, net
 from .auth import ClientCredentials
 from .listing import malformed_data
 
-RETRIED = (408, 424, 429, 503)
 TERMINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
                    "PREEMPTED", "TIMEOUT")
 QUOTE_REFUSAL = "FirecREST cannot address paths containing ' (the server's shell quoting breaks)"
@@ -37,11 +33,6 @@ MESSAGE_ERRORS = (
     ("exit status:124", errors.TimedOut),
     ("Channel not open for sending", errors.TooLarge),  # output far above the cap deadlocks the channel
 )
-# a reply whose body broke off (shorter than its Content-Length) or cannot be decoded
-BROKEN_REPLY = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
-STATUS_ERRORS = {400: errors.InvalidPath, 401: errors.AuthenticationFailed, 403: errors.PermissionDenied,
-                 404: errors.NotFound, 408: errors.TimedOut, 413: errors.TooLarge, 424: errors.Busy,
-                 429: errors.Busy, 503: errors.Busy}
 
 _correlation: contextvars.ContextVar = contextvars.ContextVar("firecrest_correlation_id", default=None)
 
@@ -51,10 +42,10 @@ def error_from_message(status: int, message: str, path: Optional[str]) -> errors
     for needle, error in MESSAGE_ERRORS:
         if needle in message:
             return error(detail, path)
-    return STATUS_ERRORS.get(status, errors.HpcfsError)(f"HTTP {status}: {detail}", path)
+    return net.error_for_status(status, f"HTTP {status}: {detail}", path)
 
 
-def error_from_response(response: requests.Response, path: Optional[str]) -> errors.HpcfsError:
+def error_from_response(response: net.Response, path: Optional[str]) -> errors.HpcfsError:
     try:
         body = response.json()
         message = body.get("message") or body.get("detail") or ""
@@ -66,16 +57,12 @@ def error_from_response(response: requests.Response, path: Optional[str]) -> err
 class FirecrestClient:
     """Calls on one system of one FirecREST API.  Thread-safe."""
 
-    def __init__(self, api_url: str, system: str, auth: ClientCredentials, session: requests.Session,
-                 timeout: float = 60.0, retries: int = 5, backoff: float = 0.2, max_backoff: float = 8.0):
+    def __init__(self, api_url: str, system: str, auth: ClientCredentials, session, timeout: float = 60.0):
         self.api_url = api_url.rstrip("/")
         self.system = system
         self.auth = auth
         self.session = session
         self.timeout = (min(10.0, timeout), timeout)
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.server_version: Optional[str] = None
 
     @contextlib.contextmanager
@@ -89,56 +76,27 @@ class FirecrestClient:
         finally:
             _correlation.reset(token)
 
-    # -- the request loop -----------------------------------------------------------------------------
+    # -- one API call ---------------------------------------------------------------------------------
     def request(self, method: str, endpoint: str, path: Optional[str] = None, expect=(200,),
-                idempotent: bool = True, timeout=None, **kwargs) -> requests.Response:
-        """One API call.  ``path`` names the file in errors; ``idempotent`` allows retrying a 408."""
-        url = f"{self.api_url}{endpoint}"
+                idempotent: bool = True, timeout=None, **kwargs) -> net.Response:
+        """One API call.  ``path`` names the file in errors; ``idempotent`` allows repeating a time-out."""
         extra_headers = kwargs.pop("headers", {})
-        attempt, renewed = 0, False
-        while True:
+        for renewed in (False, True):
             token = self.auth.token()
             headers = {"Authorization": f"Bearer {token}", "X-Request-ID": str(uuid.uuid4()),
                        "X-Correlation-ID": _correlation.get() or str(uuid.uuid4()), **extra_headers}
-            try:
-                response = self.session.request(method, url, headers=headers, timeout=timeout or self.timeout,
-                                                **kwargs)
-            except requests.Timeout:
-                if idempotent and attempt < self.retries:
-                    attempt = self._pause(attempt)
-                    continue
-                raise errors.TimedOut(f"{method} {endpoint}: no answer within the time-out", path) from None
-            except requests.ConnectionError as exc:  # mostly a pooled connection the server had closed
-                if attempt < self.retries:
-                    attempt = self._pause(attempt)
-                    continue
-                raise errors.Unavailable(f"cannot reach {self.api_url}: {type(exc).__name__}", path) from None
-            except BROKEN_REPLY as exc:  # the server did act on it: repeat only what is harmless to repeat
-                if idempotent and attempt < self.retries:
-                    attempt = self._pause(attempt)
-                    continue
-                raise _broken(f"{method} {endpoint}", exc, path) from None
+            response = net.send(self.session, method, f"{self.api_url}{endpoint}", idempotent=idempotent,
+                                timeout=timeout or self.timeout, path=path, what=f"{method} {endpoint}",
+                                headers=headers, **kwargs)
             self.server_version = response.headers.get("F7T-AppVersion", self.server_version)
-            status = response.status_code
-            if status == 401 and not renewed:
+            if response.status_code == 401 and not renewed:
                 response.close()
                 self.auth.discard(token)
-                renewed = True
                 continue
-            if status in RETRIED and attempt < self.retries and (idempotent or status != 408):
-                response.close()
-                attempt = self._pause(attempt, response.headers.get("Retry-After"))
-                continue
-            if status in expect:
+            if response.status_code in expect:
                 return response
             raise error_from_response(response, path)
-
-    def _pause(self, attempt: int, retry_after: Optional[str] = None) -> int:
-        delay = min(self.backoff * 2 ** attempt, self.max_backoff) * (0.5 + random.random() / 2)
-        if retry_after and retry_after.isdigit():
-            delay = min(float(retry_after), 60.0)
-        time.sleep(delay)
-        return attempt + 1
+        raise AssertionError("unreachable: the renewed try returns or raises")
 
     def _fs(self, kind: str, operation: str) -> str:
         return f"/filesystem/{self.system}/{kind}/{operation}"
@@ -161,7 +119,7 @@ class FirecrestClient:
     def download(self, path: str, sink: BinaryIO):
         response = self.request("GET", self._fs("ops", "download"), path, params={"path": _addressable(path)},
                                 stream=True)
-        _stream_into(response, sink, path)
+        net.stream_into(response, sink, "download", path)
 
     def upload(self, directory: str, filename: str, data: bytes, timeout=None, retry_timeouts: bool = True):
         """``ops/upload`` (replaces an existing file).  The multipart header quotes the name as RFC 2045
@@ -250,7 +208,7 @@ class FirecrestClient:
         return response.content
 
     def staged_stream(self, url: str, sink: BinaryIO):
-        _stream_into(self._staging("GET", url, stream=True), sink)
+        net.stream_into(self._staging("GET", url, stream=True), sink, "staged download")
 
     def put_part(self, url: str, body) -> str:
         return self._staging("PUT", url, data=body).headers["ETag"]
@@ -260,22 +218,12 @@ class FirecrestClient:
                         for number, etag in enumerate(etags, 1))
         self._staging("POST", url, data=f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode())
 
-    def _staging(self, method: str, url: str, **kwargs) -> requests.Response:
-        for attempt in range(self.retries + 1):
-            try:
-                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
-            except requests.Timeout:
-                raise errors.TimedOut(f"staging area: no answer to {method} within the time-out") from None
-            except requests.ConnectionError as exc:
-                raise errors.Unavailable(f"cannot reach the staging area: {type(exc).__name__}") from None
-            except BROKEN_REPLY as exc:
-                raise _broken(f"staging area {method}", exc) from None
-            if response.status_code in (500, 503) and attempt < self.retries and method == "GET":
-                self._pause(attempt)
-                continue
-            if response.status_code in (200, 204, 206, 416):
-                return response
-            break
+    def _staging(self, method: str, url: str, **kwargs) -> net.Response:
+        """A presigned URL: no FirecREST headers.  Only GETs are repeated (a part body is a stream)."""
+        response = net.send(self.session, method, url, idempotent=method == "GET", timeout=self.timeout,
+                            what=f"staging area {method}", **kwargs)
+        if response.status_code in (200, 204, 206, 416):
+            return response
         if response.status_code == 403:
             raise StagingExpired(f"staging area refused {method}: {response.text[:200]}")
         raise errors.HpcfsError(f"staging area answered {response.status_code} to {method}")
@@ -283,22 +231,6 @@ class FirecrestClient:
 
 class StagingExpired(errors.PermissionDenied):
     """A presigned URL that is no longer valid (its ``ttl`` passed): stage again."""
-
-
-def _stream_into(response: requests.Response, sink: BinaryIO, path: Optional[str] = None):
-    """Copy a streamed body into ``sink``; a body that breaks off is an error, never a short file."""
-    received = 0
-    with response:
-        try:
-            for chunk in response.iter_content(1 << 20):
-                sink.write(chunk)
-                received += len(chunk)
-        except requests.RequestException as exc:
-            raise _broken(f"download (after {received} bytes)", exc, path) from None
-
-
-def _broken(what: str, exc: Exception, path: Optional[str] = None) -> errors.ProtocolError:
-    return errors.ProtocolError(f"{what}: the server's reply broke off ({type(exc).__name__})", path)
 
 
 def _addressable(path: str) -> str:

@@ -1,0 +1,189 @@
+"""How hpcfs treats an HTTP server it shares with everyone else: one policy, in one place, for every protocol.
+
+Every request to a server (scheme, host and port) passes that server's :class:`ServerGuard`, shared by all
+trees of the process:
+
+- **a cap on requests in flight** (``max_in_flight``): a burst of reads queues here, not on the server;
+- **global back-off**: 424 (no SSH channel), 429 (rate limit) and 503 (unhealthy) pause *every* request to
+  that server, for ``Retry-After`` when given, else for an exponential, jittered delay;
+- **a circuit breaker**: after ``breaker_threshold`` such answers (or 408, the server's own time-out) in a
+  row, requests fail at once with EAGAIN for ``breaker_cooldown`` seconds instead of adding to the load;
+  the next failure after the cool-down opens it again, a success closes it;
+- **bounded retries** (:func:`send`): at most ``attempts`` tries within ``deadline`` seconds; a time-out or
+  408 or a broken connection is repeated only where that is harmless (``idempotent``: the server may
+  have acted on it; busy answers mean it did not), and a request that failed slowly (after
+  ``slow`` seconds: the server is struggling) is repeated at most once.
+
+The loop is written out rather than built on tenacity or urllib3's ``Retry``: its decisions depend on state
+shared by all requests to a server (pause, breaker, slots), which those model per request only.  Renewing a
+refused token stays with each protocol (it knows its credentials).
+"""
+import random
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+
+from .. import errors
+from .errors import server_of, transport_error
+
+BUSY_STATUSES = (424, 429, 503)
+TIMEOUT_STATUS = 408
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_in_flight: int = 8
+    attempts: int = 6
+    deadline: float = 60.0  # no new try starts later than this after the first
+    backoff: float = 0.2  # first pause after a busy answer; doubles per answer in a row
+    max_backoff: float = 8.0
+    max_retry_after: float = 60.0
+    slow: float = 5.0  # a failure after this long is repeated at most once
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 10.0
+
+
+class ServerGuard:
+    """Slots, pause and breaker of one server."""
+
+    def __init__(self, server: str, policy: Policy):
+        self.server = server
+        self.policy = policy
+        self._slots = threading.BoundedSemaphore(policy.max_in_flight)
+        self._lock = threading.Lock()
+        self._paused_until = 0.0
+        self._open_until = 0.0
+        self._unhealthy_in_a_row = 0
+        self._last_unhealthy = 0.0
+
+    def admit(self, deadline: float, path: Optional[str] = None):
+        """Return when a request may go: after a global pause; at once with Busy while the breaker is open
+        or when the pause outlasts ``deadline``."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._open_until:
+                raise errors.Busy(f"{self.server} answered busy or unhealthy {self._unhealthy_in_a_row} times "
+                                  f"in a row; hpcfs holds requests back for {self._open_until - now:.0f} s more",
+                                  path)
+            pause = self._paused_until - now
+        if pause > 0:
+            if now + pause > deadline:
+                raise errors.Busy(f"{self.server} asked to wait {pause:.0f} s, longer than the time left", path)
+            time.sleep(pause * random.uniform(1.0, 2.0))  # spread the waiters: not all back at one instant
+
+    @contextmanager
+    def slot(self):
+        with self._slots:
+            yield
+
+    def unhealthy(self, sent_at: float, retry_after: Optional[float] = None):
+        """A busy answer or a time-out to a request sent at ``sent_at``: pause everyone, and open the breaker
+        after enough in a row.  Requests already in flight at the previous such answer do not count again:
+        a burst refused at once is one sign of trouble, not many."""
+        with self._lock:
+            now = time.monotonic()
+            if sent_at >= self._last_unhealthy:
+                self._unhealthy_in_a_row += 1
+            self._last_unhealthy = now
+            pause = retry_after if retry_after is not None else self._backoff()
+            self._paused_until = max(self._paused_until, now + pause)
+            if self._unhealthy_in_a_row >= self.policy.breaker_threshold:
+                self._open_until = now + max(self.policy.breaker_cooldown, pause)
+
+    def healthy(self):
+        with self._lock:
+            self._unhealthy_in_a_row = 0
+            self._open_until = 0.0
+
+    def _backoff(self) -> float:
+        delay = min(self.policy.backoff * 2 ** (self._unhealthy_in_a_row - 1), self.policy.max_backoff)
+        return delay * random.uniform(0.5, 1.0)
+
+
+_guards: Dict[Tuple[str, str, Optional[int]], ServerGuard] = {}
+_guards_lock = threading.Lock()
+
+
+def guard_for(url: str) -> ServerGuard:
+    """The guard of ``url``'s server (with the default policy until :func:`set_policy` says otherwise)."""
+    with _guards_lock:
+        guard = _guards.get(_server_key(url))
+        if guard is None:
+            guard = _guards[_server_key(url)] = ServerGuard(server_of(url), Policy())
+        return guard
+
+
+def set_policy(url: str, policy: Policy) -> ServerGuard:
+    """A fresh guard under ``policy`` for ``url``'s server (tests make retries fast or count them)."""
+    with _guards_lock:
+        guard = _guards[_server_key(url)] = ServerGuard(server_of(url), policy)
+        return guard
+
+
+def _server_key(url: str) -> Tuple[str, str, Optional[int]]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port
+
+
+def send(session: requests.Session, method: str, url: str, *, idempotent: bool = True, timeout=None,
+         path: Optional[str] = None, what: Optional[str] = None, **kwargs) -> requests.Response:
+    """One HTTP request under its server's guard, repeated as the policy allows.  Returns the last
+    response (the caller maps its status); raises hpcfs errors for failures below HTTP."""
+    guard = guard_for(url)
+    policy = guard.policy
+    what = what or f"{method} {urlsplit(url).path}"
+    deadline = time.monotonic() + policy.deadline
+    slow_failures = 0
+    for attempt in range(1, policy.attempts + 1):
+        guard.admit(deadline, path)
+        last_try = attempt == policy.attempts
+        try:
+            with guard.slot():
+                started = time.monotonic()  # after waiting for a slot: only the server's time counts
+                response = session.request(method, url, timeout=timeout, **kwargs)
+        except requests.RequestException as exc:
+            # not a mark against the server's health: callers set short time-outs on purpose
+            slow_failures += time.monotonic() - started >= policy.slow
+            if (last_try or not idempotent or slow_failures > 1 or _not_listening(exc)
+                    or not _wait_to_retry(policy, attempt, deadline)):
+                raise transport_error(exc, what, url, timeout, path) from None
+            continue
+        status = response.status_code
+        if status not in BUSY_STATUSES + (TIMEOUT_STATUS,):
+            guard.healthy()
+            return response
+        guard.unhealthy(started, _retry_after(response, policy))
+        slow_failures += status == TIMEOUT_STATUS or time.monotonic() - started >= policy.slow
+        if (last_try or slow_failures > 1 or (status == TIMEOUT_STATUS and not idempotent)
+                or not _wait_to_retry(policy, attempt, deadline)):
+            return response
+        response.close()
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def _not_listening(exc: requests.RequestException) -> bool:
+    """Nothing to retry: the connection was refused or the name did not resolve (not a pooled connection
+    the server closed, which a retry on a new one cures)."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+def _wait_to_retry(policy: Policy, attempt: int, deadline: float) -> bool:
+    """This request's own jittered exponential back-off (the server's pause comes on top, in ``admit``);
+    False when the retry would start after ``deadline``."""
+    delay = min(policy.backoff * 2 ** (attempt - 1), policy.max_backoff) * random.uniform(0.5, 1.0)
+    if time.monotonic() + delay > deadline:
+        return False
+    time.sleep(delay)
+    return True
+
+
+def _retry_after(response: requests.Response, policy: Policy) -> Optional[float]:
+    value = response.headers.get("Retry-After", "")
+    return min(float(value), policy.max_retry_after) if value.isdigit() else None

@@ -1,0 +1,71 @@
+"""HTTP sessions with TLS verification decided once, the same way for every protocol.
+
+``verify`` (option or URL query) may be a boolean, ``true``/``false``/``on``/``off``/``yes``/``no``/``1``/``0``
+or the path of a CA bundle; ``ca_file`` (option) or ``HPCFS_CA_FILE`` (environment) names a CA bundle
+used while verification is on.  Plain requests lets ``REQUESTS_CA_BUNDLE`` override a session's own
+``verify``; these sessions pass theirs with every request, so what the user asked for wins.
+"""
+import os
+from typing import BinaryIO, Optional, Union
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .. import errors
+
+Verify = Union[bool, str]
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_verify(verify: Optional[Union[bool, str]] = None, ca_file: Optional[str] = None) -> Verify:
+    """What requests' ``verify`` should be: False, True, or the path of a CA bundle."""
+    word = "true" if verify is None else str(verify).strip().lower()
+    if word in FALSE_WORDS:
+        return False
+    if word in TRUE_WORDS or not word:
+        bundle = ca_file or os.environ.get("HPCFS_CA_FILE")
+    else:
+        bundle = str(verify)  # a path given as verify=PATH, as requests takes it
+    if bundle is None:
+        return True
+    if not os.path.isfile(bundle):
+        raise errors.UsageError(f"CA file not found: {bundle} (ca_file=, verify= or HPCFS_CA_FILE)")
+    return bundle
+
+
+class VerifyingSession(requests.Session):
+    """A session whose ``verify`` is used as set (REQUESTS_CA_BUNDLE would otherwise replace it)."""
+
+    def request(self, *args, **kwargs):
+        kwargs.setdefault("verify", self.verify)
+        return super().request(*args, **kwargs)
+
+
+def new_session(verify: Optional[Union[bool, str]] = None, ca_file: Optional[str] = None,
+                pool_size: int = 16) -> requests.Session:
+    """A pooled session (``pool_size`` connections per host) with TLS verification parsed once."""
+    session = VerifyingSession()
+    session.verify = parse_verify(verify, ca_file)
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+Response = requests.Response
+RequestException = requests.RequestException
+
+
+def stream_into(response: requests.Response, sink: BinaryIO, what: str, path: Optional[str] = None) -> int:
+    """Copy a streamed body into ``sink``; a body that breaks off is an error, never a short file."""
+    received = 0
+    with response:
+        try:
+            for chunk in response.iter_content(1 << 20):
+                sink.write(chunk)
+                received += len(chunk)
+        except requests.RequestException as exc:
+            raise errors.ProtocolError(f"{what} (after {received} bytes): the server's reply broke off "
+                                       f"({type(exc).__name__})", path) from None
+    return received

@@ -1,0 +1,124 @@
+"""hpcfs against the real FirecREST v2 (``../shared/peers``), for what only the real server shows.
+
+System ``cluster`` has no staging (``dataOperation.data_transfer`` null) and a 5 MiB ``max_ops_file_size``:
+the server answers ``ops/download`` of a larger file only with a 408 after its 5 s command timeout, while
+it holds an SSH channel; a few of those in parallel exhaust its channels and fail its health check for
+everyone.  hpcfs must refuse such reads at once (EFBIG) and never hammer the server.
+"""
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import fs
+import pytest
+import requests
+
+from fixtures_real_peers import real_firecrest  # noqa: F401  (session fixture)
+from mounting import hpcfs, mounted
+
+pytestmark = pytest.mark.timeout(300)
+MIB = 1 << 20
+CONNECTION = ("FIRECREST_URL", "AUTH_TOKEN_URL", "FIRECREST_CLIENT_ID", "FIRECREST_CLIENT_SECRET")
+
+
+@pytest.fixture
+def cluster(real_firecrest, monkeypatch):  # noqa: F811
+    """``(served directory, firecrest:// URL of it, environment)`` on the system without staging, with a
+    file above the download limit and one below it."""
+    served = os.path.join(real_firecrest["FIRECREST_FS_ROOT"], f"real-peers-fixes-{secrets.token_hex(4)}")
+    os.makedirs(served)
+    with open(os.path.join(served, "big.bin"), "wb") as handle:
+        handle.write(os.urandom(6 * MIB))
+    with open(os.path.join(served, "small.bin"), "wb") as handle:
+        handle.write(os.urandom(MIB + 1))
+    env = {name: real_firecrest[name] for name in CONNECTION}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield served, f"firecrest://{real_firecrest['FIRECREST_SYSTEM']}{served}", env
+    finally:
+        shutil.rmtree(served, ignore_errors=True)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def system_health(real_firecrest, name):  # noqa: F811
+    """``{service type: healthy}`` of system ``name`` as ``GET /status/systems`` reports it."""
+    token = requests.post(real_firecrest["AUTH_TOKEN_URL"], timeout=30, data={
+        "grant_type": "client_credentials", "client_id": real_firecrest["FIRECREST_CLIENT_ID"],
+        "client_secret": real_firecrest["FIRECREST_CLIENT_SECRET"]}).json()["access_token"]
+    reply = requests.get(f"{real_firecrest['FIRECREST_URL']}/status/systems", timeout=30,
+                         headers={"Authorization": f"Bearer {token}"})
+    assert reply.status_code == 200, f"/status/systems answered {reply.status_code}"
+    system = next(item for item in reply.json()["systems"] if item["name"] == name)
+    return {service["serviceType"]: service["healthy"] for service in system["servicesHealth"]}
+
+
+def test_read_above_the_download_limit_fails_fast_with_efbig(cluster):
+    served, url, _ = cluster
+    with fs.open_fs(url) as remote:
+        assert sha256(remote.readbytes("small.bin")) == sha256(open(os.path.join(served, "small.bin"), "rb").read())
+        started = time.monotonic()
+        with pytest.raises(OSError) as refused:
+            remote.readbytes("big.bin")
+        elapsed = time.monotonic() - started
+    assert elapsed < 2, f"the refusal took {elapsed:.1f} s"
+    message = str(refused.value)
+    assert "3932157 bytes" in message and "no staging" in message, message
+
+
+def test_mount_read_above_the_limit_is_efbig_at_once(cluster, tmp_path):
+    served, url, env = cluster
+    with mounted(url, tmp_path / "mnt", env=env) as mountpoint:
+        started = time.monotonic()
+        result = subprocess.run(["cat", os.path.join(mountpoint, "big.bin")], capture_output=True, timeout=60)
+        elapsed = time.monotonic() - started
+        small = subprocess.run(["cat", os.path.join(mountpoint, "small.bin")], capture_output=True, timeout=60)
+    assert result.returncode != 0 and os.strerror(errno.EFBIG) in result.stderr.decode(), result.stderr
+    assert elapsed < 2, f"the refusal took {elapsed:.1f} s"
+    assert sha256(small.stdout) == sha256(open(os.path.join(served, "small.bin"), "rb").read())
+
+
+def test_cp_and_info_say_it_up_front(cluster, tmp_path):
+    served, url, env = cluster
+    info = hpcfs("info", url, env=env).stdout
+    assert "staging: no staging: files above 3932157 bytes cannot be read" in info, info
+    started = time.monotonic()
+    download = hpcfs("cp", f"{url}/big.bin", str(tmp_path / "big.bin"), env=env, check=False)
+    assert time.monotonic() - started < 10  # the CLI's own start-up included
+    assert download.returncode != 0 and "Traceback" not in download.stderr
+    assert "big.bin" in download.stderr and "no staging" in download.stderr and "3.7 MiB" in download.stderr
+    assert not (tmp_path / "big.bin").exists()
+    with open(tmp_path / "large", "wb") as handle:
+        handle.write(os.urandom(5 * MIB + 1))
+    upload = hpcfs("cp", str(tmp_path / "large"), f"{url}/large", env=env, check=False)
+    assert upload.returncode != 0 and "Traceback" not in upload.stderr
+    assert "no staging" in upload.stderr and "5.0 MiB" in upload.stderr, upload.stderr
+    assert not os.path.exists(os.path.join(served, "large"))
+
+
+def test_a_burst_of_too_large_reads_leaves_the_server_healthy(cluster, real_firecrest):  # noqa: F811
+    _, url, _ = cluster
+    with fs.open_fs(url) as remote:
+        assert remote.getinfo("big.bin", ["details"]).size == 6 * MIB  # readers look first, as ls or open do
+
+        def read_big(_):
+            started = time.monotonic()
+            try:
+                remote.readbytes("big.bin")
+            except OSError as exc:
+                return exc.errno, time.monotonic() - started
+            return None, time.monotonic() - started
+
+        with ThreadPoolExecutor(32) as pool:
+            outcomes = list(pool.map(read_big, range(32)))
+    assert {code for code, _ in outcomes} == {errno.EFBIG}
+    assert max(elapsed for _, elapsed in outcomes) < 10
+    assert all(system_health(real_firecrest, real_firecrest["FIRECREST_SYSTEM"]).values())
