@@ -106,6 +106,18 @@ def test_a_server_time_out_is_repeated_once_and_never_for_a_change(server):
     assert server.requests == 3
 
 
+def test_a_request_that_timed_out_is_repeated_once_and_never_for_a_change(server):
+    fresh(server)
+    server.hold = 0.5
+    session = net.new_session()
+    with pytest.raises(errors.TimedOut):
+        net.send(session, "GET", server.url, timeout=0.2)
+    assert server.requests == 2
+    with pytest.raises(errors.TimedOut):
+        net.send(session, "POST", server.url, idempotent=False, timeout=0.2)
+    assert server.requests == 3
+
+
 def test_the_breaker_fails_fast_while_the_server_is_unhealthy_then_closes(server):
     policy = fresh(server, breaker_threshold=3, breaker_cooldown=1.0)
     server.statuses = [503] * 100

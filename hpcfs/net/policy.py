@@ -148,8 +148,9 @@ def send(session: requests.Session, method: str, url: str, *, idempotent: bool =
                 started = time.monotonic()  # after waiting for a slot: only the server's time counts
                 response = session.request(method, url, timeout=timeout, **kwargs)
         except requests.RequestException as exc:
-            # not a mark against the server's health: callers set short time-outs on purpose
-            slow_failures += time.monotonic() - started >= policy.slow
+            # A time-out is slow by definition (repeated once at most), yet no mark against the server's
+            # health: callers set short time-outs on purpose.
+            slow_failures += isinstance(exc, requests.Timeout) or time.monotonic() - started >= policy.slow
             if (last_try or not idempotent or slow_failures > 1 or _not_listening(exc)
                     or not _wait_to_retry(policy, attempt, deadline)):
                 raise transport_error(exc, what, url, timeout, path) from None

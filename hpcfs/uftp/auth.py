@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Union
 from urllib.parse import urlsplit
 
-import requests
-
-from .. import errors
+from .. import errors, net
 
 JWT_LIFETIME = 300  # seconds, as pyunicore and pyuftp issue them
 
@@ -181,9 +179,7 @@ class AuthClient:
         self.server_name = self.auth_url.rsplit("/rest/auth/", 1)[1]
         self.credential = credential
         self.timeout = timeout
-        self._http = requests.Session()
-        # Passed with every request: a Session's own ``verify`` loses to REQUESTS_CA_BUNDLE in the environment.
-        self._verify = verify
+        self._http = net.new_session(verify)
 
     def __repr__(self):
         return f"<AuthClient {self.auth_url} {self.credential!r}>"
@@ -218,27 +214,18 @@ class AuthClient:
 
     def _request(self, method: str, url: str, **kwargs) -> Dict:
         headers = {"Authorization": self.credential.header(), "Accept": "application/json"}
-        try:
-            response = self._http.request(method, url, headers=headers, timeout=self.timeout, verify=self._verify,
-                                          **kwargs)
-        except requests.exceptions.SSLError:
-            raise errors.Unavailable(f"TLS verification failed for {_host_of(url)}; give the CA with "
-                                     "ca_file=PATH (or HPCFS_CA_FILE), or verify=false") from None
-        except requests.exceptions.Timeout:
-            raise errors.TimedOut(f"the Auth server at {_host_of(url)} did not answer within "
-                                  f"{self.timeout:g} s") from None
-        except requests.exceptions.RequestException as exc:
-            raise errors.Unavailable(f"cannot reach the Auth server at {_host_of(url)}: "
-                                     f"{type(exc).__name__}") from None
+        # a GET is safe to repeat; a POST asks for a new secret, which the server may already have issued
+        response = net.send(self._http, method, url, idempotent=method == "GET", headers=headers,
+                            timeout=self.timeout, what=f"Auth server {method}", **kwargs)
         with response:
             if response.status_code >= 400:
                 raise self._error(response)
             try:
                 body = response.json()
             except ValueError:
-                raise errors.ProtocolError(f"the Auth server at {_host_of(url)} did not answer JSON") from None
+                raise errors.ProtocolError(f"the Auth server at {net.server_of(url)} did not answer JSON") from None
         if not isinstance(body, dict):
-            raise errors.ProtocolError(f"the Auth server at {_host_of(url)} answered unexpected JSON")
+            raise errors.ProtocolError(f"the Auth server at {net.server_of(url)} answered unexpected JSON")
         return body
 
     def _error(self, response) -> errors.HpcfsError:
@@ -264,7 +251,3 @@ class AuthClient:
             if secret:
                 text = text.replace(secret, "***")
         return text
-
-
-def _host_of(url: str) -> str:
-    return url.split("://", 1)[-1].split("/", 1)[0]

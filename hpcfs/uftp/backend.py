@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Union
 
-from .. import errors
+from .. import errors, net
 from ..backend import Backend, Capabilities, Entry, normalize, split
 from .auth import AuthClient, BasicCredential, BearerCredential, SSHKeyCredential, read_token
 from .listing import facts_kind, facts_mode, is_child_name, parse_mlst_reply, parse_stat_reply
@@ -522,7 +522,8 @@ def backend_from_url(parsed, options):
     settings = {**parsed.params, **{k: v for k, v in options.items() if v is not None}}
     auth_url, base_dir = split_auth_path(parsed)
     timeout = float(settings.get("timeout", DEFAULT_TIMEOUT))
-    auth = AuthClient(auth_url, make_credential(parsed, settings), verify=_verify(settings), timeout=timeout)
+    verify = net.parse_verify(settings.get("verify"), settings.get("ca_file"))
+    auth = AuthClient(auth_url, make_credential(parsed, settings), verify=verify, timeout=timeout)
     sessions = _positive_int(settings.get("sessions"))
     try:
         return UFTPBackend(auth, base_dir, sessions=sessions, timeout=timeout), "/"
@@ -572,9 +573,3 @@ def make_credential(parsed, settings):
 def _identity_path(identity: str) -> str:
     path = os.path.expanduser(identity)
     return path if os.path.isabs(path) else os.path.join(os.path.expanduser("~/.uftp"), path)
-
-
-def _verify(settings) -> Union[bool, str]:
-    if str(settings.get("verify", "true")).lower() in ("false", "0", "no", "off"):
-        return False
-    return settings.get("ca_file") or os.environ.get("HPCFS_CA_FILE") or True
