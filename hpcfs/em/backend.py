@@ -22,7 +22,7 @@ import threading
 import time
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
-from .. import errors
+from .. import errors, net
 from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize
 from ..urls import ParsedURL
 from .client import DEFAULT_VOLUME, EMClient, can_upload_name, is_pod_name, seekable_copy
@@ -544,15 +544,8 @@ def _pod_names(settings: dict, path: str) -> List[str]:
     return names
 
 
-def _verify(settings: dict):
-    value = settings.get("verify", True)
-    if isinstance(value, bool):
-        return value
-    return False if str(value).lower() in ("0", "false", "no", "off") else value
-
-
 # What backend_from_url reads from options and the URL query; anything else is a user's typo.
-OPTIONS = {"username", "password", "pods", "tls", "scheme", "verify", "timeout", "upload_timeout", "busy_timeout",
+OPTIONS = {"username", "password", "pods", "tls", "scheme", "verify", "ca_file", "timeout", "upload_timeout", "busy_timeout",
            "busy_backoff", "listing_ttl", "volumes_ttl", "max_upload", "max_files"}
 
 
@@ -583,7 +576,7 @@ def backend_from_url(url: ParsedURL, options: dict):
         f"{scheme}://{host}{':%d' % url.port if url.port else ''}",
         username,
         password,
-        verify=_verify(settings),
+        verify=net.parse_verify(settings.get("verify"), settings.get("ca_file")),
         timeout=_number(settings, "timeout", 60.0),
         upload_timeout=_number(settings, "upload_timeout", 7200.0),
         busy_timeout=_number(settings, "busy_timeout", 120.0),

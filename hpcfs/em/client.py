@@ -22,16 +22,12 @@ import time
 import uuid
 from typing import BinaryIO, Callable, Iterable, List, Optional, Tuple
 
-import requests
-
-from .. import errors
+from .. import errors, net
 
 DEFAULT_VOLUME = "_default"  # the tree's name for the volume used when no pod name is sent
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes (DNS-1123) label
 HTTP_METHODS = ("GET", "POST")
 UNREADABLE_JSON = (ValueError, RecursionError)  # not JSON at all, or nested deeper than the parser goes
-# a reply whose body broke off (shorter than its Content-Length) or cannot be decoded
-BROKEN_REPLY = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
 
 
 def is_pod_name(name: str) -> bool:
@@ -61,7 +57,7 @@ def token_expiry(token: str) -> Tuple[Optional[float], Optional[float]]:
     return (expiry, lifetime) if math.isfinite(lifetime) else (None, None)
 
 
-def describe_failure(response: requests.Response) -> Tuple[str, str]:
+def describe_failure(response: net.Response) -> Tuple[str, str]:
     """``(error code, message)`` from an error body: the API's envelope, DRF's detail, or an HTML page."""
     try:
         body = response.json()
@@ -154,8 +150,7 @@ class EMClient:
         self._password = password
         self.timeout, self.connect_timeout, self.upload_timeout = timeout, connect_timeout, upload_timeout
         self.busy_timeout, self.first_backoff, self.max_backoff = busy_timeout, first_backoff, max_backoff
-        self._session = requests.Session()
-        self._verify = verify  # per request: a session's verify loses to $REQUESTS_CA_BUNDLE
+        self._session = net.new_session(verify)
         self._lock = threading.RLock()  # one request in flight per account: the server says 423 otherwise
         self._access = self._refresh = None
         self._access_renew_at = self._refresh_expiry = None
@@ -193,11 +188,9 @@ class EMClient:
                 for chunk in response.iter_content(1 << 20):
                     sink.write(chunk)
                     received += len(chunk)
-            except requests.Timeout:
-                raise errors.TimedOut(f"download stalled after {received} bytes", where) from None
-            except requests.RequestException as exc:
-                raise errors.ProtocolError(f"download broke off after {received} bytes ({type(exc).__name__})",
-                                           where) from None
+            except net.RequestException as exc:
+                raise net.transport_error(exc, f"download (after {received} bytes)", self.base_url,
+                                          path=where) from None
             finally:
                 response.close()
         return received
@@ -227,7 +220,7 @@ class EMClient:
         self._session.close()
 
     # -- requests ---------------------------------------------------------------------------------------
-    def _query(self, endpoint: str, params: dict, where: str, methods=HTTP_METHODS) -> requests.Response:
+    def _query(self, endpoint: str, params: dict, where: str, methods=HTTP_METHODS) -> net.Response:
         """A read-only call whose method drifted between API versions: try the known one, then the other."""
         preferred = self._methods.get(endpoint, methods[0])
         for method in (preferred,) + tuple(m for m in methods if m != preferred):
@@ -240,7 +233,7 @@ class EMClient:
         raise errors.NotSupported(f"the server refuses both GET and POST on {endpoint}", where)
 
     def _call(self, method: str, endpoint: str, where: str, *, passthrough=(), body: Callable = None,
-              timeout: float = None, **arguments) -> requests.Response:
+              timeout: float = None, **arguments) -> net.Response:
         """One authenticated exchange: renew the token if due, replay once after a 401, retry 423s."""
         with self._lock:
             send = functools.partial(self._send, method, endpoint, where, body=body, timeout=timeout, **arguments)
@@ -264,17 +257,12 @@ class EMClient:
             multipart = body()
             headers["Content-Type"] = multipart.content_type
             arguments["data"] = multipart
-        try:
-            return self._session.request(method, self.base_url + endpoint, headers=headers, verify=self._verify,
-                                         timeout=(self.connect_timeout, timeout or self.timeout), **arguments)
-        except requests.Timeout:
-            raise errors.TimedOut(f"no answer from {self.base_url} within the time-out", where) from None
-        except requests.ConnectionError as exc:
-            raise errors.Unavailable(f"cannot reach {self.base_url}: {type(exc).__name__}", where) from None
-        except BROKEN_REPLY as exc:
-            raise errors.ProtocolError(f"the reply to {endpoint} broke off ({type(exc).__name__})", where) from None
+        # GETs only read; a body built by ``body`` is a stream, so only this client's 423 loop replays it
+        return net.send(self._session, method, self.base_url + endpoint, idempotent=method == "GET",
+                        replayable=body is None, timeout=(self.connect_timeout, timeout or self.timeout),
+                        path=where, what=f"{method} {endpoint}", headers=headers, **arguments)
 
-    def _until_not_busy(self, send: Callable[[], requests.Response], where: str) -> requests.Response:
+    def _until_not_busy(self, send: Callable[[], net.Response], where: str) -> net.Response:
         """Retry ``423 LOCKED`` with exponential back-off and jitter, for at most ``busy_timeout`` seconds."""
         deadline = time.monotonic() + self.busy_timeout
         pause = self.first_backoff
@@ -290,7 +278,7 @@ class EMClient:
             pause = min(pause * 2, self.max_backoff)
 
     @staticmethod
-    def _failure(response: requests.Response, where: str) -> errors.HpcfsError:
+    def _failure(response: net.Response, where: str) -> errors.HpcfsError:
         code, message = describe_failure(response)
         text = f"{message} (HTTP {response.status_code})"
         status = response.status_code
@@ -302,7 +290,7 @@ class EMClient:
         return by_status.get(status, errors.HpcfsError)(text, where)
 
     @staticmethod
-    def _data(response: requests.Response, where: str):
+    def _data(response: net.Response, where: str):
         try:
             body = response.json()
         except UNREADABLE_JSON:
@@ -356,7 +344,7 @@ class EMClient:
         # renew a little early: 30 s, or a quarter of a short lifetime
         self._access_renew_at = None if expiry is None else expiry - min(30.0, max(lifetime, 0.0) / 4)
 
-    def _tokens(self, response: requests.Response) -> dict:
+    def _tokens(self, response: net.Response) -> dict:
         if not 200 <= response.status_code < 300:
             try:
                 raise self._failure(response, "/")

@@ -219,9 +219,9 @@ class FirecrestClient:
         self._staging("POST", url, data=f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode())
 
     def _staging(self, method: str, url: str, **kwargs) -> net.Response:
-        """A presigned URL: no FirecREST headers.  Only GETs are repeated (a part body is a stream)."""
+        """A presigned URL: no FirecREST headers.  A part (PUT) is sent once: its body is a stream."""
         response = net.send(self.session, method, url, idempotent=method == "GET", timeout=self.timeout,
-                            what=f"staging area {method}", **kwargs)
+                            replayable=method != "PUT", what=f"staging area {method}", **kwargs)
         if response.status_code in (200, 204, 206, 416):
             return response
         if response.status_code == 403:

@@ -18,6 +18,7 @@ The loop is written out rather than built on tenacity or urllib3's ``Retry``: it
 shared by all requests to a server (pause, breaker, slots), which those model per request only.  Renewing a
 refused token stays with each protocol (it knows its credentials).
 """
+import dataclasses
 import random
 import threading
 import time
@@ -131,12 +132,13 @@ def _server_key(url: str) -> Tuple[str, str, Optional[int]]:
     return parts.scheme, parts.hostname or "", parts.port
 
 
-def send(session: requests.Session, method: str, url: str, *, idempotent: bool = True, timeout=None,
-         path: Optional[str] = None, what: Optional[str] = None, **kwargs) -> requests.Response:
+def send(session: requests.Session, method: str, url: str, *, idempotent: bool = True, replayable: bool = True,
+         timeout=None, path: Optional[str] = None, what: Optional[str] = None, **kwargs) -> requests.Response:
     """One HTTP request under its server's guard, repeated as the policy allows.  Returns the last
-    response (the caller maps its status); raises hpcfs errors for failures below HTTP."""
+    response (the caller maps its status); raises hpcfs errors for failures below HTTP.  A request whose
+    body is a stream (not ``replayable``) is sent once: a repeat would send what is left of it."""
     guard = guard_for(url)
-    policy = guard.policy
+    policy = guard.policy if replayable else dataclasses.replace(guard.policy, attempts=1)
     what = what or f"{method} {urlsplit(url).path}"
     deadline = time.monotonic() + policy.deadline
     slow_failures = 0
