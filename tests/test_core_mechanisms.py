@@ -251,3 +251,27 @@ def test_writes_slightly_out_of_order_still_stream(uftp_server, make_tree):
     assert len(streamed) >= 8 and observed.writes[-1][0] == "range", observed.writes
     with open(os.path.join(uftp_server.root, "shuffled.bin"), "rb") as stored:
         assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_streamed_file_appears_under_its_name_only_when_complete(uftp_server, make_tree):
+    """Pieces go to a hidden partial name; the real name appears by one rename at close, never truncated."""
+    put(uftp_server, "dir/streamed.bin", 1000)
+    os.chmod(os.path.join(uftp_server.root, "dir/streamed.bin"), 0o750)
+    old = open(os.path.join(uftp_server.root, "dir/streamed.bin"), "rb").read()
+    tree, observed = make_tree()
+    data = os.urandom(20 * BLOCK + 777)
+    handle = tree.open("/dir/streamed.bin", writable=True, truncate=True)
+    for offset in range(0, len(data), 128 << 10):
+        handle.write(offset, data[offset : offset + (128 << 10)])
+    assert len([write for write in observed.writes if write[0] == "range"]) >= 8, "nothing was streamed"
+    stored_path = os.path.join(uftp_server.root, "dir/streamed.bin")
+    with open(stored_path, "rb") as stored:
+        assert stored.read() == old, "the streamed upload wrote into the real name"
+    partials = [name for name in os.listdir(os.path.join(uftp_server.root, "dir")) if name != "streamed.bin"]
+    assert len(partials) == 1 and partials[0].startswith(".streamed.bin.hpcfs-partial-"), partials
+    handle.release()
+    assert os.listdir(os.path.join(uftp_server.root, "dir")) == ["streamed.bin"]
+    with open(stored_path, "rb") as stored:
+        assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert os.stat(stored_path).st_mode & 0o777 == 0o750, "the replaced file lost its permissions"
+

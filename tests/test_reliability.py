@@ -8,7 +8,9 @@ import errno
 import glob
 import hashlib
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -179,6 +181,43 @@ def test_a_failed_upload_keeps_the_data_and_says_where(uftp_server, tmp_path):
     assert spools[0] in log_text, "the log does not say where the data is"
 
 
+@pytest.fixture
+def tiny_spool(tmp_path):
+    """A 2 MiB tmpfs to spool on: a local disk that fills up."""
+    directory = tmp_path / "tiny-spool"
+    directory.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M,mode=700", "tmpfs", str(directory)], check=True)
+    try:
+        yield str(directory)
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def test_a_full_spool_disk_publishes_nothing_and_says_where(service, tmp_path, tiny_spool):
+    """A file the spool could not hold is never uploaded: no truncated file under the real name, the old
+    version untouched, and the error and the log name the spool."""
+    handle, base = service
+    served = os.path.join(handle.root, base.lstrip("/"))
+    old = os.urandom(100_000)
+    with open(os.path.join(served, "kept.bin"), "wb") as stored:
+        stored.write(old)
+    payload = write_random(tmp_path / "big.bin", 5 << 20)
+    with mounted(handle.plain_url("/"), tmp_path / "mnt", env=handle.env,
+                 options=[f"spool_dir={tiny_spool}"]) as mountpoint:
+        view = os.path.join(mountpoint, base.lstrip("/"))
+        for name in ("kept.bin", "new.bin"):
+            result = subprocess.run(["cp", str(payload), os.path.join(view, name)], capture_output=True,
+                                    text=True, timeout=120)
+            assert result.returncode != 0, f"cp onto {name} succeeded with a full spool disk"
+            assert "No space left on device" in result.stderr, result.stderr
+    assert sha256_file(os.path.join(served, "kept.bin")) == digest(old), "the old version was replaced"
+    assert not os.path.exists(os.path.join(served, "new.bin")), "a truncated file was published"
+    assert [name for name in os.listdir(served) if name != "kept.bin"] == [], os.listdir(served)
+    log_text = "".join(open(path).read() for path in glob.glob(str(tmp_path / "state" / "hpcfs" / "*.log")))
+    spools = glob.glob(os.path.join(tiny_spool, "*kept.bin.*"))
+    assert len(spools) == 1 and f"kept in {spools[0]}" in log_text, (spools, log_text[-2000:])
+
+
 def test_a_dropped_data_connection_is_retried_with_correct_bytes(uftp_server, tmp_path):
     data = os.urandom(6 << 20)
     with open(os.path.join(uftp_server.root, "big.bin"), "wb") as handle:
@@ -222,6 +261,46 @@ def test_secrets_stay_out_of_argv_logs_and_errors(uftp_server, tmp_path):
     for text in (verbose.stdout, verbose.stderr, wrong.stderr, logs):
         assert password not in text and "s3cr3t-x" not in text
     assert wrong.returncode == 1
+
+
+def mount_options_of(mountpoint):
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if fields[1] == str(mountpoint):
+                return set(fields[3].split(","))
+    raise AssertionError(f"{mountpoint} is not mounted")
+
+
+def as_nobody(*command):
+    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("sharing", ["allow_other", "allow_root"])
+def test_a_shared_mount_lets_the_kernel_check_permissions(uftp_server, sharing):
+    """allow_other/allow_root without default_permissions would let every local user act with the
+    mounter's remote identity; hpcfs always adds default_permissions."""
+    workdir = tempfile.mkdtemp(prefix="hpcfs-shared-")  # pytest's tmp_path is private to root
+    os.chmod(workdir, 0o755)
+    try:
+        for name, mode in (("private.txt", 0o600), ("public.txt", 0o644)):
+            path = os.path.join(uftp_server.root, name)
+            with open(path, "w") as stored:
+                stored.write(f"{name}\n")
+            os.chmod(path, mode)
+        with mounted(uftp_server.plain_url("/"), os.path.join(workdir, "mnt"), env=uftp_server.env,
+                     options=[sharing]) as mountpoint:
+            assert "default_permissions" in mount_options_of(mountpoint), mount_options_of(mountpoint)
+            if sharing == "allow_other":
+                public = as_nobody("cat", os.path.join(mountpoint, "public.txt"))
+                assert public.returncode == 0 and public.stdout == "public.txt\n", public.stderr
+                private = as_nobody("cat", os.path.join(mountpoint, "private.txt"))
+                assert private.returncode != 0 and "Permission denied" in private.stderr, private
+                created = as_nobody("touch", os.path.join(mountpoint, "planted.txt"))
+                assert created.returncode != 0 and not os.path.exists(os.path.join(uftp_server.root, "planted.txt"))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_local_servers_listen_on_loopback_only(uftp_server, firecrest_server, em_server):
