@@ -480,3 +480,33 @@ def test_https_with_the_servers_certificate(make_em_server, open_em):
     write(backend, "/pod-a/secure.txt", b"over tls")
     assert read(backend, "/pod-a/secure.txt") == b"over tls"
     assert parse(handle.url()).scheme == "em"
+
+
+# -- transport security -----------------------------------------------------------------------------------
+def test_loopback_hosts_may_use_plain_http(em_server, caplog):
+    """The local server speaks http on 127.0.0.1; by address or as ``localhost`` that needs no option."""
+    for host in ("127.0.0.1", "localhost"):
+        url = em_server.url("/pod-a").replace("@127.0.0.1:", f"@{host}:")
+        backend, _ = open_backend(url)
+        try:
+            assert backend.client.base_url == f"http://{host}:{em_server.server.port}"
+            em_server.server.write_out_of_band("pod-a", "seen.txt", b"over loopback")
+            assert read(backend, "/pod-a/seen.txt") == b"over loopback"
+        finally:
+            backend.close()
+    assert not [record for record in caplog.records if record.name == "hpcfs.em"]
+
+
+@pytest.mark.parametrize("host", ["em.example.org", "10.1.2.3", "[2001:db8::1]"])
+def test_other_hosts_default_to_https_and_http_must_be_asked_for(host, caplog):
+    """The password must not cross a network in clear unless the user says so; nothing is sent here."""
+    plain_host = host.strip("[]")
+    backend, _ = open_backend(f"em://alice:pw@{host}:8443/pod-a")
+    assert backend.client.base_url == f"https://{host}:8443"
+    assert not caplog.records
+    for asked in ({"scheme": "http"}, {"tls": "0"}):
+        caplog.clear()
+        backend, _ = open_backend(f"em://alice:pw@{host}:8443/pod-a", **asked)
+        assert backend.client.base_url == f"http://{host}:8443"
+        warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+        assert len(warnings) == 1 and plain_host in warnings[0] and "unencrypted" in warnings[0], warnings
