@@ -7,11 +7,15 @@ import concurrent.futures
 import errno
 import glob
 import hashlib
+import itertools
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
+import tracemalloc
 
 import pytest
 
@@ -351,3 +355,110 @@ def test_em_tokens_expire_under_a_live_mount(make_em_server, tmp_path):
             handle.server.write_out_of_band(volume, f"file{round_}", b"x")
             time.sleep(2.5)  # access and refresh tokens both expired: a new login is needed
             assert f"file{round_}" in os.listdir(os.path.join(view, volume))
+
+
+# -- hostile or broken servers: memory stays bounded ---------------------------------------------------
+class HostileServer:
+    """A real TCP server on 127.0.0.1 whose ``answer(connection)`` misbehaves; counts the bytes it sent."""
+
+    def __init__(self, answer):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sent = 0
+        self.thread = threading.Thread(target=self._serve, args=(answer,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, answer):
+        connection, _ = self.listener.accept()
+        with connection:
+            try:
+                answer(self, connection)
+            except OSError:  # the client hung up: what the test expects
+                pass
+
+    def send(self, connection, data):
+        connection.sendall(data)
+        self.sent += len(data)
+
+    def close(self):
+        self.listener.close()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the hostile server never saw the client hang up"
+
+
+def endless_listing(server, connection):
+    """UFTPD's login dialogue, then a STAT reply whose lines never end."""
+    control = connection.makefile("rb")
+    server.send(connection, b"220 UFTPD 3.5.3, https://www.unicore.eu\r\n")
+    for line in control:
+        if line.startswith(b"USER"):
+            server.send(connection, b"331 Please specify the password\r\n")
+        elif line.startswith(b"PASS"):
+            server.send(connection, b"230 Login successful\r\n")
+        elif line.startswith(b"FEAT"):
+            server.send(connection, b"211-Features:\r\n211 End\r\n")
+        else:
+            server.send(connection, b"211-Sending listing\r\n")
+            entry = b" -rw-r--r-- 1 0 0 1 Jan 1 00:00 file-with-a-long-name-%08d\r\n"
+            for index in itertools.count():  # "endless": ends only so that a broken client fails, not swaps
+                server.send(connection, b"".join(entry % (index * 64 + n) for n in range(64)))
+                if server.sent > 16 * server.limit:
+                    server.send(connection, b"211 End of listing\r\n")
+                    break
+
+
+def test_an_endless_uftp_reply_is_an_error_not_a_memory_leak(monkeypatch):
+    from hpcfs.uftp import session as uftp_session
+    from hpcfs.uftp.session import ControlSession
+
+    MAX_REPLY = 2 << 20  # the real cap (64 MiB) works the same, only slower under tracemalloc
+    monkeypatch.setattr(uftp_session, "MAX_REPLY", MAX_REPLY, raising=False)
+    server = HostileServer(endless_listing)
+    server.limit = MAX_REPLY
+    tracemalloc.start()
+    try:
+        session = ControlSession("127.0.0.1", server.port, "secret", timeout=10)
+        with pytest.raises(OSError) as raised:
+            session.command("STAT N /")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        session.close()
+        server.close()
+    assert raised.value.errno == errno.EIO and "reply longer than" in str(raised.value), raised.value
+    assert peak < 3 * MAX_REPLY, f"held {peak >> 20} MiB for a reply capped at {MAX_REPLY >> 20} MiB"
+    socket_buffers = 12 << 20  # what the kernel accepts from the server without the client reading
+    assert server.sent < MAX_REPLY + socket_buffers, "the client kept reading past the cap"
+
+
+def range_ignored(server, connection):
+    """An object store that answers every ranged GET with 200 and a 1 GiB body (byte i is i % 251)."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += connection.recv(4096)
+    assert b"Range: bytes=" in request
+    size = 1 << 30
+    server.send(connection, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+    pattern = bytes(index % 251 for index in range(251 * 1024))
+    while server.sent < size:
+        server.send(connection, pattern)
+
+
+def test_a_staging_server_that_ignores_range_is_read_only_up_to_the_range():
+    import requests
+    from hpcfs.firecrest.client import FirecrestClient
+
+    server = HostileServer(range_ignored)
+    client = FirecrestClient("http://127.0.0.1:1", "system", None, requests.Session(), timeout=30)
+    offset, length = 3 * 251 * 1024 + 17, 1 << 20
+    tracemalloc.start()
+    try:
+        data = client.staged_range(f"http://127.0.0.1:{server.port}/bucket/object", offset, length)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        server.close()
+    expected = bytes((offset + index) % 251 for index in range(length))
+    assert digest(data) == digest(expected)
+    assert peak < 8 * length, f"held {peak >> 20} MiB for a 1 MiB range"
+    assert server.sent < 64 << 20, f"read {server.sent >> 20} MiB of a 1 GiB body for a 1 MiB range"
