@@ -5,6 +5,7 @@ import os
 import random
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -275,3 +276,77 @@ def test_a_streamed_file_appears_under_its_name_only_when_complete(uftp_server, 
         assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()
     assert os.stat(stored_path).st_mode & 0o777 == 0o750, "the replaced file lost its permissions"
 
+
+
+# -- mechanisms an audit broke by hand without any test noticing ---------------------------------------
+def test_a_file_changed_on_the_server_is_read_anew_not_from_old_blocks(uftp_server, make_tree):
+    """Blocks are keyed by the file's version: same size, new content and mtime means new bytes."""
+    old = put(uftp_server, "changing.bin", 6 * BLOCK)
+    tree, _ = make_tree(attr_ttl=0.0)
+    assert read_sequentially(tree, "/changing.bin") == hashlib.sha256(old).hexdigest()
+    new = os.urandom(len(old))
+    stored = os.path.join(uftp_server.root, "changing.bin")
+    with open(stored, "wb") as handle:
+        handle.write(new)
+    later = os.stat(stored).st_mtime + 60
+    os.utime(stored, (later, later))
+    assert read_sequentially(tree, "/changing.bin") == hashlib.sha256(new).hexdigest(), "stale blocks served"
+
+
+def test_children_of_a_renamed_or_removed_directory_are_forgotten(uftp_server, make_tree):
+    put(uftp_server, "a/f", 3)
+    put(uftp_server, "a/sub/g", 5)
+    tree, _ = make_tree()
+    tree.listdir("/a")
+    tree.listdir("/a/sub")
+    assert tree.exists("/a/f") and tree.exists("/a/sub/g")
+    tree.rename("/a", "/b")
+    assert not tree.exists("/a/f") and not tree.exists("/a/sub/g") and not tree.exists("/a")
+    assert tree.stat("/b/f").size == 3 and tree.stat("/b/sub/g").size == 5
+    tree.remove("/b/sub/g")
+    tree.rmdir("/b/sub")
+    assert not tree.exists("/b/sub/g") and not tree.exists("/b/sub")
+    assert [entry.name for entry in tree.listdir("/b")] == ["f"]
+
+
+@pytest.mark.parametrize("max_files, max_upload, uploads", [(100, 1 << 20, 2), (100, 30_000, 5)])
+def test_renaming_a_directory_on_em_respects_the_upload_batching(make_em_server, max_files, max_upload, uploads):
+    """EM has no rename: 150 files move in uploads of at most max_files files and max_upload bytes (the
+    server enforces both, and the request log counts the calls)."""
+    handle = make_em_server(max_files=max_files, max_upload=max_upload)
+    files = {f"f{index:03}.bin": os.urandom(1000) for index in range(150)}
+    for name, data in files.items():
+        handle.server.write_out_of_band("pod-a", f"dir/{name}", data)
+    backend, root = open_backend(handle.url("/"), max_files=str(max_files), max_upload=str(max_upload))
+    tree = RemoteTree(backend, root, CoreOptions())
+    try:
+        handle.log.reset()
+        tree.rename("/pod-a/dir", "/pod-a/moved")
+    finally:
+        tree.close()
+    assert handle.log.counts["files/uplink"] == uploads
+    moved = os.path.join(handle.root, "pod-a", "moved")
+    assert sorted(os.listdir(moved)) == sorted(files)
+    for name, data in files.items():
+        with open(os.path.join(moved, name), "rb") as stored:
+            assert hashlib.sha256(stored.read()).digest() == hashlib.sha256(data).digest(), name
+    assert not os.path.exists(os.path.join(handle.root, "pod-a", "dir"))
+
+
+def test_a_presigned_url_that_expired_mid_read_is_staged_again(firecrest_server):
+    data = os.urandom(6 << 20)
+    with open(os.path.join(firecrest_server.root, "big.bin"), "wb") as handle:
+        handle.write(data)
+    backend, root = open_backend(firecrest_server.url("/"))
+    backend.recheck = 600.0  # trust the staged copy: only the URL's expiry may cause a second staging
+    firecrest_server.knobs.extra["staging_ttl"] = 1
+    tree = RemoteTree(backend, root, CoreOptions(block_size=BLOCK, readahead=BLOCK, cache_size=4 * BLOCK))
+    try:
+        handle = tree.open("/big.bin")
+        first = handle.read(0, 2 * BLOCK)
+        time.sleep(2.5)  # the URL (issued to the second, valid 1 s) has expired
+        rest = b"".join(handle.read(offset, BLOCK) for offset in range(2 * BLOCK, len(data), BLOCK))
+    finally:
+        tree.close()
+    assert hashlib.sha256(first + rest).digest() == hashlib.sha256(data).digest()
+    assert firecrest_server.log.total("POST /filesystem/{system_name}/transfer/download") == 2
