@@ -350,6 +350,7 @@ def test_requests_of_one_account_never_overlap(em_server, open_em):
         thread.start()
     for thread in threads:
         thread.join(20)
+    assert not any(thread.is_alive() for thread in threads), "a request hung"
     assert not failures and em_server.server.statuses[423] == 0
     assert em_server.log.counts["files/downlink"] == 9
 
@@ -364,6 +365,7 @@ def test_another_client_of_the_account_makes_us_wait(em_server, open_em):
     time.sleep(0.2)
     assert backend.list("/pod-a") == []  # got 423 while the other upload ran, then succeeded
     uploading.join(10)
+    assert not uploading.is_alive(), "the other upload hung"
     other.close()
     assert em_server.server.statuses[423] >= 1 and disk(em_server, "pod-b", "slow.bin") == b"slow"
 
