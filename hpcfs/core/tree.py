@@ -123,8 +123,8 @@ class RemoteTree:
     def upload(self, path, source, size, replaced_mode=None):
         """Send a whole file.  Where the server renames instantly it goes to a hidden partial name first
         and is renamed onto ``path`` only once complete, so a failed upload never replaces or creates
-        ``path``.  Elsewhere (FirecREST, EM) the server writes a file only once the request's whole body
-        has arrived, so the real name is written directly."""
+        ``path``.  Elsewhere (FirecREST: rename is a job; EM: a copy) that costs too much for every close:
+        the real name is written directly, by one request or a staged upload the server completes."""
         limit = self.capabilities.max_upload
         if limit is not None and size > limit:
             raise errors.TooLarge(f"file of {size} bytes exceeds the server's upload limit of {limit}", path)
