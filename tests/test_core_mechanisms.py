@@ -159,7 +159,24 @@ def test_sequential_reads_keep_several_blocks_in_flight(uftp_server, make_tree):
     assert observed.peak >= 2, "readahead never had two blocks in flight"
     offsets = sorted(offset for _, offset, _ in observed.reads)
     assert offsets == [index * BLOCK for index in range(25)], "each block fetched exactly once, block-aligned"
-    assert all(length == BLOCK for _, offset, length in observed.reads if offset < 24 * BLOCK)
+    assert all(length == min(BLOCK, len(data) - offset) for _, offset, length in observed.reads)
+
+
+def test_readahead_asks_for_the_next_block_at_once_and_serves_later_reads_from_cache(uftp_server, make_tree):
+    data = put(uftp_server, "ahead.bin", 6 * BLOCK)
+    tree, observed = make_tree(readahead=4 * BLOCK, cache_size=16 * BLOCK)
+    handle = tree.open("/ahead.bin")
+    assert handle.read(0, 4096) == data[:4096]
+    deadline = time.monotonic() + 30
+    while len(observed.reads) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (BLOCK, BLOCK) in {(offset, length) for _, offset, length in observed.reads}, observed.reads
+    assert read_sequentially(tree, "/ahead.bin") == hashlib.sha256(data).hexdigest()
+    fetched = len(observed.reads)
+    rng = random.Random(11)
+    for offset in (rng.randrange(len(data) - 4096) for _ in range(50)):  # random, but every block is cached
+        assert handle.read(offset, 4096) == data[offset : offset + 4096]
+    assert len(observed.reads) == fetched, "a random read of cached blocks went to the server"
 
 
 def test_random_reads_fetch_only_what_they_ask_for(uftp_server, make_tree):
