@@ -6,8 +6,8 @@ parallel pieces.  A new file written from start to end on a backend with in-plac
 instead: pieces go out while the writer is still writing.  Uploads go to a hidden partial name and are
 renamed onto the real one when complete, where the server renames instantly (see RemoteTree.upload).  If
 the upload fails, or a write into the spool failed (local disk full), nothing is published, the spool is
-kept and the error says where, so written data is never lost and a truncated file never replaces a good one.  Two writers of one file each have their own spool; the
-last one to close wins, as with NFS.
+kept and the error says where: written data is never lost and a truncated file never replaces a good one.
+Two writers of one file each have their own spool; the last one to close wins, as with NFS.
 """
 import collections
 import errno
@@ -202,8 +202,8 @@ class StreamedUpload:
     """Sends a file written from start to end in pieces while it is still being written.
 
     Used for new or truncated files on backends that write in place (``write_range``) and rename instantly:
-    the pieces go to a hidden partial name, renamed onto the real one once the file is complete.  Writes may arrive
-    slightly out of order (the kernel hands one large write to several FUSE threads), so what counts is the
+    the pieces go to a hidden partial name, renamed onto the real one once the file is complete.  Writes may
+    arrive slightly out of order (the kernel hands one large write to several FUSE threads), so what counts is the
     *prefix*: the bytes written without a gap from the start.  The partial file is created empty when the
     first piece is due; complete pieces of the prefix then go out in parallel, at most ``max_parallel`` at
     once (the writer waits, so memory stays bounded); the flush sends the tail.  A write into bytes already
