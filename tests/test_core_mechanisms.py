@@ -5,6 +5,8 @@ import os
 import random
 import subprocess
 import threading
+import time
+import tracemalloc
 
 import pytest
 
@@ -77,6 +79,16 @@ def put(uftp_server, name, size):
     return data
 
 
+def listed_tree(uftp_server, make_tree, sizes):
+    """A tree whose cache holds the listings of every directory of ``sizes`` ({path: size}, put on the server)."""
+    for name, size in sizes.items():
+        put(uftp_server, name, size)
+    tree, _ = make_tree()
+    for directory in sorted({os.path.dirname("/" + name) for name in sizes}):
+        tree.listdir(directory)
+    return tree
+
+
 def read_sequentially(tree, path, chunk=128 << 10):
     handle = tree.open(path)
     digest = hashlib.sha256()
@@ -125,6 +137,21 @@ def test_own_writes_update_the_cache_without_a_round_trip(uftp_server, make_tree
         assert stored.read() == b"x" * 1234
 
 
+def test_own_removes_and_recreations_update_the_cache_without_a_round_trip(uftp_server, make_tree):
+    tree = listed_tree(uftp_server, make_tree, {"r/a": 3, "r/b": 4})
+    tree.remove("/r/a")
+    before = uftp_server.log.snapshot()
+    assert [entry.name for entry in tree.listdir("/r")] == ["b"]
+    with pytest.raises(FileNotFoundError):
+        tree.stat("/r/a")
+    assert uftp_server.log.snapshot() == before, "the cache did not know about our own remove"
+    handle = tree.open("/r/a", writable=True, create=True)
+    handle.write(0, b"again")
+    handle.release()
+    assert tree.stat("/r/a").size == 5 and sorted(entry.name for entry in tree.listdir("/r")) == ["a", "b"]
+    assert os.path.getsize(os.path.join(uftp_server.root, "r/a")) == 5
+
+
 def test_sequential_reads_keep_several_blocks_in_flight(uftp_server, make_tree):
     data = put(uftp_server, "seq.bin", 24 * BLOCK + 123)
     tree, observed = make_tree(readahead=8 * BLOCK, cache_size=32 * BLOCK)
@@ -132,7 +159,24 @@ def test_sequential_reads_keep_several_blocks_in_flight(uftp_server, make_tree):
     assert observed.peak >= 2, "readahead never had two blocks in flight"
     offsets = sorted(offset for _, offset, _ in observed.reads)
     assert offsets == [index * BLOCK for index in range(25)], "each block fetched exactly once, block-aligned"
-    assert all(length == BLOCK for _, offset, length in observed.reads if offset < 24 * BLOCK)
+    assert all(length == min(BLOCK, len(data) - offset) for _, offset, length in observed.reads)
+
+
+def test_readahead_asks_for_the_next_block_at_once_and_serves_later_reads_from_cache(uftp_server, make_tree):
+    data = put(uftp_server, "ahead.bin", 6 * BLOCK)
+    tree, observed = make_tree(readahead=4 * BLOCK, cache_size=16 * BLOCK)
+    handle = tree.open("/ahead.bin")
+    assert handle.read(0, 4096) == data[:4096]
+    deadline = time.monotonic() + 30
+    while len(observed.reads) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (BLOCK, BLOCK) in {(offset, length) for _, offset, length in observed.reads}, observed.reads
+    assert read_sequentially(tree, "/ahead.bin") == hashlib.sha256(data).hexdigest()
+    fetched = len(observed.reads)
+    rng = random.Random(11)
+    for offset in (rng.randrange(len(data) - 4096) for _ in range(50)):  # random, but every block is cached
+        assert handle.read(offset, 4096) == data[offset : offset + 4096]
+    assert len(observed.reads) == fetched, "a random read of cached blocks went to the server"
 
 
 def test_random_reads_fetch_only_what_they_ask_for(uftp_server, make_tree):
@@ -157,6 +201,7 @@ def test_readers_of_one_file_share_its_blocks(uftp_server, make_tree):
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a reader hung"
     assert results == [hashlib.sha256(data).hexdigest()] * 8
     assert sum(length for _, _, length in observed.reads) == len(data), "a block was fetched twice"
 
@@ -165,11 +210,16 @@ def test_block_memory_stays_within_the_cache_size(uftp_server, make_tree):
     put(uftp_server, "big.bin", 40 * BLOCK)
     tree, _ = make_tree(readahead=4 * BLOCK, cache_size=8 * BLOCK)
     handle = tree.open("/big.bin")
-    peak = 0
-    for offset in range(0, 40 * BLOCK, 256 << 10):
-        handle.read(offset, 256 << 10)
-        peak = max(peak, len(tree.blocks._blocks) * BLOCK)
-    assert peak <= 8 * BLOCK
+    tracemalloc.start()  # every thread's allocations: the readers' and the block fetchers'
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        held = 0
+        for offset in range(0, 40 * BLOCK, 256 << 10):
+            assert len(handle.read(offset, 256 << 10)) == 256 << 10
+            held = max(held, tracemalloc.get_traced_memory()[0] - baseline)
+    finally:
+        tracemalloc.stop()
+    assert held <= 8 * BLOCK + 2 * BLOCK, f"{held / BLOCK:.1f} MiB held for a cache of 8 MiB"  # 2: a read's own copies
 
 
 def test_two_scans_through_a_small_cache_fetch_each_block_once(uftp_server, make_tree):
@@ -182,6 +232,7 @@ def test_two_scans_through_a_small_cache_fetch_each_block_once(uftp_server, make
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a reader hung"
     assert digests == {"/a.bin": hashlib.sha256(first).hexdigest(), "/b.bin": hashlib.sha256(second).hexdigest()}
     assert sum(length for _, _, length in observed.reads) == 40 * BLOCK, "the scans evicted unread readahead"
 
@@ -251,3 +302,99 @@ def test_writes_slightly_out_of_order_still_stream(uftp_server, make_tree):
     assert len(streamed) >= 8 and observed.writes[-1][0] == "range", observed.writes
     with open(os.path.join(uftp_server.root, "shuffled.bin"), "rb") as stored:
         assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_streamed_file_appears_under_its_name_only_when_complete(uftp_server, make_tree):
+    """Pieces go to a hidden partial name; the real name appears by one rename at close, never truncated."""
+    put(uftp_server, "dir/streamed.bin", 1000)
+    os.chmod(os.path.join(uftp_server.root, "dir/streamed.bin"), 0o750)
+    old = open(os.path.join(uftp_server.root, "dir/streamed.bin"), "rb").read()
+    tree, observed = make_tree()
+    data = os.urandom(20 * BLOCK + 777)
+    handle = tree.open("/dir/streamed.bin", writable=True, truncate=True)
+    for offset in range(0, len(data), 128 << 10):
+        handle.write(offset, data[offset : offset + (128 << 10)])
+    assert len([write for write in observed.writes if write[0] == "range"]) >= 8, "nothing was streamed"
+    stored_path = os.path.join(uftp_server.root, "dir/streamed.bin")
+    with open(stored_path, "rb") as stored:
+        assert stored.read() == old, "the streamed upload wrote into the real name"
+    partials = [name for name in os.listdir(os.path.join(uftp_server.root, "dir")) if name != "streamed.bin"]
+    assert len(partials) == 1 and partials[0].startswith(".streamed.bin.hpcfs-partial-"), partials
+    handle.release()
+    assert os.listdir(os.path.join(uftp_server.root, "dir")) == ["streamed.bin"]
+    with open(stored_path, "rb") as stored:
+        assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert os.stat(stored_path).st_mode & 0o777 == 0o750, "the replaced file lost its permissions"
+
+
+
+# -- mechanisms an audit broke by hand without any test noticing ---------------------------------------
+def test_a_file_changed_on_the_server_is_read_anew_not_from_old_blocks(uftp_server, make_tree):
+    """Blocks are keyed by the file's version: same size, new content and mtime means new bytes."""
+    old = put(uftp_server, "changing.bin", 6 * BLOCK)
+    tree, _ = make_tree(attr_ttl=0.0)
+    assert read_sequentially(tree, "/changing.bin") == hashlib.sha256(old).hexdigest()
+    new = os.urandom(len(old))
+    stored = os.path.join(uftp_server.root, "changing.bin")
+    with open(stored, "wb") as handle:
+        handle.write(new)
+    later = os.stat(stored).st_mtime + 60
+    os.utime(stored, (later, later))
+    assert read_sequentially(tree, "/changing.bin") == hashlib.sha256(new).hexdigest(), "stale blocks served"
+
+
+def test_children_of_a_renamed_or_removed_directory_are_forgotten(uftp_server, make_tree):
+    tree = listed_tree(uftp_server, make_tree, {"a/f": 3, "a/sub/g": 5})
+    assert tree.exists("/a/f") and tree.exists("/a/sub/g")
+    tree.rename("/a", "/b")
+    assert not tree.exists("/a/f") and not tree.exists("/a/sub/g") and not tree.exists("/a")
+    assert tree.stat("/b/f").size == 3 and tree.stat("/b/sub/g").size == 5
+    tree.remove("/b/sub/g")
+    tree.rmdir("/b/sub")
+    assert not tree.exists("/b/sub/g") and not tree.exists("/b/sub")
+    assert [entry.name for entry in tree.listdir("/b")] == ["f"]
+
+
+@pytest.mark.parametrize("max_files, max_upload, uploads", [(100, 1 << 20, 2), (100, 30_000, 5)])
+def test_renaming_a_directory_on_em_respects_the_upload_batching(make_em_server, max_files, max_upload, uploads):
+    """EM has no rename: 150 files move in uploads of at most max_files files and max_upload bytes (the
+    server enforces both, and the request log counts the calls)."""
+    handle = make_em_server(max_files=max_files, max_upload=max_upload)
+    files = {f"f{index:03}.bin": os.urandom(1000) for index in range(150)}
+    for name, data in files.items():
+        handle.server.write_out_of_band("pod-a", f"dir/{name}", data)
+    backend, root = open_backend(handle.url("/"), max_files=str(max_files), max_upload=str(max_upload))
+    tree = RemoteTree(backend, root, CoreOptions())
+    try:
+        handle.log.reset()
+        tree.rename("/pod-a/dir", "/pod-a/moved")
+    finally:
+        tree.close()
+    assert handle.log.counts["files/uplink"] == uploads
+    moved = os.path.join(handle.root, "pod-a", "moved")
+    assert sorted(os.listdir(moved)) == sorted(files)
+    for name, data in files.items():
+        with open(os.path.join(moved, name), "rb") as stored:
+            assert hashlib.sha256(stored.read()).digest() == hashlib.sha256(data).digest(), name
+    assert not os.path.exists(os.path.join(handle.root, "pod-a", "dir"))
+
+
+def test_a_presigned_url_that_expired_mid_read_is_staged_again(firecrest_server):
+    data = os.urandom(6 << 20)
+    with open(os.path.join(firecrest_server.root, "big.bin"), "wb") as handle:
+        handle.write(data)
+    backend, root = open_backend(firecrest_server.url("/"))
+    backend.recheck = 600.0  # trust the staged copy: only the URL's expiry may cause a second staging
+    firecrest_server.knobs.extra["staging_ttl"] = 1
+    stagings = "POST /filesystem/{system_name}/transfer/download"
+    tree = RemoteTree(backend, root, CoreOptions(block_size=BLOCK, readahead=BLOCK, cache_size=4 * BLOCK))
+    try:
+        handle = tree.open("/big.bin")
+        first = handle.read(0, 2 * BLOCK)
+        staged_before = firecrest_server.log.total(stagings)
+        time.sleep(2.5)  # the URL (issued to the second, valid 1 s) has expired
+        rest = b"".join(handle.read(offset, BLOCK) for offset in range(2 * BLOCK, len(data), BLOCK))
+    finally:
+        tree.close()
+    assert hashlib.sha256(first + rest).digest() == hashlib.sha256(data).digest()
+    assert firecrest_server.log.total(stagings) > staged_before, "the rest was read without staging again"

@@ -350,6 +350,7 @@ def test_requests_of_one_account_never_overlap(em_server, open_em):
         thread.start()
     for thread in threads:
         thread.join(20)
+    assert not any(thread.is_alive() for thread in threads), "a request hung"
     assert not failures and em_server.server.statuses[423] == 0
     assert em_server.log.counts["files/downlink"] == 9
 
@@ -364,6 +365,7 @@ def test_another_client_of_the_account_makes_us_wait(em_server, open_em):
     time.sleep(0.2)
     assert backend.list("/pod-a") == []  # got 423 while the other upload ran, then succeeded
     uploading.join(10)
+    assert not uploading.is_alive(), "the other upload hung"
     other.close()
     assert em_server.server.statuses[423] >= 1 and disk(em_server, "pod-b", "slow.bin") == b"slow"
 
@@ -480,3 +482,33 @@ def test_https_with_the_servers_certificate(make_em_server, open_em):
     write(backend, "/pod-a/secure.txt", b"over tls")
     assert read(backend, "/pod-a/secure.txt") == b"over tls"
     assert parse(handle.url()).scheme == "em"
+
+
+# -- transport security -----------------------------------------------------------------------------------
+def test_loopback_hosts_may_use_plain_http(em_server, caplog):
+    """The local server speaks http on 127.0.0.1; by address or as ``localhost`` that needs no option."""
+    for host in ("127.0.0.1", "localhost"):
+        url = em_server.url("/pod-a").replace("@127.0.0.1:", f"@{host}:")
+        backend, _ = open_backend(url)
+        try:
+            assert backend.client.base_url == f"http://{host}:{em_server.server.port}"
+            em_server.server.write_out_of_band("pod-a", "seen.txt", b"over loopback")
+            assert read(backend, "/pod-a/seen.txt") == b"over loopback"
+        finally:
+            backend.close()
+    assert not [record for record in caplog.records if record.name == "hpcfs.em"]
+
+
+@pytest.mark.parametrize("host", ["em.example.org", "10.1.2.3", "[2001:db8::1]"])
+def test_other_hosts_default_to_https_and_http_must_be_asked_for(host, caplog):
+    """The password must not cross a network in clear unless the user says so; nothing is sent here."""
+    plain_host = host.strip("[]")
+    backend, _ = open_backend(f"em://alice:pw@{host}:8443/pod-a")
+    assert backend.client.base_url == f"https://{host}:8443"
+    assert not caplog.records
+    for asked in ({"scheme": "http"}, {"tls": "0"}):
+        caplog.clear()
+        backend, _ = open_backend(f"em://alice:pw@{host}:8443/pod-a", **asked)
+        assert backend.client.base_url == f"http://{host}:8443"
+        warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+        assert len(warnings) == 1 and plain_host in warnings[0] and "unencrypted" in warnings[0], warnings

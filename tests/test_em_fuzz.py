@@ -16,7 +16,8 @@ import shutil
 import time
 
 import pytest
-from fixtures_em import start_em
+import requests
+from fixtures_em import PASSWORD, USER, start_em
 from fuzzing import assert_sane, garbage, json_values, mount_log, reply_bodies, value_or_error
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -125,11 +126,15 @@ def test_listing_replies(service, backend, body):
 
 
 @FUZZ
-@given(statuses, reply_bodies(json_values))
+@given(statuses, reply_bodies(listing_documents))
+@example(500, b'{"message": "Successfully listed files", "data": []}')  # a well-formed body with an error status
 def test_any_status_with_any_body(service, backend, status, body):
     """Error bodies of every shape (the API's envelope, DRF's detail, HTML) give errors of the hierarchy."""
     with garbage(service, "files/list", (status, body)):
-        value_or_error(backend.list, "/pod-a")
+        entries = value_or_error(backend.list, "/pod-a")
+    assert status < 300 or entries is None, f"a {status} reply was taken for a listing"
+    for entry in entries or ():
+        assert_sane(entry)
 
 
 @FUZZ
@@ -147,7 +152,8 @@ def test_login_replies(service, status, body):
     opened, _ = open_backend(service.url("/", **FAST))
     try:
         with garbage(service, "auth", (status, body)):
-            value_or_error(opened.list, "/pod-a")  # a token of any shape is sent as it came; the API refuses it
+            # a token of any shape is sent as it came; the API refuses it: never a listing
+            assert value_or_error(opened.list, "/pod-a") is None, f"a {status} login reply was taken for a login"
     finally:
         opened.close()
 
@@ -160,6 +166,18 @@ def test_each_kind_of_garbage_is_a_protocol_error_naming_the_volume(service, bac
             getattr(backend, call)(path)
     assert failure.value.errno == errno.EIO and str(failure.value).startswith("/pod-a: ")
     assert getattr(backend, call)(path)  # the server answers properly again: so does the backend
+
+
+def test_a_login_reply_with_an_error_status_is_no_login_even_with_valid_tokens(service):
+    honest = requests.post(f"http://127.0.0.1:{service.server.port}/auth/", data={"username": USER, "password": PASSWORD},
+                           timeout=30)
+    assert honest.status_code == 200 and "access" in honest.json()
+    opened, _ = open_backend(service.url("/", **FAST))
+    try:
+        with garbage(service, "auth", (500, honest.content)):
+            assert value_or_error(opened.list, "/pod-a") is None, "a 500 login reply was taken for a login"
+    finally:
+        opened.close()
 
 
 def test_a_garbled_login_is_a_protocol_error(service):

@@ -210,7 +210,8 @@ def test_a_second_request_of_the_account_gets_423_while_one_runs(em_server, raw)
     time.sleep(0.15)
     other = Raw(em_server)
     locked = other.get("/em/files/list")
-    first.join()
+    first.join(30)
+    assert not first.is_alive(), "the first request hung"
     assert locked.status_code == 423 and locked.json()["error"] == "LOCKED"
     assert other.get("/em/files/list").status_code == 200
 

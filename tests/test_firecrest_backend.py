@@ -113,6 +113,7 @@ def test_ranges_are_staged_once_per_version(firecrest_server, backend):
         reader.start()
     for reader in threads:
         reader.join(30)
+    assert not any(reader.is_alive() for reader in threads), "a reader hung"
     assert sha256(b"".join(chunks[o] for o in sorted(chunks))) == sha256(data)
     assert firecrest_server.log.total("POST /filesystem/{system_name}/transfer/download") == 1
     assert firecrest_server.log.total(fc.STAGED_GET) == 6
@@ -353,6 +354,7 @@ def test_session_limit_and_failed_probe(firecrest_server, backend):
         reader.start()
     for reader in readers:
         reader.join(30)
+    assert not any(reader.is_alive() for reader in readers), "a reader hung"
     assert results == [DIRECTORY] * 4 and firecrest_server.log.total(fc.STAT) > 4  # some got 424, retried
     firecrest_server.server.fail_probe()
     with pytest.raises(errors.Busy):

@@ -9,12 +9,14 @@ again, without remounting, once the server answers properly.
 import datetime
 import errno
 import hashlib
+import json
 import os
 import shlex
 import shutil
 
 import pytest
-from fixtures_firecrest import start_firecrest
+import requests
+from fixtures_firecrest import CLIENT_ID, start_firecrest
 from fuzzing import assert_sane, garbage, json_values, mount_log, reply_bodies, value_or_error
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -160,10 +162,14 @@ def test_stat_replies(service, backend, body):
 
 
 @FUZZ
-@given(statuses, reply_bodies(json_values))
+@given(statuses, reply_bodies(ls_documents))
+@example(500, b'{"output": []}')  # a well-formed body with an error status
 def test_any_status_with_any_body(service, backend, status, body):
     with garbage(service, "ops/ls", (status, body)):
-        value_or_error(backend.list, "/d")
+        entries = value_or_error(backend.list, "/d")
+    assert status < 300 or entries is None, f"a {status} reply was taken for a listing"
+    for entry in entries or ():
+        assert_sane(entry)
 
 
 @FUZZ
@@ -173,8 +179,18 @@ def test_system_list_replies(service, body):
     'no such system'), never a crash."""
     with garbage(service, "status/systems", body):
         opened = value_or_error(open_backend, service.url("/"), expected=(errors.HpcfsError, errors.UsageError))
-    if opened is not None:
+    if opened is not None:  # only a list that names the system may open it
         opened[0].close()
+        assert service.server.system in systems_named(body), "a system list without the system was taken for one"
+
+
+def systems_named(body: bytes) -> list:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return []
+    systems = document.get("systems") if isinstance(document, dict) else None
+    return [system.get("name") for system in systems if isinstance(system, dict)] if isinstance(systems, list) else []
 
 
 @FUZZ
@@ -183,8 +199,24 @@ def test_system_list_replies(service, body):
 def test_token_replies(service, status, body):
     with garbage(service, "token", (status, body)):
         opened = value_or_error(open_backend, service.url("/"))
-    if opened is not None:  # a token of any shape is sent as it came; the API then refuses it
-        opened[0].close()
+        if opened is not None:  # a token of any shape is sent as it came; the API then refuses it
+            try:
+                assert value_or_error(opened[0].list, "/d") is None, f"a {status} token reply was taken for a token"
+            finally:
+                opened[0].close()
+
+
+def test_a_token_reply_with_an_error_status_is_no_token_even_with_a_valid_one(service):
+    honest = requests.post(service.server.token_url, timeout=30, data={
+        "grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": service.secret})
+    assert honest.status_code == 200 and "access_token" in honest.json()
+    with garbage(service, "token", (500, honest.content)):
+        opened = value_or_error(open_backend, service.url("/"))
+        if opened is not None:
+            try:
+                assert value_or_error(opened[0].list, "/d") is None, "a 500 token reply was taken for a token"
+            finally:
+                opened[0].close()
 
 
 @pytest.mark.parametrize("kind", GARBAGE_KINDS)

@@ -7,9 +7,15 @@ import concurrent.futures
 import errno
 import glob
 import hashlib
+import itertools
 import os
+import shutil
+import socket
 import subprocess
+import tempfile
+import threading
 import time
+import tracemalloc
 
 import pytest
 
@@ -179,6 +185,43 @@ def test_a_failed_upload_keeps_the_data_and_says_where(uftp_server, tmp_path):
     assert spools[0] in log_text, "the log does not say where the data is"
 
 
+@pytest.fixture
+def tiny_spool(tmp_path):
+    """A 2 MiB tmpfs to spool on: a local disk that fills up."""
+    directory = tmp_path / "tiny-spool"
+    directory.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M,mode=700", "tmpfs", str(directory)], check=True)
+    try:
+        yield str(directory)
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def test_a_full_spool_disk_publishes_nothing_and_says_where(service, tmp_path, tiny_spool):
+    """A file the spool could not hold is never uploaded: no truncated file under the real name, the old
+    version untouched, and the error and the log name the spool."""
+    handle, base = service
+    served = os.path.join(handle.root, base.lstrip("/"))
+    old = os.urandom(100_000)
+    with open(os.path.join(served, "kept.bin"), "wb") as stored:
+        stored.write(old)
+    payload = write_random(tmp_path / "big.bin", 5 << 20)
+    with mounted(handle.plain_url("/"), tmp_path / "mnt", env=handle.env,
+                 options=[f"spool_dir={tiny_spool}"]) as mountpoint:
+        view = os.path.join(mountpoint, base.lstrip("/"))
+        for name in ("kept.bin", "new.bin"):
+            result = subprocess.run(["cp", str(payload), os.path.join(view, name)], capture_output=True,
+                                    text=True, timeout=120)
+            assert result.returncode != 0, f"cp onto {name} succeeded with a full spool disk"
+            assert "No space left on device" in result.stderr, result.stderr
+    assert sha256_file(os.path.join(served, "kept.bin")) == digest(old), "the old version was replaced"
+    assert not os.path.exists(os.path.join(served, "new.bin")), "a truncated file was published"
+    assert [name for name in os.listdir(served) if name != "kept.bin"] == [], os.listdir(served)
+    log_text = "".join(open(path).read() for path in glob.glob(str(tmp_path / "state" / "hpcfs" / "*.log")))
+    spools = glob.glob(os.path.join(tiny_spool, "*kept.bin.*"))
+    assert len(spools) == 1 and f"kept in {spools[0]}" in log_text, (spools, log_text[-2000:])
+
+
 def test_a_dropped_data_connection_is_retried_with_correct_bytes(uftp_server, tmp_path):
     data = os.urandom(6 << 20)
     with open(os.path.join(uftp_server.root, "big.bin"), "wb") as handle:
@@ -222,6 +265,46 @@ def test_secrets_stay_out_of_argv_logs_and_errors(uftp_server, tmp_path):
     for text in (verbose.stdout, verbose.stderr, wrong.stderr, logs):
         assert password not in text and "s3cr3t-x" not in text
     assert wrong.returncode == 1
+
+
+def mount_options_of(mountpoint):
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if fields[1] == str(mountpoint):
+                return set(fields[3].split(","))
+    raise AssertionError(f"{mountpoint} is not mounted")
+
+
+def as_nobody(*command):
+    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("sharing", ["allow_other", "allow_root"])
+def test_a_shared_mount_lets_the_kernel_check_permissions(uftp_server, sharing):
+    """allow_other/allow_root without default_permissions would let every local user act with the
+    mounter's remote identity; hpcfs always adds default_permissions."""
+    workdir = tempfile.mkdtemp(prefix="hpcfs-shared-")  # pytest's tmp_path is private to root
+    os.chmod(workdir, 0o755)
+    try:
+        for name, mode in (("private.txt", 0o600), ("public.txt", 0o644)):
+            path = os.path.join(uftp_server.root, name)
+            with open(path, "w") as stored:
+                stored.write(f"{name}\n")
+            os.chmod(path, mode)
+        with mounted(uftp_server.plain_url("/"), os.path.join(workdir, "mnt"), env=uftp_server.env,
+                     options=[sharing]) as mountpoint:
+            assert "default_permissions" in mount_options_of(mountpoint), mount_options_of(mountpoint)
+            if sharing == "allow_other":
+                public = as_nobody("cat", os.path.join(mountpoint, "public.txt"))
+                assert public.returncode == 0 and public.stdout == "public.txt\n", public.stderr
+                private = as_nobody("cat", os.path.join(mountpoint, "private.txt"))
+                assert private.returncode != 0 and "Permission denied" in private.stderr, private
+                created = as_nobody("touch", os.path.join(mountpoint, "planted.txt"))
+                assert created.returncode != 0 and not os.path.exists(os.path.join(uftp_server.root, "planted.txt"))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_local_servers_listen_on_loopback_only(uftp_server, firecrest_server, em_server):
@@ -272,3 +355,110 @@ def test_em_tokens_expire_under_a_live_mount(make_em_server, tmp_path):
             handle.server.write_out_of_band(volume, f"file{round_}", b"x")
             time.sleep(2.5)  # access and refresh tokens both expired: a new login is needed
             assert f"file{round_}" in os.listdir(os.path.join(view, volume))
+
+
+# -- hostile or broken servers: memory stays bounded ---------------------------------------------------
+class HostileServer:
+    """A real TCP server on 127.0.0.1 whose ``answer(connection)`` misbehaves; counts the bytes it sent."""
+
+    def __init__(self, answer):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sent = 0
+        self.thread = threading.Thread(target=self._serve, args=(answer,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, answer):
+        connection, _ = self.listener.accept()
+        with connection:
+            try:
+                answer(self, connection)
+            except OSError:  # the client hung up: what the test expects
+                pass
+
+    def send(self, connection, data):
+        connection.sendall(data)
+        self.sent += len(data)
+
+    def close(self):
+        self.listener.close()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the hostile server never saw the client hang up"
+
+
+def endless_listing(server, connection):
+    """UFTPD's login dialogue, then a STAT reply whose lines never end."""
+    control = connection.makefile("rb")
+    server.send(connection, b"220 UFTPD 3.5.3, https://www.unicore.eu\r\n")
+    for line in control:
+        if line.startswith(b"USER"):
+            server.send(connection, b"331 Please specify the password\r\n")
+        elif line.startswith(b"PASS"):
+            server.send(connection, b"230 Login successful\r\n")
+        elif line.startswith(b"FEAT"):
+            server.send(connection, b"211-Features:\r\n211 End\r\n")
+        else:
+            server.send(connection, b"211-Sending listing\r\n")
+            entry = b" -rw-r--r-- 1 0 0 1 Jan 1 00:00 file-with-a-long-name-%08d\r\n"
+            for index in itertools.count():  # "endless": ends only so that a broken client fails, not swaps
+                server.send(connection, b"".join(entry % (index * 64 + n) for n in range(64)))
+                if server.sent > 16 * server.limit:
+                    server.send(connection, b"211 End of listing\r\n")
+                    break
+
+
+def test_an_endless_uftp_reply_is_an_error_not_a_memory_leak(monkeypatch):
+    from hpcfs.uftp import session as uftp_session
+    from hpcfs.uftp.session import ControlSession
+
+    MAX_REPLY = 2 << 20  # the real cap (64 MiB) works the same, only slower under tracemalloc
+    monkeypatch.setattr(uftp_session, "MAX_REPLY", MAX_REPLY, raising=False)
+    server = HostileServer(endless_listing)
+    server.limit = MAX_REPLY
+    tracemalloc.start()
+    try:
+        session = ControlSession("127.0.0.1", server.port, "secret", timeout=10)
+        with pytest.raises(OSError) as raised:
+            session.command("STAT N /")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        session.close()
+        server.close()
+    assert raised.value.errno == errno.EIO and "reply longer than" in str(raised.value), raised.value
+    assert peak < 3 * MAX_REPLY, f"held {peak >> 20} MiB for a reply capped at {MAX_REPLY >> 20} MiB"
+    socket_buffers = 12 << 20  # what the kernel accepts from the server without the client reading
+    assert server.sent < MAX_REPLY + socket_buffers, "the client kept reading past the cap"
+
+
+def range_ignored(server, connection):
+    """An object store that answers every ranged GET with 200 and a 1 GiB body (byte i is i % 251)."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += connection.recv(4096)
+    assert b"Range: bytes=" in request
+    size = 1 << 30
+    server.send(connection, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+    pattern = bytes(index % 251 for index in range(251 * 1024))
+    while server.sent < size:
+        server.send(connection, pattern)
+
+
+def test_a_staging_server_that_ignores_range_is_read_only_up_to_the_range():
+    import requests
+    from hpcfs.firecrest.client import FirecrestClient
+
+    server = HostileServer(range_ignored)
+    client = FirecrestClient("http://127.0.0.1:1", "system", None, requests.Session(), timeout=30)
+    offset, length = 3 * 251 * 1024 + 17, 1 << 20
+    tracemalloc.start()
+    try:
+        data = client.staged_range(f"http://127.0.0.1:{server.port}/bucket/object", offset, length)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        server.close()
+    expected = bytes((offset + index) % 251 for index in range(length))
+    assert digest(data) == digest(expected)
+    assert peak < 8 * length, f"held {peak >> 20} MiB for a 1 MiB range"
+    assert server.sent < 64 << 20, f"read {server.sent >> 20} MiB of a 1 GiB body for a 1 MiB range"

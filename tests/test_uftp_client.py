@@ -566,7 +566,7 @@ def test_backend_is_thread_safe_under_mixed_load(uftp_server, backend, big_file)
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert not failures
+    assert not failures and not any(thread.is_alive() for thread in threads)
     assert backend._pool._live <= backend.capabilities.max_parallel
 
 

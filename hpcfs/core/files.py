@@ -3,11 +3,14 @@
 A file opened for writing gets a spool in the spool directory.  Writes land there; ``flush`` (FUSE flush
 and fsync, Python ``close``) sends the whole spool with one ``write_whole``, which backends may split into
 parallel pieces.  A new file written from start to end on a backend with in-place writes is streamed
-instead: pieces go out while the writer is still writing.  If the upload fails the spool is kept and the
-error says where, so written data is never lost.  Two writers of one file each have their own spool; the
-last one to close wins, as with NFS.
+instead: pieces go out while the writer is still writing.  Uploads go to a hidden partial name and are
+renamed onto the real one when complete, where the server renames instantly (see RemoteTree.upload).  If
+the upload fails, or a write into the spool failed (local disk full), nothing is published, the spool is
+kept and the error says where: written data is never lost and a truncated file never replaces a good one.
+Two writers of one file each have their own spool; the last one to close wins, as with NFS.
 """
 import collections
+import errno
 import io
 import os
 import tempfile
@@ -36,11 +39,12 @@ class RemoteFile:
         self._lock = threading.Lock()  # one upload at a time; spool creation happens once
         self._write_lock = threading.Lock()
         self._stream = None
+        self._spool_failure = None  # the OSError of a write the spool could not take: never publish then
         if writable and (truncate or entry is None):
             self._size = 0
             self._open_spool(copy_existing=False)
             self._changed()  # creating or truncating must reach the server even with no writes
-            if tree.capabilities.ranged_writes:
+            if tree.capabilities.ranged_writes and tree.uploads_via_partial:
                 self._stream = StreamedUpload(tree, path)
 
     @property
@@ -61,7 +65,11 @@ class RemoteFile:
     def write(self, offset, data):
         self._require_writable()
         self._ensure_spool()
-        written = os.pwrite(self._spool_fd, data, offset)
+        try:
+            written = os.pwrite(self._spool_fd, data, offset)
+        except OSError as exc:
+            self._spool_failed(exc)
+            raise
         with self._write_lock:  # FUSE threads may write to one file at once, and not in order
             self._size = max(self._size, offset + written)
             self._changed()
@@ -76,7 +84,11 @@ class RemoteFile:
         if self._spool_fd is None and size == 0:
             self._open_spool(copy_existing=False)
         self._ensure_spool()
-        os.ftruncate(self._spool_fd, size)
+        try:
+            os.ftruncate(self._spool_fd, size)
+        except OSError as exc:
+            self._spool_failed(exc)
+            raise
         self._size = size
         self._changed()
 
@@ -85,13 +97,18 @@ class RemoteFile:
         with self._lock:
             if not self._dirty:
                 return
+            if self._spool_failure is not None:
+                raise self._incomplete_spool_error()
+            replaced_mode = self.entry.mode if self.entry is not None else None
             try:
                 if self._stream is not None and self._stream.finish(self._spool_fd, self._size):
+                    self._stream.publish(replaced_mode)
+                    self._stream = None  # later writes go out as a whole upload
                     self.tree.uploaded(self.path, self._size)
                 else:
                     self._end_streaming()
                     with open(self._spool_path, "rb") as source:
-                        self.tree.upload(self.path, source, self._size)
+                        self.tree.upload(self.path, source, self._size, replaced_mode)
             except errors.HpcfsError as exc:
                 raise type(exc)(
                     f"upload failed ({exc.strerror}); the written data is kept in {self._spool_path}",
@@ -129,6 +146,21 @@ class RemoteFile:
     def _changed(self):
         self._dirty = True
         self._modified = time.time()
+
+    def _spool_failed(self, exc: OSError) -> None:
+        """A write the spool could not take (disk full): the file is incomplete and must never be published."""
+        self._spool_failure = exc
+        with self._write_lock:
+            self._end_streaming()
+
+    def _incomplete_spool_error(self) -> errors.HpcfsError:
+        cause = self._spool_failure
+        kind = errors.NoSpace if cause.errno == errno.ENOSPC else errors.HpcfsError
+        return kind(
+            f"a write into the local spool failed ({cause.strerror}), so nothing was uploaded; "
+            f"what was written is kept in {self._spool_path}",
+            self.path,
+        )
 
     def _end_streaming(self):
         if self._stream is not None:
@@ -169,9 +201,10 @@ class RemoteFile:
 class StreamedUpload:
     """Sends a file written from start to end in pieces while it is still being written.
 
-    Used for new or truncated files on backends that write in place (``write_range``).  Writes may arrive
-    slightly out of order (the kernel hands one large write to several FUSE threads), so what counts is the
-    *prefix*: the bytes written without a gap from the start.  The server's file is created empty when the
+    Used for new or truncated files on backends that write in place (``write_range``) and rename instantly:
+    the pieces go to a hidden partial name, renamed onto the real one once the file is complete.  Writes may
+    arrive slightly out of order (the kernel hands one large write to several FUSE threads), so what counts is the
+    *prefix*: the bytes written without a gap from the start.  The partial file is created empty when the
     first piece is due; complete pieces of the prefix then go out in parallel, at most ``max_parallel`` at
     once (the writer waits, so memory stays bounded); the flush sends the tail.  A write into bytes already
     sent, a gap left at the flush, or a failed piece ends streaming: the flush then sends the whole spool.
@@ -179,7 +212,8 @@ class StreamedUpload:
 
     def __init__(self, tree, path):
         self.tree = tree
-        self.remote = tree.remote_path(path)
+        self.path = path
+        self.remote = tree.partial_remote_path(path)  # renamed onto the real name by publish()
         self.piece_size = 2 * tree.options.block_size
         self.sent = 0  # bytes [0, sent) are handed to the backend
         self.prefix = 0  # bytes [0, prefix) are written, without a gap
@@ -220,13 +254,24 @@ class StreamedUpload:
             return False
         return True
 
+    def publish(self, replaced_mode=None):
+        """Rename the complete upload onto the real name (after a successful ``finish``)."""
+        try:
+            self.tree.publish(self.remote, self.path, replaced_mode)
+        except BaseException:
+            self.tree.discard_partial(self.remote)
+            raise
+
     def stop(self):
-        """Wait for pieces in flight (a late piece must not land after a full upload)."""
+        """Wait for pieces in flight (a late piece must not land after a full upload), then remove the
+        unfinished partial file."""
         while self._pending:
             try:
                 self._pending.popleft().result()
             except errors.HpcfsError:
                 pass
+        if self.started:
+            self.tree.discard_partial(self.remote)
 
     def _send(self, fd, length):
         backend = self.tree.backend

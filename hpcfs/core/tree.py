@@ -5,7 +5,9 @@ front ends' calls into backend calls.  Paths here are absolute inside the tree t
 the URL's path); the backend sees them joined onto ``root``.
 """
 import dataclasses
+import logging
 import posixpath
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,10 @@ from .files import RemoteFile
 from .metacache import MetadataCache
 from .options import CoreOptions
 from .wholefile import WholeFileCache
+
+log = logging.getLogger("hpcfs.core")
+
+PARTIAL_MARK = ".hpcfs-partial-"  # hidden names that uploads go to before they are complete
 
 
 class RemoteTree:
@@ -114,12 +120,49 @@ class RemoteTree:
             return b""
         return self.files.read(self.remote_path(path), entry, offset, size)
 
-    def upload(self, path, source, size):
+    def upload(self, path, source, size, replaced_mode=None):
+        """Send a whole file.  Where the server renames instantly it goes to a hidden partial name first
+        and is renamed onto ``path`` only once complete, so a failed upload never replaces or creates
+        ``path``.  Elsewhere (FirecREST: rename is a job; EM: a copy) that costs too much for every close:
+        the real name is written directly, by one request or a staged upload the server completes."""
         limit = self.capabilities.max_upload
         if limit is not None and size > limit:
             raise errors.TooLarge(f"file of {size} bytes exceeds the server's upload limit of {limit}", path)
-        self.backend.write_whole(self.remote_path(path), source, size)
+        if self.uploads_via_partial:
+            partial = self.partial_remote_path(path)
+            try:
+                self.backend.write_whole(partial, source, size)
+                self.publish(partial, path, replaced_mode)
+            except BaseException:
+                self.discard_partial(partial)
+                raise
+        else:
+            self.backend.write_whole(self.remote_path(path), source, size)
         self.uploaded(path, size)
+
+    @property
+    def uploads_via_partial(self) -> bool:
+        return self.capabilities.rename == "instant"
+
+    def partial_remote_path(self, path: str) -> str:
+        """A fresh hidden name next to ``path`` (same directory, so the final rename is instant)."""
+        directory, name = split(path)
+        return self.remote_path(posixpath.join(directory, f".{name[:200]}{PARTIAL_MARK}{secrets.token_hex(4)}"))
+
+    def publish(self, partial: str, path: str, replaced_mode=None) -> None:
+        """Rename a complete upload onto ``path``; the file it replaces keeps its permission bits."""
+        if replaced_mode is not None and self.capabilities.chmod:
+            self.backend.chmod(partial, replaced_mode & 0o7777)
+        self.backend.rename(partial, self.remote_path(path))
+
+    def discard_partial(self, partial: str) -> None:
+        """Remove an unfinished upload; a failure here only leaves a hidden partial file behind."""
+        try:
+            self.backend.remove(partial)
+        except errors.NotFound:
+            pass
+        except errors.HpcfsError as exc:
+            log.warning("could not remove the unfinished upload %s: %s", partial, exc)
 
     def uploaded(self, path, size):
         """Record a completed upload: new attributes cached, the old version's blocks dropped."""

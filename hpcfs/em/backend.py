@@ -15,6 +15,8 @@ directory either: ``mkdir`` is held here until a file lands in it.  ``rename`` c
 delete); ``rmdir`` checks emptiness on a fresh listing first because the server deletes recursively.
 """
 import datetime
+import ipaddress
+import logging
 import os
 import posixpath
 import tempfile
@@ -26,6 +28,8 @@ from .. import errors, net
 from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize
 from ..urls import ParsedURL
 from .client import DEFAULT_VOLUME, EMClient, can_upload_name, is_pod_name, seekable_copy
+
+log = logging.getLogger("hpcfs.em")
 
 GIB = 1024**3
 DIR_MODE = 0o755
@@ -544,6 +548,30 @@ def _pod_names(settings: dict, path: str) -> List[str]:
     return names
 
 
+def _scheme(settings: dict, host: str) -> str:
+    """https unless asked otherwise; loopback alone defaults to http (nothing leaves the machine)."""
+    if "tls" in settings:
+        scheme = "https" if _flag(settings["tls"]) else "http"
+    else:
+        scheme = str(settings.get("scheme", "http" if _is_loopback(host) else "https")).lower()
+    if scheme not in ("http", "https"):
+        raise errors.UsageError(f"scheme must be http or https, not {scheme!r}")
+    if scheme == "http" and not _is_loopback(host):
+        log.warning("EM API at %s over plain http, as asked: the password and data cross the network "
+                    "unencrypted", host)
+    return scheme
+
+
+def _is_loopback(host: str) -> bool:
+    """By name or address only: resolving the name would trust whoever answers DNS."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # What backend_from_url reads from options and the URL query; anything else is a user's typo.
 OPTIONS = {"username", "password", "pods", "tls", "scheme", "verify", "ca_file", "timeout", "upload_timeout", "busy_timeout",
            "busy_backoff", "listing_ttl", "volumes_ttl", "max_upload", "max_files"}
@@ -552,18 +580,18 @@ OPTIONS = {"username", "password", "pods", "tls", "scheme", "verify", "ca_file",
 def backend_from_url(url: ParsedURL, options: dict):
     """``em://USER[:PASSWORD]@HOST[:PORT]/[POD/path]`` -> ``(EMBackend, root)``.
 
-    http unless ``tls=1`` or ``scheme=https``; ``verify=0`` or a CA file for self-signed servers.  The
+    https, except to a loopback host (127.0.0.0/8, ::1, localhost), where http is the default; plain http
+    to any other host only with ``scheme=http`` or ``tls=0``, and then with a warning (the password would
+    cross the network in clear).  ``verify=0`` or a CA file for self-signed servers.  The
     password comes from the URL, the ``password`` option or ``EM_PASSWORD``; the user from the URL or
     ``EM_USERNAME``.  Extra pod names: ``pods=a,b`` or ``EM_PODS``.  Tuning: ``listing_ttl``,
     ``volumes_ttl``, ``timeout``, ``upload_timeout``, ``busy_timeout`` (total wait on 423), ``busy_backoff``
     (first pause), ``max_upload``, ``max_files``.
     """
     settings = {**url.params, **options}
-    scheme = "https" if _flag(settings.get("tls", "0")) else str(settings.get("scheme", "http")).lower()
-    if scheme not in ("http", "https"):
-        raise errors.UsageError(f"scheme must be http or https, not {scheme!r}")
     if not url.host:
         raise errors.UsageError("em:// URL needs a host: em://USER@HOST:PORT/")
+    scheme = _scheme(settings, url.host)
     username = url.username or settings.get("username") or os.environ.get("EM_USERNAME")
     if not username:
         raise errors.UsageError("no EM API user: put it in the URL (em://USER@HOST/) or set EM_USERNAME")

@@ -199,13 +199,15 @@ class FirecrestClient:
 
     # -- staging area (presigned URLs, no FirecREST headers) -----------------------------------------
     def staged_range(self, url: str, offset: int, length: int) -> bytes:
-        """Bytes ``[offset, offset+length)`` of a staged object; short or empty at its end."""
-        response = self._staging("GET", url, headers={"Range": f"bytes={offset}-{offset + length - 1}"})
-        if response.status_code == 416:
-            return b""
-        if response.status_code == 200:  # a server that ignores Range sends everything
-            return response.content[offset:offset + length]
-        return response.content
+        """Bytes ``[offset, offset+length)`` of a staged object; short or empty at its end.  At most
+        ``length`` bytes are held: a server that ignores ``Range`` (200 and the whole object) is read up to
+        the range's end and the connection dropped."""
+        response = self._staging("GET", url, headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+                                 stream=True)
+        with response:
+            if response.status_code == 416:
+                return b""
+            return _read_span(response, offset if response.status_code == 200 else 0, length)
 
     def staged_stream(self, url: str, sink: BinaryIO):
         net.stream_into(self._staging("GET", url, stream=True), sink, "staged download")
@@ -231,6 +233,27 @@ class FirecrestClient:
 
 class StagingExpired(errors.PermissionDenied):
     """A presigned URL that is no longer valid (its ``ttl`` passed): stage again."""
+
+
+def _read_span(response: net.Response, skip: int, length: int) -> bytes:
+    """``length`` bytes of a streamed body after its first ``skip`` bytes; the rest is never read."""
+    wanted = bytearray()
+    try:
+        for chunk in response.iter_content(1 << 20):
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            wanted += chunk[skip:skip + length - len(wanted)]
+            skip = 0
+            if len(wanted) >= length:
+                break
+    except net.RequestException as exc:
+        raise _broken(f"ranged read (after {len(wanted)} bytes)", exc) from None
+    return bytes(wanted)
+
+
+def _broken(what: str, exc: Exception, path: Optional[str] = None) -> errors.ProtocolError:
+    return errors.ProtocolError(f"{what}: the server's reply broke off ({type(exc).__name__})", path)
 
 
 def _addressable(path: str) -> str:

@@ -244,6 +244,7 @@ def mount(remote_tree, mountpoint, foreground=True, read_only=False, fsname="hpc
         "ro": read_only,
     }
     fuse_options.update(options or {})
+    _require_kernel_permission_checks(fuse_options)
     readahead_kib = int(fuse_options.pop("read_ahead_kb", DEFAULT_KERNEL_READAHEAD_KIB))
     threading.Thread(
         target=_set_kernel_readahead, args=(mountpoint, readahead_kib), name="hpcfs-readahead", daemon=True
@@ -254,6 +255,15 @@ def mount(remote_tree, mountpoint, foreground=True, read_only=False, fsname="hpc
     except RuntimeError as exc:  # libfuse has printed why on stderr; mfusepy only gives its status code
         remote_tree.close()
         raise errors.HpcfsError(f"FUSE could not mount {mountpoint} (libfuse status {exc})") from None
+
+
+def _require_kernel_permission_checks(fuse_options: dict) -> None:
+    """With ``allow_other``/``allow_root`` other local users reach the mount, and every request they make
+    runs with the mounter's remote identity.  ``default_permissions`` makes the kernel check each access
+    against the mode and owner the mount shows first (as sshfs documents), so a file of mode 600 stays
+    the mounter's."""
+    if fuse_options.get("allow_other") or fuse_options.get("allow_root"):
+        fuse_options["default_permissions"] = True
 
 
 def _set_kernel_readahead(mountpoint, kib, wait_seconds=30):

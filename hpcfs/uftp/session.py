@@ -28,6 +28,7 @@ from .listing import Features, Reply, banner_version, ends_reply, passive_addres
 
 QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 MAX_LINE = 1 << 20  # a reply line longer than this is not UFTPD talking
+MAX_REPLY = 64 << 20  # nor a multi-line reply (a listing of about a million names) longer than this
 CHUNK = 1 << 20  # data is moved in pieces of this size
 DRAIN_GRACE = 1.0  # after an early 226, how long to wait for data still in flight
 
@@ -163,8 +164,12 @@ class ControlSession:
         except errors.ProtocolError as exc:
             raise self._lost(str(exc)) from None
         lines = [line]
+        held = len(line)
         while not last:
             line = self._read_line()
+            held += len(line)
+            if held > MAX_REPLY:
+                raise self._lost(f"reply longer than {MAX_REPLY >> 20} MiB", errors.ProtocolError)
             lines.append(line)
             last = ends_reply(code, line)
         return Reply(code, tuple(lines))
