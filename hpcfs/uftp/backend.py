@@ -23,10 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Union
 
 from .. import errors
-from ..backend import Backend, Capabilities, Entry, normalize, split
+from ..backend import Backend, Capabilities, Entry, normalize, read_exactly, split
 from .auth import AuthClient, BasicCredential, BearerCredential, SSHKeyCredential, read_token
 from .listing import facts_kind, facts_mode, is_child_name, parse_mlst_reply, parse_stat_reply
-from .session import CHUNK, ControlSession, SecretRejected, SessionLost
+from .session import ControlSession, SecretRejected, SessionLost
 
 DEFAULT_SESSIONS = 4
 DEFAULT_TIMEOUT = 30.0
@@ -340,7 +340,7 @@ class UFTPBackend(Backend):
         if size > self.large_write:
             self._write_in_pieces(path, remote, source, size)
         else:
-            data = _read_exactly(source, size, path)
+            data = read_exactly(source, size, path)
             self._run(lambda session: session.store(remote, [data] if data else [], size))
         self._sizes.set(path, size)
 
@@ -351,7 +351,7 @@ class UFTPBackend(Backend):
         with ThreadPoolExecutor(self.capabilities.max_parallel, thread_name_prefix="uftp-upload") as pool:
             try:
                 for offset in range(0, size, self.piece_size):
-                    piece = _read_exactly(source, min(self.piece_size, size - offset), path)
+                    piece = read_exactly(source, min(self.piece_size, size - offset), path)
                     in_flight.append(pool.submit(self._write_piece, remote, offset, piece))
                     if len(in_flight) >= self.capabilities.max_parallel:  # bounds memory to a few pieces
                         in_flight.popleft().result()
@@ -459,17 +459,6 @@ class UFTPBackend(Backend):
     def close(self) -> None:
         self._pool.close()
         self._auth.close()
-
-
-def _read_exactly(source, size: int, path: str) -> bytes:
-    chunks, remaining = [], size
-    while remaining:
-        chunk = source.read(min(remaining, CHUNK))
-        if not chunk:
-            raise errors.HpcfsError(f"the source ended {remaining} bytes short of {size}", path)
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
 
 
 def _positive_int(value) -> Optional[int]:

@@ -1,0 +1,82 @@
+"""Nothing lost: ``hpcfs rm`` and ``hpcfs cp`` as a shell user runs them, against the local servers.
+
+Each test is the reproduction of a way an ordinary command destroyed data or misled its user (issue 10,
+"Data loss in ordinary commands" and "Secret sources"; issue 14, resumable uploads and errors that blame
+the right path).  Bytes are compared by sha256.
+"""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from mounting import HPCFS, sha256_file, tree_digests, write_random
+from test_cli import cli, isolated, ok, one_line_error, remote, uftp  # noqa: F401 (fixtures)
+
+
+def make_files(top, count=3):
+    os.makedirs(os.path.join(top, "inner"), exist_ok=True)
+    for index in range(count):
+        write_random(os.path.join(top, f"f{index}.bin"), 1000 + index)
+    write_random(os.path.join(top, "inner", "deep.bin"), 2000)
+    return tree_digests(top)
+
+
+# -- rm -r of a tree's root -----------------------------------------------------------------------------
+def test_rm_recursive_refuses_the_root_of_a_tree_before_removing_anything(cli, remote):
+    top = remote.local()
+    before = make_files(top)
+    root_url = remote.url("/")  # UFTP .../TEST:/, firecrest://SYS/, EM em://HOST/pod-a (a volume)
+    stderr = one_line_error(cli("rm", "-r", remote.url("inner"), root_url, env=remote.env), 1)
+    assert "refusing to remove the root of a tree" in stderr and root_url.rstrip("/") in stderr, stderr
+    assert tree_digests(top) == before  # every child is still there, also the one named before the root
+
+
+def test_rm_recursive_refuses_a_profiles_root(cli, isolated, uftp):
+    before = make_files(uftp.local())
+    config = os.path.join(isolated["XDG_CONFIG_HOME"], "hpcfs", "config.ini")
+    os.makedirs(os.path.dirname(config))
+    with open(config, "w") as handle:
+        handle.write(f"[demo]\nurl = {uftp.url('/')}\n")
+    os.chmod(config, 0o600)
+    stderr = one_line_error(cli("rm", "-r", "demo:/", env=uftp.env), 1)
+    assert "demo:/: refusing to remove the root of a tree" in stderr
+    assert tree_digests(uftp.local()) == before
+
+
+# -- cp onto itself ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arguments, named", [
+    (["s.txt", "."], "'s.txt' and './s.txt' are the same file"),
+    (["s.txt", "s.txt"], "'s.txt' and 's.txt' are the same file"),
+    (["s.txt", "{cwd}/s.txt"], "'s.txt' and '{cwd}/s.txt' are the same file"),
+    (["-r", "sub", "."], "'sub' and './sub' are the same file"),
+    (["-r", "sub", "sub/"], "cannot copy a directory, 'sub', into itself, 'sub/sub'"),
+])
+def test_cp_refuses_to_copy_a_local_file_onto_itself(cli, tmp_path, arguments, named):
+    write_random(tmp_path / "s.txt", 5000)
+    before = make_files(tmp_path / "sub") | {"s.txt": sha256_file(tmp_path / "s.txt")}
+    arguments = [argument.format(cwd=tmp_path) for argument in arguments]
+    stderr = one_line_error(cli("cp", *arguments, cwd=tmp_path), 1)
+    assert stderr == f"hpcfs: {named.format(cwd=tmp_path)}"
+    after = tree_digests(tmp_path / "sub") | {"s.txt": sha256_file(tmp_path / "s.txt")}
+    assert after == before
+    assert sorted(os.listdir(tmp_path)) == ["s.txt", "sub", "xdg"]  # no partial file left either
+
+
+def test_cp_refuses_a_hard_link_onto_itself_inside_a_recursive_copy(cli, tmp_path):
+    before = make_files(tmp_path / "a")
+    os.makedirs(tmp_path / "b" / "a")
+    os.link(tmp_path / "a" / "f0.bin", tmp_path / "b" / "a" / "f0.bin")  # b/a/f0.bin is a/f0.bin
+    stderr = one_line_error(cli("cp", "-r", str(tmp_path / "a"), str(tmp_path / "b"), cwd=tmp_path), 1)
+    assert "are the same file" in stderr and "f0.bin" in stderr
+    assert tree_digests(tmp_path / "a") == before
+
+
+def test_cp_refuses_a_remote_file_onto_itself(cli, remote):
+    before = make_files(remote.local())
+    for arguments in ([remote.url("f0.bin"), remote.url("f0.bin")], [remote.url("f1.bin"), remote.url("")],
+                      ["-r", remote.url("inner"), remote.url("")]):
+        stderr = one_line_error(cli("cp", *arguments, env=remote.env), 1)
+        assert "are the same file" in stderr, stderr
+    assert tree_digests(remote.local()) == before
