@@ -228,7 +228,10 @@ class RemoteSide(Side):
             self.remote_tree.mkdir(path)
 
     def make_link(self, target: str, path: str) -> None:
-        self.remote_tree.symlink(target, path)
+        try:
+            self.remote_tree.symlink(target, path)
+        except errors.InvalidPath as exc:  # e.g. FirecREST takes absolute targets only
+            warn(f"skipping symbolic link '{path}' -> '{target}': the server refused it ({exc.strerror})")
 
     def open_read(self, path, offset=0):
         stream = FileStream(self.remote_tree.open(path))

@@ -80,3 +80,56 @@ def test_cp_refuses_a_remote_file_onto_itself(cli, remote):
         stderr = one_line_error(cli("cp", *arguments, env=remote.env), 1)
         assert "are the same file" in stderr, stderr
     assert tree_digests(remote.local()) == before
+
+
+# -- symbolic links in a local tree ------------------------------------------------------------------------
+def tree_with_links(top):
+    """A tree with a link to a file, a dangling link and a link back to the tree's top (a loop)."""
+    os.makedirs(os.path.join(top, "sub"))
+    write_random(os.path.join(top, "real.bin"), 3000)
+    write_random(os.path.join(top, "sub", "x.bin"), 1000)
+    os.symlink("real.bin", os.path.join(top, "alias.bin"))
+    os.symlink("nowhere", os.path.join(top, "dangling"))
+    os.symlink("..", os.path.join(top, "sub", "loop"))
+    return {"real.bin": sha256_file(os.path.join(top, "real.bin")), "sub": "dir",
+            "sub/x.bin": sha256_file(os.path.join(top, "sub", "x.bin"))}
+
+
+LINKS = {"alias.bin": "real.bin", "dangling": "nowhere", "sub/loop": ".."}
+
+
+def links_below(top):
+    return {os.path.relpath(os.path.join(directory, name), top): os.readlink(os.path.join(directory, name))
+            for directory, dirnames, filenames in os.walk(top) for name in dirnames + filenames
+            if os.path.islink(os.path.join(directory, name))}
+
+
+def test_cp_recursive_copies_symbolic_links_as_links_where_the_destination_has_them(cli, tmp_path, firecrest_server):
+    files = tree_with_links(tmp_path / "d")
+    ok(cli("cp", "-r", str(tmp_path / "d"), str(tmp_path / "local-copy")))
+    assert links_below(tmp_path / "local-copy") == LINKS
+    result = ok(cli("cp", "-r", str(tmp_path / "d"), firecrest_server.plain_url("/"), env=firecrest_server.env))
+    copied = os.path.join(firecrest_server.root, "d")
+    made = links_below(copied)
+    refused = [line for line in result.stderr.splitlines() if "the server refused it" in line]
+    assert len(made) + len(refused) == len(LINKS), result.stderr  # each link made, or one line says why not
+    assert all(LINKS[path] == target for path, target in made.items())
+    assert {path: digest for path, digest in tree_digests(copied).items() if path not in LINKS} == files
+
+
+def test_cp_recursive_skips_symbolic_links_with_a_warning_where_the_destination_has_none(cli, tmp_path, uftp):
+    files = tree_with_links(tmp_path / "d")
+    result = ok(cli("cp", "-r", str(tmp_path / "d"), uftp.url(), env=uftp.env))
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 3 and all(line.startswith("hpcfs: warning: skipping symbolic link") for line in warnings)
+    assert all(any(name in line for line in warnings) for name in LINKS)
+    assert tree_digests(uftp.local("d")) == files
+
+
+def test_cp_recursive_dereference_follows_links_and_stops_at_loops_and_dangling_ones(cli, tmp_path, uftp):
+    files = tree_with_links(tmp_path / "d")
+    result = ok(cli("cp", "-r", "-L", str(tmp_path / "d"), uftp.url(), env=uftp.env, timeout=60))
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 2, warnings
+    assert "dangling" in warnings[0] and "loop" in warnings[1] and "sub/loop" in warnings[1], warnings
+    assert tree_digests(uftp.local("d")) == {**files, "alias.bin": files["real.bin"]}
