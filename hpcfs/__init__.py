@@ -1,6 +1,6 @@
 """hpcfs: remote HPC storage as local file trees."""
+import _signal  # not ``signal``: its enum import alone takes longer than a quick Ctrl-C
 import os
-import signal
 import sys
 
 __version__ = "0.1.0"
@@ -16,4 +16,4 @@ def exit_interrupted(signum, frame):
 # Only the commands (``hpcfs``, ``mount.hpcfs``, ``python -m hpcfs``, during which argv[0] is "-m") catch it
 # this early; a program importing hpcfs keeps its own Ctrl-C.  ``cli.main`` restores Python's handler.
 if os.path.basename(sys.argv[0] if sys.argv else "") in ("hpcfs", "mount.hpcfs", "-m"):
-    signal.signal(signal.SIGINT, exit_interrupted)
+    _signal.signal(_signal.SIGINT, exit_interrupted)

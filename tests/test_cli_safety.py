@@ -7,6 +7,7 @@ the right path).  Bytes are compared by sha256.
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -133,3 +134,61 @@ def test_cp_recursive_dereference_follows_links_and_stops_at_loops_and_dangling_
     assert len(warnings) == 2, warnings
     assert "dangling" in warnings[0] and "loop" in warnings[1] and "sub/loop" in warnings[1], warnings
     assert tree_digests(uftp.local("d")) == {**files, "alias.bin": files["real.bin"]}
+
+
+# -- Ctrl-C -----------------------------------------------------------------------------------------------
+def default_sigint():
+    """Ctrl-C as in an interactive shell: a suite started as a background job would pass on an ignored SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def started_without_site(args, env):
+    """The ``hpcfs`` console script without Python's ``site`` step, which runs the environment's .pth files
+    (here an editable install's finder: 0.1 s on a loaded machine) before any hpcfs code can run.  The
+    installed packages stay importable through PYTHONPATH."""
+    site_packages = next(path for path in sys.path if path.endswith("site-packages"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**env, "PYTHONPATH": os.pathsep.join([root, site_packages])}
+    script = os.path.join(os.path.dirname(sys.executable), "hpcfs")
+    return subprocess.Popen([sys.executable, "-S", script] + args, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint)
+
+
+def interrupted_before_hpcfs_ran(stderr):
+    """A signal can still land in the interpreter's own start (no handler yet: killed; in its first imports:
+    Python's traceback or "Fatal Python error"), which no code of ours can reach; never in the package."""
+    return b"/hpcfs/" not in stderr and b"hpcfs:" not in stderr
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.5])
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(isolated, uftp, delay):
+    uftp.handle.knobs.latency = 2.0  # the command is still running at the last delay
+    process = started_without_site(["ls", uftp.url()], {**isolated, **uftp.env})
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    if delay < 0.1 and interrupted_before_hpcfs_ran(stderr):
+        pytest.skip(f"SIGINT after {delay} s landed before the interpreter ran hpcfs (a loaded machine)")
+    assert (process.returncode, stderr) == (130, b"hpcfs: interrupted\n")
+
+
+def test_ctrl_c_during_a_download_keeps_the_partial_file_and_says_how_to_resume(isolated, uftp, tmp_path):
+    write_random(uftp.local("big.bin"), 24 << 20)
+    uftp.handle.knobs.latency = 0.1
+    destination = tmp_path / "big.bin"
+    partial = tmp_path / ".big.bin.hpcfs-partial"
+    env = {**isolated, **uftp.env}
+    process = subprocess.Popen(HPCFS + ["cp", uftp.url("big.bin"), str(destination)], env=env,
+                               stderr=subprocess.PIPE, preexec_fn=default_sigint)
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    lines = stderr.decode().splitlines()
+    assert process.returncode == 130 and lines[-1] == "hpcfs: interrupted", stderr
+    assert lines[-2] == f"hpcfs: to continue: hpcfs cp --resume {uftp.url('big.bin')} {destination}", stderr
+    assert not destination.exists() and 0 < partial.stat().st_size < 24 << 20
+    uftp.handle.knobs.latency = 0
+    ok(subprocess.run(HPCFS + ["cp"] + lines[-2].split("hpcfs cp ", 1)[1].split(), env=env, capture_output=True, text=True))
+    assert sha256_file(destination) == sha256_file(uftp.local("big.bin")) and not partial.exists()
