@@ -64,8 +64,13 @@ class Cancelled(Exception):
     """Another copy failed or the user pressed Ctrl-C: stop at the next chunk."""
 
 
+_warning_lock = threading.Lock()  # copies run in threads: one warning line must not cut into another
+
+
 def warn(text: str) -> None:
-    print(f"hpcfs: warning: {text}", file=sys.stderr)
+    with _warning_lock:
+        sys.stderr.write(f"hpcfs: warning: {text}\n")
+        sys.stderr.flush()
 
 
 class Side:
