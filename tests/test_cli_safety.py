@@ -192,3 +192,49 @@ def test_ctrl_c_during_a_download_keeps_the_partial_file_and_says_how_to_resume(
     uftp.handle.knobs.latency = 0
     ok(subprocess.run(HPCFS + ["cp"] + lines[-2].split("hpcfs cp ", 1)[1].split(), env=env, capture_output=True, text=True))
     assert sha256_file(destination) == sha256_file(uftp.local("big.bin")) and not partial.exists()
+
+
+# -- errors that name the right path -----------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (we run as root); unmounted afterwards."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_full_local_disk_names_the_path_and_keeps_the_partial_download_for_resume(cli, uftp, small_disk):
+    write_random(uftp.local("big.bin"), 3 << 20)
+    destination = small_disk / "big.bin"
+    stderr = one_line_error(cli("cp", uftp.url("big.bin"), str(destination), env=uftp.env), 1)
+    partial = small_disk / ".big.bin.hpcfs-partial"
+    assert stderr.startswith(f"hpcfs: {destination}: No space left on device"), stderr
+    assert f"kept as {partial}" in stderr and "--resume" in stderr, stderr
+    assert os.listdir(small_disk) == [partial.name] and partial.stat().st_size > 0
+    subprocess.run(["mount", "-o", "remount,size=8M", str(small_disk)], check=True)  # the user made room
+    ok(cli("cp", "--resume", uftp.url("big.bin"), str(destination), env=uftp.env))
+    assert sha256_file(destination) == sha256_file(uftp.local("big.bin")) and os.listdir(small_disk) == ["big.bin"]
+
+
+def test_a_missing_destination_directory_is_named_as_the_destination(cli, uftp, tmp_path):
+    write_random(uftp.local("x.bin"), 1000)
+    local = write_random(tmp_path / "f.bin", 1000)
+    missing = tmp_path / "nonexistent-dir" / "x.bin"
+    stderr = one_line_error(cli("cp", uftp.url("x.bin"), str(missing), env=uftp.env), 1)
+    assert stderr == f"hpcfs: {missing}: destination directory does not exist"
+    stderr = one_line_error(cli("cp", str(local), uftp.url("nodir/sub/"), env=uftp.env), 1)
+    assert stderr == f"hpcfs: {uftp.url('nodir/sub/')}: destination directory does not exist"
+    stderr = one_line_error(cli("cp", str(local), uftp.url("nodir/sub"), env=uftp.env), 1)
+    assert stderr == f"hpcfs: {uftp.url('nodir/sub')}: destination directory does not exist"
+    assert os.listdir(uftp.local()) == ["x.bin"]
+
+
+def test_without_a_password_the_message_suggests_what_the_command_accepts(cli, uftp):
+    for env, user in (({"UFTP_USER": "demo"}, "no password for UFTP user demo"), ({}, "no UFTP credentials")):
+        stderr = one_line_error(cli("ls", uftp.url(), env={"HPCFS_CA_FILE": uftp.env["HPCFS_CA_FILE"], **env}), 2)
+        assert user in stderr and "UFTP_PASSWORD" in stderr and "password_prompt" in stderr, stderr
+        assert "USER:PASSWORD@" not in stderr and "in the URL" not in stderr, stderr

@@ -472,6 +472,8 @@ def _positive_int(value) -> Optional[int]:
 # -- URL -----------------------------------------------------------------------------------------------
 # What backend_from_url reads from options and the URL query; anything else is a user's typo.
 OPTIONS = {"user", "password", "token", "identity", "ca_file", "verify", "timeout", "sessions"}
+# Where a command-line user's password may come from (a password in the URL is refused there: see ps).
+PROFILE_SECRETS = "password_env, password_file, password_command or password_prompt = yes"
 
 
 def backend_from_url(parsed, options):
@@ -520,10 +522,11 @@ def make_credential(parsed, settings):
             raise errors.UsageError("an identity needs a user name: uftp://USER@HOST... or UFTP_USER")
         return SSHKeyCredential(user, _identity_path(identity), password)
     if not user:
-        raise errors.UsageError("no UFTP credentials: give USER:PASSWORD@ in the URL, ?token=, ?identity=, "
-                                "or UFTP_USER with UFTP_PASSWORD")
+        raise errors.UsageError("no UFTP credentials: set UFTP_USER and UFTP_PASSWORD, use a profile "
+                                f"({PROFILE_SECRETS}), or give ?token=@FILE or ?identity=KEY")
     if password is None:
-        raise errors.UsageError(f"no password for UFTP user {user}: put it in the URL or in UFTP_PASSWORD")
+        raise errors.UsageError(f"no password for UFTP user {user}: set UFTP_PASSWORD or use a profile "
+                                f"({PROFILE_SECRETS})")
     return BasicCredential(user, password)
 
 
