@@ -13,7 +13,7 @@ import time
 import pytest
 
 from mounting import HPCFS, sha256_file, tree_digests, write_random
-from test_cli import cli, isolated, ok, one_line_error, remote, uftp  # noqa: F401 (fixtures)
+from test_cli import cli, isolated, ok, one_line_error, remote, uftp, write_config  # noqa: F401 (fixtures)
 
 
 def make_files(top, count=3):
@@ -36,11 +36,7 @@ def test_rm_recursive_refuses_the_root_of_a_tree_before_removing_anything(cli, r
 
 def test_rm_recursive_refuses_a_profiles_root(cli, isolated, uftp):
     before = make_files(uftp.local())
-    config = os.path.join(isolated["XDG_CONFIG_HOME"], "hpcfs", "config.ini")
-    os.makedirs(os.path.dirname(config))
-    with open(config, "w") as handle:
-        handle.write(f"[demo]\nurl = {uftp.url('/')}\n")
-    os.chmod(config, 0o600)
+    write_config(isolated, f"[demo]\nurl = {uftp.url('/')}\n")
     stderr = one_line_error(cli("rm", "-r", "demo:/", env=uftp.env), 1)
     assert "demo:/: refusing to remove the root of a tree" in stderr
     assert tree_digests(uftp.local()) == before
@@ -238,3 +234,47 @@ def test_without_a_password_the_message_suggests_what_the_command_accepts(cli, u
         stderr = one_line_error(cli("ls", uftp.url(), env={"HPCFS_CA_FILE": uftp.env["HPCFS_CA_FILE"], **env}), 2)
         assert user in stderr and "UFTP_PASSWORD" in stderr and "password_prompt" in stderr, stderr
         assert "USER:PASSWORD@" not in stderr and "in the URL" not in stderr, stderr
+
+
+# -- secret sources ---------------------------------------------------------------------------------------
+def test_a_password_command_from_a_config_others_may_change_never_runs(cli, isolated, uftp, tmp_path):
+    ran = tmp_path / "ran"
+    profile = f"[myhpc]\nurl = {uftp.url()}\nuser = demo\npassword_command = touch {ran}; echo test123\n"
+    for mode in (0o666, 0o620):
+        path = write_config(isolated, profile, mode)
+        stderr = one_line_error(cli("ls", "myhpc:/", env={"HPCFS_CA_FILE": uftp.env["HPCFS_CA_FILE"]}), 2)
+        assert stderr == (f"hpcfs: error: {path} says where credentials come from but other users may change it; "
+                          f"run: chmod 600 {path}")
+        assert not ran.exists()
+    write_config(isolated, profile, 0o644)  # readable is fine: the file holds no secret
+    ok(cli("ls", "myhpc:/", env={"HPCFS_CA_FILE": uftp.env["HPCFS_CA_FILE"]}))
+    assert ran.exists()
+
+
+def test_secret_files_must_be_private_and_owned_by_the_user(cli, isolated, uftp, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("abc")
+    token_file.chmod(0o644)
+    stderr = one_line_error(cli("ls", uftp.url() + "?token=@" + str(token_file), env=uftp.env), 2)
+    assert stderr.endswith(f"{token_file} holds credentials but other users may read or change it; "
+                           f"run: chmod 600 {token_file}"), stderr
+    password_file = tmp_path / "password"
+    password_file.write_text(uftp.env["UFTP_PASSWORD"])
+    password_file.chmod(0o600)
+    os.chown(password_file, 65534, 65534)  # nobody's
+    write_config(isolated, f"[myhpc]\nurl = {uftp.url()}\nuser = demo\npassword_file = {password_file}\n", 0o600)
+    stderr = one_line_error(cli("ls", "myhpc:/", env={"HPCFS_CA_FILE": uftp.env["HPCFS_CA_FILE"]}), 2)
+    assert f"{password_file} holds credentials but belongs to another user (uid 65534)" in stderr, stderr
+    os.chown(password_file, os.getuid(), os.getgid())
+    ok(cli("ls", "myhpc:/", env={"HPCFS_CA_FILE": uftp.env["HPCFS_CA_FILE"]}))
+
+
+def test_a_profile_with_two_secret_sources_is_refused(cli, isolated, uftp, tmp_path):
+    password_file = tmp_path / "password"
+    password_file.write_text(uftp.env["UFTP_PASSWORD"])
+    password_file.chmod(0o600)
+    path = write_config(isolated, f"[myhpc]\nurl = {uftp.url()}\nuser = demo\npassword_env = MY_PW\n"
+                                 f"password_file = {password_file}\n", 0o600)
+    stderr = one_line_error(cli("ls", "myhpc:/", env={"MY_PW": "x", **uftp.env}), 2)
+    assert stderr == (f"hpcfs: error: {path}: profile [myhpc] gives its secret twice "
+                      "(password_env and password_file); keep one")
