@@ -278,3 +278,46 @@ def test_a_profile_with_two_secret_sources_is_refused(cli, isolated, uftp, tmp_p
     stderr = one_line_error(cli("ls", "myhpc:/", env={"MY_PW": "x", **uftp.env}), 2)
     assert stderr == (f"hpcfs: error: {path}: profile [myhpc] gives its secret twice "
                       "(password_env and password_file); keep one")
+
+
+# -- resumed uploads --------------------------------------------------------------------------------------
+def test_resume_continues_a_killed_upload_from_its_kept_prefix(cli, isolated, uftp, tmp_path):
+    size = 40 << 20
+    source = write_random(tmp_path / "big.bin", size)
+    partial = uftp.local(".big.bin.hpcfs-partial")
+    uftp.handle.knobs.latency = 0.1
+    process = subprocess.Popen(HPCFS + ["cp", str(source), uftp.url("big.bin")], env={**isolated, **uftp.env},
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (os.path.exists(partial) and os.path.getsize(partial) >= 16 << 20) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()  # a crash: nothing cleans up
+    process.wait(timeout=30)
+    kept = os.path.getsize(partial)
+    assert 16 << 20 <= kept < size and not os.path.exists(uftp.local("big.bin"))
+
+    uftp.handle.knobs.latency = 0
+    uftp.handle.log.reset()
+    ok(cli("cp", "--resume", str(source), uftp.url("big.bin"), env=uftp.env))
+    assert sha256_file(uftp.local("big.bin")) == sha256_file(source) and not os.path.exists(partial)
+    pieces_left = -(-(size - kept) // (4 << 20))
+    assert uftp.handle.log.total("STOR") == pieces_left, (kept, uftp.handle.log.snapshot())  # the prefix stayed
+
+
+def test_resume_sends_again_whole_a_kept_upload_that_differs_from_the_source(cli, uftp, tmp_path):
+    source = write_random(tmp_path / "big.bin", 12 << 20)
+    with open(uftp.local(".big.bin.hpcfs-partial"), "wb") as handle:
+        handle.write(os.urandom(6 << 20))  # not a prefix of the source
+    uftp.handle.log.reset()
+    ok(cli("cp", "--resume", str(source), uftp.url("big.bin"), env=uftp.env))
+    assert sha256_file(uftp.local("big.bin")) == sha256_file(source)
+    assert uftp.handle.log.total("STOR") == 1 + 3  # created empty, then every piece
+
+
+def test_resume_says_when_the_server_cannot_continue_an_upload(cli, firecrest_server, tmp_path):
+    source = write_random(tmp_path / "f.bin", 300_000)
+    with open(os.path.join(firecrest_server.root, "f.bin"), "wb") as handle:
+        handle.write(b"\0" * 1000)
+    result = ok(cli("cp", "--resume", str(source), firecrest_server.plain_url("/f.bin"), env=firecrest_server.env))
+    assert result.stderr == "hpcfs: warning: /f.bin: the server cannot write at an offset; sending the whole file again\n"
+    assert sha256_file(os.path.join(firecrest_server.root, "f.bin")) == sha256_file(source)
