@@ -13,7 +13,13 @@ def exit_interrupted(signum, frame):
     os._exit(130)
 
 
-# Only the commands (``hpcfs``, ``mount.hpcfs``, ``python -m hpcfs``, during which argv[0] is "-m") catch it
-# this early; a program importing hpcfs keeps its own Ctrl-C.  ``cli.main`` restores Python's handler.
-if os.path.basename(sys.argv[0] if sys.argv else "") in ("hpcfs", "mount.hpcfs", "-m"):
+def _is_command() -> bool:
+    """``hpcfs``, ``mount.hpcfs`` or ``python -m hpcfs`` (argv[0] is "-m" while the module is found); a
+    program importing hpcfs keeps its own Ctrl-C."""
+    return os.path.basename(sys.argv[0] if sys.argv else "") in ("hpcfs", "mount.hpcfs", "-m")
+
+
+# Python's own handler is there unless SIGINT came in ignored (a background job): that stays ignored.
+# ``cli.main`` puts Python's handler back once the modules are loaded.
+if _is_command() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
     _signal.signal(_signal.SIGINT, exit_interrupted)

@@ -330,3 +330,19 @@ def test_resume_says_when_the_server_cannot_continue_an_upload(cli, firecrest_se
     result = ok(cli("cp", "--resume", str(source), firecrest_server.plain_url("/f.bin"), env=firecrest_server.env))
     assert result.stderr == "hpcfs: warning: /f.bin: the server cannot write at an offset; sending the whole file again\n"
     assert sha256_file(os.path.join(firecrest_server.root, "f.bin")) == sha256_file(source)
+
+
+def test_an_ignored_sigint_stays_ignored(isolated, uftp):
+    """A background job (``hpcfs ... &`` in a script) inherits SIGINT ignored; hpcfs must not take it back."""
+    uftp.handle.knobs.latency = 1.0
+
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    process = subprocess.Popen(HPCFS + ["ls", uftp.url()], env={**isolated, **uftp.env}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, preexec_fn=ignore_sigint)
+    for delay in (0.1, 0.5, 1.0):
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert (process.returncode, stderr) == (0, b"")
