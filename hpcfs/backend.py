@@ -64,6 +64,9 @@ class Capabilities:
     # Whether a file's listing may lag behind its upload (FirecREST, EM): the core then trusts its own
     # record of what it wrote rather than a listing taken right after.
     eventual_listing: bool = False
+    # How many levels below the root hold directories the user cannot remove through hpcfs (EM volumes: 1);
+    # `hpcfs rm -r` refuses them as it refuses the root itself.
+    fixed_levels: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -159,3 +162,15 @@ def split(path: str):
     """``(parent, name)`` of a normalized path; the root's parent is itself."""
     parent, name = posixpath.split(path)
     return parent or "/", name
+
+
+def read_exactly(source: BinaryIO, size: int, path: str) -> bytes:
+    """``size`` bytes from ``source`` (whose reads may come short); an error naming ``path`` if it ends first."""
+    chunks, remaining = [], size
+    while remaining:
+        chunk = source.read(min(remaining, 1 << 20))
+        if not chunk:
+            raise errors.HpcfsError(f"the source ended {remaining} bytes short of {size}", path)
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)

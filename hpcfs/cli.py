@@ -10,16 +10,18 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
 import warnings
 
-from . import __version__, errors
-from .transfer import copy_paths, format_size
+from . import __version__, errors, exit_interrupted
+from .backend import normalize
 from .core import check_options
 from .targets import Target, Trees, refuse_secret_options, resolve, tree_for
+from .transfer import copy_paths, format_size
 
 FUSE_OPTIONS = {
     "allow_other", "allow_root", "default_permissions", "direct_io", "kernel_cache", "auto_cache",
@@ -32,11 +34,12 @@ MOUNT_WAIT_SECONDS = 60
 
 
 def main(argv=None):
-    parser = _parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
-    warnings.showwarning = _one_line_warning
+    args = None
     try:
+        args = _parser().parse_args(argv)
+        _interruptible()
+        _configure_logging(args.verbose)
+        warnings.showwarning = _one_line_warning
         return args.run(args) or 0
     except errors.UsageError as exc:
         print(f"hpcfs: error: {exc}", file=sys.stderr)
@@ -51,10 +54,17 @@ def main(argv=None):
         print("hpcfs: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: still one line unless asked for details
-        if args.verbose:
+        if getattr(args, "verbose", False):
             raise
         print(f"hpcfs: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --verbose)", file=sys.stderr)
         return 1
+
+
+def _interruptible():
+    """From here on Ctrl-C raises KeyboardInterrupt, so that a copy stops its threads and keeps its partial
+    files; until now (loading the modules) hpcfs/__init__.py's handler exited at once."""
+    if signal.getsignal(signal.SIGINT) is exit_interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # -- mount ------------------------------------------------------------------------------------------------
@@ -236,6 +246,9 @@ def _make_parents(remote_tree, path):
 def cmd_rm(args):
     targets = [resolve(path) for path in args.paths]
     with Trees() as trees:
+        for target in targets:  # refuse every root before removing anything, as rm --preserve-root does
+            if args.recursive and is_tree_root(trees.get(target), target.path):
+                raise errors.PermissionDenied("refusing to remove the root of a tree", target.display)
         for target in targets:
             remote_tree = trees.get(target)
             if remote_tree.stat(target.path).is_dir:
@@ -256,14 +269,25 @@ def _remove_tree(remote_tree, path):
     remote_tree.rmdir(path)
 
 
+def is_tree_root(remote_tree, path):
+    """The root of the tree, or one of the fixed directories below it (EM volumes)."""
+    depth = len([part for part in normalize(path).split("/") if part])
+    return depth <= remote_tree.capabilities.fixed_levels
+
+
 def cmd_cp(args):
     sources = [resolve(path, local_ok=True) for path in args.sources]
     destination = resolve(args.destination, local_ok=True)
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    copy_paths(
-        sources, destination, recursive=args.recursive, resume=args.resume,
-        parallel=args.parallel, progress=show_progress,
-    )
+    try:
+        copy_paths(
+            sources, destination, recursive=args.recursive, resume=args.resume,
+            parallel=args.parallel, progress=show_progress, dereference=args.dereference,
+        )
+    except KeyboardInterrupt:  # partial files are kept: say how to finish
+        again = ["hpcfs", "cp", "--resume"] + (["-r"] if args.recursive else []) + args.sources + [args.destination]
+        print(f"hpcfs: to continue: {shlex.join(again)}", file=sys.stderr)
+        raise
 
 
 def cmd_info(args):
@@ -404,6 +428,7 @@ def _parser():
     cp.add_argument("-r", "--recursive", action="store_true")
     cp.add_argument("-R", "--resume", action="store_true",
                     help="skip files the destination already has (same size); continue partial downloads")
+    cp.add_argument("-L", "--dereference", action="store_true", help="follow symbolic links inside directories")
     cp.add_argument("-j", "--parallel", type=_positive, default=4, help="files copied at once (default 4)")
     progress = cp.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,

@@ -28,6 +28,7 @@ from .core import SECRET_NAMES, open_tree
 from .urls import parse, redact, split_service
 
 SECRET_SOURCES = ("password_env", "password_file", "password_command", "password_prompt")
+SECRET_SOURCES_AND_NAMES = set(SECRET_SOURCES) | SECRET_NAMES  # a profile gives at most one of these
 # What each backend reads from its options or URL query (see backend_from_url in hpcfs/<scheme>/backend.py).
 @dataclass
 class Target:
@@ -98,6 +99,16 @@ def refuse_secret_options(options):
             f"do not put '{secret[0]}' on the command line (other users see it in 'ps'); "
             "use an environment variable or a profile"
         )
+    check_token_file(options)
+
+
+def check_token_file(options):
+    """A token read from a file (``token=@FILE``; ``@@VARIABLE`` is the environment) must be private."""
+    token = str(options.get("token", ""))
+    if token.startswith("@") and not token.startswith("@@"):
+        path = os.path.expanduser(token[1:])
+        if os.path.exists(path):  # a missing file is the backend's to report
+            require_private(path)
 
 
 # -- profiles -------------------------------------------------------------------------------------------
@@ -117,15 +128,22 @@ def load_profile(name):
         parser.read(path)
     except configparser.Error as exc:
         raise errors.UsageError(f"{path}: {' '.join(str(exc).split())}") from None
-    if any(_holds_secret(parser[section]) for section in parser.sections()):
+    sections = [parser[section] for section in parser.sections()]
+    if any(_holds_secret(section) for section in sections):
         require_private(path)
+    elif any(SECRET_SOURCES_AND_NAMES & set(section) for section in sections):
+        require_safe_owner_and_mode(path, "says where credentials come from", stat.S_IWGRP | stat.S_IWOTH)
     if not parser.has_section(name):
         return None
     section = dict(parser[name])
     url = section.pop("url", None)
     if url is None:
         raise errors.UsageError(f"{path}: profile [{name}] has no url")
+    sources = sorted(SECRET_SOURCES_AND_NAMES & set(section))
+    if len(sources) > 1:
+        raise errors.UsageError(f"{path}: profile [{name}] gives its secret twice ({' and '.join(sources)}); keep one")
     options = {key: value for key, value in section.items() if key not in SECRET_SOURCES}
+    check_token_file(options)
     password = _profile_password(name, section)
     if password is not None:
         options["password"] = password
@@ -162,7 +180,17 @@ def _profile_password(name, section):
 
 
 def require_private(path):
-    """Refuse a file with secrets that others may read (as ssh does for keys)."""
-    mode = os.stat(path).st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise errors.UsageError(f"{path} holds credentials but is readable by others; run: chmod 600 {path}")
+    """Refuse a file with secrets that others may read or change (as ssh does for keys)."""
+    require_safe_owner_and_mode(path, "holds credentials", stat.S_IRWXG | stat.S_IRWXO)
+
+
+def require_safe_owner_and_mode(path, what, forbidden_bits):
+    """Refuse a file that another user owns or may change (or read, per ``forbidden_bits``), as OpenSSH
+    does for its config and keys: whoever can change it can send our secret elsewhere."""
+    status = os.stat(path)
+    if status.st_uid not in (os.getuid(), 0):
+        raise errors.UsageError(f"{path} {what} but belongs to another user (uid {status.st_uid}); "
+                                f"run: chown {os.getuid()} {path} && chmod 600 {path}")
+    if status.st_mode & forbidden_bits:
+        access = "read or change" if forbidden_bits & (stat.S_IRGRP | stat.S_IROTH) else "change"
+        raise errors.UsageError(f"{path} {what} but other users may {access} it; run: chmod 600 {path}")

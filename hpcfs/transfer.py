@@ -2,25 +2,44 @@
 
 Files are copied by several threads at once; each remote read goes through the core's readahead, so one
 large file already keeps several ranged requests in flight.  Uploads hand the source file straight to the
-backend (no spool copy).  Where the server renames instantly (UFTP, which also writes pieces in place),
-a file is uploaded under a temporary name and renamed when complete, so an interrupted upload never
-leaves a partial file under the real name.  ``resume`` skips files whose destination already has the
-source's size and continues a shorter local file (a partial download) where it stopped; a partial remote
-file is sent again whole.
+backend (no spool copy).
+
+Nothing under the real name is ever partial: a download is written to a hidden ``.NAME.hpcfs-partial``
+next to its destination and renamed when complete, and so is an upload where the server renames
+instantly (UFTP).  A failed or interrupted copy keeps its partial file, and ``resume`` continues it:
+a download from its length, an upload (where the server writes at an offset) from the kept prefix once
+its last block matches the source.  ``resume`` also skips files whose destination already has the
+source's size.  Copying a file onto itself is refused before anything is opened (as GNU cp does);
+symbolic links inside a local tree are copied as links, or skipped with a warning where the destination
+has none, unless ``dereference`` follows them (with loop detection).
 """
+import errno
 import os
 import posixpath
+import stat
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Optional
 
 from . import errors
+from .backend import normalize, read_exactly
 from .core.files import FileStream
 from .targets import Trees
 
 CHUNK = 1 << 20
+# A resumable upload goes out in pieces of this size, one after the other, so a kept partial upload is
+# always a prefix of the source.
+UPLOAD_PIECE = 4 << 20
+TAIL_CHECK = 64 << 10  # the bytes of a kept partial upload compared with the source before continuing it
+# What a failed local write means, as the hierarchy every other error of the CLI comes from.
+LOCAL_ERRORS = {
+    errno.ENOSPC: errors.NoSpace, errno.EDQUOT: errors.NoSpace, errno.EACCES: errors.PermissionDenied,
+    errno.EPERM: errors.PermissionDenied, errno.EROFS: errors.PermissionDenied, errno.ENOENT: errors.NotFound,
+    errno.ENOTDIR: errors.NotADirectory, errno.EISDIR: errors.IsADirectory,
+}
 
 
 @dataclass
@@ -28,6 +47,8 @@ class Item:
     name: str
     is_dir: bool
     size: int
+    link: Optional[str] = None  # the target of a symbolic link that is copied as a link
+    identity: Optional[tuple] = None  # (st_dev, st_ino) of a local file: finds symbolic link loops
 
 
 @dataclass
@@ -36,25 +57,83 @@ class Job:
     source: str
     destination: str
     size: int
+    link: Optional[str] = None  # make a symbolic link with this target instead of copying bytes
 
 
 class Cancelled(Exception):
     """Another copy failed or the user pressed Ctrl-C: stop at the next chunk."""
 
 
-class LocalSide:
+_warning_lock = threading.Lock()  # copies run in threads: one warning line must not cut into another
+
+
+def warn(text: str) -> None:
+    with _warning_lock:
+        sys.stderr.write(f"hpcfs: warning: {text}\n")
+        sys.stderr.flush()
+
+
+class Side:
+    """What both ends of a copy share; subclasses give ``join``, ``dirname`` and ``basename``."""
+
+    def partial(self, path: str) -> str:
+        """Where a copy to ``path`` is written until it is complete."""
+        return self.join(self.dirname(path), f".{self.basename(path)}.hpcfs-partial")
+
+
+class LocalSide(Side):
     join = staticmethod(os.path.join)
     basename = staticmethod(os.path.basename)
+    has_symlinks = True
+
+    def __init__(self, dereference: bool = False):
+        self.dereference = dereference
+
+    @staticmethod
+    def dirname(path: str) -> str:
+        return os.path.dirname(path) or "."
 
     def stat(self, path):
+        """What ``path`` names, following symbolic links (a command-line argument is always followed)."""
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
+            return self._item(os.path.basename(path), os.stat(path))
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        return Item(os.path.basename(path), os.path.isdir(path), st.st_size)
 
     def listdir(self, path):
-        return [self.stat(os.path.join(path, name)) for name in sorted(os.listdir(path))]
+        items = []
+        for name in sorted(os.listdir(path)):
+            item = self._child(os.path.join(path, name), name)
+            if item is not None:
+                items.append(item)
+        return items
+
+    def _child(self, path: str, name: str) -> Optional[Item]:
+        """A directory entry: a symbolic link as itself unless dereferencing; None for a dangling one then."""
+        status = os.lstat(path)
+        if not stat.S_ISLNK(status.st_mode):
+            return self._item(name, status)
+        if not self.dereference:
+            return Item(name, False, 0, link=os.readlink(path))
+        try:
+            return self._item(name, os.stat(path))
+        except OSError as exc:  # dangling, or a loop of links (ELOOP)
+            warn(f"skipping '{path}': {os.strerror(exc.errno).lower()} (a symbolic link that leads nowhere)")
+            return None
+
+    @staticmethod
+    def _item(name: str, status: os.stat_result) -> Item:
+        return Item(name, stat.S_ISDIR(status.st_mode), status.st_size, identity=(status.st_dev, status.st_ino))
+
+    def same(self, path: str, other: str) -> bool:
+        try:
+            return os.path.samefile(path, other)
+        except OSError:
+            return False
+
+    def inside(self, path: str, directory: str) -> bool:
+        real, top = os.path.realpath(path), os.path.realpath(directory)
+        return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
     def mkdir(self, path):
         os.makedirs(path, exist_ok=True)
@@ -62,30 +141,78 @@ class LocalSide:
     def check_size(self, path, size, reading):
         """Local files have no size limit."""
 
+    def make_link(self, target: str, path: str) -> None:
+        if os.path.islink(path):  # copying again replaces the link, as cp -r does
+            os.remove(path)
+        os.symlink(target, path)
+
     def open_read(self, path, offset=0):
         handle = open(path, "rb")
         handle.seek(offset)
         return handle
 
+    def resume_offset(self, job: Job) -> Optional[int]:
+        """None when the destination is complete (same size), else where to continue: the kept partial's
+        length, or that of a shorter file under the real name (another tool's interrupted download)."""
+        existing = self.stat(job.destination)
+        if existing is not None and not existing.is_dir and existing.size == job.size:
+            return None
+        kept = self.stat(self.partial(job.destination))
+        if kept is not None and kept.size <= job.size:
+            return kept.size
+        if existing is not None and not existing.is_dir and existing.size < job.size:
+            return existing.size
+        return 0
+
     def receive(self, path, reader, offset, size, meter, stop):
-        with open(path, "r+b" if offset else "wb") as handle:
-            handle.seek(offset)
-            while True:
-                if stop.is_set():
-                    raise Cancelled()
-                data = reader.read(CHUNK)
-                if not data:
-                    return
-                handle.write(data)
-                meter.advance(len(data))
+        partial = self.partial(path)
+        try:
+            if offset and not os.path.exists(partial):  # the shorter file under the real name is the partial
+                os.replace(path, partial)
+            with open(partial, "r+b" if offset else "wb") as handle:
+                handle.seek(offset)
+                _write_all(reader, handle, meter, stop)
+            os.replace(partial, path)
+        except errors.HpcfsError:
+            raise
+        except OSError as exc:  # a local failure: name the destination and what is kept of it
+            raise _local_error(exc, path, partial) from None
 
 
-class RemoteSide:
+def _write_all(reader, handle, meter, stop):
+    while True:
+        if stop.is_set():
+            raise Cancelled()
+        data = reader.read(CHUNK)
+        if not data:
+            return
+        handle.write(data)
+        meter.advance(len(data))
+
+
+def _local_error(exc: OSError, path: str, partial: str) -> errors.HpcfsError:
+    error_class = LOCAL_ERRORS.get(exc.errno, errors.HpcfsError)
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if os.path.exists(partial):
+        reason += f" (the partial copy is kept as {partial}; 'hpcfs cp --resume' continues it)"
+    return error_class(reason, path)
+
+
+class RemoteSide(Side):
     join = staticmethod(posixpath.join)
     basename = staticmethod(posixpath.basename)
 
     def __init__(self, remote_tree):
         self.remote_tree = remote_tree
+        capabilities = remote_tree.capabilities
+        self.has_symlinks = capabilities.symlinks
+        # Uploads go to a partial name where renaming is instant; they continue where writing at an offset works.
+        self.renames_instantly = capabilities.rename == "instant"
+        self.resumable = self.renames_instantly and capabilities.ranged_writes
+
+    @staticmethod
+    def dirname(path: str) -> str:
+        return posixpath.dirname(path.rstrip("/")) or "/"
 
     def stat(self, path):
         try:
@@ -96,6 +223,13 @@ class RemoteSide:
 
     def listdir(self, path):
         return [Item(e.name, e.is_dir, e.size) for e in sorted(self.remote_tree.listdir(path), key=lambda e: e.name)]
+
+    def same(self, path: str, other: str) -> bool:
+        return normalize(path) == normalize(other)
+
+    def inside(self, path: str, directory: str) -> bool:
+        path, directory = normalize(path), normalize(directory)
+        return path == directory or path.startswith(directory.rstrip("/") + "/")
 
     def mkdir(self, path):
         if self.stat(path) is None:
@@ -113,31 +247,78 @@ class RemoteSide:
             raise errors.TooLarge(f"{format_size(size)} is above the largest file this server can take "
                                   f"({format_size(caps.max_upload)}); it offers no staging for larger files", path)
 
+    def make_link(self, target: str, path: str) -> None:
+        try:
+            self.remote_tree.symlink(target, path)
+        except errors.InvalidPath as exc:  # e.g. FirecREST takes absolute targets only
+            warn(f"skipping symbolic link '{path}' -> '{target}': the server refused it ({exc.strerror})")
+
     def open_read(self, path, offset=0):
         stream = FileStream(self.remote_tree.open(path))
         stream.seek(offset)
         return stream
 
+    def resume_offset(self, job: Job) -> Optional[int]:
+        """None when the destination is complete (same size); where the server writes at an offset, the
+        length of a kept partial upload whose last block matches the source; else 0 (sent again whole)."""
+        existing = self.stat(job.destination)
+        if existing is not None and not existing.is_dir and existing.size == job.size:
+            return None
+        kept = self.stat(self.partial(job.destination)) if self.renames_instantly else None
+        if not self.resumable:
+            if kept is not None or (existing is not None and existing.size < job.size):
+                warn(f"{job.destination}: the server cannot write at an offset; sending the whole file again")
+            return 0
+        if kept is None or kept.size > job.size or not self._tail_matches(job, kept.size):
+            return 0
+        return kept.size
+
+    def _tail_matches(self, job: Job, end: int) -> bool:
+        """Whether the kept partial's last block is the source's: a cheap check that it is a prefix of it."""
+        start = max(0, end - TAIL_CHECK)
+        kept = _read_at(self, self.partial(job.destination), start, end - start)
+        return kept == _read_at(job.source_side, job.source, start, end - start)
+
     def receive(self, path, reader, offset, size, meter, stop):
-        """Upload ``reader`` whole (``offset`` is 0 here: see ``_resume_offset``)."""
         source = CountingReader(reader, meter, stop)
-        if self.remote_tree.capabilities.rename != "instant":  # a job or a copy: too slow to do per file
+        if not self.renames_instantly:  # a job or a copy: too slow to do per file
             self.remote_tree.upload(path, source, size)
             return
-        directory, name = posixpath.split(path)
-        partial = posixpath.join(directory, f".{name}.hpcfs-partial")
-        try:
-            self.remote_tree.upload(partial, source, size)
-        except BaseException:
-            self._remove_quietly(partial)
-            raise
+        partial = self.partial(path)
+        if self.resumable and (offset or size > UPLOAD_PIECE):
+            self._send_in_order(partial, source, offset, size)
+        else:
+            try:
+                self.remote_tree.upload(partial, source, size)
+            except BaseException:
+                self._remove_quietly(partial)
+                raise
         self.remote_tree.rename(partial, path)
+
+    def _send_in_order(self, partial: str, source, offset: int, size: int) -> None:
+        """Write the rest of the file piece by piece from ``offset``, in order, so that whatever an
+        interruption leaves on the server is a prefix that ``resume`` can continue."""
+        if offset == 0:
+            self.remote_tree.upload(partial, source, 0)  # create it, or empty a longer stale one
+        remote = self.remote_tree.remote_path(partial)
+        for start in range(offset, size, UPLOAD_PIECE):
+            piece = read_exactly(source, min(UPLOAD_PIECE, size - start), partial)
+            self.remote_tree.backend.write_range(remote, start, piece)
+        self.remote_tree.uploaded(partial, size)
 
     def _remove_quietly(self, path):
         try:
             self.remote_tree.remove(path)
         except errors.HpcfsError:
             pass  # the error that brought us here is the one to report
+
+
+def _read_at(side, path: str, offset: int, size: int) -> bytes:
+    reader = side.open_read(path, offset)
+    try:
+        return read_exactly(reader, size, path)
+    finally:
+        reader.close()
 
 
 class CountingReader:
@@ -168,21 +349,23 @@ class CountingReader:
         return True
 
 
-def copy_paths(sources, destination, recursive=False, resume=False, parallel=4, progress=False):
+def copy_paths(sources, destination, recursive=False, resume=False, parallel=4, progress=False,
+               dereference=False):
     with Trees() as trees:
-        local = LocalSide()
+        local = LocalSide(dereference)
+        remote_sides = {}
 
-        def side_for(target):
-            return local if target.is_local else RemoteSide(trees.get(target))
+        def side_for(target):  # one side per tree: the same side on both ends means the same tree
+            if target.is_local:
+                return local
+            remote_tree = trees.get(target)
+            return remote_sides.setdefault(id(remote_tree), RemoteSide(remote_tree))
 
         dest_side = side_for(destination)
-        dest_item = dest_side.stat(destination.path)
-        into_directory = dest_item is not None and dest_item.is_dir
-        if len(sources) > 1 and not into_directory:
-            raise errors.NotADirectory("copying several sources needs an existing directory", destination.display)
+        into_directory = _destination_is_directory(dest_side, destination, len(sources))
         jobs = []
         for source in sources:
-            jobs += _plan_source(side_for(source), source, dest_side, destination.path, into_directory, recursive)
+            jobs += _plan_source(side_for(source), source, dest_side, destination, into_directory, recursive)
         for job in jobs:
             job.source_side.check_size(job.source, job.size, reading=True)
             dest_side.check_size(job.destination, job.size, reading=False)
@@ -193,31 +376,65 @@ def copy_paths(sources, destination, recursive=False, resume=False, parallel=4, 
             meter.finish()
 
 
-def _plan_source(side, source, dest_side, dest_root, into_directory, recursive):
+def _destination_is_directory(dest_side, destination, source_count: int) -> bool:
+    """Whether the copies go into ``destination``; refuses a destination whose directory does not exist."""
+    item = dest_side.stat(destination.path)
+    if item is not None:
+        if source_count > 1 and not item.is_dir:
+            raise errors.NotADirectory("copying several sources needs an existing directory", destination.display)
+        return item.is_dir
+    if source_count > 1 or destination.display.endswith("/"):
+        raise errors.NotFound("destination directory does not exist", destination.display)
+    parent = dest_side.stat(dest_side.dirname(destination.path))
+    if parent is None or not parent.is_dir:
+        raise errors.NotFound("destination directory does not exist", destination.display)
+    return False
+
+
+def _plan_source(side, source, dest_side, destination, into_directory, recursive):
     item = side.stat(source.path)
     if item is None:
         raise errors.NotFound("no such file or directory", source.display)
     name = side.basename(source.path.rstrip("/")) or "root"
-    target_path = dest_side.join(dest_root, name) if into_directory else dest_root
+    target_path = dest_side.join(destination.path, name) if into_directory else destination.path
+    target_display = dest_side.join(destination.display, name) if into_directory else destination.display
+    if side is dest_side and side.same(source.path, target_path):
+        raise errors.HpcfsError(f"'{source.display}' and '{target_display}' are the same file")
     if not item.is_dir:
         return [Job(side, source.path, target_path, item.size)]
     if not recursive:
         raise errors.IsADirectory("is a directory (use -r)", source.display)
-    return _plan_tree(side, source.path, dest_side, target_path)
+    if side is dest_side and side.inside(target_path, source.path):
+        raise errors.HpcfsError(f"cannot copy a directory, '{source.display}', into itself, '{target_display}'")
+    return _plan_tree(side, source.path, dest_side, target_path, {item.identity})
 
 
-def _plan_tree(side, source_dir, dest_side, dest_dir):
-    """Create the destination directories now; return the file copies to do."""
+def _plan_tree(side, source_dir, dest_side, dest_dir, ancestors):
+    """Create the destination directories now; return the copies to do.  ``ancestors`` are the identities
+    of the directories on the way down, so a symbolic link back to one of them is not followed again."""
     dest_side.mkdir(dest_dir)
     jobs = []
     for item in side.listdir(source_dir):
         src = side.join(source_dir, item.name)
         dst = dest_side.join(dest_dir, item.name)
-        if item.is_dir:
-            jobs += _plan_tree(side, src, dest_side, dst)
+        if item.link is not None:
+            jobs += _plan_link(side, item, src, dest_side, dst)
+        elif item.is_dir and item.identity is not None and item.identity in ancestors:
+            warn(f"skipping '{src}': a symbolic link loop (it leads back to a directory being copied)")
+        elif item.is_dir:
+            jobs += _plan_tree(side, src, dest_side, dst, ancestors | {item.identity})
+        elif side is dest_side and side.same(src, dst):
+            raise errors.HpcfsError(f"'{src}' and '{dst}' are the same file")
         else:
             jobs.append(Job(side, src, dst, item.size))
     return jobs
+
+
+def _plan_link(side, item, src, dest_side, dst):
+    if dest_side.has_symlinks:
+        return [Job(side, src, dst, 0, link=item.link)]
+    warn(f"skipping symbolic link '{src}': the destination has no symbolic links (-L copies what it points to)")
+    return []
 
 
 def _run_copies(jobs, dest_side, resume, meter, parallel):
@@ -236,8 +453,12 @@ def _run_copies(jobs, dest_side, resume, meter, parallel):
 
 
 def _copy_file(job, dest_side, resume, meter, stop):
-    offset = _resume_offset(job, dest_side) if resume else 0
-    if resume and offset == job.size:
+    if job.link is not None:
+        dest_side.make_link(job.link, job.destination)
+        meter.advance(0, file_done=True)
+        return
+    offset = dest_side.resume_offset(job) if resume else 0
+    if offset is None:
         meter.skip(job.size, file_done=True)
         return
     meter.skip(offset)
@@ -247,17 +468,6 @@ def _copy_file(job, dest_side, resume, meter, stop):
     finally:
         reader.close()
     meter.advance(0, file_done=True)
-
-
-def _resume_offset(job, dest_side):
-    """Where a resumed copy starts: the size when complete, the local file's length for a partial download,
-    else 0 (a remote file cannot be appended to safely, and a longer one is not a partial copy)."""
-    existing = dest_side.stat(job.destination)
-    if existing is None or existing.is_dir or existing.size > job.size:
-        return 0
-    if existing.size == job.size or isinstance(dest_side, LocalSide):
-        return existing.size
-    return 0
 
 
 class Progress:

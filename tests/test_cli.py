@@ -386,11 +386,16 @@ def test_cp_progress_on_a_terminal_only(cli, isolated, uftp, tmp_path):
     assert "1/1 files" in forced and "ETA" in forced
 
 
+def default_sigint():
+    """Ctrl-C as in an interactive shell: a suite started as a background job would pass on an ignored SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_a_copy_promptly(isolated, uftp, tmp_path):
     write_random(uftp.local("slow.bin"), 64 << 20)
     uftp.handle.knobs.latency = 0.2  # the copy would take over a minute
     process = subprocess.Popen(HPCFS + ["cp", "--progress", uftp.url("slow.bin"), str(tmp_path / "slow.bin")],
-                               env={**isolated, **uftp.env}, stderr=subprocess.PIPE)
+                               env={**isolated, **uftp.env}, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     assert process.stderr.read(1) == b"\r"  # the progress line: the copy has started
     process.send_signal(signal.SIGINT)
     started = time.monotonic()
@@ -401,12 +406,12 @@ def test_ctrl_c_stops_a_copy_promptly(isolated, uftp, tmp_path):
     assert stderr.endswith(b"\nhpcfs: interrupted\n"), stderr[-200:]  # on a line of its own
 
 
-def test_an_interrupted_upload_leaves_no_partial_file_behind(isolated, uftp, tmp_path):
+def test_an_interrupted_upload_leaves_nothing_under_the_real_name(isolated, uftp, tmp_path):
     source = write_random(tmp_path / "big.bin", 96 << 20)
     uftp.handle.knobs.latency = 0.2
     partial = uftp.local(".big.bin.hpcfs-partial")  # UFTP writes pieces in place: hpcfs uploads under this
     process = subprocess.Popen(HPCFS + ["cp", str(source), uftp.url("big.bin")], env={**isolated, **uftp.env},
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE, preexec_fn=default_sigint)
     deadline = time.monotonic() + 30
     while not (os.path.exists(partial) and os.path.getsize(partial)) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -414,7 +419,7 @@ def test_an_interrupted_upload_leaves_no_partial_file_behind(isolated, uftp, tmp
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert os.listdir(uftp.local()) == []
+    assert os.listdir(uftp.local()) == [".big.bin.hpcfs-partial"]  # kept for --resume, never as big.bin
 
 
 # -- mount ----------------------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ class EMBackend(Backend):
         self.max_upload, self.max_files = max_upload, max_files
         self.capabilities = Capabilities(
             ranged_reads=False, ranged_writes=False, rename="job", max_parallel=1, max_upload=max_upload,
-            eventual_listing=False,
+            eventual_listing=False, fixed_levels=1,
             extra={"rename_method": "copy", "listing_ttl": listing_ttl, "max_files_per_upload": max_files},
         )
         self._lock = threading.RLock()

@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Union
 
 from .. import errors, net
-from ..backend import Backend, Capabilities, Entry, normalize, split
+from ..backend import Backend, Capabilities, Entry, normalize, read_exactly, split
 from .auth import AuthClient, BasicCredential, BearerCredential, SSHKeyCredential, read_token
 from .listing import facts_kind, facts_mode, is_child_name, parse_mlst_reply, parse_stat_reply
-from .session import CHUNK, ControlSession, SecretRejected, SessionLost
+from .session import ControlSession, SecretRejected, SessionLost
 
 DEFAULT_SESSIONS = 4
 DEFAULT_TIMEOUT = 30.0
@@ -378,7 +378,7 @@ class UFTPBackend(Backend):
         if size > self.large_write:
             self._write_in_pieces(path, remote, source, size)
         else:
-            data = _read_exactly(source, size, path)
+            data = read_exactly(source, size, path)
             self._run(lambda session: session.store(remote, [data] if data else [], size))
         self._sizes.set(path, size)
 
@@ -389,7 +389,7 @@ class UFTPBackend(Backend):
         with ThreadPoolExecutor(self.capabilities.max_parallel, thread_name_prefix="uftp-upload") as pool:
             try:
                 for offset in range(0, size, self.piece_size):
-                    piece = _read_exactly(source, min(self.piece_size, size - offset), path)
+                    piece = read_exactly(source, min(self.piece_size, size - offset), path)
                     in_flight.append(pool.submit(self._write_piece, remote, offset, piece))
                     if len(in_flight) >= self.capabilities.max_parallel:  # bounds memory to a few pieces
                         in_flight.popleft().result()
@@ -492,17 +492,6 @@ class UFTPBackend(Backend):
         self._auth.close()
 
 
-def _read_exactly(source, size: int, path: str) -> bytes:
-    chunks, remaining = [], size
-    while remaining:
-        chunk = source.read(min(remaining, CHUNK))
-        if not chunk:
-            raise errors.HpcfsError(f"the source ended {remaining} bytes short of {size}", path)
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
 def _positive_int(value) -> Optional[int]:
     try:
         number = int(value)
@@ -514,6 +503,8 @@ def _positive_int(value) -> Optional[int]:
 # -- URL -----------------------------------------------------------------------------------------------
 # What backend_from_url reads from options and the URL query; anything else is a user's typo.
 OPTIONS = {"user", "password", "token", "identity", "ca_file", "verify", "timeout", "sessions"}
+# Where a command-line user's password may come from (a password in the URL is refused there: see ps).
+PROFILE_SECRETS = "password_env, password_file, password_command or password_prompt = yes"
 
 
 def backend_from_url(parsed, options):
@@ -563,10 +554,11 @@ def make_credential(parsed, settings):
             raise errors.UsageError("an identity needs a user name: uftp://USER@HOST... or UFTP_USER")
         return SSHKeyCredential(user, _identity_path(identity), password)
     if not user:
-        raise errors.UsageError("no UFTP credentials: give USER:PASSWORD@ in the URL, ?token=, ?identity=, "
-                                "or UFTP_USER with UFTP_PASSWORD")
+        raise errors.UsageError("no UFTP credentials: set UFTP_USER and UFTP_PASSWORD, use a profile "
+                                f"({PROFILE_SECRETS}), or give ?token=@FILE or ?identity=KEY")
     if password is None:
-        raise errors.UsageError(f"no password for UFTP user {user}: put it in the URL or in UFTP_PASSWORD")
+        raise errors.UsageError(f"no password for UFTP user {user}: set UFTP_PASSWORD or use a profile "
+                                f"({PROFILE_SECRETS})")
     return BasicCredential(user, password)
 
 
