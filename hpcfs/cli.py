@@ -420,7 +420,8 @@ def _human_size(size: int) -> str:
         size /= 1024
     if not unit:
         return str(int(size))
-    return f"{math.ceil(size * 10) / 10:.1f}{unit}" if size < 10 else f"{math.ceil(size):.0f}{unit}"
+    tenths = math.ceil(size * 10) / 10
+    return f"{tenths:.1f}{unit}" if tenths < 10 else f"{math.ceil(size)}{unit}"
 
 
 def _one_line(exc):
@@ -532,10 +533,11 @@ def _add_mount_commands(command):
     mount.add_argument("-r", "--read-only", action="store_true", help="refuse every change (as -o ro)")
     mount.add_argument("--allow-non-empty", action="store_true",
                        help="mount even over files in MOUNTPOINT, hiding them while mounted (as -o nonempty)")
-    mount.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[=VAL],...",
-                       help="cache and readahead (attr_ttl, negative_ttl, block_size, readahead, cache_size, "
-                            "spool_dir), backend options (timeout, ...: a wrong name is refused with the list) "
-                            "and FUSE options (allow_other, read_ahead_kb, ro, nonempty, ...)")
+    tuning = mount.add_argument_group("mount options (the same names work as URL query parameters and profile keys)")
+    tuning.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[=VAL],...",
+                        help="cache and readahead (attr_ttl, negative_ttl, block_size, readahead, cache_size, "
+                             "spool_dir), backend options (timeout, ...: a wrong name is refused with the list) "
+                             "and FUSE options (allow_other, read_ahead_kb, ro, nonempty, ...)")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     mount.add_argument("--target-fd", type=int, help=argparse.SUPPRESS)
 
