@@ -89,13 +89,13 @@ def cmd_mount(args):
         raise errors.UsageError(f"mountpoint is busy (something is already mounted there): {args.mountpoint}")
     core_and_backend, fuse_options = _split_mount_options(args.options)
     read_only = args.read_only or bool(fuse_options.pop("ro", False))
+    target = _received_target(args.target_fd) if args.target_fd is not None else resolve(args.url)
+    check_options(target.url, {**target.options, **core_and_backend})
     # libfuse3 mounts over files without a word; rclone and libfuse2 refuse unless asked (nonempty).
     allow_non_empty = args.allow_non_empty or bool(fuse_options.pop("nonempty", False))
     if not allow_non_empty and os.listdir(mountpoint):
         raise errors.UsageError(f"mountpoint is not empty: {args.mountpoint} (mounting would hide its files; "
                                 "use --allow-non-empty or -o nonempty to mount anyway)")
-    target = _received_target(args.target_fd) if args.target_fd is not None else resolve(args.url)
-    check_options(target.url, {**target.options, **core_and_backend})
     if not args.foreground:
         return _mount_in_background(args, target, mountpoint)
     from .frontends.fuse import mount
