@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 import warnings
 
 from . import __version__, errors, exit_interrupted
@@ -25,7 +27,7 @@ from .transfer import copy_paths, format_size
 
 FUSE_OPTIONS = {
     "allow_other", "allow_root", "default_permissions", "direct_io", "kernel_cache", "auto_cache",
-    "noauto_cache", "fsname", "max_read", "uid", "gid", "umask", "read_ahead_kb",
+    "noauto_cache", "fsname", "max_read", "uid", "gid", "umask", "read_ahead_kb", "nonempty",
 }
 # Generic mount(8) options that /etc/fstab lines carry and a FUSE mount has nothing to do with.
 FSTAB_ONLY_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
@@ -33,22 +35,28 @@ FSTAB_ONLY_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nous
 MOUNT_WAIT_SECONDS = 60
 
 
+def _is_fstab_only(name: str) -> bool:
+    """mount(8) passes ``x-*`` options (x-systemd.automount, ...) and ``comment=`` on to helpers, which
+    ignore them: they are for other programs that read /etc/fstab."""
+    return name in FSTAB_ONLY_OPTIONS or name.startswith("x-") or name == "comment"
+
+
 def main(argv=None):
     args = None
     try:
-        args = _parser().parse_args(argv)
+        args = _parse_arguments(argv)
         _interruptible()
         _configure_logging(args.verbose)
         warnings.showwarning = _one_line_warning
         return args.run(args) or 0
     except errors.UsageError as exc:
-        print(f"hpcfs: error: {exc}", file=sys.stderr)
+        _report(f"error: {exc}", args is not None and args.verbose)
         return 2
     except BrokenPipeError:  # the reader went away (`hpcfs cat ... | head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 128 + signal.SIGPIPE
     except OSError as exc:
-        print(f"hpcfs: {_one_line(exc)}", file=sys.stderr)
+        _report(_one_line(exc), args is not None and args.verbose)
         return 1
     except KeyboardInterrupt:
         print("hpcfs: interrupted", file=sys.stderr)
@@ -67,6 +75,22 @@ def _interruptible():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _parse_arguments(argv: "list[str] | None") -> argparse.Namespace:
+    """Like ``parse_args``, but an unknown option is reported by the subcommand that did not know it, so the
+    hint names that command's help (``hpcfs ls --help``) rather than the top level's."""
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _report(line: str, verbose: bool) -> None:
+    """The one error line; with ``--verbose`` the traceback follows it, as the help promises."""
+    print(f"hpcfs: {line}", file=sys.stderr)
+    if verbose:
+        traceback.print_exc()
+
+
 # -- mount ------------------------------------------------------------------------------------------------
 def cmd_mount(args):
     mountpoint = os.path.abspath(args.mountpoint)
@@ -78,6 +102,11 @@ def cmd_mount(args):
     read_only = args.read_only or bool(fuse_options.pop("ro", False))
     target = _received_target(args.target_fd) if args.target_fd is not None else resolve(args.url)
     check_options(target.url, {**target.options, **core_and_backend})
+    # libfuse3 mounts over files without a word; rclone and libfuse2 refuse unless asked (nonempty).
+    allow_non_empty = args.allow_non_empty or bool(fuse_options.pop("nonempty", False))
+    if not allow_non_empty and os.listdir(mountpoint):
+        raise errors.UsageError(f"mountpoint is not empty: {args.mountpoint} (mounting would hide its files; "
+                                "use --allow-non-empty or -o nonempty to mount anyway)")
     if not args.foreground:
         return _mount_in_background(args, target, mountpoint)
     from .frontends.fuse import mount
@@ -86,7 +115,9 @@ def cmd_mount(args):
     if args.ready_fd is not None:  # tell the parent that authentication worked
         os.write(args.ready_fd, b"ok")
         os.close(args.ready_fd)
-    mount(remote_tree, mountpoint, read_only=read_only, fsname=f"hpcfs:{target.display}", options=fuse_options)
+    stop_signal = mount(remote_tree, mountpoint, read_only=read_only, fsname=f"hpcfs:{target.display}",
+                        options=fuse_options)
+    return 128 + stop_signal if stop_signal else 0  # as a shell reports a command ended by that signal
 
 
 def _mount_in_background(args, target, mountpoint):
@@ -102,6 +133,8 @@ def _mount_in_background(args, target, mountpoint):
         command += ["-o", option]
     if args.read_only:
         command.append("--read-only")
+    if args.allow_non_empty:
+        command.append("--allow-non-empty")
     if args.verbose:  # the request log goes to the mount's log file
         command.append("--verbose")
     log_path = _mount_log_path(mountpoint)
@@ -189,13 +222,53 @@ def _last_error_line(log_path):
 
 # -- file commands --------------------------------------------------------------------------------------
 def cmd_ls(args):
-    target = resolve(args.path)
+    """As ls(1): files named on the command line first, then each directory under a ``PATH:`` heading when
+    there is more than one to show; a missing path is reported and the others are still listed."""
+    failed = False
+    files, directories = [], []
     with Trees() as trees:
-        remote_tree = trees.get(target)
-        entry = remote_tree.stat(target.path)
-        entries = sorted(remote_tree.listdir(target.path), key=lambda e: e.name) if entry.is_dir else [entry]
-    for item in entries:
-        print(_long_line(item) if args.long else item.name)
+        for path in args.paths:
+            target = resolve(path)
+            try:
+                entry = trees.get(target).stat(target.path)
+            except errors.HpcfsError as exc:
+                _report(_one_line(exc), args.verbose)
+                failed = True
+                continue
+            (directories if entry.is_dir else files).append((path, target, entry))
+        _print_entries(args, [entry for _, _, entry in files])
+        headings = args.recursive or len(files) + len(directories) > 1
+        for index, (path, target, _) in enumerate(directories):
+            if index or files:
+                print()
+            failed |= _list_directory(args, trees.get(target), path, target.path, headings)
+    return 1 if failed else 0
+
+
+def _list_directory(args, remote_tree, shown: str, path: str, heading: bool) -> bool:
+    """List one directory (and, with -R, those below it); True when some part could not be listed."""
+    try:
+        entries = sorted(remote_tree.listdir(path), key=lambda e: e.name)
+    except errors.HpcfsError as exc:
+        _report(_one_line(exc), args.verbose)
+        return True
+    visible = [entry for entry in entries if args.all or not entry.name.startswith(".")]
+    if heading:
+        print(f"{shown}:")
+    _print_entries(args, visible)
+    failed = False
+    if args.recursive:
+        for entry in visible:
+            if entry.is_dir:
+                print()
+                failed |= _list_directory(args, remote_tree, shown.rstrip("/") + "/" + entry.name,
+                                          path.rstrip("/") + "/" + entry.name, True)
+    return failed
+
+
+def _print_entries(args, entries) -> None:
+    for entry in entries:
+        print(_long_line(entry, args.human_readable) if args.long else entry.name)
 
 
 def cmd_stat(args):
@@ -210,19 +283,31 @@ def cmd_stat(args):
 
 
 def cmd_cat(args):
-    targets = [resolve(path) for path in args.paths]
+    """As cat(1): every readable file is printed; each one that is not is reported, and the exit status is 1."""
+    failed = False
     with Trees() as trees:
-        for target in targets:
-            remote_tree = trees.get(target)
-            handle = remote_tree.open(target.path)
-            offset, step = 0, remote_tree.options.block_size
-            while True:
-                data = handle.read(offset, step)
-                if not data:
-                    break
-                sys.stdout.buffer.write(data)
-                offset += len(data)
-        sys.stdout.buffer.flush()
+        for path in args.paths:
+            target = resolve(path)
+            try:
+                _copy_to_stdout(trees.get(target), path, target.path)
+            except errors.HpcfsError as exc:
+                _report(_one_line(exc), args.verbose)
+                failed = True
+    return 1 if failed else 0
+
+
+def _copy_to_stdout(remote_tree, shown: str, path: str) -> None:
+    if remote_tree.stat(path).is_dir:
+        raise errors.IsADirectory("Is a directory", shown)
+    handle = remote_tree.open(path)
+    try:
+        offset, step = 0, remote_tree.options.block_size
+        while data := handle.read(offset, step):
+            sys.stdout.buffer.write(data)
+            offset += len(data)
+    finally:
+        handle.release()
+    sys.stdout.buffer.flush()
 
 
 def cmd_mkdir(args):
@@ -236,11 +321,20 @@ def cmd_mkdir(args):
 
 
 def _make_parents(remote_tree, path):
+    """mkdir -p: existing directories are fine, but an existing file in the way is an error, as in mkdir(1)."""
     parts = [part for part in path.split("/") if part]
     for depth in range(1, len(parts) + 1):
         current = "/" + "/".join(parts[:depth])
-        if not remote_tree.exists(current):
+        try:
+            entry = remote_tree.stat(current)
+        except errors.NotFound:
             remote_tree.mkdir(current)
+            continue
+        if entry.is_dir:
+            continue
+        if depth == len(parts):
+            raise errors.AlreadyExists("cannot create directory: File exists", current)
+        raise errors.NotADirectory(f"cannot create directory {path}: Not a directory", current)
 
 
 def cmd_rm(args):
@@ -251,7 +345,13 @@ def cmd_rm(args):
                 raise errors.PermissionDenied("refusing to remove the root of a tree", target.display)
         for target in targets:
             remote_tree = trees.get(target)
-            if remote_tree.stat(target.path).is_dir:
+            try:
+                is_directory = remote_tree.stat(target.path).is_dir
+            except errors.NotFound:
+                if args.force:  # rm -f: what is already gone is no error
+                    continue
+                raise
+            if is_directory:
                 if not args.recursive:
                     raise errors.IsADirectory("is a directory (use -r)", target.path)
                 _remove_tree(remote_tree, target.path)
@@ -327,13 +427,26 @@ def cmd_serve(args):
 
 
 # -- helpers --------------------------------------------------------------------------------------------
-def _long_line(entry):
+def _long_line(entry, human_readable: bool = False) -> str:
     kind = {"dir": "d", "symlink": "l"}.get(entry.kind, "-")
     bits = "".join(
         flag if entry.mode & (1 << (8 - index)) else "-" for index, flag in enumerate("rwxrwxrwx")
     )
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.mtime))
-    return f"{kind}{bits} {entry.size:>12} {stamp} {entry.name}"
+    size = _human_size(entry.size) if human_readable else str(entry.size)
+    return f"{kind}{bits} {size:>12} {stamp} {entry.name}"
+
+
+def _human_size(size: int) -> str:
+    """ls -h: 1023, 1.0K, 15M, as ls(1) prints them (one decimal below 10, rounded up)."""
+    for unit in ("", "K", "M", "G", "T", "P"):
+        if size < 1024 or unit == "P":
+            break
+        size /= 1024
+    if not unit:
+        return str(int(size))
+    tenths = math.ceil(size * 10) / 10
+    return f"{tenths:.1f}{unit}" if tenths < 10 else f"{math.ceil(size)}{unit}"
 
 
 def _one_line(exc):
@@ -381,83 +494,133 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-VERBOSE_HELP = "log every request (secrets redacted); tracebacks on errors"
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples in the epilog keep their lines; option columns as wide as rclone's and sshfs's."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32)
+
+
+VERBOSE_HELP = "log every request (secrets redacted); a traceback after an error's line"
+LOCATION = "URL (uftp://, firecrest://, em://) or PROFILE:/path"
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _parser():
     common = argparse.ArgumentParser(add_help=False)  # -v works after the command name too
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     parser = OneLineErrorParser(
-        prog="hpcfs",
-        description="Remote HPC storage (UFTP, FirecREST, EM API) as local files.",
-        epilog="Remote locations are URLs (uftp://..., firecrest://..., em://...) or PROFILE:/path. "
-               "Credentials come from environment variables or profiles, never from the command line.",
+        prog="hpcfs", formatter_class=HelpFormatter,
+        description="Remote HPC storage (UFTP, FirecREST, EM API) as local files: mount it, or copy and\n"
+                    "inspect files without mounting.",
+        epilog="Remote locations are URLs (uftp://..., firecrest://..., em://...) or PROFILE:/path.\n"
+               "Credentials come from environment variables or profiles, never from the command line.\n\n"
+               + _examples("hpcfs mount myhpc:/scratch ~/mnt/hpc", "hpcfs cp -r --progress results myhpc:/scratch/",
+                           "hpcfs ls -lh myhpc:/scratch", "hpcfs COMMAND --help"),
     )
     parser.add_argument("--version", action="version", version=f"hpcfs {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
-    def command(name, helptext, runner):
-        sub = commands.add_parser(name, help=helptext, description=helptext, parents=[common])
-        sub.set_defaults(run=runner)
+    def command(name, summary, runner, *, examples=(), parent=commands, add_help=True):
+        sub = parent.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".",
+                                parents=[common], formatter_class=HelpFormatter, add_help=add_help,
+                                epilog=_examples(*examples) if examples else None)
+        sub.set_defaults(run=runner, command_parser=sub)
         return sub
 
-    mount = command("mount", "mount a remote tree (in the background unless --foreground)", cmd_mount)
-    mount.add_argument("url", help="URL or PROFILE:/path")
-    mount.add_argument("mountpoint")
-    mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    mount.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[=VAL],...",
-                       help="cache and readahead (attr_ttl, negative_ttl, block_size, readahead, cache_size, "
-                            "spool_dir), backend options (timeout, ...: a wrong name is refused with the list) "
-                            "and FUSE options (allow_other, read_ahead_kb, ro, ...)")
-    mount.add_argument("-r", "--read-only", action="store_true")
+    _add_mount_commands(command)
+    _add_file_commands(command)
+    serve = command("serve", "run a local test server (uftp, firecrest, em)", None,
+                    examples=("hpcfs serve uftp --root /tmp/data", "hpcfs serve PROTOCOL --help"))
+    servers = serve.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL", title="protocols")
+    for protocol in ("uftp", "firecrest", "em"):
+        module = _server_module(protocol)
+        sub = command(protocol, f"a local {protocol} server over a directory, for tests and offline work",
+                      cmd_serve, parent=servers)
+        module.add_arguments(sub)
+        sub.set_defaults(server_module=module)
+    return parser
+
+
+def _add_mount_commands(command):
+    mount = command("mount", "mount a remote tree on a directory (in the background unless --foreground)",
+                    cmd_mount, examples=("hpcfs mount myhpc:/scratch ~/mnt/hpc",
+                                         "hpcfs mount -r -o attr_ttl=60,readahead=64M uftp://HOST:PORT/rest/auth/SERVER:/ ~/mnt/hpc",
+                                         "hpcfs umount ~/mnt/hpc"))
+    mount.add_argument("url", metavar="LOCATION", help=LOCATION)
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
+    mount.add_argument("-f", "--foreground", action="store_true",
+                       help="stay attached to the terminal; Ctrl-C unmounts")
+    mount.add_argument("-r", "--read-only", action="store_true", help="refuse every change (as -o ro)")
+    mount.add_argument("--allow-non-empty", action="store_true",
+                       help="mount even over files in MOUNTPOINT, hiding them while mounted (as -o nonempty)")
+    tuning = mount.add_argument_group("mount options (the same names work as URL query parameters and profile keys)")
+    tuning.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[=VAL],...",
+                        help="cache and readahead (attr_ttl, negative_ttl, block_size, readahead, cache_size, "
+                             "spool_dir), backend options (timeout, ...: a wrong name is refused with the list) "
+                             "and FUSE options (allow_other, read_ahead_kb, ro, nonempty, ...)")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     mount.add_argument("--target-fd", type=int, help=argparse.SUPPRESS)
 
-    umount = command("umount", "unmount", cmd_umount)
-    umount.add_argument("mountpoint")
-    umount.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
+    umount = command("umount", "unmount what hpcfs mount mounted", cmd_umount,
+                     examples=("hpcfs umount ~/mnt/hpc", "hpcfs umount --lazy ~/mnt/hpc"))
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT", help="the directory the remote tree is mounted on")
+    umount.add_argument("-z", "--lazy", action="store_true",
+                        help="detach now even if a process still uses the mount")
 
-    ls = command("ls", "list a remote directory", cmd_ls)
-    ls.add_argument("path", help="URL or PROFILE:/path")
-    ls.add_argument("-l", "--long", action="store_true", help="mode, size and time")
+    info = command("info", "check reachability and authentication, and show the server's limits", cmd_info,
+                   examples=("hpcfs info myhpc:/",))
+    info.add_argument("url", metavar="LOCATION", help=LOCATION)
 
-    cp = command("cp", "copy files to, from or between remote trees", cmd_cp)
-    cp.add_argument("sources", nargs="+", help="local paths, URLs or PROFILE:/path")
-    cp.add_argument("destination")
-    cp.add_argument("-r", "--recursive", action="store_true")
-    cp.add_argument("-R", "--resume", action="store_true",
+
+def _add_file_commands(command):
+    # ls -h is ls(1)'s human-readable sizes, so --help is the only way to ask for help here.
+    ls = command("ls", "list remote directories, as ls(1)", cmd_ls, add_help=False,
+                 examples=("hpcfs ls -lh myhpc:/scratch", "hpcfs ls -R myhpc:/scratch/run1 myhpc:/scratch/run2"))
+    ls.add_argument("paths", nargs="+", metavar="PATH", help=LOCATION)
+    ls.add_argument("-l", "--long", action="store_true", help="mode, size, time and name, one a line")
+    ls.add_argument("-a", "--all", action="store_true", help="include names that start with '.'")
+    ls.add_argument("-h", "--human-readable", action="store_true", help="with -l: sizes as 1.5K, 234M, 2.0G")
+    ls.add_argument("-R", "--recursive", action="store_true", help="list subdirectories too")
+    ls.add_argument("--help", action="help", help="show this help and exit")
+
+    cp = command("cp", "copy files to, from or between remote trees", cmd_cp,
+                 examples=("hpcfs cp -r results myhpc:/scratch/", "hpcfs cp -r --resume myhpc:/scratch/run1 ./",
+                           "hpcfs cp -j 8 'myhpc:/scratch/run1/part-1.dat' .",))
+    cp.add_argument("sources", nargs="+", metavar="SOURCE", help="local path, " + LOCATION)
+    cp.add_argument("destination", metavar="DEST",
+                    help="local path, URL or PROFILE:/path; an existing directory receives the copies")
+    cp.add_argument("-r", "-R", "--recursive", action="store_true", help="copy directories and what they hold")
+    cp.add_argument("--resume", action="store_true",
                     help="skip files the destination already has (same size); continue partial downloads")
     cp.add_argument("-L", "--dereference", action="store_true", help="follow symbolic links inside directories")
-    cp.add_argument("-j", "--parallel", type=_positive, default=4, help="files copied at once (default 4)")
+    cp.add_argument("-j", "--parallel", type=_positive, default=4, metavar="N", help="files copied at once (default 4)")
     progress = cp.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="show rate and ETA (default: when stderr is a terminal)")
-    progress.add_argument("--no-progress", dest="progress", action="store_false")
+    progress.add_argument("--no-progress", dest="progress", action="store_false",
+                          help="no status line, even on a terminal")
 
-    cat = command("cat", "print remote files", cmd_cat)
-    cat.add_argument("paths", nargs="+")
-    mkdir = command("mkdir", "make remote directories", cmd_mkdir)
-    mkdir.add_argument("paths", nargs="+")
-    mkdir.add_argument("-p", "--parents", action="store_true", help="make parents as needed; no error if existing")
-    rm = command("rm", "remove remote files (and directories with -r)", cmd_rm)
-    rm.add_argument("paths", nargs="+")
-    rm.add_argument("-r", "--recursive", action="store_true")
+    cat = command("cat", "print remote files one after another, as cat(1)", cmd_cat,
+                  examples=("hpcfs cat myhpc:/scratch/README.txt", "hpcfs cat myhpc:/scratch/log.txt | grep ERROR"))
+    cat.add_argument("paths", nargs="+", metavar="PATH", help=LOCATION)
+    mkdir = command("mkdir", "make remote directories", cmd_mkdir, examples=("hpcfs mkdir -p myhpc:/scratch/a/b",))
+    mkdir.add_argument("paths", nargs="+", metavar="PATH", help=LOCATION)
+    mkdir.add_argument("-p", "--parents", action="store_true",
+                       help="make parents as needed; no error if a directory exists (a file in the way is one)")
+    rm = command("rm", "remove remote files (and directories with -r)", cmd_rm,
+                 examples=("hpcfs rm myhpc:/scratch/old.dat", "hpcfs rm -rf myhpc:/scratch/run1"))
+    rm.add_argument("paths", nargs="+", metavar="PATH", help=LOCATION)
+    rm.add_argument("-r", "-R", "--recursive", action="store_true", help="remove directories and what they hold")
+    rm.add_argument("-f", "--force", action="store_true", help="a path that does not exist is no error")
 
-    stat = command("stat", "attributes of a remote path", cmd_stat)
-    stat.add_argument("path")
-
-    info = command("info", "reachability, authentication and server limits", cmd_info)
-    info.add_argument("url", help="URL or PROFILE:/path")
-
-    serve = command("serve", "run a local test server (uftp, firecrest, em)", None)
-    servers = serve.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    for protocol in ("uftp", "firecrest", "em"):
-        module = _server_module(protocol)
-        sub = servers.add_parser(protocol, help=f"local {protocol} server", parents=[common])
-        module.add_arguments(sub)
-        sub.set_defaults(run=cmd_serve, server_module=module)
-    return parser
+    stat = command("stat", "show a remote path's type, size, mode and time", cmd_stat,
+                   examples=("hpcfs stat myhpc:/scratch/run1.dat",))
+    stat.add_argument("path", metavar="PATH", help=LOCATION)
 
 
 def _positive(text):
@@ -489,7 +652,7 @@ def mount_helper(argv=None):
         flag = rest.pop(0)
         if flag in ("-o", "-t", "-N") and rest:  # -t fuse.hpcfs and -N namespace: nothing for us
             value = rest.pop(0)
-            kept = [item for item in value.split(",") if item.partition("=")[0] not in FSTAB_ONLY_OPTIONS]
+            kept = [item for item in value.split(",") if not _is_fstab_only(item.partition("=")[0])]
             if flag == "-o" and kept:
                 options += ["-o", ",".join(kept)]
     return main(["mount", url, mountpoint] + options)

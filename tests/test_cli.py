@@ -149,7 +149,7 @@ def test_bad_usage_is_one_line_and_exit_2(cli, uftp, tmp_path):
     mountpoint.mkdir()
     cases = [
         ([], "required"),
-        (["ls"], "required: path"),
+        (["ls"], "required: PATH"),
         (["frobnicate"], "invalid choice"),
         (["ls", "no-url-here"], "expected a URL or PROFILE:/path"),
         (["ls", "nosuchprofile:/x"], "no profile named 'nosuchprofile'"),

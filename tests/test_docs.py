@@ -4,15 +4,18 @@ Convention for the pages listed in ``PAGES``: fenced ```bash and ```python block
 A page's blocks run in order as one bash script: python blocks become ``python - <<'PYTHON'`` here
 documents, so files and exported variables carry over as they do for a reader typing them in. The page
 runs in a fresh home directory, with the credentials of its server in the environment (as the page's
-setup section tells the reader to export them). The default endpoints in the text (``127.0.0.1:9000``
+setup section tells the reader to export them), and with the ``hpcfs`` and ``python`` of a virtualenv made
+as the docs say: ``scripts/install``, then the ``pip install`` lines the pages give for their extras. The default endpoints in the text (``127.0.0.1:9000``
 for UFTP, ``127.0.0.1:8000`` for the EM API) are replaced by the test server's. Blocks tagged ```sh,
 ```ini or ```text are shown, not run, but every ``hpcfs`` command line in them must parse.
 """
+import fcntl
+import hashlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,9 @@ PAGES = {
     "docs/servers.md": None,
     "docs/troubleshooting.md": "uftp",
 }
+# What the pages tell a reader to install beyond scripts/install, for the examples that need it.
+DOCUMENTED_INSTALLS = {"docs/user-guide.md": "pip install pandas dask", "docs/servers.md": "pip install pytest pandas"}
+DOCS_VENV_SECONDS = 600
 RUN = {"bash", "python"}
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 CREDENTIAL_VARIABLES = {"UFTP_USER", "UFTP_PASSWORD", "UFTP_TOKEN", "UFTP_IDENTITY", "HPCFS_CA_FILE",
@@ -77,9 +83,41 @@ def unmount_below(directory):
     return mounted
 
 
-@pytest.mark.timeout(240)
+@pytest.fixture(scope="session")
+def docs_venv():
+    """A virtualenv made by ``HPCFS_VENV=DIR scripts/install`` plus the documented ``pip install`` lines,
+    built once and kept under /tmp while scripts/install, setup.cfg and those lines are unchanged (the
+    editable install points at this checkout, so its path is part of the key too)."""
+    for page, command in DOCUMENTED_INSTALLS.items():
+        assert command in (REPOSITORY / page).read_text(), f"{page} no longer says `{command}`"
+    key = hashlib.sha256(b"\0".join([
+        str(REPOSITORY).encode(), (REPOSITORY / "setup.cfg").read_bytes(),
+        (REPOSITORY / "scripts/install").read_bytes(), *map(str.encode, DOCUMENTED_INSTALLS.values()),
+    ])).hexdigest()[:16]
+    venv = Path(f"/tmp/hpcfs-docs-venv-{key}")
+    with open(f"{venv}.lock", "w") as lock:  # parallel test runs build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / "ready").exists():
+            _build_docs_venv(venv)
+    return venv
+
+
+def _build_docs_venv(venv):
+    shutil.rmtree(venv, ignore_errors=True)
+    env = {**os.environ, "HPCFS_VENV": str(venv)}
+    subprocess.run([str(REPOSITORY / "scripts/install")], env=env, check=True, capture_output=True,
+                   timeout=DOCS_VENV_SECONDS)
+    # The user guide's fsspec examples need nothing beyond scripts/install (dask, below, would bring it too).
+    subprocess.run([str(venv / "bin/python"), "-c", "import fsspec, hpcfs"], check=True, timeout=60)
+    for command in dict.fromkeys(DOCUMENTED_INSTALLS.values()):
+        subprocess.run([str(venv / "bin" / command.split()[0]), *command.split()[1:]], check=True,
+                       capture_output=True, timeout=DOCS_VENV_SECONDS)
+    (venv / "ready").touch()
+
+
+@pytest.mark.timeout(DOCS_VENV_SECONDS + 240)
 @pytest.mark.parametrize("page", sorted(PAGES))
-def test_examples_run(request, tmp_path, page):
+def test_examples_run(request, tmp_path, page, docs_venv):
     script = page_script(page, {})
     if not script.strip():
         pytest.skip(f"{page} has no runnable examples")
@@ -89,7 +127,8 @@ def test_examples_run(request, tmp_path, page):
     work.mkdir(parents=True)
     env = {name: value for name, value in os.environ.items()
            if name not in CREDENTIAL_VARIABLES and not name.startswith("XDG_")}
-    env.update(env_for_server, HOME=str(home), PATH=f"{os.path.dirname(sys.executable)}:{env['PATH']}")
+    env = {name: value for name, value in env.items() if name not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(env_for_server, HOME=str(home), PATH=f"{docs_venv / 'bin'}:{env['PATH']}")
     try:
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", page_script(page, substitutions)], cwd=work,
                                 env=env, capture_output=True, text=True, timeout=200)

@@ -68,9 +68,11 @@ def test_in_place_update_keeps_the_rest_of_the_file(uftp_server, mount):
 
 def test_bad_input_gives_one_line_errors(uftp_server, tmp_path):
     missing = tmp_path / "nowhere"
+    empty = tmp_path / "empty"  # a mountpoint with files in it is refused before the server is reached
+    empty.mkdir()
     cases = [
-        (["mount", "ftp://x/y", str(tmp_path)], "unknown scheme"),
-        (["mount", "uftp://127.0.0.1:1/no-auth-path", str(tmp_path)], "rest/auth"),
+        (["mount", "ftp://x/y", str(empty)], "unknown scheme"),
+        (["mount", "uftp://127.0.0.1:1/no-auth-path", str(empty)], "rest/auth"),
         (["mount", uftp_server.plain_url("/"), str(missing)], "mountpoint does not exist"),
         (["ls", "uftp://127.0.0.1:1/rest/auth/TEST:/"], ""),
         (["ls", uftp_server.plain_url("/")], ""),  # wrong password, below

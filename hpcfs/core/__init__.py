@@ -33,6 +33,21 @@ def check_options(url, options):
     if unknown:
         names = ", ".join(sorted(known - SECRET_NAMES))
         raise UsageError(f"unknown option '{unknown[0]}' for {parsed.scheme}:// (known: {names})")
+    for name, value in {**parsed.params, **options}.items():
+        if name in TIMEOUT_NAMES and value is not None:
+            _check_positive_seconds(name, value)
+
+
+TIMEOUT_NAMES = {"timeout", "upload_timeout"}  # seconds that sockets and requests wait: 0 or less is refused there
+
+
+def _check_positive_seconds(name, value):
+    try:
+        valid = float(value) > 0
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise UsageError(f"option {name} must be a number of seconds above 0, not {value!r}")
 
 
 SECRET_NAMES = {"password", "client_secret", "token", "secret"}  # options that hold (or are) a credential

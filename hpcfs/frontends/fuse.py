@@ -12,8 +12,11 @@ import itertools
 import logging
 import os
 import re
+import signal
+import subprocess
 import threading
 import time
+from typing import List, Optional
 
 from .. import errors
 
@@ -27,6 +30,8 @@ log = logging.getLogger("hpcfs.fuse")
 _BLOCK = 4096
 DEFAULT_KERNEL_READAHEAD_KIB = 1024
 _UNSIGNED_MINUS_ONE = (1 << 32) - 1  # how libfuse passes chown's "leave unchanged"
+IDLE_FUSE_THREADS = 10  # libfuse's own default for max_threads
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _translate(method):
@@ -231,8 +236,10 @@ def _unescape_mount_path(field):
     return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
-def mount(remote_tree, mountpoint, foreground=True, read_only=False, fsname="hpcfs", options=None):
-    """Mount ``remote_tree`` at ``mountpoint``; returns when it is unmounted."""
+def mount(remote_tree, mountpoint: str, read_only: bool = False, fsname: str = "hpcfs",
+          options: Optional[dict] = None) -> Optional[int]:
+    """Mount ``remote_tree`` at ``mountpoint`` (an absolute path) in the foreground; returns when it is
+    unmounted: None, or the signal (SIGINT, SIGTERM, SIGHUP) that ended it."""
     ttl = remote_tree.options.attr_ttl
     fuse_options = {
         "fsname": fsname,
@@ -243,6 +250,10 @@ def mount(remote_tree, mountpoint, foreground=True, read_only=False, fsname="hpc
         "auto_cache": True,  # keep the page cache across opens while size and mtime are unchanged
         "ro": read_only,
     }
+    if fuse.fuse_version_major == 3:
+        # libfuse 3.14 passes its "unlimited" default (-1) through a check that rejects it, printing
+        # "Ignoring invalid max threads value 4294967295" on every mount; a real number keeps it quiet.
+        fuse_options["max_idle_threads"] = IDLE_FUSE_THREADS
     fuse_options.update(options or {})
     _require_kernel_permission_checks(fuse_options)
     readahead_kib = int(fuse_options.pop("read_ahead_kb", DEFAULT_KERNEL_READAHEAD_KIB))
@@ -251,7 +262,7 @@ def mount(remote_tree, mountpoint, foreground=True, read_only=False, fsname="hpc
     ).start()
     operations = HpcfsOperations(remote_tree, read_only=read_only)
     try:
-        fuse.FUSE(operations, mountpoint, foreground=foreground, nothreads=False, **fuse_options)
+        return _serve_until_unmounted(operations, mountpoint, fuse_options)
     except RuntimeError as exc:  # libfuse has printed why on stderr; mfusepy only gives its status code
         remote_tree.close()
         raise errors.HpcfsError(f"FUSE could not mount {mountpoint} (libfuse status {exc})") from None
@@ -264,6 +275,50 @@ def _require_kernel_permission_checks(fuse_options: dict) -> None:
     the mounter's."""
     if fuse_options.get("allow_other") or fuse_options.get("allow_root"):
         fuse_options["default_permissions"] = True
+
+
+def _serve_until_unmounted(operations, mountpoint: str, fuse_options: dict) -> Optional[int]:
+    """Run libfuse's loop until the mount goes away; a stop signal unmounts it, and is returned.
+
+    libfuse's own handlers end the loop with a bare "status 8" that cannot tell Ctrl-C from a failure.
+    It installs them only where a signal has its default action, and mfusepy resets SIGINT to the default
+    only when called from the main thread.  So the loop runs in a thread, the main thread keeps Python's
+    handlers, and a signal unmounts: the loop then ends as it does for ``hpcfs umount``."""
+    received: List[int] = []
+    failure: List[BaseException] = []
+
+    def serve():
+        try:
+            fuse.FUSE(operations, mountpoint, foreground=True, nothreads=False, **fuse_options)
+        except BaseException as exc:  # handed to the main thread, which reports it
+            failure.append(exc)
+
+    def on_signal(signum, frame):
+        if received:  # asked twice: stop waiting for programs that still use a detached mount
+            os._exit(128 + signum)
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+    loop = threading.Thread(target=serve, name="hpcfs-fuse", daemon=True)
+    try:
+        loop.start()
+        while loop.is_alive():
+            loop.join(0.2)
+            if received and loop.is_alive():
+                _detach(mountpoint)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if failure and not received:
+        raise failure[0]
+    return received[0] if received else None
+
+
+def _detach(mountpoint: str) -> None:
+    """Unmount; while programs still use the mount, detach it lazily (it ends when they let go)."""
+    for command in (["fusermount3", "-u", "-q"], ["fusermount3", "-uz", "-q"]):
+        if not is_mounted(mountpoint) or subprocess.run(command + [mountpoint], capture_output=True).returncode == 0:
+            return
 
 
 def _set_kernel_readahead(mountpoint, kib, wait_seconds=30):

@@ -584,8 +584,8 @@ class EMServer:
 # -- hpcfs serve em -------------------------------------------------------------------------------------
 def add_arguments(parser):
     parser.add_argument("--root", help="directory holding the volumes (default: a new temporary directory)")
-    parser.add_argument("--host", default=DEFAULT_HOST)
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="EM API port (default %(default)s)")
     parser.add_argument("--users", help="user:password[,user:password...] (default: $EM_USERNAME/$EM_PASSWORD, "
                                         "else a generated password for 'demo')")
     parser.add_argument("--users-file", help="file of user:password lines")

@@ -603,7 +603,7 @@ def _multipart_file(request: Request) -> Tuple[str, bytes]:
 # -- hpcfs serve firecrest ---------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--root", required=True, help="directory served as the system's /")
-    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="FirecREST API port (default 8000)")
     parser.add_argument("--s3-port", type=int, default=8001, help="S3 staging port (default 8001)")
     parser.add_argument("--system", default="local", help="system name (default: local)")
@@ -611,10 +611,14 @@ def add_arguments(parser: argparse.ArgumentParser):
                                           "(default: $FIRECREST_CLIENT_ID/$FIRECREST_CLIENT_SECRET, else generated)")
     parser.add_argument("--token-lifetime", type=float, default=300.0, help="seconds (default 300)")
     parser.add_argument("--min-token-ttl", type=float, default=30.0, help="seconds a token must have left (30)")
-    parser.add_argument("--max-ops-file-size", type=int, default=DEFAULT_LIMITS["max_ops_file_size"])
-    parser.add_argument("--max-part-size", type=int, default=DEFAULT_LIMITS["max_part_size"])
-    parser.add_argument("--command-timeout", type=float, default=DEFAULT_LIMITS["command_timeout"])
-    parser.add_argument("--max-sessions", type=int, default=DEFAULT_LIMITS["max_sessions"])
+    parser.add_argument("--max-ops-file-size", type=int, default=DEFAULT_LIMITS["max_ops_file_size"],
+                        help="bytes: largest ops upload or download, larger go through S3 (default %(default)s)")
+    parser.add_argument("--max-part-size", type=int, default=DEFAULT_LIMITS["max_part_size"],
+                        help="bytes per S3 multipart upload part (default %(default)s)")
+    parser.add_argument("--command-timeout", type=float, default=DEFAULT_LIMITS["command_timeout"],
+                        help="seconds an ops command may run (default %(default)s)")
+    parser.add_argument("--max-sessions", type=int, default=DEFAULT_LIMITS["max_sessions"],
+                        help="concurrent ops requests; beyond them the answer is 424 (default %(default)s)")
     parser.add_argument("--ingress-poll", type=float, default=DEFAULT_LIMITS["ingress_poll"],
                         help="seconds between the upload job's checks of the staging bucket (real server: 60)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")

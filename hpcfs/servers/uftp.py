@@ -420,12 +420,13 @@ def add_arguments(parser):
     parser.add_argument("--users", help="user:password[,user:password...] allowed to authenticate")
     parser.add_argument("--users-file", help="file of user:password lines")
     parser.add_argument("--authorized-keys", help="SSH public keys accepted for key-signed JWT logins")
-    parser.add_argument("--host", default=common.DEFAULT_HOST)
+    parser.add_argument("--host", default=common.DEFAULT_HOST, help="address to listen on (default %(default)s)")
     parser.add_argument("--auth-port", type=int, default=9000, help="Auth server HTTPS port")
     parser.add_argument("--listen-port", type=int, default=64434, help="UFTPD FTP port")
     parser.add_argument("--cmd-port", type=int, default=64435, help="UFTPD command port")
-    parser.add_argument("--server-name", default="TEST")
-    parser.add_argument("--session-limit", type=int, default=DEFAULTS["session_limit"])
+    parser.add_argument("--server-name", default="TEST", help="the name in /rest/auth/NAME (default %(default)s)")
+    parser.add_argument("--session-limit", type=int, default=DEFAULTS["session_limit"],
+                        help="UFTPD sessions per user at once (default %(default)s)")
     parser.add_argument("--latency", type=float, default=0.0, help="milliseconds added to every reply")
 
 
