@@ -234,3 +234,13 @@ def test_pod_run_and_status(em_server, raw):
     status = raw.get("/em/pod/status", params={"pod_name": "pod-c"}).json()
     assert "startedAt" in status["data"]["state"]["running"]
     assert os.path.isdir(os.path.join(em_server.root, "pod-c"))  # a new pod name made a new volume
+
+
+def test_uplink_never_writes_through_a_link_out_of_the_volume(em_server, raw, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    volume = os.path.join(em_server.server.root, "pod-a")
+    os.makedirs(volume, exist_ok=True)
+    os.symlink(str(victim), os.path.join(volume, "planted.txt"))  # a pod could leave such a link
+    reply = raw.uplink([("planted.txt", b"overwritten")], pod_name="pod-a")
+    assert reply.status_code in (400, 403) and victim.read_bytes() == b"precious"

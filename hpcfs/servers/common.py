@@ -4,23 +4,33 @@ router over the standard library's threading HTTP server, and self-signed TLS fo
 The servers bind to 127.0.0.1 unless told otherwise.  They run in a thread of the calling process
 (tests, the demo) or in the foreground (``hpcfs serve``).
 """
+import argparse
 import collections
+import contextlib
 import datetime
+import errno
+import getpass
 import http.server
 import json
 import os
 import re
+import secrets
+import shutil
 import socket
 import socketserver
 import ssl
+import stat
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..errors import UsageError
+
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_BODY = 1 << 20  # a route that takes JSON or a form needs far less; uploads set their own cap
 
 
 class OutsideRoot(PermissionError):
@@ -29,11 +39,32 @@ class OutsideRoot(PermissionError):
 
 def confine(root: str, path: str) -> str:
     """The real local path for ``path`` under ``root``; symlinks are resolved before the check."""
-    root = os.path.realpath(root)
-    candidate = os.path.realpath(os.path.join(root, path.lstrip("/")))
-    if candidate != root and not candidate.startswith(root + os.sep):
-        raise OutsideRoot(f"Forbidden: {path} not in {root}")
+    return _resolved_inside(root, os.path.join(os.path.realpath(root), path.lstrip("/")), path)
+
+
+def _resolved_inside(root: str, local: str, shown: str) -> str:
+    real_root, candidate = os.path.realpath(root), os.path.realpath(local)
+    if candidate != real_root and not candidate.startswith(real_root + os.sep):
+        raise OutsideRoot(f"Forbidden: {shown} not in {real_root}")
     return candidate
+
+
+_WRITE_FLAGS = {"wb": os.O_CREAT | os.O_TRUNC, "ab": os.O_CREAT | os.O_APPEND, "r+b": 0}
+
+
+def open_for_writing(root: str, path: str, mode: str = "wb") -> BinaryIO:
+    """Open ``path`` under ``root`` for writing (``mode`` ``wb``, ``ab`` or ``r+b``).  A final symlink is
+    followed only while its target stays inside ``root`` (``confine`` resolves it), and the open itself never
+    follows one, so a link planted between the check and the open cannot redirect the write out of the tree."""
+    access = os.O_RDWR if mode == "r+b" else os.O_WRONLY
+    descriptor = os.open(confine(root, path), access | os.O_NOFOLLOW | _WRITE_FLAGS[mode], 0o666)
+    return os.fdopen(descriptor, mode)
+
+
+def check_link_target(root: str, link_directory: str, target: str):
+    """OutsideRoot unless a symlink in the local directory ``link_directory`` whose text is ``target`` would
+    lead inside ``root``: no link may later take a read or write out of the tree."""
+    _resolved_inside(root, os.path.join(link_directory, target), target)
 
 
 @dataclass

@@ -52,6 +52,7 @@ from .common import (
     RestApp,
     RestServer,
     confine,
+    open_for_writing,
     load_users,
     temporary_directory,
 )
@@ -300,7 +301,7 @@ class EMServer:
         """Change a volume behind the API's back, as a running pod writing into ``/data`` does."""
         target = confine(self.volume_dir(volume), path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "wb") as handle:
+        with open_for_writing(self.volume_dir(volume), path) as handle:
             handle.write(data)
 
     def volume_dir(self, volume: str) -> str:
@@ -487,7 +488,7 @@ class EMServer:
         name = django_file_name(part_name)
         if name is None:  # Django drops parts whose name sanitises to nothing
             return False
-        with open(os.path.join(destination, name), "wb") as handle:  # IsADirectoryError for a folder
+        with open_for_writing(destination, name) as handle:  # IsADirectoryError for a folder
             handle.write(content)
         return True
 

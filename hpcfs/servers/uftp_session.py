@@ -13,7 +13,7 @@ import sys
 import tarfile
 import time
 
-from .common import OutsideRoot, confine
+from .common import OutsideRoot, confine, open_for_writing
 from .uftp_wire import (MULTI_STREAM_BLOCK, DroppedConnection, MultiStreamData, PlainData, close_socket,
                         data_stream, ls_line, mlst_facts, stat_line)
 
@@ -479,7 +479,7 @@ class Session:
         real = self.target(params)[1]
         if self.number_of_bytes == -1:
             self.number_of_bytes = sys.maxsize
-        with open(real, "ab"):
+        with open_for_writing(self.server.root, self.virtual(real), "ab"):
             os.utime(real)  # "touch", as the real server does before 150
         self.reply("150 OK")
         self.transfer(lambda: self.receive_file(real), close_first=not self.keep_alive)
@@ -522,7 +522,7 @@ class Session:
             self.number_of_bytes = sys.maxsize
         drop_at = self.server.knobs.take_drop()
         count = self.number_of_bytes if drop_at is None else min(self.number_of_bytes, drop_at)
-        with open(real, "r+b") as target:
+        with open_for_writing(self.server.root, self.virtual(real), "r+b") as target:
             if not self.have_range:
                 target.truncate(0)
             target.seek(self.offset)
@@ -539,7 +539,7 @@ class Session:
                     continue
                 virtual, real = self.target(posixpath.join(self.virtual(real_dir), member.name))
                 os.makedirs(os.path.dirname(real), exist_ok=True)
-                with open(real, "wb") as target:
+                with open_for_writing(self.server.root, virtual, "wb") as target:
                     self.copy(tar.extractfile(member), target, member.size)
 
     def copy(self, source, target, count):
