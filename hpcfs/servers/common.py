@@ -20,6 +20,7 @@ import socket
 import socketserver
 import ssl
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -126,19 +127,148 @@ class RequestLog:
             return sum(self.counts[k] for k in kinds) if kinds else sum(self.counts.values())
 
 
-def load_users(spec: Optional[str], path: Optional[str]) -> Dict[str, str]:
-    """Users from ``"alice:secret,bob:pw"`` and/or a file of ``user:password`` lines."""
-    users = {}
-    lines = (spec or "").split(",")
-    if path:
+def peer_uid(connection: socket.socket) -> Optional[int]:
+    """The local user owning the other end of a TCP connection from this machine (the kernel's socket
+    table, as identd reads it); None when the peer is another host."""
+    family = connection.family
+    table = "/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp"
+    theirs, ours = (_proc_net_address(family, *connection.getpeername()[:2]),
+                    _proc_net_address(family, *connection.getsockname()[:2]))
+    try:
+        with open(table) as handle:
+            rows = [line.split() for line in handle.readlines()[1:]]
+    except OSError:
+        return None
+    return next((int(row[7]) for row in rows if row[1] == theirs and row[2] == ours), None)
+
+
+def _proc_net_address(family: int, host: str, port: int) -> str:
+    """An address as /proc/net/tcp writes it: each 32-bit word of the address in host byte order, hex."""
+    packed = socket.inet_pton(family, host)
+    words = "".join(f"{int.from_bytes(packed[i:i + 4], sys.byteorder):08X}" for i in range(0, len(packed), 4))
+    return f"{words}:{port:04X}"
+
+
+# -- secrets the servers keep: a private directory, files only their owner can read -------------------------
+class PrivateDirectory:
+    """A directory only the server's user can enter (``mkdtemp`` makes it 0700) for its TLS key, generated
+    passwords and secrets.  A directory the server made is removed on ``remove()``: a key or password left
+    behind would outlive the server on a shared machine."""
+
+    def __init__(self, prefix: str, path: Optional[str] = None):
+        self.owned = path is None
+        self.path = path if path is not None else tempfile.mkdtemp(prefix=prefix)
+
+    def write_secret(self, name: str, text: str) -> str:
+        """Write ``text`` to a new file readable by the owner only (0600 from its creation) and return its path."""
+        path = os.path.join(self.path, name)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            handle.write(text)
+        return path
+
+    def remove(self):
+        if self.owned:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def read_private_file(path: str, what: str) -> str:
+    """The text of a file that holds passwords or secrets.  Refused, as OpenSSH refuses such key files,
+    unless it belongs to the caller (or root) and no other user may read or write it."""
+    try:
+        info = os.stat(path)
         with open(path) as handle:
-            lines += handle.read().splitlines()
-    for line in lines:
+            text = handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    if info.st_uid not in (os.getuid(), 0) or info.st_mode & 0o077:
+        raise UsageError(f"the {what} {path} is open to other users (mode {stat.S_IMODE(info.st_mode):04o}, "
+                         f"owner uid {info.st_uid}): run 'chmod 600 {path}' as its owner")
+    return text
+
+
+def credential_lines(text: str) -> Iterator[Tuple[str, str]]:
+    """``name:secret`` pairs of a credentials file; blank lines and ``#`` comments skipped."""
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            name, _, password = line.partition(":")
-            users[name] = password
-    return users
+            name, _, secret = line.partition(":")
+            yield name, secret
+
+
+def generated_account(directory: PrivateDirectory) -> Tuple[str, str, str]:
+    """A random password for the invoking user, written as ``user:password`` to a 0600 file in ``directory``:
+    ``(user, password, file)``.  There is no built-in account whose password everybody knows."""
+    user, password = getpass.getuser(), secrets.token_urlsafe(16)
+    return user, password, directory.write_secret("credentials", f"{user}:{password}\n")
+
+
+# -- hpcfs serve: conventions every server's command line shares ----------------------------------------------
+def add_secret_file_argument(parser: argparse.ArgumentParser, option: str, refused: str, lines: str, env: str):
+    """``option`` FILE (mode 0600, ``lines`` per line), and ``refused``, the old option that took the same
+    secrets on the command line, where every local user sees them in ``ps``: it now fails with one line."""
+    parser.add_argument(option, metavar="FILE", help=f"file of {lines} lines, mode 0600 (default: {env}; "
+                                                      "else a generated password, in a 0600 file the banner names)")
+    parser.add_argument(refused, action=_RefusedOnCommandLine, help=argparse.SUPPRESS, instead=option)
+
+
+class _RefusedOnCommandLine(argparse.Action):
+    def __init__(self, option_strings, dest, instead: str, **kwargs):
+        self.instead = instead
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} would show passwords to every local user (ps, /proc): put them in a file "
+                     f"of mode 0600 and pass {self.instead} FILE, or use the environment")
+
+
+def add_latency_argument(parser: argparse.ArgumentParser):
+    parser.add_argument("--latency", type=duration, default=0.0, metavar="TIME",
+                        help="delay added to every reply, e.g. 10ms or 0.5s (a bare number is milliseconds)")
+
+
+def duration(text: str) -> float:
+    """Seconds from ``10ms``, ``0.5s`` or a bare number of milliseconds (one unit for every server)."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(ms|s)?", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time like 10ms or 0.5s")
+    value = float(match.group(1))
+    return value if match.group(2) == "s" else value / 1000
+
+
+class PortInUse(OSError):
+    """Another process listens on the port a server asked for."""
+
+    def __init__(self, host: str, port: int):
+        super().__init__(errno.EADDRINUSE, f"{host}:{port} is already in use")
+        self.host, self.port = host, port
+
+
+@contextlib.contextmanager
+def binding(host: str, port: int):
+    """Around a bind to ``host:port``: EADDRINUSE becomes PortInUse, which knows the port."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port) from None
+        raise
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    with binding(host, port):
+        return socket.create_server((host, port))
+
+
+@contextlib.contextmanager
+def naming_ports(options: Dict[str, int]):
+    """Turn a PortInUse while a server starts into one line that names the port and the option to change it
+    (``options`` maps each port option to the port it asked for)."""
+    try:
+        yield
+    except PortInUse as exc:
+        option = next((name for name, port in options.items() if port == exc.port), "--port")
+        raise UsageError(f"port {exc.port} on {exc.host} is already in use (another server running?): "
+                         f"choose another with {option} PORT, or {option} 0 for any free port") from None
 
 
 # -- TLS -----------------------------------------------------------------------------------------------
@@ -435,7 +565,8 @@ class RestServer:
 
     def __init__(self, app: RestApp, host: str = DEFAULT_HOST, port: int = 0, tls_dir: Optional[str] = None):
         handler = type("Handler", (_RestHandler,), {})
-        self.httpd = _ThreadingHTTPServer((host, port), handler)
+        with binding(host, port):
+            self.httpd = _ThreadingHTTPServer((host, port), handler)
         self.httpd.app = app
         self.httpd.connections, self.httpd.connections_lock = set(), threading.Lock()
         self.cert_file = None
@@ -473,11 +604,15 @@ class RestServer:
                 pass
 
 
-def run_until_interrupted(server):
-    """Block until Ctrl-C or SIGTERM, then stop ``server`` (for ``hpcfs serve``)."""
+def run_until_interrupted(server, banner: str = ""):
+    """Print ``banner``, block until Ctrl-C or SIGTERM, then stop ``server`` (for ``hpcfs serve``).  The
+    banner comes after the SIGTERM handler: a script that kills the server as soon as it has read the
+    banner must still get the cleanup (TLS key and generated passwords removed)."""
     import signal
 
     signal.signal(signal.SIGTERM, _interrupt)
+    if banner:
+        print(banner, flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -34,7 +34,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -53,7 +52,13 @@ from .common import (
     RestServer,
     confine,
     open_for_writing,
-    load_users,
+    PrivateDirectory,
+    add_latency_argument,
+    add_secret_file_argument,
+    credential_lines,
+    generated_account,
+    naming_ports,
+    read_private_file,
     temporary_directory,
 )
 
@@ -252,7 +257,12 @@ class EMServer:
             raise ValueError(f"api must be v1 or v2, not {api!r}")
         self.root = os.path.realpath(root or temporary_directory("hpcfs-em-"))
         os.makedirs(os.path.join(self.root, DEFAULT_VOLUME), exist_ok=True)
-        self.users = dict(users if users is not None else {"alice": "secret"})
+        self.private = PrivateDirectory("hpcfs-em-")  # TLS key, generated password; removed on stop
+        self.generated_credentials = None
+        if users is None:  # no built-in account: a random password for the invoking user, in a 0600 file
+            user, password, self.generated_credentials = generated_account(self.private)
+            users = {user: password}
+        self.users = dict(users)
         self.api, self.max_upload, self.max_files = api, max_upload, max_files
         self.knobs = Knobs()
         self.log = RequestLog()
@@ -265,8 +275,11 @@ class EMServer:
         self._pods: Dict[str, str] = {}  # pod name -> start time of its last run
         self.app = _EMApp(self)
         self._register_routes(pvc_list)
-        self._tls_dir = tempfile.mkdtemp(prefix="hpcfs-em-tls-") if tls else None
-        self.http = RestServer(self.app, host, port, tls_dir=self._tls_dir)
+        try:
+            self.http = RestServer(self.app, host, port, tls_dir=self.private.path if tls else None)
+        except OSError:
+            self.private.remove()
+            raise
 
     # -- lifecycle --------------------------------------------------------------------------------------
     @property
@@ -289,8 +302,7 @@ class EMServer:
 
     def stop(self):
         self.http.stop()
-        if self._tls_dir:
-            shutil.rmtree(self._tls_dir, ignore_errors=True)
+        self.private.remove()
 
     # -- test hooks -------------------------------------------------------------------------------------
     def revoke_tokens(self):
@@ -583,13 +595,14 @@ class EMServer:
 
 
 # -- hpcfs serve em -------------------------------------------------------------------------------------
+DEFAULT_PORT = 8090  # not FirecREST's 8000: the guides start both servers side by side
+
+
 def add_arguments(parser):
     parser.add_argument("--root", help="directory holding the volumes (default: a new temporary directory)")
-    parser.add_argument("--host", default=DEFAULT_HOST)
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--users", help="user:password[,user:password...] (default: $EM_USERNAME/$EM_PASSWORD, "
-                                        "else a generated password for 'demo')")
-    parser.add_argument("--users-file", help="file of user:password lines")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
+    add_secret_file_argument(parser, "--users-file", "--users", "user:password", "$EM_USERNAME/$EM_PASSWORD")
     parser.add_argument("--api", choices=("v1", "v2"), default="v1",
                         help="v1: pod_name, GET listings (the spec); v2: pvc_name, POST listings (the 2026 client)")
     parser.add_argument("--no-pvc-list", action="store_true", help="serve no /em/pvc/* endpoints (older servers)")
@@ -597,39 +610,39 @@ def add_arguments(parser):
     parser.add_argument("--refresh-lifetime", type=float, default=86400.0, help="seconds (default 86400)")
     parser.add_argument("--max-upload", type=int, default=2 * GIB, help="bytes per uplink call (default 2 GiB)")
     parser.add_argument("--max-files", type=int, default=100, help="file parts per uplink call (default 100)")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    add_latency_argument(parser)
     parser.add_argument("--busy-time", type=float, default=0.0, help="seconds each /em request holds the account")
     parser.add_argument("--upload-delay", type=float, default=0.0, help="extra seconds per uplink (second hop)")
     parser.add_argument("--tls", action="store_true", help="HTTPS with a self-signed certificate")
 
 
-def _users_from(args) -> Tuple[Dict[str, str], bool]:
-    """The accounts to serve and whether the password was generated here (so it must be shown once)."""
-    users = load_users(args.users, args.users_file)
-    if users:
-        return users, False
+def _users_from(args) -> Optional[Dict[str, str]]:
+    """The accounts to serve: the users file, else $EM_USERNAME/$EM_PASSWORD, else None (generate one)."""
+    if args.users_file:
+        return dict(credential_lines(read_private_file(args.users_file, "users file")))
     if os.environ.get("EM_USERNAME") and os.environ.get("EM_PASSWORD"):
-        return {os.environ["EM_USERNAME"]: os.environ["EM_PASSWORD"]}, False
-    return {"demo": secrets.token_urlsafe(12)}, True
+        return {os.environ["EM_USERNAME"]: os.environ["EM_PASSWORD"]}
+    return None
 
 
 def serve(args):
-    users, generated = _users_from(args)
-    server = EMServer(
-        args.root, users, args.host, args.port, api=args.api, pvc_list=not args.no_pvc_list,
-        access_lifetime=args.access_lifetime, refresh_lifetime=args.refresh_lifetime,
-        max_upload=args.max_upload, max_files=args.max_files, tls=args.tls,
-    )
+    with naming_ports({"--port": args.port}):
+        server = EMServer(
+            args.root, _users_from(args), args.host, args.port, api=args.api, pvc_list=not args.no_pvc_list,
+            access_lifetime=args.access_lifetime, refresh_lifetime=args.refresh_lifetime,
+            max_upload=args.max_upload, max_files=args.max_files, tls=args.tls,
+        )
     server.knobs.latency = args.latency
     server.knobs.extra.update(busy_time=args.busy_time, upload_delay=args.upload_delay)
     server.start()
-    user = sorted(users)[0]
+    user = sorted(server.users)[0]
     query = f"?tls=1&verify={server.cert_file}" if args.tls else ""
     lines = [f"EM API ({args.api}) serving {server.root} at {server.url}/",
              f"  connect: hpcfs mount em://{user}@{server.http.host}:{server.port}/{query} MOUNTPOINT"]
-    if generated:
-        lines.append(f"  credentials for this run: export EM_USERNAME={user} EM_PASSWORD={users[user]}")
+    if server.generated_credentials:
+        lines.append(f"  no users configured: generated a password for {user} in {server.generated_credentials} "
+                     f"(user:password, mode 0600; removed when the server stops): "
+                     f"export EM_USERNAME={user} EM_PASSWORD=\"$(cut -d: -f2- {server.generated_credentials})\"")
     else:
         lines.append("  credentials: export EM_USERNAME and EM_PASSWORD for the account you configured")
-    print("\n".join(lines), flush=True)
-    run_until_interrupted(server)
+    run_until_interrupted(server, "\n".join(lines))

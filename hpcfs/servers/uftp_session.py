@@ -13,7 +13,7 @@ import sys
 import tarfile
 import time
 
-from .common import OutsideRoot, confine, open_for_writing
+from .common import OutsideRoot, confine, open_for_writing, peer_uid
 from .uftp_wire import (MULTI_STREAM_BLOCK, DroppedConnection, MultiStreamData, PlainData, close_socket,
                         data_stream, ls_line, mlst_facts, stat_line)
 
@@ -365,19 +365,33 @@ class Session:
                 self.reply(f"229 Entering Extended Passive Mode (|||{port}|)")
             else:
                 self.reply(f"227 Entering Passive Mode ({my_ip.replace('.', ',')},{port // 256},{port % 256})")
-            listener.settimeout(self.server.setting("data_accept_timeout"))
-            try:
-                sock, address = listener.accept()
-            except socket.timeout:
-                raise EndSession() from None
-        sock.settimeout(None)
-        if address[0] != self.control.peer_ip():
-            sock.close()
-            raise Exception(f"Rejecting connection from unexpected host {address[0]} - expected {self.control.peer_ip()}")
+            sock = self.accept_own_data_connection(listener)
         self.connectors.append(sock)
         if len(self.connectors) == self.num_streams:
             streams = [data_stream(s, self.job.key, self.job.algo, self.job.compress) for s in self.connectors]
             self.data = streams[0] if self.num_streams == 1 else MultiStreamData(streams)
+
+    def accept_own_data_connection(self, listener):
+        """The connection from this session's client to ``listener``.  Another host is refused as UFTPD does
+        (a 500 that ends the command); on this machine the peer must also be the control connection's local
+        user, so another user of a shared login node who races for the announced port is closed unserved
+        and the wait goes on."""
+        deadline = time.monotonic() + self.server.setting("data_accept_timeout")
+        expected_ip, expected_uid = self.control.peer_ip(), peer_uid(self.control.sock)
+        while True:
+            listener.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                sock, address = listener.accept()
+            except socket.timeout:
+                raise EndSession() from None
+            if address[0] != expected_ip:
+                sock.close()
+                raise Exception(f"Rejecting connection from unexpected host {address[0]} - expected {expected_ip}")
+            if expected_uid is None or peer_uid(sock) == expected_uid:
+                sock.settimeout(None)
+                return sock
+            self.server.log.record("data-refused", f"uid {peer_uid(sock)}")
+            close_socket(sock)
 
     def close_data(self):
         self.num_streams = 1
