@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import UsageError
@@ -315,16 +315,47 @@ def self_signed_certificate(directory: str, hostname: str = "localhost") -> Tupl
 
 
 # -- REST ----------------------------------------------------------------------------------------------
+class BodyTooLarge(Exception):
+    """A request body longer than its route accepts; answered 413 without reading it."""
+
+
 @dataclass
 class Request:
+    """One request.  Its body stays on the socket until a handler asks for it (``body`` or ``body_chunks``):
+    a handler that refuses the caller from the headers never reads, let alone buffers, what was sent."""
+
     method: str
     path: str
     query: Dict[str, List[str]]
     headers: "http.client.HTTPMessage"
-    body: bytes
+    source: Optional[BinaryIO] = None  # the connection, positioned at the body
+    content_length: int = 0
     params: Dict[str, str] = field(default_factory=dict)  # from the route pattern
     client_ip: str = ""
     handler: Optional[http.server.BaseHTTPRequestHandler] = None  # for streaming replies
+    max_body: int = DEFAULT_MAX_BODY  # the route's limit, checked when the body is first asked for
+    _body: Optional[bytes] = field(default=None, repr=False)
+    body_consumed: bool = False  # read or streamed: the connection can carry the next request
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = b"".join(self.body_chunks())
+        return self._body
+
+    def body_chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The body in pieces of at most ``size`` bytes, straight from the socket (once).  BodyTooLarge
+        (a 413) if it is longer than the route accepts: checked here, so the caller is authenticated first."""
+        if self.content_length > self.max_body:
+            raise BodyTooLarge(self.max_body)
+        remaining = 0 if self.body_consumed or self.source is None else self.content_length
+        self.body_consumed = True
+        while remaining > 0:
+            chunk = self.source.read(min(size, remaining))
+            if not chunk:
+                raise ConnectionError("the client closed the connection before the end of the body")
+            remaining -= len(chunk)
+            yield chunk
 
     def arg(self, name, default=None):
         values = self.query.get(name)
@@ -354,41 +385,59 @@ class Response:
 Handler = Callable[[Request], Response]
 
 
+MaxBody = Union[int, Callable[[], int]]  # bytes, or a function of the server's live settings
+
+
 class RestApp:
-    """Routes ``(method, '/path/{param}')`` to handlers; counts requests; applies knob latency."""
+    """Routes ``(method, '/path/{param}')`` to handlers; counts requests; applies knob latency.  A body
+    longer than its route's ``max_body`` is refused (413) before the handler runs."""
 
     def __init__(self, knobs: Optional[Knobs] = None, log: Optional[RequestLog] = None):
-        self.routes: List[Tuple[str, "re.Pattern", str, Handler]] = []
+        self.routes: List[Tuple[str, "re.Pattern", str, Handler, MaxBody]] = []
         self.knobs = knobs or Knobs()
         self.log = log or RequestLog()
 
-    def route(self, method: str, pattern: str):
+    def route(self, method: str, pattern: str, max_body: MaxBody = DEFAULT_MAX_BODY):
         regex = re.compile("^" + re.sub(r"\{(\w+)(:path)?\}", _param_regex, pattern) + "/?$")
 
         def register(handler):
-            self.routes.append((method, regex, pattern, handler))
+            self.routes.append((method, regex, pattern, handler, max_body))
             return handler
 
         return register
 
-    def dispatch(self, request: Request) -> Response:
+    def _match(self, request: Request):
+        """The route for the request (or None) and the methods its path allows."""
         allowed = []
-        for method, regex, pattern, handler in self.routes:
+        for route in self.routes:
+            method, regex = route[:2]
             match = regex.match(request.path)
-            if not match:
-                continue
-            if method != request.method:
+            if match and method == request.method:
+                request.params = {k: unquote(v) for k, v in match.groupdict().items()}
+                return route, allowed
+            if match:
                 allowed.append(method)
-                continue
-            request.params = {k: unquote(v) for k, v in match.groupdict().items()}
-            self.log.record(f"{method} {pattern}", request.path)
-            self.knobs.delay()
-            kind = garbage_for(self.knobs, request.path)
-            return handler(request) if kind is None else garbled(kind, lambda: handler(request))
-        self.log.record("unrouted", f"{request.method} {request.path}")
-        if allowed:
-            return Response.json({"detail": "Method Not Allowed"}, 405, {"Allow": ", ".join(allowed)})
-        return Response.json({"detail": "Not Found"}, 404)
+        return None, allowed
+
+    def body_limit(self, request: Request) -> int:
+        """The body size the request's route accepts (for apps that read the body before dispatching)."""
+        route = self._match(request)[0]
+        max_body = route[4] if route else DEFAULT_MAX_BODY
+        return max_body() if callable(max_body) else max_body
+
+    def dispatch(self, request: Request) -> Response:
+        route, allowed = self._match(request)
+        if route is None:
+            self.log.record("unrouted", f"{request.method} {request.path}")
+            if allowed:
+                return Response.json({"detail": "Method Not Allowed"}, 405, {"Allow": ", ".join(allowed)})
+            return Response.json({"detail": "Not Found"}, 404)
+        method, _, pattern, handler, _ = route
+        request.max_body = self.body_limit(request)
+        self.log.record(f"{method} {pattern}", request.path)
+        self.knobs.delay()
+        kind = garbage_for(self.knobs, request.path)
+        return handler(request) if kind is None else garbled(kind, lambda: handler(request))
 
 
 # -- the ``garbage`` knob: malformed replies, as a broken server or a proxy in between gives them ---------
@@ -479,21 +528,32 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
 
     def _handle(self):
         split = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        try:
+            length = max(int(self.headers.get("Content-Length") or 0), 0)
+        except ValueError:
+            length = 0
+            self.close_connection = True  # where the next request would start is unknown
         request = Request(
             method=self.command,
             path=split.path,
             query=parse_qs(split.query, keep_blank_values=True),
             headers=self.headers,
-            body=body,
+            source=self.rfile,
+            content_length=length,
             client_ip=self.client_address[0],
             handler=self,
         )
         try:
             response = self.server.app.dispatch(request)
+        except BodyTooLarge as exc:
+            self.server.app.log.record("too-large", f"{request.method} {request.path}")
+            response = Response.json({"detail": f"Request body larger than {exc.args[0]} bytes"}, 413)
         except Exception as exc:  # a bug in a handler must show up as a 500, not a dropped socket
             response = Response.json({"detail": f"internal error: {exc}"}, 500)
+        if length and not request.body_consumed:  # refused unread: the body must not pass for a request
+            self.close_connection = True
+            if response is not None:
+                response.headers.setdefault("Connection", "close")
         if response is not None:  # None: the handler streamed its own reply
             self._send(response)
 
@@ -611,9 +671,9 @@ def run_until_interrupted(server, banner: str = ""):
     import signal
 
     signal.signal(signal.SIGTERM, _interrupt)
-    if banner:
-        print(banner, flush=True)
     try:
+        if banner:
+            print(banner, flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         pass

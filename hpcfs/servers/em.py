@@ -62,6 +62,7 @@ from .common import (
     temporary_directory,
 )
 
+UPLINK_OVERHEAD = 1 << 20  # multipart headers and form fields around an uplink's files
 DEFAULT_VOLUME = "_default"  # the directory of the volume used when no pod name is given
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes (DNS-1123) label
 GIB = 1024**3
@@ -228,8 +229,13 @@ class _EMApp(RestApp):
     def dispatch(self, request: Request) -> Optional[Response]:
         request.path = re.sub("/+", "/", request.path)
         try:
+            if request.path.startswith("/em/"):  # from the headers, before a byte of the body is read
+                self.server.authenticated_user(request)
+            request.max_body = self.body_limit(request)
             request.form, request.uploads = parse_form(request)
         except _Reply as reply:
+            request.form, request.uploads = {}, []
+            self.server.note_request(request)
             return self.server.count(reply.response)
         self.server.note_request(request)
         return self.server.count(super().dispatch(request))
@@ -346,7 +352,7 @@ class EMServer:
         self.app.route("POST", "/auth/refresh")(self._refresh)
         protected = [
             (query_method, "/em/files/list", self._list_files),
-            ("POST", "/em/files/uplink", self._uplink),
+            ("POST", "/em/files/uplink", self._uplink, lambda: self.max_upload + UPLINK_OVERHEAD),
             ("GET", "/em/files/downlink", self._downlink),
             ("POST", "/em/files/delete", self._delete),
             ("POST", "/em/pod/image/build", self._image_build),
@@ -358,15 +364,15 @@ class EMServer:
         ]
         if pvc_list:
             protected += [(query_method, "/em/pvc/list", self._pvc_list), ("POST", "/em/pvc/delete", self._pvc_delete)]
-        for method, path, handler in protected:
-            self.app.route(method, path)(self._protected(handler))
+        for method, path, handler, *max_body in protected:
+            self.app.route(method, path, *max_body)(self._protected(handler))
 
     def _protected(self, handler):
         """Authenticate, apply fault knobs, and hold the account's lock (423 if another request runs)."""
 
         def run(request: Request) -> Optional[Response]:
             try:
-                user = self._authenticated_user(request)
+                user = self.authenticated_user(request)
                 if self.knobs.take_busy():
                     return self._locked()
                 if self._take_failure():
@@ -416,7 +422,7 @@ class EMServer:
             return Response.json({"detail": "Token is invalid or expired", "code": "token_not_valid"}, 401)
         return Response.json({"access": self.tokens.issue("access", user)})
 
-    def _authenticated_user(self, request: Request) -> str:
+    def authenticated_user(self, request: Request) -> str:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         challenge = {"WWW-Authenticate": 'Bearer realm="api"'}
         if scheme != "Bearer" or not token:

@@ -28,7 +28,7 @@ import time
 import uuid
 from typing import Dict, Optional, Tuple
 
-from .common import (DEFAULT_HOST, Knobs, PrivateDirectory, Request, Response, RestApp, RestServer, RequestLog,
+from .common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, PrivateDirectory, Request, Response, RestApp, RestServer, RequestLog,
                      add_latency_argument, add_secret_file_argument, credential_lines, generated_account,
                      naming_ports, read_private_file, run_until_interrupted, self_signed_certificate,
                      temporary_directory)
@@ -40,6 +40,7 @@ from .firecrest_shell import ApiError, RemoteShell, command_error
 
 APP_VERSION = "2.5.6"
 MIB = 1024 * 1024
+MULTIPART_OVERHEAD = MIB  # part headers around an ops/upload file (the handler's own limit answers first)
 DEFAULT_LIMITS = {
     "max_ops_file_size": 5 * MIB,  # output cap of every ops command and the ops/upload limit
     "max_part_size": 2 * 1024 * MIB,  # S3 multipart part size for transfer/upload
@@ -133,7 +134,7 @@ class FirecrestServer:
         try:
             self.api = RestServer(self._build_api(), host, port)
             try:
-                self.s3 = RestServer(build_app(self.store, self.knobs, self.log), host, s3_port)
+                self.s3 = RestServer(build_app(self.store, self.knobs, self.log, lambda: self.knob("max_part_size")), host, s3_port)
             except OSError:
                 self.api.httpd.server_close()
                 raise
@@ -219,8 +220,14 @@ class FirecrestServer:
             ("DELETE", "/compute/{system_name}/jobs/{job_id}", self._cancel_job),
         ]
         for method, pattern, handler in routes:
-            app.route(method, pattern)(self._endpoint(handler))
+            app.route(method, pattern, self._max_body(pattern))(self._endpoint(handler))
         return app
+
+    def _max_body(self, pattern: str):
+        """ops/upload takes a file of up to max_ops_file_size in a multipart body; the rest take JSON."""
+        if pattern.endswith("/ops/upload"):
+            return lambda: self.knob("max_ops_file_size") + MULTIPART_OVERHEAD
+        return DEFAULT_MAX_BODY
 
     def _endpoint(self, handler, auth: bool = True):
         """Wrap a handler ``(request, user) -> Response`` in what FirecREST does around every route:
