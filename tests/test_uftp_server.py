@@ -751,3 +751,60 @@ def test_cli_names_a_port_in_use(tree, tmp_path):
     assert failed.returncode == 2 and failed.stderr.splitlines() == [
         f"hpcfs: error: port {port} on 127.0.0.1 is already in use (another server running?): choose another "
         f"with --listen-port PORT, or --listen-port 0 for any free port"]
+
+
+# -- SSH-key logins with the key in ssh-agent ----------------------------------------------------------
+@pytest.fixture
+def ssh_agent(tmp_path, monkeypatch):
+    """A real ssh-agent of this test's own, on a private socket, as SSH_AUTH_SOCK."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+    yield sock
+    agent.terminate()
+    agent.wait(timeout=10)
+
+
+def _ssh_keygen(path, key_type, passphrase=""):
+    size = ["-b", "2048"] if key_type == "rsa" else []
+    subprocess.run(["ssh-keygen", "-q", "-t", key_type, *size, "-N", passphrase, "-C", "demo@host", "-f", str(path)],
+                   check=True, timeout=30)
+    return path.with_name(path.name + ".pub")
+
+
+@pytest.mark.parametrize("key_type", ["rsa", "ed25519"])
+def test_ssh_key_login_signed_by_ssh_agent(server, tmp_path, ssh_agent, key_type):
+    from hpcfs.uftp.auth import AuthClient, SSHKeyCredential
+
+    key = tmp_path / f"id_{key_type}"
+    public = _ssh_keygen(key, key_type)
+    subprocess.run(["ssh-add", "-q", str(key)], check=True, timeout=30, capture_output=True)
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(public)], check=True, capture_output=True,
+                                 text=True).stdout.split()[1]
+    key.unlink()  # from now on only the agent has the private key
+    server.authorized_keys = str(public)
+    for identity in (str(public), fingerprint):  # like ssh -i key.pub, or the agent's name for the key
+        client = AuthClient(server.auth_url, SSHKeyCredential("demo", identity), verify=server.cert_file)
+        grant = client.authenticate(BASE)
+        client.close()
+        assert Wire(grant.port).login(grant.secret) == b"230 Login successful\n", identity
+    assert server.log.snapshot()["auth"] == 2
+
+
+def test_ssh_key_files_open_to_others_and_unknown_agent_keys_are_refused(tmp_path, ssh_agent):
+    from hpcfs import errors
+    from hpcfs.uftp.auth import SSHKeyCredential
+
+    key = tmp_path / "id_ed25519"
+    _ssh_keygen(key, "ed25519")
+    key.chmod(0o644)
+    with pytest.raises(errors.UsageError) as refused:
+        SSHKeyCredential("demo", str(key))
+    assert str(refused.value) == (f"UNPROTECTED PRIVATE KEY FILE: permissions 0644 for '{key}' are too open "
+                                  f"(other users could read the key); run 'chmod 600 {key}'")
+    with pytest.raises(errors.UsageError, match="no key with fingerprint SHA256:nope in the ssh-agent"):
+        SSHKeyCredential("demo", "SHA256:nope")
