@@ -808,3 +808,30 @@ def test_ssh_key_files_open_to_others_and_unknown_agent_keys_are_refused(tmp_pat
                                   f"(other users could read the key); run 'chmod 600 {key}'")
     with pytest.raises(errors.UsageError, match="no key with fingerprint SHA256:nope in the ssh-agent"):
         SSHKeyCredential("demo", "SHA256:nope")
+
+
+def test_an_encrypted_key_file_asks_for_its_passphrase_on_a_terminal(tmp_path, monkeypatch):
+    import pty
+
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    key = tmp_path / "id_ed25519"
+    public = _ssh_keygen(key, "ed25519", passphrase="correct horse")
+    script = ("import sys; from hpcfs.uftp.auth import SSHKeyCredential; "
+              "print('SIGNED', SSHKeyCredential('demo', sys.argv[1]).header().count('.'))")
+    child, terminal = pty.fork()
+    if child == 0:  # on the terminal, as a user typing the command
+        os.execv(sys.executable, [sys.executable, "-c", script, str(public)])
+    seen = b""
+    while b"Enter passphrase for key" not in seen:
+        seen += os.read(terminal, 1024)
+    assert f"'{key}'".encode() in seen
+    os.write(terminal, b"correct horse\n")
+    while True:
+        try:
+            chunk = os.read(terminal, 1024)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert os.waitpid(child, 0)[1] == 0 and b"SIGNED 2" in seen
