@@ -37,7 +37,9 @@ import shutil
 import threading
 import time
 import uuid
-from typing import Dict, List, Optional, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
+
+import multipart
 from urllib.parse import parse_qs, quote
 
 from .common import (
@@ -62,6 +64,8 @@ from .common import (
     temporary_directory,
 )
 
+MULTIPART_MEMORY = 8 << 20  # bytes of small parts kept in memory per request; larger parts spill to disk
+FORM_FIELDS = 16  # parts besides the files (pod_name, dest_path, ...) a form may carry
 UPLINK_OVERHEAD = 1 << 20  # multipart headers and form fields around an uplink's files
 DEFAULT_VOLUME = "_default"  # the directory of the volume used when no pod name is given
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes (DNS-1123) label
@@ -160,36 +164,52 @@ def _disposition(header: str) -> Dict[str, str]:
     return params
 
 
-def parse_multipart(body: bytes, content_type: str) -> Tuple[Dict[str, str], List[Tuple[str, bytes]]]:
-    """Text fields and ``(filename, content)`` file parts of a multipart/form-data body."""
-    boundary = _disposition(content_type).get("boundary", "").encode()
+def parse_multipart(request: Request, max_parts: int) -> Tuple[Dict[str, str], List["multipart.MultipartPart"]]:
+    """Text fields and file parts (``.filename``, ``.size``, ``.file``) of a multipart/form-data body, read
+    from the socket as it arrives: a part beyond 64 KiB goes to a temporary file, so an upload of gigabytes
+    needs no more memory than one of kilobytes.  The caller closes the parts (which deletes the files)."""
+    boundary = _disposition(request.headers.get("Content-Type", "")).get("boundary", "")
     if not boundary:
         raise _Reply(_html(400, DJANGO_400))
     fields, files = {}, []
-    for part in body.split(b"--" + boundary)[1:]:
-        if part.startswith(b"--"):
-            break
-        head, _, content = part.partition(b"\r\n\r\n")
-        content = content[:-2] if content.endswith(b"\r\n") else content
-        headers = dict(
-            (key.strip().lower(), value.strip())
-            for key, _, value in (line.partition(":") for line in head.decode("utf-8", "replace").split("\r\n"))
-        )
-        params = _disposition(headers.get("content-disposition", ""))
-        if "filename" in params:
-            files.append((params["filename"], content))
-        elif "name" in params:
-            fields[params["name"]] = content.decode("utf-8", "replace")
+    try:
+        for part in multipart.MultipartParser(_ChunkReader(request.body_chunks()), boundary, request.content_length,
+                                              part_limit=max_parts, memory_limit=MULTIPART_MEMORY):
+            if part.filename is not None:
+                files.append(part)
+            elif part.name is not None:
+                fields[part.name] = part.value
+    except multipart.MultipartError:
+        for part in files:
+            part.close()
+        raise _Reply(_html(400, DJANGO_400)) from None
     return fields, files
 
 
-def parse_form(request: Request) -> Tuple[Dict[str, str], List[Tuple[str, bytes]]]:
+class _ChunkReader:
+    """``read(n)`` over an iterator of byte chunks (a request body as it comes off the socket)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks, self._pending = chunks, b""
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._pending:
+            self._pending = next(self._chunks, None)
+            if self._pending is None:
+                self._pending = b""
+                return b""
+        size = len(self._pending) if size < 0 else size
+        piece, self._pending = self._pending[:size], self._pending[size:]
+        return piece
+
+
+def parse_form(request: Request, max_parts: int) -> Tuple[Dict[str, str], List["multipart.MultipartPart"]]:
     """Query, form, JSON or multipart fields merged (body wins), as DRF's parsers accept all of them."""
     fields = {key: values[-1] for key, values in request.query.items()}
     content_type = request.headers.get("Content-Type", "")
     files = []
     if content_type.startswith("multipart/form-data"):
-        body_fields, files = parse_multipart(request.body, content_type)
+        body_fields, files = parse_multipart(request, max_parts)
         fields.update(body_fields)
     elif content_type.startswith("application/json"):
         payload = request.json()
@@ -232,13 +252,17 @@ class _EMApp(RestApp):
             if request.path.startswith("/em/"):  # from the headers, before a byte of the body is read
                 self.server.authenticated_user(request)
             request.max_body = self.body_limit(request)
-            request.form, request.uploads = parse_form(request)
+            request.form, request.uploads = parse_form(request, self.server.max_files + FORM_FIELDS)
         except _Reply as reply:
             request.form, request.uploads = {}, []
             self.server.note_request(request)
             return self.server.count(reply.response)
         self.server.note_request(request)
-        return self.server.count(super().dispatch(request))
+        try:
+            return self.server.count(super().dispatch(request))
+        finally:
+            for upload in request.uploads:
+                upload.close()
 
 
 class EMServer:
@@ -319,7 +343,7 @@ class EMServer:
         """Change a volume behind the API's back, as a running pod writing into ``/data`` does."""
         target = confine(self.volume_dir(volume), path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open_for_writing(self.volume_dir(volume), path) as handle:
+        with open(target, "wb") as handle:  # a test hook: the pod writes, not a client of the API
             handle.write(data)
 
     def volume_dir(self, volume: str) -> str:
@@ -489,25 +513,26 @@ class EMServer:
             return _html(400, DJANGO_400)
         if not request.uploads:
             raise _error(400, "NO_FILES", "No files were provided for uplink!")
-        total = sum(len(content) for _, content in request.uploads)
+        total = sum(upload.size for upload in request.uploads)
         if total > self.max_upload:
             raise _error(400, "MAX_UPLINK_SIZE_EXCEEDED", f"Total upload size exceeds {_size_text(self.max_upload)}")
         destination = self._inside(self._volume(request), request.form.get("dest_path", ""), allow_root=True)
         time.sleep(float(self.knobs.extra.get("upload_delay", 0)))  # the backend's second hop to the EM
         try:
             os.makedirs(destination, exist_ok=True)
-            stored = [self._store(destination, name, content) for name, content in request.uploads]
+            stored = [self._store(destination, upload.filename, upload.file) for upload in request.uploads]
         except OSError as exc:
             raise _error(400, "UPLINK_FAILED", f"Uplink failed: {exc.strerror}") from None
         return _ok("Successfully uplinked files",
                    {"file_count": sum(stored), "total_size_kb": round(total / 1024, 2)})
 
-    def _store(self, destination: str, part_name: str, content: bytes) -> bool:
+    def _store(self, destination: str, part_name: str, content: BinaryIO) -> bool:
         name = django_file_name(part_name)
         if name is None:  # Django drops parts whose name sanitises to nothing
             return False
+        content.seek(0)
         with open_for_writing(destination, name) as handle:  # IsADirectoryError for a folder
-            handle.write(content)
+            shutil.copyfileobj(content, handle, 1 << 20)
         return True
 
     def _downlink(self, request: Request) -> None:
