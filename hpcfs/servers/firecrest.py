@@ -670,15 +670,14 @@ def serve(args):
     server.knobs.latency = args.latency
     server.start()
     client_id = sorted(server.clients)[0]
-    lines = []
-    lines.append(f"FirecREST v2 API serving {server.root} as system '{server.system}' at {server.url}")
-    lines.append(f"  token endpoint: {server.token_url}   S3 staging: {server.s3.url}")
-    lines.append(f"  connect: export FIRECREST_URL={server.url} AUTH_TOKEN_URL={server.token_url} "
-          f"FIRECREST_CLIENT_ID={client_id}")
+    lines = [f"FirecREST v2 API serving {server.root} as system '{server.system}' at {server.url}",
+             f"  token endpoint: {server.token_url}   S3 staging: {server.s3.url}",
+             f"  connect: export FIRECREST_URL={server.url} AUTH_TOKEN_URL={server.token_url} "
+             f"FIRECREST_CLIENT_ID={client_id}"]
     if server.generated_credentials:
-        lines.append(f"  no clients configured: generated a secret for {client_id} in {server.generated_credentials} "
-              f"(client_id:secret, mode 0600; removed when the server stops): "
-              f"export FIRECREST_CLIENT_SECRET=\"$(cut -d: -f2- {server.generated_credentials})\"")
+        lines.append(f"  no clients configured: generated a secret for {client_id} in {server.generated_credentials}"
+                     " (client_id:secret, mode 0600; removed when the server stops): "
+                     f"export FIRECREST_CLIENT_SECRET=\"$(cut -d: -f2- {server.generated_credentials})\"")
     else:
         lines.append("  secret: export FIRECREST_CLIENT_SECRET with the secret you configured")
     lines.append(f"  then: hpcfs mount firecrest://{server.system}/ MOUNTPOINT")

@@ -95,17 +95,23 @@ class UFTPServer:
         self._controls = set()
         self._stopping = threading.Event()
         self.tls_dir = self.private.path
-        self.listener = common.listening_socket(host, listen_port)
-        self.listen_port = self.listener.getsockname()[1]
-        self.cmd_listener = self.cmd_port = self.cmd_secret_file = None
-        if cmd_port is not None:
-            self.cmd_listener = common.listening_socket(host, cmd_port)
-            self.cmd_port = self.cmd_listener.getsockname()[1]
-            if cmd_secret is None:
-                cmd_secret = secrets.token_urlsafe(24)
-                self.cmd_secret_file = self.private.write_secret("command-secret", cmd_secret + "\n")
-        self.cmd_secret = cmd_secret
-        self.rest = common.RestServer(self._rest_app(), host, auth_port, tls_dir=self.tls_dir)
+        self.listener = self.cmd_listener = self.cmd_port = self.cmd_secret_file = None
+        try:
+            self.listener = common.listening_socket(host, listen_port)
+            self.listen_port = self.listener.getsockname()[1]
+            if cmd_port is not None:
+                self.cmd_listener = common.listening_socket(host, cmd_port)
+                self.cmd_port = self.cmd_listener.getsockname()[1]
+                if cmd_secret is None:
+                    cmd_secret = secrets.token_urlsafe(24)
+                    self.cmd_secret_file = self.private.write_secret("command-secret", cmd_secret + "\n")
+            self.cmd_secret = cmd_secret
+            self.rest = common.RestServer(self._rest_app(), host, auth_port, tls_dir=self.tls_dir)
+        except OSError:  # a port in use: nothing of this server may stay behind
+            for listener in filter(None, (self.listener, self.cmd_listener)):
+                listener.close()
+            self.private.remove()
+            raise
         self.cert_file = self.rest.cert_file
         self.auth_port = self.rest.port
         self._threads = []
@@ -479,19 +485,23 @@ def serve(args):
                             listen_port=args.listen_port, cmd_port=args.cmd_port, server_name=args.server_name,
                             authorized_keys=args.authorized_keys, knobs=common.Knobs(latency=args.latency),
                             cmd_secret=cmd_secret, session_limit=args.session_limit).start()
-    lines = []
-    lines.append(f"UFTP auth server: {server.auth_url}  (users: {', '.join(sorted(server.users)) or 'none'})")
+    common.run_until_interrupted(server, _banner(server, args))
+
+
+def _banner(server: UFTPServer, args) -> str:
+    """How to connect, with no secret in it: generated ones are named by the 0600 file holding them."""
+    host = args.host
+    lines = [f"UFTP auth server: {server.auth_url}  (users: {', '.join(sorted(server.users)) or 'none'})"]
     if server.generated_credentials:
         lines.append(f"  no users configured: generated a password for {sorted(server.users)[0]} in "
-              f"{server.generated_credentials} (user:password, mode 0600; removed when the server stops)")
-    lines.append(f"  example URL:    uftp://USER@{args.host}:{server.auth_port}/rest/auth/{args.server_name}:/"
-          "  (password from UFTP_PASSWORD)")
-    lines.append(f"  TLS certificate (self-signed): {server.cert_file}  (HPCFS_CA_FILE={server.cert_file})")
-    lines.append(f"UFTPD listen port:  {args.host}:{server.listen_port}")
+                     f"{server.generated_credentials} (user:password, mode 0600; removed when the server stops)")
+    lines += [f"  example URL:    uftp://USER@{host}:{server.auth_port}/rest/auth/{args.server_name}:/"
+              "  (password from UFTP_PASSWORD)",
+              f"  TLS certificate (self-signed): {server.cert_file}  (HPCFS_CA_FILE={server.cert_file})",
+              f"UFTPD listen port:  {host}:{server.listen_port}"]
     if server.cmd_port is None:
         lines.append("UFTPD command port: closed (the Auth server creates jobs itself; --cmd-port opens it)")
     else:
-        where = args.cmd_secret_file or server.cmd_secret_file
-        lines.append(f"UFTPD command port: {args.host}:{server.cmd_port}  (plain text, key=value ... END; "
-              f"each request needs command-secret=<the secret in {where}>)")
-    common.run_until_interrupted(server, "\n".join(lines))
+        lines.append(f"UFTPD command port: {host}:{server.cmd_port}  (plain text, key=value ... END; each request "
+                     f"needs command-secret=<the secret in {args.cmd_secret_file or server.cmd_secret_file}>)")
+    return "\n".join(lines)
