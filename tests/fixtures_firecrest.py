@@ -139,7 +139,9 @@ def openapi_violations(firecrest_server):
         if request.path == "/token":
             return
         try:
-            check_request(request.method, request.path, request.headers.get("Content-Type", ""), request.body)
+            if request.body_consumed or not request.content_length:  # a body the server refused unread stays so
+                check_request(request.method, request.path, request.headers.get("Content-Type", ""),
+                              request.body)
             if response is not None:
                 check_response(request.method, request.path, response.status,
                                response.headers.get("Content-Type", ""), response.body)

@@ -6,7 +6,7 @@ documents, so files and exported variables carry over as they do for a reader ty
 runs in a fresh home directory, with the credentials of its server in the environment (as the page's
 setup section tells the reader to export them), and with the ``hpcfs`` and ``python`` of a virtualenv made
 as the docs say: ``scripts/install``, then the ``pip install`` lines the pages give for their extras. The default endpoints in the text (``127.0.0.1:9000``
-for UFTP, ``127.0.0.1:8000`` for the EM API) are replaced by the test server's. Blocks tagged ```sh,
+for UFTP, ``127.0.0.1:8090`` for the EM API) are replaced by the test server's. Blocks tagged ```sh,
 ```ini or ```text are shown, not run, but every ``hpcfs`` command line in them must parse.
 """
 import fcntl
@@ -71,7 +71,7 @@ def server_setup(request, kind):
     if kind == "em":
         for volume in ("pod-a", "pod-b"):
             os.makedirs(os.path.join(handle.root, volume), exist_ok=True)
-        return handle.env, {"127.0.0.1:8000": f"127.0.0.1:{handle.server.port}"}
+        return handle.env, {"127.0.0.1:8090": f"127.0.0.1:{handle.server.port}"}
     return handle.env, {}
 
 

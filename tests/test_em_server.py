@@ -6,6 +6,9 @@ backend is written against: routes, envelopes, messages, limits, auth bodies and
 import hashlib
 import inspect
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -235,3 +238,69 @@ def test_pod_run_and_status(em_server, raw):
     status = raw.get("/em/pod/status", params={"pod_name": "pod-c"}).json()
     assert "startedAt" in status["data"]["state"]["running"]
     assert os.path.isdir(os.path.join(em_server.root, "pod-c"))  # a new pod name made a new volume
+
+
+def test_uplink_never_writes_through_a_link_out_of_the_volume(em_server, raw, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    volume = os.path.join(em_server.server.root, "pod-a")
+    os.makedirs(volume, exist_ok=True)
+    os.symlink(str(victim), os.path.join(volume, "planted.txt"))  # a pod could leave such a link
+    reply = raw.uplink([("planted.txt", b"overwritten")], pod_name="pod-a")
+    assert reply.status_code in (400, 403) and victim.read_bytes() == b"precious"
+
+
+# -- hpcfs serve: conventions shared with the other servers -----------------------------------------------
+def _defaults(module):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(["--root", "/x"])
+
+
+def test_each_server_has_its_own_default_ports_and_one_latency_unit():
+    from hpcfs.servers import em, firecrest, uftp
+
+    ports = [_defaults(em).port, _defaults(firecrest).port, _defaults(firecrest).s3_port,
+             _defaults(uftp).auth_port, _defaults(uftp).listen_port]
+    assert len(set(ports)) == len(ports), ports  # the guides start them side by side
+    for module in (em, firecrest, uftp):
+        parser_defaults = _defaults(module)
+        assert parser_defaults.latency == 0
+    from hpcfs.servers.common import duration
+
+    assert [duration("10ms"), duration("0.5s"), duration("10"), duration("1.5")] == [0.01, 0.5, 0.01, 0.0015]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--latency", "10 minutes"], "argument --latency: '10 minutes' is not a time like 10ms or 0.5s"),
+    (["--users", "demo:pw"], "--users would show passwords to every local user (ps, /proc): put them in a file "
+                             "of mode 0600 and pass --users-file FILE, or use the environment"),
+])
+def test_serve_em_refuses_bad_options_in_one_line(tmp_path, arguments, message):
+    done = subprocess.run([sys.executable, "-m", "hpcfs", "serve", "em", "--root", str(tmp_path)] + arguments,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"hpcfs serve em: error: {message} (see 'hpcfs serve em --help')"]
+
+
+def test_serve_em_names_a_port_in_use_and_generates_no_default_account(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("EM_USERNAME", "EM_PASSWORD")}
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "hpcfs", "serve", "em", "--root", str(tmp_path),
+                               "--port", str(port)], capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"hpcfs: error: port {port} on 127.0.0.1 is already in use (another server running?): choose another "
+        f"with --port PORT, or --port 0 for any free port"]
+    server = EMServer(str(tmp_path), None).start()
+    try:
+        (user, password), = server.users.items()
+        assert user != "alice" and len(password) >= 16
+        with open(server.generated_credentials) as credentials:
+            assert credentials.read() == f"{user}:{password}\n"
+        assert os.stat(server.generated_credentials).st_mode & 0o777 == 0o600
+    finally:
+        server.stop()
+    assert not os.path.exists(server.generated_credentials)

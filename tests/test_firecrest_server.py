@@ -286,3 +286,29 @@ def test_jobs_are_private_and_cancellable(firecrest_server, api):
         time.sleep(0.02)
     assert os.path.exists(os.path.join(firecrest_server.root, "slow"))
     assert api("GET", f"/compute/local/jobs/{uuid.uuid4().int % 10000 + 50000}").status_code == 404
+
+
+def test_symlinks_and_uploads_stay_inside_the_root(firecrest_server, api, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_bytes(b"precious")
+    for target in ("/../etc/passwd", "/../../.." + str(victim), "/a/../../.." + str(outside)):
+        refused = api.ops("POST", "symlink", json={"sourcePath": target, "linkPath": "/escape"})
+        assert refused.status_code == 403, (target, refused.text)
+        assert not os.path.lexists(os.path.join(firecrest_server.root, "escape"))
+    # "/etc" is the served tree's /etc (the client's "/" is the root), never the host's.
+    assert api.ops("POST", "symlink", json={"sourcePath": "/etc", "linkPath": "/etc-link"}).status_code == 201
+    assert os.readlink(os.path.join(firecrest_server.root, "etc-link")) == os.path.join(firecrest_server.root, "etc")
+    assert api.ops("GET", "view", params={"path": "/etc-link/passwd"}).status_code == 404
+    # A link that leads out was planted behind the API's back: writing through it is refused.
+    os.symlink(str(victim), os.path.join(firecrest_server.root, "planted"))
+    through = api.ops("POST", "upload", params={"path": "/"}, files={"file": ("planted", b"overwritten")})
+    assert through.status_code == 403 and victim.read_bytes() == b"precious"
+    # An absolute target names a path of the served tree, as clients see it, and works both ways.
+    os.makedirs(os.path.join(firecrest_server.root, "data"))
+    linked = api.ops("POST", "symlink", json={"sourcePath": "/data", "linkPath": "/shortcut"})
+    assert linked.status_code == 201 and linked.json()["output"]["linkTarget"] == "/data"
+    assert api.ops("POST", "upload", params={"path": "/shortcut"}, files={"file": ("f", b"inside")}).status_code == 204
+    with open(os.path.join(firecrest_server.root, "data", "f"), "rb") as written:
+        assert written.read() == b"inside"

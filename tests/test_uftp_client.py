@@ -497,6 +497,7 @@ def test_ssh_key_signed_jwt(tmp_path, monkeypatch, key_type):
     (home / ".uftp" / "id").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
         serialization.BestAvailableEncryption(b"pass phrase")))
+    (home / ".uftp" / "id").chmod(0o600)  # ssh's rule: a key others may read is refused
     authorized = tmp_path / "authorized_keys"
     authorized.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                          serialization.PublicFormat.OpenSSH) + b" demo@host\n")

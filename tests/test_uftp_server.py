@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import os
+import pwd
 import re
 import socket
 import struct
@@ -577,19 +578,82 @@ def _command_port(server, text):
         return sock.makefile("rb").read()
 
 
-def test_command_port_speaks_the_uftpd_protocol(server, tree):
+@pytest.fixture
+def command_port_server(tree, tmp_path):
+    srv = UFTPServer(str(tree[0]), {USER: PASSWORD}, version="DEV", tls_dir=str(tmp_path), cmd_port=0).start()
+    yield srv
+    srv.stop()
+
+
+def test_command_port_is_closed_unless_asked_for(server):
+    assert server.cmd_port is None and server.log.total("uftp-transfer-request") == 0
+
+
+def test_command_port_refuses_requests_without_its_secret(command_port_server, tree):
+    server = command_port_server
+    assert oct(os.stat(server.cmd_secret_file).st_mode & 0o777) == "0o600"
     job = f"request-type=uftp-transfer-request\nclient-ip=127.0.0.1\nuser=demo\nsecret=pushedsecret\nfile={BASE}/\n"
-    assert _command_port(server, job + "END\n") == f"OK::{server.listen_port}\n".encode()
-    assert _command_port(server, job + "END\n") == b"ERROR::Duplicate secret - this is not allowed.\n"
-    assert _command_port(server, "request-type=uftp-ping-request\nEND\n") == (
+    refused = b"ERROR::Unauthorized: this command port needs the line command-secret=<its secret>\n"
+    assert _command_port(server, job + "END\n") == refused
+    assert _command_port(server, job + "command-secret=guess\nEND\n") == refused
+    wire = Wire(server.listen_port)  # the pushed secret logs nobody in
+    assert wire.login("pushedsecret") == b"530 Not logged in: no matching transfer request found\n"
+    (tree[1] / "hello.txt").read_bytes() == b"hello uftp\n"
+
+
+def test_command_port_speaks_the_uftpd_protocol(command_port_server, tree):
+    server = command_port_server
+    with open(server.cmd_secret_file) as handle:
+        authorized = f"command-secret={handle.read().strip()}\n"
+    job = f"request-type=uftp-transfer-request\nclient-ip=127.0.0.1\nuser=demo\nsecret=pushedsecret\nfile={BASE}/\n"
+    assert _command_port(server, authorized + job + "END\n") == f"OK::{server.listen_port}\n".encode()
+    assert _command_port(server, authorized + job + "END\n") == b"ERROR::Duplicate secret - this is not allowed.\n"
+    assert _command_port(server, authorized + "request-type=uftp-ping-request\nEND\n") == (
         f"Version: DEV\nListenPort: {server.listen_port}\nListenAddress: 127.0.0.1\n"
         f"MaxSessionsPerClient: 16\n\n").encode()
-    assert _command_port(server, "request-type=nope\nEND\n") == b"ERROR::Unsupported request type 'nope'\n"
+    assert _command_port(server, authorized + "request-type=nope\nEND\n") == (
+        b"ERROR::Unsupported request type 'nope'\n")
     # a request cut off before END is answered, not spun on (the real UFTPD loops forever on it)
-    assert _command_port(server, "request-type=uftp-ping-request\n").startswith(b"Version: DEV\n")
+    assert _command_port(server, authorized + "request-type=uftp-ping-request\n").startswith(b"Version: DEV\n")
     wire = Wire(server.listen_port)
     assert wire.login("pushedsecret") == b"230 Login successful\n"
     assert wire.one("PWD") == b'257 "/srv/uftp/data"\n'
+
+
+INTRUDER = """
+import encodings.idna, os, socket, sys  # (imported while the files are still readable)
+os.setuid(65534)  # another user of the same machine
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+print("connected", flush=True)
+received = b""
+while True:
+    chunk = sock.recv(65536)
+    if not chunk:
+        break
+    received += chunk
+print(len(received), flush=True)
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as a second local user")
+def test_data_connection_belongs_to_the_session_user(server, tree):
+    """Another local user who connects first to the announced data port gets nothing; the client's own
+    connection, from the same host, still carries the transfer."""
+    big = (tree[1] / "big.bin").read_bytes()
+    wire = session(server)
+    port = int(re.search(rb"\|\|\|(\d+)\|", wire.one("EPSV")).group(1))
+    intruder = subprocess.Popen([sys.executable, "-c", INTRUDER, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert intruder.stdout.readline() == "connected\n"
+        own = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert wire.one("RETR big.bin") == b"150 OK 5000000 bytes available for reading.\n"
+        assert hashlib.sha256(read_all(own)).hexdigest() == hashlib.sha256(big).hexdigest()
+        assert wire.reply() == [b"226 File transfer successful\n"]
+        assert intruder.stdout.readline() == "0\n"
+    finally:
+        intruder.kill()
+        intruder.wait()
+    assert server.log.snapshot()["data-refused"] == 1
 
 
 # -- knobs and the request log --------------------------------------------------------------------------
@@ -621,18 +685,153 @@ def test_knobs_latency_drop_busy_and_log(server, tree):
     assert all("PASS" not in kind or not detail for kind, detail in server.log.entries)
 
 
-def test_cli_prints_endpoints_but_no_password(tree, tmp_path):
+def _serve_uftp(*arguments, env=None):
     script = ("import argparse, sys; from hpcfs.servers import uftp; p = argparse.ArgumentParser(); "
               "uftp.add_arguments(p); uftp.serve(p.parse_args(sys.argv[1:]))")
-    command = [sys.executable, "-c", script, "--root", str(tree[0]), "--users", "demo:s3cr3t-pw",
-               "--auth-port", "0", "--listen-port", "0", "--cmd-port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", script, *arguments], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _banner(process, count):
     try:
-        lines = [process.stdout.readline() for _ in range(5)]
+        return "".join(process.stdout.readline() for _ in range(count))
     finally:
         process.terminate()
         process.wait(timeout=10)
-    output = "".join(lines)
+
+
+def test_cli_prints_endpoints_but_no_password(tree, tmp_path):
+    users = tmp_path / "users"
+    users.write_text("demo:s3cr3t-pw\n")
+    users.chmod(0o600)
+    output = _banner(_serve_uftp("--root", str(tree[0]), "--users-file", str(users), "--auth-port", "0",
+                                 "--listen-port", "0"), 5)
     assert re.search(r"https://127\.0\.0\.1:\d+/rest/auth/TEST", output)
     assert re.search(r"uftp://USER@127\.0\.0\.1:\d+/rest/auth/TEST:/", output)
     assert "cert.pem" in output and "s3cr3t-pw" not in output
+    assert "UFTPD command port: closed" in output
+
+
+def test_cli_takes_no_passwords_on_the_command_line(tree, tmp_path):
+    refused = subprocess.run([sys.executable, "-m", "hpcfs", "serve", "uftp", "--root", str(tree[0]),
+                              "--users", "demo:s3cr3t-pw"], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert len(refused.stderr.splitlines()) == 1 and "--users-file" in refused.stderr
+    users = tmp_path / "users"
+    users.write_text("demo:s3cr3t-pw\n")
+    users.chmod(0o644)
+    open_file = subprocess.run([sys.executable, "-m", "hpcfs", "serve", "uftp", "--root", str(tree[0]),
+                                "--users-file", str(users)], capture_output=True, text=True, timeout=30)
+    assert open_file.returncode == 2 and open_file.stderr.splitlines() == [
+        f"hpcfs: error: the users file {users} is open to other users (mode 0644, owner uid {os.getuid()}): "
+        f"run 'chmod 600 {users}' as its owner"]
+
+
+def test_cli_without_users_generates_a_password_and_cleans_up(tree):
+    env = {k: v for k, v in os.environ.items() if k not in ("UFTP_USER", "UFTP_PASSWORD")}
+    process = _serve_uftp("--root", str(tree[0]), "--auth-port", "0", "--listen-port", "0", env=env)
+    output = _banner(process, 6)
+    credentials = re.search(r"generated a password for (\S+) in (\S+) ", output)
+    assert credentials, output
+    user, path = credentials.groups()
+    assert user == pwd.getpwuid(os.getuid()).pw_name and path.endswith("/credentials")
+    assert "alice" not in output and "secret" not in output.replace("command-secret", "")
+    assert not os.path.exists(os.path.dirname(path))  # the key, certificate and password went with the server
+
+
+def test_cli_names_a_port_in_use(tree, tmp_path):
+    users = tmp_path / "users"
+    users.write_text("demo:pw\n")
+    users.chmod(0o600)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        failed = subprocess.run([sys.executable, "-m", "hpcfs", "serve", "uftp", "--root", str(tree[0]),
+                                 "--users-file", str(users), "--auth-port", "0", "--listen-port", str(port)],
+                                capture_output=True, text=True, timeout=30)
+    assert failed.returncode == 2 and failed.stderr.splitlines() == [
+        f"hpcfs: error: port {port} on 127.0.0.1 is already in use (another server running?): choose another "
+        f"with --listen-port PORT, or --listen-port 0 for any free port"]
+
+
+# -- SSH-key logins with the key in ssh-agent ----------------------------------------------------------
+@pytest.fixture
+def ssh_agent(tmp_path, monkeypatch):
+    """A real ssh-agent of this test's own, on a private socket, as SSH_AUTH_SOCK."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+    yield sock
+    agent.terminate()
+    agent.wait(timeout=10)
+
+
+def _ssh_keygen(path, key_type, passphrase=""):
+    size = ["-b", "2048"] if key_type == "rsa" else []
+    subprocess.run(["ssh-keygen", "-q", "-t", key_type, *size, "-N", passphrase, "-C", "demo@host", "-f", str(path)],
+                   check=True, timeout=30)
+    return path.with_name(path.name + ".pub")
+
+
+@pytest.mark.parametrize("key_type", ["rsa", "ed25519"])
+def test_ssh_key_login_signed_by_ssh_agent(server, tmp_path, ssh_agent, key_type):
+    from hpcfs.uftp.auth import AuthClient, SSHKeyCredential
+
+    key = tmp_path / f"id_{key_type}"
+    public = _ssh_keygen(key, key_type)
+    subprocess.run(["ssh-add", "-q", str(key)], check=True, timeout=30, capture_output=True)
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(public)], check=True, capture_output=True,
+                                 text=True).stdout.split()[1]
+    key.unlink()  # from now on only the agent has the private key
+    server.authorized_keys = str(public)
+    for identity in (str(public), fingerprint):  # like ssh -i key.pub, or the agent's name for the key
+        client = AuthClient(server.auth_url, SSHKeyCredential("demo", identity), verify=server.cert_file)
+        grant = client.authenticate(BASE)
+        client.close()
+        assert Wire(grant.port).login(grant.secret) == b"230 Login successful\n", identity
+    assert server.log.snapshot()["auth"] == 2
+
+
+def test_ssh_key_files_open_to_others_and_unknown_agent_keys_are_refused(tmp_path, ssh_agent):
+    from hpcfs import errors
+    from hpcfs.uftp.auth import SSHKeyCredential
+
+    key = tmp_path / "id_ed25519"
+    _ssh_keygen(key, "ed25519")
+    key.chmod(0o644)
+    with pytest.raises(errors.UsageError) as refused:
+        SSHKeyCredential("demo", str(key))
+    assert str(refused.value) == (f"UNPROTECTED PRIVATE KEY FILE: permissions 0644 for '{key}' are too open "
+                                  f"(other users could read the key); run 'chmod 600 {key}'")
+    with pytest.raises(errors.UsageError, match="no key with fingerprint SHA256:nope in the ssh-agent"):
+        SSHKeyCredential("demo", "SHA256:nope")
+
+
+def test_an_encrypted_key_file_asks_for_its_passphrase_on_a_terminal(tmp_path, monkeypatch):
+    import pty
+
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    key = tmp_path / "id_ed25519"
+    public = _ssh_keygen(key, "ed25519", passphrase="correct horse")
+    script = ("import sys; from hpcfs.uftp.auth import SSHKeyCredential; "
+              "print('SIGNED', SSHKeyCredential('demo', sys.argv[1]).header().count('.'))")
+    child, terminal = pty.fork()
+    if child == 0:  # on the terminal, as a user typing the command
+        os.execv(sys.executable, [sys.executable, "-c", script, str(public)])
+    seen = b""
+    while b"Enter passphrase for key" not in seen:
+        seen += os.read(terminal, 1024)
+    assert f"'{key}'".encode() in seen
+    os.write(terminal, b"correct horse\n")
+    while True:
+        try:
+            chunk = os.read(terminal, 1024)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert os.waitpid(child, 0)[1] == 0 and b"SIGNED 2" in seen

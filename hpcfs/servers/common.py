@@ -4,23 +4,34 @@ router over the standard library's threading HTTP server, and self-signed TLS fo
 The servers bind to 127.0.0.1 unless told otherwise.  They run in a thread of the calling process
 (tests, the demo) or in the foreground (``hpcfs serve``).
 """
+import argparse
 import collections
+import contextlib
 import datetime
+import errno
+import getpass
 import http.server
 import json
 import os
 import re
+import secrets
+import shutil
 import socket
 import socketserver
 import ssl
+import stat
+import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..errors import UsageError
+
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_BODY = 1 << 20  # a route that takes JSON or a form needs far less; uploads set their own cap
 
 
 class OutsideRoot(PermissionError):
@@ -29,11 +40,32 @@ class OutsideRoot(PermissionError):
 
 def confine(root: str, path: str) -> str:
     """The real local path for ``path`` under ``root``; symlinks are resolved before the check."""
-    root = os.path.realpath(root)
-    candidate = os.path.realpath(os.path.join(root, path.lstrip("/")))
-    if candidate != root and not candidate.startswith(root + os.sep):
-        raise OutsideRoot(f"Forbidden: {path} not in {root}")
+    return _resolved_inside(root, os.path.join(os.path.realpath(root), path.lstrip("/")), path)
+
+
+def _resolved_inside(root: str, local: str, shown: str) -> str:
+    real_root, candidate = os.path.realpath(root), os.path.realpath(local)
+    if candidate != real_root and not candidate.startswith(real_root + os.sep):
+        raise OutsideRoot(f"Forbidden: {shown} not in {real_root}")
     return candidate
+
+
+_WRITE_FLAGS = {"wb": os.O_CREAT | os.O_TRUNC, "ab": os.O_CREAT | os.O_APPEND, "r+b": 0}
+
+
+def open_for_writing(root: str, path: str, mode: str = "wb") -> BinaryIO:
+    """Open ``path`` under ``root`` for writing (``mode`` ``wb``, ``ab`` or ``r+b``).  A final symlink is
+    followed only while its target stays inside ``root`` (``confine`` resolves it), and the open itself never
+    follows one, so a link planted between the check and the open cannot redirect the write out of the tree."""
+    access = os.O_RDWR if mode == "r+b" else os.O_WRONLY
+    descriptor = os.open(confine(root, path), access | os.O_NOFOLLOW | _WRITE_FLAGS[mode], 0o666)
+    return os.fdopen(descriptor, mode)
+
+
+def check_link_target(root: str, link_directory: str, target: str):
+    """OutsideRoot unless a symlink in the local directory ``link_directory`` whose text is ``target`` would
+    lead inside ``root``: no link may later take a read or write out of the tree."""
+    _resolved_inside(root, os.path.join(link_directory, target), target)
 
 
 @dataclass
@@ -95,19 +127,148 @@ class RequestLog:
             return sum(self.counts[k] for k in kinds) if kinds else sum(self.counts.values())
 
 
-def load_users(spec: Optional[str], path: Optional[str]) -> Dict[str, str]:
-    """Users from ``"alice:secret,bob:pw"`` and/or a file of ``user:password`` lines."""
-    users = {}
-    lines = (spec or "").split(",")
-    if path:
+def peer_uid(connection: socket.socket) -> Optional[int]:
+    """The local user owning the other end of a TCP connection from this machine (the kernel's socket
+    table, as identd reads it); None when the peer is another host."""
+    family = connection.family
+    table = "/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp"
+    theirs, ours = (_proc_net_address(family, *connection.getpeername()[:2]),
+                    _proc_net_address(family, *connection.getsockname()[:2]))
+    try:
+        with open(table) as handle:
+            rows = [line.split() for line in handle.readlines()[1:]]
+    except OSError:
+        return None
+    return next((int(row[7]) for row in rows if row[1] == theirs and row[2] == ours), None)
+
+
+def _proc_net_address(family: int, host: str, port: int) -> str:
+    """An address as /proc/net/tcp writes it: each 32-bit word of the address in host byte order, hex."""
+    packed = socket.inet_pton(family, host)
+    words = "".join(f"{int.from_bytes(packed[i:i + 4], sys.byteorder):08X}" for i in range(0, len(packed), 4))
+    return f"{words}:{port:04X}"
+
+
+# -- secrets the servers keep: a private directory, files only their owner can read -------------------------
+class PrivateDirectory:
+    """A directory only the server's user can enter (``mkdtemp`` makes it 0700) for its TLS key, generated
+    passwords and secrets.  A directory the server made is removed on ``remove()``: a key or password left
+    behind would outlive the server on a shared machine."""
+
+    def __init__(self, prefix: str, path: Optional[str] = None):
+        self.owned = path is None
+        self.path = path if path is not None else tempfile.mkdtemp(prefix=prefix)
+
+    def write_secret(self, name: str, text: str) -> str:
+        """Write ``text`` to a new file readable by the owner only (0600 from its creation) and return its path."""
+        path = os.path.join(self.path, name)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            handle.write(text)
+        return path
+
+    def remove(self):
+        if self.owned:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def read_private_file(path: str, what: str) -> str:
+    """The text of a file that holds passwords or secrets.  Refused, as OpenSSH refuses such key files,
+    unless it belongs to the caller (or root) and no other user may read or write it."""
+    try:
+        info = os.stat(path)
         with open(path) as handle:
-            lines += handle.read().splitlines()
-    for line in lines:
+            text = handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    if info.st_uid not in (os.getuid(), 0) or info.st_mode & 0o077:
+        raise UsageError(f"the {what} {path} is open to other users (mode {stat.S_IMODE(info.st_mode):04o}, "
+                         f"owner uid {info.st_uid}): run 'chmod 600 {path}' as its owner")
+    return text
+
+
+def credential_lines(text: str) -> Iterator[Tuple[str, str]]:
+    """``name:secret`` pairs of a credentials file; blank lines and ``#`` comments skipped."""
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            name, _, password = line.partition(":")
-            users[name] = password
-    return users
+            name, _, secret = line.partition(":")
+            yield name, secret
+
+
+def generated_account(directory: PrivateDirectory) -> Tuple[str, str, str]:
+    """A random password for the invoking user, written as ``user:password`` to a 0600 file in ``directory``:
+    ``(user, password, file)``.  There is no built-in account whose password everybody knows."""
+    user, password = getpass.getuser(), secrets.token_urlsafe(16)
+    return user, password, directory.write_secret("credentials", f"{user}:{password}\n")
+
+
+# -- hpcfs serve: conventions every server's command line shares ----------------------------------------------
+def add_secret_file_argument(parser: argparse.ArgumentParser, option: str, refused: str, lines: str, env: str):
+    """``option`` FILE (mode 0600, ``lines`` per line), and ``refused``, the old option that took the same
+    secrets on the command line, where every local user sees them in ``ps``: it now fails with one line."""
+    parser.add_argument(option, metavar="FILE", help=f"file of {lines} lines, mode 0600 (default: {env}; "
+                                                      "else a generated password, in a 0600 file the banner names)")
+    parser.add_argument(refused, action=_RefusedOnCommandLine, help=argparse.SUPPRESS, instead=option)
+
+
+class _RefusedOnCommandLine(argparse.Action):
+    def __init__(self, option_strings, dest, instead: str, **kwargs):
+        self.instead = instead
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} would show passwords to every local user (ps, /proc): put them in a file "
+                     f"of mode 0600 and pass {self.instead} FILE, or use the environment")
+
+
+def add_latency_argument(parser: argparse.ArgumentParser):
+    parser.add_argument("--latency", type=duration, default=0.0, metavar="TIME",
+                        help="delay added to every reply, e.g. 10ms or 0.5s (a bare number is milliseconds)")
+
+
+def duration(text: str) -> float:
+    """Seconds from ``10ms``, ``0.5s`` or a bare number of milliseconds (one unit for every server)."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(ms|s)?", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time like 10ms or 0.5s")
+    value = float(match.group(1))
+    return value if match.group(2) == "s" else value / 1000
+
+
+class PortInUse(OSError):
+    """Another process listens on the port a server asked for."""
+
+    def __init__(self, host: str, port: int):
+        super().__init__(errno.EADDRINUSE, f"{host}:{port} is already in use")
+        self.host, self.port = host, port
+
+
+@contextlib.contextmanager
+def binding(host: str, port: int):
+    """Around a bind to ``host:port``: EADDRINUSE becomes PortInUse, which knows the port."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port) from None
+        raise
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    with binding(host, port):
+        return socket.create_server((host, port))
+
+
+@contextlib.contextmanager
+def naming_ports(options: Dict[str, int]):
+    """Turn a PortInUse while a server starts into one line that names the port and the option to change it
+    (``options`` maps each port option to the port it asked for)."""
+    try:
+        yield
+    except PortInUse as exc:
+        option = next((name for name, port in options.items() if port == exc.port), "--port")
+        raise UsageError(f"port {exc.port} on {exc.host} is already in use (another server running?): "
+                         f"choose another with {option} PORT, or {option} 0 for any free port") from None
 
 
 # -- TLS -----------------------------------------------------------------------------------------------
@@ -154,16 +315,47 @@ def self_signed_certificate(directory: str, hostname: str = "localhost") -> Tupl
 
 
 # -- REST ----------------------------------------------------------------------------------------------
+class BodyTooLarge(Exception):
+    """A request body longer than its route accepts; answered 413 without reading it."""
+
+
 @dataclass
 class Request:
+    """One request.  Its body stays on the socket until a handler asks for it (``body`` or ``body_chunks``):
+    a handler that refuses the caller from the headers never reads, let alone buffers, what was sent."""
+
     method: str
     path: str
     query: Dict[str, List[str]]
     headers: "http.client.HTTPMessage"
-    body: bytes
+    source: Optional[BinaryIO] = None  # the connection, positioned at the body
+    content_length: int = 0
     params: Dict[str, str] = field(default_factory=dict)  # from the route pattern
     client_ip: str = ""
     handler: Optional[http.server.BaseHTTPRequestHandler] = None  # for streaming replies
+    max_body: int = DEFAULT_MAX_BODY  # the route's limit, checked when the body is first asked for
+    _body: Optional[bytes] = field(default=None, repr=False)
+    body_consumed: bool = False  # read or streamed: the connection can carry the next request
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = b"".join(self.body_chunks())
+        return self._body
+
+    def body_chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The body in pieces of at most ``size`` bytes, straight from the socket (once).  BodyTooLarge
+        (a 413) if it is longer than the route accepts: checked here, so the caller is authenticated first."""
+        if self.content_length > self.max_body:
+            raise BodyTooLarge(self.max_body)
+        remaining = 0 if self.body_consumed or self.source is None else self.content_length
+        self.body_consumed = True
+        while remaining > 0:
+            chunk = self.source.read(min(size, remaining))
+            if not chunk:
+                raise ConnectionError("the client closed the connection before the end of the body")
+            remaining -= len(chunk)
+            yield chunk
 
     def arg(self, name, default=None):
         values = self.query.get(name)
@@ -193,41 +385,59 @@ class Response:
 Handler = Callable[[Request], Response]
 
 
+MaxBody = Union[int, Callable[[], int]]  # bytes, or a function of the server's live settings
+
+
 class RestApp:
-    """Routes ``(method, '/path/{param}')`` to handlers; counts requests; applies knob latency."""
+    """Routes ``(method, '/path/{param}')`` to handlers; counts requests; applies knob latency.  A body
+    longer than its route's ``max_body`` is refused (413) before the handler runs."""
 
     def __init__(self, knobs: Optional[Knobs] = None, log: Optional[RequestLog] = None):
-        self.routes: List[Tuple[str, "re.Pattern", str, Handler]] = []
+        self.routes: List[Tuple[str, "re.Pattern", str, Handler, MaxBody]] = []
         self.knobs = knobs or Knobs()
         self.log = log or RequestLog()
 
-    def route(self, method: str, pattern: str):
+    def route(self, method: str, pattern: str, max_body: MaxBody = DEFAULT_MAX_BODY):
         regex = re.compile("^" + re.sub(r"\{(\w+)(:path)?\}", _param_regex, pattern) + "/?$")
 
         def register(handler):
-            self.routes.append((method, regex, pattern, handler))
+            self.routes.append((method, regex, pattern, handler, max_body))
             return handler
 
         return register
 
-    def dispatch(self, request: Request) -> Response:
+    def _match(self, request: Request):
+        """The route for the request (or None) and the methods its path allows."""
         allowed = []
-        for method, regex, pattern, handler in self.routes:
+        for route in self.routes:
+            method, regex = route[:2]
             match = regex.match(request.path)
-            if not match:
-                continue
-            if method != request.method:
+            if match and method == request.method:
+                request.params = {k: unquote(v) for k, v in match.groupdict().items()}
+                return route, allowed
+            if match:
                 allowed.append(method)
-                continue
-            request.params = {k: unquote(v) for k, v in match.groupdict().items()}
-            self.log.record(f"{method} {pattern}", request.path)
-            self.knobs.delay()
-            kind = garbage_for(self.knobs, request.path)
-            return handler(request) if kind is None else garbled(kind, lambda: handler(request))
-        self.log.record("unrouted", f"{request.method} {request.path}")
-        if allowed:
-            return Response.json({"detail": "Method Not Allowed"}, 405, {"Allow": ", ".join(allowed)})
-        return Response.json({"detail": "Not Found"}, 404)
+        return None, allowed
+
+    def body_limit(self, request: Request) -> int:
+        """The body size the request's route accepts (for apps that read the body before dispatching)."""
+        route = self._match(request)[0]
+        max_body = route[4] if route else DEFAULT_MAX_BODY
+        return max_body() if callable(max_body) else max_body
+
+    def dispatch(self, request: Request) -> Response:
+        route, allowed = self._match(request)
+        if route is None:
+            self.log.record("unrouted", f"{request.method} {request.path}")
+            if allowed:
+                return Response.json({"detail": "Method Not Allowed"}, 405, {"Allow": ", ".join(allowed)})
+            return Response.json({"detail": "Not Found"}, 404)
+        method, _, pattern, handler, _ = route
+        request.max_body = self.body_limit(request)
+        self.log.record(f"{method} {pattern}", request.path)
+        self.knobs.delay()
+        kind = garbage_for(self.knobs, request.path)
+        return handler(request) if kind is None else garbled(kind, lambda: handler(request))
 
 
 # -- the ``garbage`` knob: malformed replies, as a broken server or a proxy in between gives them ---------
@@ -318,21 +528,32 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
 
     def _handle(self):
         split = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        try:
+            length = max(int(self.headers.get("Content-Length") or 0), 0)
+        except ValueError:
+            length = 0
+            self.close_connection = True  # where the next request would start is unknown
         request = Request(
             method=self.command,
             path=split.path,
             query=parse_qs(split.query, keep_blank_values=True),
             headers=self.headers,
-            body=body,
+            source=self.rfile,
+            content_length=length,
             client_ip=self.client_address[0],
             handler=self,
         )
         try:
             response = self.server.app.dispatch(request)
+        except BodyTooLarge as exc:
+            self.server.app.log.record("too-large", f"{request.method} {request.path}")
+            response = Response.json({"detail": f"Request body larger than {exc.args[0]} bytes"}, 413)
         except Exception as exc:  # a bug in a handler must show up as a 500, not a dropped socket
             response = Response.json({"detail": f"internal error: {exc}"}, 500)
+        if length and not request.body_consumed:  # refused unread: the body must not pass for a request
+            self.close_connection = True
+            if response is not None:
+                response.headers.setdefault("Connection", "close")
         if response is not None:  # None: the handler streamed its own reply
             self._send(response)
 
@@ -404,7 +625,8 @@ class RestServer:
 
     def __init__(self, app: RestApp, host: str = DEFAULT_HOST, port: int = 0, tls_dir: Optional[str] = None):
         handler = type("Handler", (_RestHandler,), {})
-        self.httpd = _ThreadingHTTPServer((host, port), handler)
+        with binding(host, port):
+            self.httpd = _ThreadingHTTPServer((host, port), handler)
         self.httpd.app = app
         self.httpd.connections, self.httpd.connections_lock = set(), threading.Lock()
         self.cert_file = None
@@ -442,12 +664,16 @@ class RestServer:
                 pass
 
 
-def run_until_interrupted(server):
-    """Block until Ctrl-C or SIGTERM, then stop ``server`` (for ``hpcfs serve``)."""
+def run_until_interrupted(server, banner: str = ""):
+    """Print ``banner``, block until Ctrl-C or SIGTERM, then stop ``server`` (for ``hpcfs serve``).  The
+    banner comes after the SIGTERM handler: a script that kills the server as soon as it has read the
+    banner must still get the cleanup (TLS key and generated passwords removed)."""
     import signal
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if banner:
+            print(banner, flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         pass

@@ -34,11 +34,12 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 import uuid
-from typing import Dict, List, Optional, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
+
+import multipart
 from urllib.parse import parse_qs, quote
 
 from .common import (
@@ -52,10 +53,20 @@ from .common import (
     RestApp,
     RestServer,
     confine,
-    load_users,
+    open_for_writing,
+    PrivateDirectory,
+    add_latency_argument,
+    add_secret_file_argument,
+    credential_lines,
+    generated_account,
+    naming_ports,
+    read_private_file,
     temporary_directory,
 )
 
+MULTIPART_MEMORY = 8 << 20  # bytes of small parts kept in memory per request; larger parts spill to disk
+FORM_FIELDS = 16  # parts besides the files (pod_name, dest_path, ...) a form may carry
+UPLINK_OVERHEAD = 1 << 20  # multipart headers and form fields around an uplink's files
 DEFAULT_VOLUME = "_default"  # the directory of the volume used when no pod name is given
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes (DNS-1123) label
 GIB = 1024**3
@@ -153,36 +164,52 @@ def _disposition(header: str) -> Dict[str, str]:
     return params
 
 
-def parse_multipart(body: bytes, content_type: str) -> Tuple[Dict[str, str], List[Tuple[str, bytes]]]:
-    """Text fields and ``(filename, content)`` file parts of a multipart/form-data body."""
-    boundary = _disposition(content_type).get("boundary", "").encode()
+def parse_multipart(request: Request, max_parts: int) -> Tuple[Dict[str, str], List["multipart.MultipartPart"]]:
+    """Text fields and file parts (``.filename``, ``.size``, ``.file``) of a multipart/form-data body, read
+    from the socket as it arrives: a part beyond 64 KiB goes to a temporary file, so an upload of gigabytes
+    needs no more memory than one of kilobytes.  The caller closes the parts (which deletes the files)."""
+    boundary = _disposition(request.headers.get("Content-Type", "")).get("boundary", "")
     if not boundary:
         raise _Reply(_html(400, DJANGO_400))
     fields, files = {}, []
-    for part in body.split(b"--" + boundary)[1:]:
-        if part.startswith(b"--"):
-            break
-        head, _, content = part.partition(b"\r\n\r\n")
-        content = content[:-2] if content.endswith(b"\r\n") else content
-        headers = dict(
-            (key.strip().lower(), value.strip())
-            for key, _, value in (line.partition(":") for line in head.decode("utf-8", "replace").split("\r\n"))
-        )
-        params = _disposition(headers.get("content-disposition", ""))
-        if "filename" in params:
-            files.append((params["filename"], content))
-        elif "name" in params:
-            fields[params["name"]] = content.decode("utf-8", "replace")
+    try:
+        for part in multipart.MultipartParser(_ChunkReader(request.body_chunks()), boundary, request.content_length,
+                                              part_limit=max_parts, memory_limit=MULTIPART_MEMORY):
+            if part.filename is not None:
+                files.append(part)
+            elif part.name is not None:
+                fields[part.name] = part.value
+    except multipart.MultipartError:
+        for part in files:
+            part.close()
+        raise _Reply(_html(400, DJANGO_400)) from None
     return fields, files
 
 
-def parse_form(request: Request) -> Tuple[Dict[str, str], List[Tuple[str, bytes]]]:
+class _ChunkReader:
+    """``read(n)`` over an iterator of byte chunks (a request body as it comes off the socket)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks, self._pending = chunks, b""
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._pending:
+            self._pending = next(self._chunks, None)
+            if self._pending is None:
+                self._pending = b""
+                return b""
+        size = len(self._pending) if size < 0 else size
+        piece, self._pending = self._pending[:size], self._pending[size:]
+        return piece
+
+
+def parse_form(request: Request, max_parts: int) -> Tuple[Dict[str, str], List["multipart.MultipartPart"]]:
     """Query, form, JSON or multipart fields merged (body wins), as DRF's parsers accept all of them."""
     fields = {key: values[-1] for key, values in request.query.items()}
     content_type = request.headers.get("Content-Type", "")
     files = []
     if content_type.startswith("multipart/form-data"):
-        body_fields, files = parse_multipart(request.body, content_type)
+        body_fields, files = parse_multipart(request, max_parts)
         fields.update(body_fields)
     elif content_type.startswith("application/json"):
         payload = request.json()
@@ -222,11 +249,20 @@ class _EMApp(RestApp):
     def dispatch(self, request: Request) -> Optional[Response]:
         request.path = re.sub("/+", "/", request.path)
         try:
-            request.form, request.uploads = parse_form(request)
+            if request.path.startswith("/em/"):  # from the headers, before a byte of the body is read
+                self.server.authenticated_user(request)
+            request.max_body = self.body_limit(request)
+            request.form, request.uploads = parse_form(request, self.server.max_files + FORM_FIELDS)
         except _Reply as reply:
+            request.form, request.uploads = {}, []
+            self.server.note_request(request)
             return self.server.count(reply.response)
         self.server.note_request(request)
-        return self.server.count(super().dispatch(request))
+        try:
+            return self.server.count(super().dispatch(request))
+        finally:
+            for upload in request.uploads:
+                upload.close()
 
 
 class EMServer:
@@ -251,7 +287,12 @@ class EMServer:
             raise ValueError(f"api must be v1 or v2, not {api!r}")
         self.root = os.path.realpath(root or temporary_directory("hpcfs-em-"))
         os.makedirs(os.path.join(self.root, DEFAULT_VOLUME), exist_ok=True)
-        self.users = dict(users if users is not None else {"alice": "secret"})
+        self.private = PrivateDirectory("hpcfs-em-")  # TLS key, generated password; removed on stop
+        self.generated_credentials = None
+        if users is None:  # no built-in account: a random password for the invoking user, in a 0600 file
+            user, password, self.generated_credentials = generated_account(self.private)
+            users = {user: password}
+        self.users = dict(users)
         self.api, self.max_upload, self.max_files = api, max_upload, max_files
         self.knobs = Knobs()
         self.log = RequestLog()
@@ -264,8 +305,11 @@ class EMServer:
         self._pods: Dict[str, str] = {}  # pod name -> start time of its last run
         self.app = _EMApp(self)
         self._register_routes(pvc_list)
-        self._tls_dir = tempfile.mkdtemp(prefix="hpcfs-em-tls-") if tls else None
-        self.http = RestServer(self.app, host, port, tls_dir=self._tls_dir)
+        try:
+            self.http = RestServer(self.app, host, port, tls_dir=self.private.path if tls else None)
+        except OSError:
+            self.private.remove()
+            raise
 
     # -- lifecycle --------------------------------------------------------------------------------------
     @property
@@ -288,8 +332,7 @@ class EMServer:
 
     def stop(self):
         self.http.stop()
-        if self._tls_dir:
-            shutil.rmtree(self._tls_dir, ignore_errors=True)
+        self.private.remove()
 
     # -- test hooks -------------------------------------------------------------------------------------
     def revoke_tokens(self):
@@ -300,7 +343,7 @@ class EMServer:
         """Change a volume behind the API's back, as a running pod writing into ``/data`` does."""
         target = confine(self.volume_dir(volume), path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "wb") as handle:
+        with open(target, "wb") as handle:  # a test hook: the pod writes, not a client of the API
             handle.write(data)
 
     def volume_dir(self, volume: str) -> str:
@@ -333,7 +376,7 @@ class EMServer:
         self.app.route("POST", "/auth/refresh")(self._refresh)
         protected = [
             (query_method, "/em/files/list", self._list_files),
-            ("POST", "/em/files/uplink", self._uplink),
+            ("POST", "/em/files/uplink", self._uplink, lambda: self.max_upload + UPLINK_OVERHEAD),
             ("GET", "/em/files/downlink", self._downlink),
             ("POST", "/em/files/delete", self._delete),
             ("POST", "/em/pod/image/build", self._image_build),
@@ -345,15 +388,15 @@ class EMServer:
         ]
         if pvc_list:
             protected += [(query_method, "/em/pvc/list", self._pvc_list), ("POST", "/em/pvc/delete", self._pvc_delete)]
-        for method, path, handler in protected:
-            self.app.route(method, path)(self._protected(handler))
+        for method, path, handler, *max_body in protected:
+            self.app.route(method, path, *max_body)(self._protected(handler))
 
     def _protected(self, handler):
         """Authenticate, apply fault knobs, and hold the account's lock (423 if another request runs)."""
 
         def run(request: Request) -> Optional[Response]:
             try:
-                user = self._authenticated_user(request)
+                user = self.authenticated_user(request)
                 if self.knobs.take_busy():
                     return self._locked()
                 if self._take_failure():
@@ -403,7 +446,7 @@ class EMServer:
             return Response.json({"detail": "Token is invalid or expired", "code": "token_not_valid"}, 401)
         return Response.json({"access": self.tokens.issue("access", user)})
 
-    def _authenticated_user(self, request: Request) -> str:
+    def authenticated_user(self, request: Request) -> str:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         challenge = {"WWW-Authenticate": 'Bearer realm="api"'}
         if scheme != "Bearer" or not token:
@@ -470,25 +513,26 @@ class EMServer:
             return _html(400, DJANGO_400)
         if not request.uploads:
             raise _error(400, "NO_FILES", "No files were provided for uplink!")
-        total = sum(len(content) for _, content in request.uploads)
+        total = sum(upload.size for upload in request.uploads)
         if total > self.max_upload:
             raise _error(400, "MAX_UPLINK_SIZE_EXCEEDED", f"Total upload size exceeds {_size_text(self.max_upload)}")
         destination = self._inside(self._volume(request), request.form.get("dest_path", ""), allow_root=True)
         time.sleep(float(self.knobs.extra.get("upload_delay", 0)))  # the backend's second hop to the EM
         try:
             os.makedirs(destination, exist_ok=True)
-            stored = [self._store(destination, name, content) for name, content in request.uploads]
+            stored = [self._store(destination, upload.filename, upload.file) for upload in request.uploads]
         except OSError as exc:
             raise _error(400, "UPLINK_FAILED", f"Uplink failed: {exc.strerror}") from None
         return _ok("Successfully uplinked files",
                    {"file_count": sum(stored), "total_size_kb": round(total / 1024, 2)})
 
-    def _store(self, destination: str, part_name: str, content: bytes) -> bool:
+    def _store(self, destination: str, part_name: str, content: BinaryIO) -> bool:
         name = django_file_name(part_name)
         if name is None:  # Django drops parts whose name sanitises to nothing
             return False
-        with open(os.path.join(destination, name), "wb") as handle:  # IsADirectoryError for a folder
-            handle.write(content)
+        content.seek(0)
+        with open_for_writing(destination, name) as handle:  # IsADirectoryError for a folder
+            shutil.copyfileobj(content, handle, 1 << 20)
         return True
 
     def _downlink(self, request: Request) -> None:
@@ -582,13 +626,14 @@ class EMServer:
 
 
 # -- hpcfs serve em -------------------------------------------------------------------------------------
+DEFAULT_PORT = 8090  # not FirecREST's 8000: the guides start both servers side by side
+
+
 def add_arguments(parser):
     parser.add_argument("--root", help="directory holding the volumes (default: a new temporary directory)")
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="EM API port (default %(default)s)")
-    parser.add_argument("--users", help="user:password[,user:password...] (default: $EM_USERNAME/$EM_PASSWORD, "
-                                        "else a generated password for 'demo')")
-    parser.add_argument("--users-file", help="file of user:password lines")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
+    add_secret_file_argument(parser, "--users-file", "--users", "user:password", "$EM_USERNAME/$EM_PASSWORD")
     parser.add_argument("--api", choices=("v1", "v2"), default="v1",
                         help="v1: pod_name, GET listings (the spec); v2: pvc_name, POST listings (the 2026 client)")
     parser.add_argument("--no-pvc-list", action="store_true", help="serve no /em/pvc/* endpoints (older servers)")
@@ -596,39 +641,39 @@ def add_arguments(parser):
     parser.add_argument("--refresh-lifetime", type=float, default=86400.0, help="seconds (default 86400)")
     parser.add_argument("--max-upload", type=int, default=2 * GIB, help="bytes per uplink call (default 2 GiB)")
     parser.add_argument("--max-files", type=int, default=100, help="file parts per uplink call (default 100)")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    add_latency_argument(parser)
     parser.add_argument("--busy-time", type=float, default=0.0, help="seconds each /em request holds the account")
     parser.add_argument("--upload-delay", type=float, default=0.0, help="extra seconds per uplink (second hop)")
     parser.add_argument("--tls", action="store_true", help="HTTPS with a self-signed certificate")
 
 
-def _users_from(args) -> Tuple[Dict[str, str], bool]:
-    """The accounts to serve and whether the password was generated here (so it must be shown once)."""
-    users = load_users(args.users, args.users_file)
-    if users:
-        return users, False
+def _users_from(args) -> Optional[Dict[str, str]]:
+    """The accounts to serve: the users file, else $EM_USERNAME/$EM_PASSWORD, else None (generate one)."""
+    if args.users_file:
+        return dict(credential_lines(read_private_file(args.users_file, "users file")))
     if os.environ.get("EM_USERNAME") and os.environ.get("EM_PASSWORD"):
-        return {os.environ["EM_USERNAME"]: os.environ["EM_PASSWORD"]}, False
-    return {"demo": secrets.token_urlsafe(12)}, True
+        return {os.environ["EM_USERNAME"]: os.environ["EM_PASSWORD"]}
+    return None
 
 
 def serve(args):
-    users, generated = _users_from(args)
-    server = EMServer(
-        args.root, users, args.host, args.port, api=args.api, pvc_list=not args.no_pvc_list,
-        access_lifetime=args.access_lifetime, refresh_lifetime=args.refresh_lifetime,
-        max_upload=args.max_upload, max_files=args.max_files, tls=args.tls,
-    )
+    with naming_ports({"--port": args.port}):
+        server = EMServer(
+            args.root, _users_from(args), args.host, args.port, api=args.api, pvc_list=not args.no_pvc_list,
+            access_lifetime=args.access_lifetime, refresh_lifetime=args.refresh_lifetime,
+            max_upload=args.max_upload, max_files=args.max_files, tls=args.tls,
+        )
     server.knobs.latency = args.latency
     server.knobs.extra.update(busy_time=args.busy_time, upload_delay=args.upload_delay)
     server.start()
-    user = sorted(users)[0]
+    user = sorted(server.users)[0]
     query = f"?tls=1&verify={server.cert_file}" if args.tls else ""
     lines = [f"EM API ({args.api}) serving {server.root} at {server.url}/",
              f"  connect: hpcfs mount em://{user}@{server.http.host}:{server.port}/{query} MOUNTPOINT"]
-    if generated:
-        lines.append(f"  credentials for this run: export EM_USERNAME={user} EM_PASSWORD={users[user]}")
+    if server.generated_credentials:
+        lines.append(f"  no users configured: generated a password for {user} in {server.generated_credentials} "
+                     f"(user:password, mode 0600; removed when the server stops): "
+                     f"export EM_USERNAME={user} EM_PASSWORD=\"$(cut -d: -f2- {server.generated_credentials})\"")
     else:
         lines.append("  credentials: export EM_USERNAME and EM_PASSWORD for the account you configured")
-    print("\n".join(lines), flush=True)
-    run_until_interrupted(server)
+    run_until_interrupted(server, "\n".join(lines))

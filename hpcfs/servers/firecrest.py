@@ -19,7 +19,6 @@ import email.message
 import json
 import math
 import os
-import secrets
 import shutil
 import ssl
 import sys
@@ -29,8 +28,10 @@ import time
 import uuid
 from typing import Dict, Optional, Tuple
 
-from .common import (DEFAULT_HOST, Knobs, Request, Response, RestApp, RestServer, RequestLog, self_signed_certificate,
-                     run_until_interrupted, temporary_directory)
+from .common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, PrivateDirectory, Request, Response, RestApp, RestServer, RequestLog,
+                     add_latency_argument, add_secret_file_argument, credential_lines, generated_account,
+                     naming_ports, read_private_file, run_until_interrupted, self_signed_certificate,
+                     temporary_directory)
 from .firecrest_auth import TokenIssuer, TokenRejected
 from .firecrest_jobs import (Scheduler, copy, delete, egress_script, file_script, ingress_script, move,
                              template)
@@ -39,6 +40,7 @@ from .firecrest_shell import ApiError, RemoteShell, command_error
 
 APP_VERSION = "2.5.6"
 MIB = 1024 * 1024
+MULTIPART_OVERHEAD = MIB  # part headers around an ops/upload file (the handler's own limit answers first)
 DEFAULT_LIMITS = {
     "max_ops_file_size": 5 * MIB,  # output cap of every ops command and the ops/upload limit
     "max_part_size": 2 * 1024 * MIB,  # S3 multipart part size for transfer/upload
@@ -111,7 +113,12 @@ class FirecrestServer:
         if unknown:
             raise TypeError(f"unknown FirecREST limits: {', '.join(sorted(unknown))}")
         self.root = os.path.realpath(root or temporary_directory("hpcfs-firecrest-"))
-        self.clients = clients or {"hpcfs": (secrets.token_urlsafe(16), "hpcfs")}
+        self.private = PrivateDirectory("hpcfs-firecrest-")  # TLS key, generated secret; removed on stop
+        self.generated_credentials = None
+        if not clients:  # no built-in client: a random secret for the invoking user, in a 0600 file
+            user, secret, self.generated_credentials = generated_account(self.private)
+            clients = {user: (secret, user)}
+        self.clients = clients
         self.system = system.lower()
         self.work_dir = work_dir
         self.knobs = Knobs(extra=dict(DEFAULT_LIMITS, **limits))
@@ -124,12 +131,19 @@ class FirecrestServer:
         self._sessions = 0
         self._sessions_lock = threading.Lock()
         self.observers = []  # callables (request, response) seeing every API exchange, e.g. to validate it
-        self.api = RestServer(self._build_api(), host, port)
-        self.s3 = RestServer(build_app(self.store, self.knobs, self.log), host, s3_port)
+        try:
+            self.api = RestServer(self._build_api(), host, port)
+            try:
+                self.s3 = RestServer(build_app(self.store, self.knobs, self.log, lambda: self.knob("max_part_size")), host, s3_port)
+            except OSError:
+                self.api.httpd.server_close()
+                raise
+        except OSError:
+            self.stop_partial()
+            raise
         for server in (self.api, self.s3):
             server.httpd.RequestHandlerClass.disable_nagle_algorithm = True  # a reply is several writes
             _ignore_disconnects(server.httpd)
-        self._tls_dir = tempfile.mkdtemp(prefix="hpcfs-firecrest-tls-") if tls else None
         self.cert_file = self._serve_tls() if tls else None
         self.store.public_url = self.s3.url
 
@@ -154,9 +168,12 @@ class FirecrestServer:
         self.scheduler.stop()
         self.api.stop()
         self.s3.stop()
-        for directory in (self._staging_dir, self._tls_dir):
-            if directory:
-                shutil.rmtree(directory, ignore_errors=True)
+        self.stop_partial()
+
+    def stop_partial(self):
+        """Remove what the constructor made before the ports: staging objects, key, generated secret."""
+        shutil.rmtree(self._staging_dir, ignore_errors=True)
+        self.private.remove()
 
     def fail_probe(self, unhealthy: bool = True):
         """Mark the SSH service unhealthy, as a failed health probe does: 503 until cleared."""
@@ -164,7 +181,7 @@ class FirecrestServer:
 
     def _serve_tls(self) -> str:
         """HTTPS on both ports with one self-signed certificate (one file for clients to trust)."""
-        cert_file, key_file = self_signed_certificate(self._tls_dir)
+        cert_file, key_file = self_signed_certificate(self.private.path)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_file, key_file)
         for server in (self.api, self.s3):
@@ -203,8 +220,14 @@ class FirecrestServer:
             ("DELETE", "/compute/{system_name}/jobs/{job_id}", self._cancel_job),
         ]
         for method, pattern, handler in routes:
-            app.route(method, pattern)(self._endpoint(handler))
+            app.route(method, pattern, self._max_body(pattern))(self._endpoint(handler))
         return app
+
+    def _max_body(self, pattern: str):
+        """ops/upload takes a file of up to max_ops_file_size in a multipart body; the rest take JSON."""
+        if pattern.endswith("/ops/upload"):
+            return lambda: self.knob("max_ops_file_size") + MULTIPART_OVERHEAD
+        return DEFAULT_MAX_BODY
 
     def _endpoint(self, handler, auth: bool = True):
         """Wrap a handler ``(request, user) -> Response`` in what FirecREST does around every route:
@@ -603,12 +626,12 @@ def _multipart_file(request: Request) -> Tuple[str, bytes]:
 # -- hpcfs serve firecrest ---------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--root", required=True, help="directory served as the system's /")
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="FirecREST API port (default 8000)")
     parser.add_argument("--s3-port", type=int, default=8001, help="S3 staging port (default 8001)")
     parser.add_argument("--system", default="local", help="system name (default: local)")
-    parser.add_argument("--clients", help="client_id:secret[:username][,...] allowed to get tokens "
-                                          "(default: $FIRECREST_CLIENT_ID/$FIRECREST_CLIENT_SECRET, else generated)")
+    add_secret_file_argument(parser, "--clients-file", "--clients", "client_id:secret[:username]",
+                             "$FIRECREST_CLIENT_ID/$FIRECREST_CLIENT_SECRET")
     parser.add_argument("--token-lifetime", type=float, default=300.0, help="seconds (default 300)")
     parser.add_argument("--min-token-ttl", type=float, default=30.0, help="seconds a token must have left (30)")
     parser.add_argument("--max-ops-file-size", type=int, default=DEFAULT_LIMITS["max_ops_file_size"],
@@ -621,45 +644,47 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="concurrent ops requests; beyond them the answer is 424 (default %(default)s)")
     parser.add_argument("--ingress-poll", type=float, default=DEFAULT_LIMITS["ingress_poll"],
                         help="seconds between the upload job's checks of the staging bucket (real server: 60)")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    add_latency_argument(parser)
     parser.add_argument("--tls", action="store_true", help="HTTPS with self-signed certificates")
 
 
-def _clients_from(spec: Optional[str]) -> Tuple[Dict[str, Tuple[str, str]], bool]:
-    """Clients to serve, and whether a secret was generated here (so it must be shown once)."""
-    clients = {}
-    for item in filter(None, (part.strip() for part in (spec or "").split(","))):
-        client_id, _, rest = item.partition(":")
-        secret, _, username = rest.partition(":")
-        clients[client_id] = (secret, username or client_id)
-    if clients:
-        return clients, False
-    client_id = os.environ.get("FIRECREST_CLIENT_ID", "hpcfs")
+def _clients_from(args) -> Optional[Dict[str, Tuple[str, str]]]:
+    """Clients to serve: the clients file, else $FIRECREST_CLIENT_ID/$FIRECREST_CLIENT_SECRET, else None
+    (the server generates a secret)."""
+    if args.clients_file:
+        clients = {}
+        for client_id, rest in credential_lines(read_private_file(args.clients_file, "clients file")):
+            secret, _, username = rest.partition(":")
+            clients[client_id] = (secret, username or client_id)
+        return clients
     if os.environ.get("FIRECREST_CLIENT_SECRET"):
-        return {client_id: (os.environ["FIRECREST_CLIENT_SECRET"], client_id)}, False
-    return {client_id: (secrets.token_urlsafe(16), client_id)}, True
+        client_id = os.environ.get("FIRECREST_CLIENT_ID", "hpcfs")
+        return {client_id: (os.environ["FIRECREST_CLIENT_SECRET"], client_id)}
+    return None
 
 
 def serve(args):
-    clients, generated = _clients_from(args.clients)
-    server = FirecrestServer(
-        args.root, clients, args.host, args.port, args.s3_port, args.system,
-        token_lifetime=args.token_lifetime, min_token_ttl=args.min_token_ttl, tls=args.tls,
-        max_ops_file_size=args.max_ops_file_size, max_part_size=args.max_part_size,
-        command_timeout=args.command_timeout, max_sessions=args.max_sessions, ingress_poll=args.ingress_poll,
-    )
+    with naming_ports({"--port": args.port, "--s3-port": args.s3_port}):
+        server = FirecrestServer(
+            args.root, _clients_from(args), args.host, args.port, args.s3_port, args.system,
+            token_lifetime=args.token_lifetime, min_token_ttl=args.min_token_ttl, tls=args.tls,
+            max_ops_file_size=args.max_ops_file_size, max_part_size=args.max_part_size,
+            command_timeout=args.command_timeout, max_sessions=args.max_sessions, ingress_poll=args.ingress_poll,
+        )
     server.knobs.latency = args.latency
     server.start()
-    client_id = sorted(clients)[0]
-    print(f"FirecREST v2 API serving {server.root} as system '{server.system}' at {server.url}")
-    print(f"  token endpoint: {server.token_url}   S3 staging: {server.s3.url}")
-    print(f"  connect: export FIRECREST_URL={server.url} AUTH_TOKEN_URL={server.token_url} "
-          f"FIRECREST_CLIENT_ID={client_id}")
-    if generated:
-        print(f"  secret for this run: export FIRECREST_CLIENT_SECRET={clients[client_id][0]}")
+    client_id = sorted(server.clients)[0]
+    lines = [f"FirecREST v2 API serving {server.root} as system '{server.system}' at {server.url}",
+             f"  token endpoint: {server.token_url}   S3 staging: {server.s3.url}",
+             f"  connect: export FIRECREST_URL={server.url} AUTH_TOKEN_URL={server.token_url} "
+             f"FIRECREST_CLIENT_ID={client_id}"]
+    if server.generated_credentials:
+        lines.append(f"  no clients configured: generated a secret for {client_id} in {server.generated_credentials}"
+                     " (client_id:secret, mode 0600; removed when the server stops): "
+                     f"export FIRECREST_CLIENT_SECRET=\"$(cut -d: -f2- {server.generated_credentials})\"")
     else:
-        print("  secret: export FIRECREST_CLIENT_SECRET with the secret you configured")
-    print(f"  then: hpcfs mount firecrest://{server.system}/ MOUNTPOINT")
+        lines.append("  secret: export FIRECREST_CLIENT_SECRET with the secret you configured")
+    lines.append(f"  then: hpcfs mount firecrest://{server.system}/ MOUNTPOINT")
     if server.cert_file:
-        print(f"  self-signed certificates: export REQUESTS_CA_BUNDLE={server.cert_file}")
-    run_until_interrupted(server)
+        lines.append(f"  self-signed certificates: export REQUESTS_CA_BUNDLE={server.cert_file}")
+    run_until_interrupted(server, "\n".join(lines))

@@ -9,6 +9,7 @@ HTML-escape ``& < > ' "`` in paths (Jinja autoescape), and the ingress job polls
 every ``ingress_poll`` seconds (60 on the real server).
 """
 import html
+import io
 import itertools
 import os
 import shutil
@@ -18,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, TextIO
 
-from .common import OutsideRoot
+from .common import OutsideRoot, check_link_target, open_for_writing
 from .firecrest_s3 import ObjectStore
 from .firecrest_shell import ApiError, RemoteShell
 
@@ -113,12 +114,15 @@ class Scheduler:
         try:
             local_dir = self.shell.local(job.working_directory, follow=True)
             os.makedirs(local_dir, exist_ok=True)
-            with open(self.shell.local(job.output_log), "w") as out, open(self.shell.local(job.error_log), "w") as err:
+            with self._log(job.output_log) as out, self._log(job.error_log) as err:
                 job.exit_code = script(job, out, err)
         except (OSError, OutsideRoot):  # no working directory or logs: the scheduler fails the job
             job.exit_code = 1
         job.state = "CANCELLED" if job.cancelled.is_set() else "COMPLETED" if job.exit_code == 0 else "FAILED"
         job.end = time.time()
+
+    def _log(self, path: str) -> TextIO:
+        return io.TextIOWrapper(open_for_writing(self.shell.root, path))
 
     def describe(self, job: Job) -> dict:
         """The ``JobModel`` the compute endpoints return."""
@@ -178,9 +182,13 @@ def copy(shell: RemoteShell, source: str, target: str, dereference: bool):
         elif os.path.islink(src) and not dereference:
             if _exists(dst):
                 os.unlink(dst)
-            os.symlink(os.readlink(src), dst)
+            target_text = os.readlink(src)  # verbatim, as cp -d: so it must still lead inside from its new place
+            check_link_target(shell.root, os.path.dirname(dst), target_text)
+            os.symlink(target_text, dst)
         else:
             shutil.copy2(src, dst)
+    except OutsideRoot:
+        raise ScriptError(f"cp: cannot create symbolic link '{target}': Permission denied") from None
     except OSError as exc:
         raise ScriptError(f"cp: cannot create regular file '{target}': {exc.strerror}") from None
 

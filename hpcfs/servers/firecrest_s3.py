@@ -14,7 +14,7 @@ import shutil
 import threading
 import time
 import uuid
-from typing import Dict, Optional
+from typing import Callable, Dict, Iterable, Optional
 from urllib.parse import quote, urlencode
 from xml.etree import ElementTree
 
@@ -90,11 +90,15 @@ class ObjectStore:
         if old:
             os.unlink(old)
 
-    def put_part(self, upload_id: str, number: int, data: bytes) -> Optional[str]:
-        etag = '"' + hashlib.md5(data).hexdigest() + '"'
+    def put_part(self, upload_id: str, number: int, chunks: Iterable[bytes]) -> Optional[str]:
+        """Store one part, written to disk piece by piece as it arrives (a part may be gigabytes)."""
+        digest = hashlib.md5()
         target = os.path.join(self.directory, uuid.uuid4().hex)
         with open(target, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                digest.update(chunk)
+                handle.write(chunk)
+        etag = f'"{digest.hexdigest()}"'
         with self._lock:
             upload = self._uploads.get(upload_id)
             if upload is None:
@@ -135,7 +139,7 @@ class ObjectStore:
         return Response(200, body.encode(), {"Content-Type": "application/xml"})
 
 
-def build_app(store: ObjectStore, knobs, log) -> RestApp:
+def build_app(store: ObjectStore, knobs, log, max_part_size: Callable[[], int]) -> RestApp:
     """The object store's HTTP face, sharing the FirecREST server's knobs and request log."""
     app = RestApp(knobs, log)
 
@@ -147,12 +151,13 @@ def build_app(store: ObjectStore, knobs, log) -> RestApp:
     def head_object(request: Request) -> Response:
         return store.check(request) or _serve_object(store, request)
 
-    @app.route("PUT", "/{bucket}/{key:path}")
+    @app.route("PUT", "/{bucket}/{key:path}", max_body=max_part_size)
     def put_part(request: Request) -> Response:
-        refused = store.check(request)
+        refused = store.check(request)  # the signature is in the URL: checked before the body is read
         if refused:
             return refused
-        etag = store.put_part(request.arg("uploadId", ""), int(request.arg("partNumber", "0")), request.body)
+        etag = store.put_part(request.arg("uploadId", ""), int(request.arg("partNumber", "0")),
+                              request.body_chunks())
         if etag is None:
             return _xml_error(404, "NoSuchUpload", "The specified multipart upload does not exist.")
         return Response(200, b"", {"ETag": etag})

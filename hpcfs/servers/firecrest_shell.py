@@ -17,7 +17,7 @@ import stat as stat_module
 import time
 from typing import List, Optional
 
-from .common import OutsideRoot, confine
+from .common import OutsideRoot, check_link_target, confine, open_for_writing
 
 SSH_WINDOW = 2 * 1024 * 1024  # output beyond the cap by more than this deadlocks the SSH channel
 FILE_LINE = re.compile(
@@ -209,7 +209,7 @@ class RemoteShell:
         line = (f"{stat_module.filemode(st.st_mode)} {st.st_nlink} {_owner(st.st_uid, numeric)} "
                 f"{_group(st.st_gid, numeric)} {st.st_size} {mtime} {c_quote(name)}")
         if stat_module.S_ISLNK(st.st_mode):
-            line += " -> " + c_quote(os.fsencode(os.readlink(local)))
+            line += " -> " + c_quote(os.fsencode(self.readlink(local)))
         return line + "\n"
 
     def ls_one(self, path: str) -> dict:
@@ -236,7 +236,7 @@ class RemoteShell:
         if stat_module.S_ISDIR(st.st_mode):
             return "directory"
         if stat_module.S_ISLNK(st.st_mode):
-            return f"symbolic link to {os.readlink(self.local(path))}"
+            return f"symbolic link to {self.readlink(self.local(path))}"
         data = self._read(path, "file")[:65536]
         if not data:
             return "empty"
@@ -296,7 +296,8 @@ class RemoteShell:
         """``base64 -d > 'directory/filename'``.  With no input the command never sees EOF: the file is
         created, then the request times out (408) — the real server's empty-upload defect."""
         target = f"{directory}/{filename}"
-        with shell_errors(f"bash: line 1: {target}"), open(self.local(target), "wb") as handle:
+        with shell_errors(f"bash: line 1: {target}", outside_root=errno.EACCES), \
+                open_for_writing(self.root, target) as handle:
             handle.write(data)
         if not data:
             time.sleep(self.limits()[1])
@@ -314,9 +315,24 @@ class RemoteShell:
         return self.ls_one(path)
 
     def symlink(self, target: str, link: str) -> dict:
-        with shell_errors(f"ln: failed to create symbolic link '{link}'"):
-            os.symlink(target, self.local(link))
+        with shell_errors(f"ln: failed to create symbolic link '{link}'", outside_root=errno.EACCES):
+            local = self.local(link)
+            os.symlink(self._link_text_on_disk(os.path.dirname(local), target), local)
         return self.ls_one(link)
+
+    def _link_text_on_disk(self, link_directory: str, target: str) -> str:
+        """What a link to ``target`` stores: an absolute target names a path of the served tree (its ``/``
+        is the root), so it is stored below the root; a target leading out of the tree is refused."""
+        text = os.path.join(self.root, target.lstrip("/")) if target.startswith("/") else target
+        check_link_target(self.root, link_directory, text)
+        return text
+
+    def readlink(self, local: str) -> str:
+        """A link's target as the client sees it (the inverse of ``_link_text_on_disk``)."""
+        text = os.readlink(local)
+        if text == self.root or text.startswith(self.root + os.sep):
+            return "/" + text[len(self.root):].lstrip(os.sep)
+        return text
 
     def chmod(self, path: str, mode: str) -> dict:
         if not re.fullmatch(r"[0-7]{1,4}", mode or ""):

@@ -59,14 +59,25 @@ class LoginRefused(Exception):
 
 
 class UFTPServer:
-    """Auth REST + UFTPD command port + listen port, in background threads."""
+    """Auth REST + listen port (+ the UFTPD command port when ``cmd_port`` is given), in background threads.
 
-    def __init__(self, root, users=None, host=common.DEFAULT_HOST, auth_port=0, listen_port=0, cmd_port=0,
+    ``users`` maps user to password; None generates a password for the invoking user, written to
+    ``generated_credentials`` (a 0600 file).  The command port takes transfer requests only with the
+    ``command-secret=`` line that ``cmd_secret`` (or the generated ``cmd_secret_file``) holds: without it
+    anyone on the machine could push a job and log in as any user.  The Auth endpoint needs no command port:
+    it creates jobs in-process."""
+
+    def __init__(self, root, users=None, host=common.DEFAULT_HOST, auth_port=0, listen_port=0, cmd_port=None,
                  server_name="TEST", tokens=None, authorized_keys=None, version=VERSION, tls_dir=None,
-                 knobs=None, log=None, **settings):
+                 knobs=None, log=None, cmd_secret=None, **settings):
         self.root = root
         self.real_root = os.path.realpath(root)
-        self.users = dict(users or {})
+        self.private = common.PrivateDirectory("hpcfs-uftp-", tls_dir)
+        self.generated_credentials = None
+        if users is None:
+            user, password, self.generated_credentials = common.generated_account(self.private)
+            users = {user: password}
+        self.users = dict(users)
         self.tokens = dict(tokens or {})  # bearer token -> user
         self.authorized_keys = authorized_keys
         self.host = host
@@ -83,12 +94,24 @@ class UFTPServer:
         self._lock = threading.Lock()
         self._controls = set()
         self._stopping = threading.Event()
-        self.tls_dir = tls_dir or common.temporary_directory("hpcfs-uftp-tls-")
-        self.listener = socket.create_server((host, listen_port))
-        self.cmd_listener = socket.create_server((host, cmd_port))
-        self.listen_port = self.listener.getsockname()[1]
-        self.cmd_port = self.cmd_listener.getsockname()[1]
-        self.rest = common.RestServer(self._rest_app(), host, auth_port, tls_dir=self.tls_dir)
+        self.tls_dir = self.private.path
+        self.listener = self.cmd_listener = self.cmd_port = self.cmd_secret_file = None
+        try:
+            self.listener = common.listening_socket(host, listen_port)
+            self.listen_port = self.listener.getsockname()[1]
+            if cmd_port is not None:
+                self.cmd_listener = common.listening_socket(host, cmd_port)
+                self.cmd_port = self.cmd_listener.getsockname()[1]
+                if cmd_secret is None:
+                    cmd_secret = secrets.token_urlsafe(24)
+                    self.cmd_secret_file = self.private.write_secret("command-secret", cmd_secret + "\n")
+            self.cmd_secret = cmd_secret
+            self.rest = common.RestServer(self._rest_app(), host, auth_port, tls_dir=self.tls_dir)
+        except OSError:  # a port in use: nothing of this server may stay behind
+            for listener in filter(None, (self.listener, self.cmd_listener)):
+                listener.close()
+            self.private.remove()
+            raise
         self.cert_file = self.rest.cert_file
         self.auth_port = self.rest.port
         self._threads = []
@@ -102,8 +125,10 @@ class UFTPServer:
 
     def start(self):
         self.rest.start()
-        for target, name in ((self._accept_logins, "uftp-listen"), (self._accept_commands, "uftp-cmd"),
-                             (self._cleanup_loop, "uftp-cleanup")):
+        loops = [(self._accept_logins, "uftp-listen"), (self._cleanup_loop, "uftp-cleanup")]
+        if self.cmd_listener is not None:
+            loops.append((self._accept_commands, "uftp-cmd"))
+        for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -112,7 +137,7 @@ class UFTPServer:
     def stop(self):
         self._stopping.set()
         self.rest.stop()
-        for listener in (self.listener, self.cmd_listener):
+        for listener in filter(None, (self.listener, self.cmd_listener)):
             _shutdown(listener)
         with self._lock:
             controls = list(self._controls)
@@ -120,6 +145,7 @@ class UFTPServer:
             control.close()
         for thread in self._threads:
             thread.join(timeout=5)
+        self.private.remove()
 
     # -- jobs: the command port's transfer request, shared with the Auth REST endpoint -------------------
     def handle_command(self, request: Dict[str, str]) -> str:
@@ -211,10 +237,17 @@ class UFTPServer:
                 sock.settimeout(10)
                 try:
                     request = _read_command_request(sock.makefile("rb"))
-                    sock.sendall((self.handle_command(request) + "\n").encode())
+                    sock.sendall((self._answer_command_port(request) + "\n").encode())
                 except Exception:  # one bad request must not end the command port
                     pass
                 _shutdown(sock)
+
+    def _answer_command_port(self, request: Dict[str, str]) -> str:
+        offered = request.pop("command-secret", "")
+        if not hmac.compare_digest(offered.encode(), self.cmd_secret.encode()):
+            self.log.record("command-refused")
+            return "ERROR::Unauthorized: this command port needs the line command-secret=<its secret>"
+        return self.handle_command(request)
 
     # -- listen port ---------------------------------------------------------------------------------------
     def _accept_logins(self):
@@ -417,30 +450,58 @@ def _quietly(action, *args):
 # -- CLI ---------------------------------------------------------------------------------------------------
 def add_arguments(parser):
     parser.add_argument("--root", required=True, help="directory served as the server's /")
-    parser.add_argument("--users", help="user:password[,user:password...] allowed to authenticate")
-    parser.add_argument("--users-file", help="file of user:password lines")
+    common.add_secret_file_argument(parser, "--users-file", "--users", "user:password", "$UFTP_USER/$UFTP_PASSWORD")
     parser.add_argument("--authorized-keys", help="SSH public keys accepted for key-signed JWT logins")
-    parser.add_argument("--host", default=common.DEFAULT_HOST, help="address to listen on (default %(default)s)")
-    parser.add_argument("--auth-port", type=int, default=9000, help="Auth server HTTPS port")
-    parser.add_argument("--listen-port", type=int, default=64434, help="UFTPD FTP port")
-    parser.add_argument("--cmd-port", type=int, default=64435, help="UFTPD command port")
-    parser.add_argument("--server-name", default="TEST", help="the name in /rest/auth/NAME (default %(default)s)")
+    parser.add_argument("--host", default=common.DEFAULT_HOST, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--auth-port", type=int, default=9000, help="Auth server HTTPS port (default 9000)")
+    parser.add_argument("--listen-port", type=int, default=64434, help="UFTPD FTP port (default 64434)")
+    parser.add_argument("--cmd-port", type=int, help="open UFTPD's command port (closed by default: the Auth "
+                                                     "server creates jobs itself); it asks for a secret")
+    parser.add_argument("--cmd-secret-file", metavar="FILE",
+                        help="file (mode 0600) with the command port's secret (default: generated)")
+    parser.add_argument("--server-name", default="TEST", help="the UFTPD name in the Auth URL (default TEST)")
     parser.add_argument("--session-limit", type=int, default=DEFAULTS["session_limit"],
-                        help="UFTPD sessions per user at once (default %(default)s)")
-    parser.add_argument("--latency", type=float, default=0.0, help="milliseconds added to every reply")
+                        help=f"sessions per user (default {DEFAULTS['session_limit']})")
+    common.add_latency_argument(parser)
+
+
+def _users_from(args) -> Optional[Dict[str, str]]:
+    """The accounts to serve: the users file, else $UFTP_USER/$UFTP_PASSWORD, else None (generate one)."""
+    if args.users_file:
+        return dict(common.credential_lines(common.read_private_file(args.users_file, "users file")))
+    if os.environ.get("UFTP_USER") and os.environ.get("UFTP_PASSWORD"):
+        return {os.environ["UFTP_USER"]: os.environ["UFTP_PASSWORD"]}
+    return None
 
 
 def serve(args):
-    users = common.load_users(args.users, args.users_file)
-    knobs = common.Knobs(latency=args.latency / 1000.0)
-    server = UFTPServer(args.root, users, host=args.host, auth_port=args.auth_port,
-                        listen_port=args.listen_port, cmd_port=args.cmd_port, server_name=args.server_name,
-                        authorized_keys=args.authorized_keys, knobs=knobs,
-                        session_limit=args.session_limit).start()
-    print(f"UFTP auth server: {server.auth_url}  (users: {', '.join(sorted(users)) or 'none'})")
-    print(f"  example URL:    uftp://USER@{args.host}:{server.auth_port}/rest/auth/{args.server_name}:/"
-          "  (password from UFTP_PASSWORD)")
-    print(f"  TLS certificate (self-signed): {server.cert_file}  (HPCFS_CA_FILE={server.cert_file})")
-    print(f"UFTPD listen port:  {args.host}:{server.listen_port}")
-    print(f"UFTPD command port: {args.host}:{server.cmd_port}  (plain text, key=value ... END)", flush=True)
-    common.run_until_interrupted(server)
+    users = _users_from(args)
+    cmd_secret = None
+    if args.cmd_secret_file:
+        cmd_secret = common.read_private_file(args.cmd_secret_file, "command secret file").strip()
+    ports = {"--auth-port": args.auth_port, "--listen-port": args.listen_port, "--cmd-port": args.cmd_port}
+    with common.naming_ports(ports):
+        server = UFTPServer(args.root, users, host=args.host, auth_port=args.auth_port,
+                            listen_port=args.listen_port, cmd_port=args.cmd_port, server_name=args.server_name,
+                            authorized_keys=args.authorized_keys, knobs=common.Knobs(latency=args.latency),
+                            cmd_secret=cmd_secret, session_limit=args.session_limit).start()
+    common.run_until_interrupted(server, _banner(server, args))
+
+
+def _banner(server: UFTPServer, args) -> str:
+    """How to connect, with no secret in it: generated ones are named by the 0600 file holding them."""
+    host = args.host
+    lines = [f"UFTP auth server: {server.auth_url}  (users: {', '.join(sorted(server.users)) or 'none'})"]
+    if server.generated_credentials:
+        lines.append(f"  no users configured: generated a password for {sorted(server.users)[0]} in "
+                     f"{server.generated_credentials} (user:password, mode 0600; removed when the server stops)")
+    lines += [f"  example URL:    uftp://USER@{host}:{server.auth_port}/rest/auth/{args.server_name}:/"
+              "  (password from UFTP_PASSWORD)",
+              f"  TLS certificate (self-signed): {server.cert_file}  (HPCFS_CA_FILE={server.cert_file})",
+              f"UFTPD listen port:  {host}:{server.listen_port}"]
+    if server.cmd_port is None:
+        lines.append("UFTPD command port: closed (the Auth server creates jobs itself; --cmd-port opens it)")
+    else:
+        lines.append(f"UFTPD command port: {host}:{server.cmd_port}  (plain text, key=value ... END; each request "
+                     f"needs command-secret=<the secret in {args.cmd_secret_file or server.cmd_secret_file}>)")
+    return "\n".join(lines)

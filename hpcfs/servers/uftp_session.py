@@ -13,7 +13,7 @@ import sys
 import tarfile
 import time
 
-from .common import OutsideRoot, confine
+from .common import OutsideRoot, confine, open_for_writing, peer_uid
 from .uftp_wire import (MULTI_STREAM_BLOCK, DroppedConnection, MultiStreamData, PlainData, close_socket,
                         data_stream, ls_line, mlst_facts, stat_line)
 
@@ -365,19 +365,33 @@ class Session:
                 self.reply(f"229 Entering Extended Passive Mode (|||{port}|)")
             else:
                 self.reply(f"227 Entering Passive Mode ({my_ip.replace('.', ',')},{port // 256},{port % 256})")
-            listener.settimeout(self.server.setting("data_accept_timeout"))
-            try:
-                sock, address = listener.accept()
-            except socket.timeout:
-                raise EndSession() from None
-        sock.settimeout(None)
-        if address[0] != self.control.peer_ip():
-            sock.close()
-            raise Exception(f"Rejecting connection from unexpected host {address[0]} - expected {self.control.peer_ip()}")
+            sock = self.accept_own_data_connection(listener)
         self.connectors.append(sock)
         if len(self.connectors) == self.num_streams:
             streams = [data_stream(s, self.job.key, self.job.algo, self.job.compress) for s in self.connectors]
             self.data = streams[0] if self.num_streams == 1 else MultiStreamData(streams)
+
+    def accept_own_data_connection(self, listener):
+        """The connection from this session's client to ``listener``.  Another host is refused as UFTPD does
+        (a 500 that ends the command); on this machine the peer must also be the control connection's local
+        user, so another user of a shared login node who races for the announced port is closed unserved
+        and the wait goes on."""
+        deadline = time.monotonic() + self.server.setting("data_accept_timeout")
+        expected_ip, expected_uid = self.control.peer_ip(), peer_uid(self.control.sock)
+        while True:
+            listener.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                sock, address = listener.accept()
+            except socket.timeout:
+                raise EndSession() from None
+            if address[0] != expected_ip:
+                sock.close()
+                raise Exception(f"Rejecting connection from unexpected host {address[0]} - expected {expected_ip}")
+            if expected_uid is None or peer_uid(sock) == expected_uid:
+                sock.settimeout(None)
+                return sock
+            self.server.log.record("data-refused", f"uid {peer_uid(sock)}")
+            close_socket(sock)
 
     def close_data(self):
         self.num_streams = 1
@@ -479,7 +493,7 @@ class Session:
         real = self.target(params)[1]
         if self.number_of_bytes == -1:
             self.number_of_bytes = sys.maxsize
-        with open(real, "ab"):
+        with open_for_writing(self.server.root, self.virtual(real), "ab"):
             os.utime(real)  # "touch", as the real server does before 150
         self.reply("150 OK")
         self.transfer(lambda: self.receive_file(real), close_first=not self.keep_alive)
@@ -522,7 +536,7 @@ class Session:
             self.number_of_bytes = sys.maxsize
         drop_at = self.server.knobs.take_drop()
         count = self.number_of_bytes if drop_at is None else min(self.number_of_bytes, drop_at)
-        with open(real, "r+b") as target:
+        with open_for_writing(self.server.root, self.virtual(real), "r+b") as target:
             if not self.have_range:
                 target.truncate(0)
             target.seek(self.offset)
@@ -539,7 +553,7 @@ class Session:
                     continue
                 virtual, real = self.target(posixpath.join(self.virtual(real_dir), member.name))
                 os.makedirs(os.path.dirname(real), exist_ok=True)
-                with open(real, "wb") as target:
+                with open_for_writing(self.server.root, virtual, "wb") as target:
                     self.copy(tar.extractfile(member), target, member.size)
 
     def copy(self, source, target, count):

@@ -3,12 +3,17 @@
 ``POST https://HOST:PORT[/SITE]/rest/auth/SERVER`` with ``{"serverPath": base + "/", "persistent": true}``
 answers ``{"serverHost", "serverPort", "secret"}`` (/work/shared/reference/uftp.md §2).  Credentials are
 HTTP Basic, a bearer token, or a JWT that we sign ourselves with an SSH private key (what pyunicore and
-pyuftp do with pyjwt, done here with ``cryptography`` alone).  Nothing here ever puts a password, token,
+pyuftp do with pyjwt, done here with ``cryptography``, or by ssh-agent through paramiko).  Nothing here ever puts a password, token,
 key or secret into a message, a log line or a repr.
 """
 import base64
+import getpass
+import hashlib
 import json
 import os
+import stat
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Union
@@ -73,73 +78,190 @@ class BearerCredential(Credential):
 
 
 class SSHKeyCredential(Credential):
-    """A JWT signed with the user's SSH key, fresh for every request (it lives five minutes)."""
+    """A JWT signed with the user's SSH key, fresh for every request (it lives five minutes).  ``identity``
+    is a private key file, its public key file (``key.pub``, as ``ssh -i`` takes it) or a fingerprint
+    (``SHA256:...``); see ``key_signer`` for where the key comes from."""
 
     kind = "ssh-key"
 
-    def __init__(self, user: str, key_path: str, passphrase: Optional[str] = None):
+    def __init__(self, user: str, identity: str, passphrase: Optional[str] = None):
         self.user = user
-        self.key_path = key_path
-        self._key = load_private_key(key_path, passphrase)
+        self.identity = identity
+        self._signer = key_signer(identity, passphrase)
 
     def header(self):
-        return "Bearer " + signed_jwt(self.user, self._key)
+        return "Bearer " + signed_jwt(self.user, self._signer)
+
+
+class JWTSigner:
+    """Signs a JWT's signing input with one key, as the JWS algorithm ``algorithm`` defines it."""
+
+    algorithm = ""
+
+    def sign(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+
+class FileKeySigner(JWTSigner):
+    """A private key loaded from a file (a ``cryptography`` key object)."""
+
+    def __init__(self, key):
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+        self._key = key
+        if isinstance(key, rsa.RSAPrivateKey):
+            self.algorithm = "RS256"
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            digest_bits = {256: 256, 384: 384, 521: 512}.get(key.curve.key_size)
+            if digest_bits is None:
+                raise errors.UsageError(f"unsupported elliptic curve {key.curve.name} for a JWT")
+            self.algorithm = f"ES{digest_bits}"
+        elif isinstance(key, ed25519.Ed25519PrivateKey):
+            self.algorithm = "EdDSA"
+        else:
+            raise errors.UsageError("the identity must be an RSA, ECDSA or Ed25519 key")
+
+    def sign(self, data: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        if self.algorithm == "RS256":
+            return self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        if self.algorithm == "EdDSA":
+            return self._key.sign(data)
+        digest = {"ES256": hashes.SHA256(), "ES384": hashes.SHA384(), "ES512": hashes.SHA512()}[self.algorithm]
+        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(digest)))
+        return _fixed_width_ecdsa(r, s, self._key.curve.key_size)
+
+
+class AgentKeySigner(JWTSigner):
+    """A key held by ssh-agent (paramiko's agent client): the private key never leaves the agent."""
+
+    # SSH key type -> (JWS algorithm, the signature flavour to ask the agent for, curve bits)
+    KINDS = {"ssh-rsa": ("RS256", "rsa-sha2-256", 0), "ssh-ed25519": ("EdDSA", None, 0),
+             "ecdsa-sha2-nistp256": ("ES256", None, 256), "ecdsa-sha2-nistp384": ("ES384", None, 384),
+             "ecdsa-sha2-nistp521": ("ES512", None, 521)}
+
+    def __init__(self, agent, key):
+        if key.get_name() not in self.KINDS:
+            raise errors.UsageError(f"the agent's key {key.fingerprint} is a {key.get_name()} key; a JWT needs "
+                                    "an RSA, ECDSA or Ed25519 key")
+        self._agent, self._key = agent, key  # the agent object keeps the connection the key signs over
+        self.algorithm, self._flavour, self._curve_bits = self.KINDS[key.get_name()]
+        self._lock = threading.Lock()  # one request at a time on the agent connection
+
+    def sign(self, data: bytes) -> bytes:
+        import paramiko
+
+        with self._lock:
+            reply = paramiko.Message(self._key.sign_ssh_data(data, self._flavour))
+        reply.get_text()  # the signature's algorithm name
+        signature = reply.get_binary()
+        if not self._curve_bits:  # RSA PKCS#1 v1.5 and Ed25519: the SSH blob is the JWS signature
+            return signature
+        numbers = paramiko.Message(signature)  # ECDSA: mpint r, mpint s
+        return _fixed_width_ecdsa(numbers.get_mpint(), numbers.get_mpint(), self._curve_bits)
+
+
+def _fixed_width_ecdsa(r: int, s: int, curve_bits: int) -> bytes:
+    width = (curve_bits + 7) // 8  # JWS wants fixed-width r || s, not DER or SSH mpints
+    return r.to_bytes(width, "big") + s.to_bytes(width, "big")
+
+
+def key_signer(identity: str, passphrase: Optional[str] = None) -> JWTSigner:
+    """The agent's key when ssh-agent (``SSH_AUTH_SOCK``) holds the key ``identity`` names -- by fingerprint,
+    by public key file, or by the ``.pub`` next to a private key file, as ssh matches them -- else the
+    private key file, decrypted with ``passphrase`` or, on a terminal, a prompted one."""
+    wanted = _fingerprint_of(identity)
+    agent_signer = _agent_signer(wanted) if wanted else None
+    if agent_signer is not None:
+        return agent_signer
+    if identity.startswith("SHA256:"):
+        where = "the ssh-agent" if os.environ.get("SSH_AUTH_SOCK") else "an ssh-agent (SSH_AUTH_SOCK is not set)"
+        raise errors.UsageError(f"no key with fingerprint {identity} in {where}")
+    private_path = identity[: -len(".pub")] if identity.endswith(".pub") else identity
+    return FileKeySigner(load_private_key(private_path, passphrase))
+
+
+def _fingerprint_of(identity: str) -> Optional[str]:
+    """``SHA256:...`` of the key ``identity`` names, if known without its private part."""
+    if identity.startswith("SHA256:"):
+        return identity
+    public_path = identity if identity.endswith(".pub") else identity + ".pub"
+    try:
+        with open(public_path) as handle:
+            blob = base64.b64decode(handle.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
+
+
+def _agent_signer(fingerprint: str) -> Optional[AgentKeySigner]:
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        return None
+    import paramiko
+
+    try:
+        agent = paramiko.Agent()
+        keys = agent.get_keys()
+    except (paramiko.SSHException, OSError):
+        return None
+    match = next((key for key in keys if key.fingerprint == fingerprint), None)
+    return AgentKeySigner(agent, match) if match is not None else None
 
 
 def load_private_key(path: str, passphrase: Optional[str] = None):
-    """An OpenSSH or PEM private key (RSA, ECDSA, Ed25519), decrypted with ``passphrase`` if needed."""
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
+    """An OpenSSH or PEM private key (RSA, ECDSA, Ed25519), decrypted with ``passphrase`` if needed (or one
+    typed at a prompt when the key is encrypted and stdin is a terminal).  A key file other users may read
+    is refused, as ssh refuses it."""
     try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
         raise errors.UsageError(f"cannot read the identity file {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise errors.UsageError(f"UNPROTECTED PRIVATE KEY FILE: permissions {mode:04o} for '{path}' are too open "
+                                f"(other users could read the key); run 'chmod 600 {path}'")
     # The password doubles as the passphrase, so an unencrypted key is also tried without it.
-    passwords = [passphrase.encode("utf-8"), None] if passphrase else [None]
+    key, encrypted = _decrypted(data, [passphrase.encode("utf-8"), None] if passphrase else [None])
+    if key is None and encrypted and not passphrase and sys.stdin.isatty():
+        typed = getpass.getpass(f"Enter passphrase for key '{path}': ")
+        key, _ = _decrypted(data, [typed.encode("utf-8")])
+    if key is None:
+        raise errors.UsageError(f"cannot load the identity {path}: wrong passphrase or not an RSA, ECDSA or "
+                                "Ed25519 private key")
+    return key
+
+
+def _decrypted(data: bytes, passwords):
+    """(the key or None, whether a loader said the key needs a passphrase)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    encrypted = False
     for loader in (serialization.load_ssh_private_key, serialization.load_pem_private_key):
         for password in passwords:
             try:
-                return loader(data, password=password)
-            except (ValueError, TypeError, UnsupportedAlgorithm):
+                return loader(data, password=password), encrypted
+            except TypeError:  # "Password was not given but private key is encrypted"
+                encrypted = encrypted or password is None
+            except (ValueError, UnsupportedAlgorithm):
                 continue
-    raise errors.UsageError(f"cannot load the identity {path}: wrong passphrase or not an RSA, ECDSA or "
-                            "Ed25519 private key")
+    return None, encrypted
 
 
 def signed_jwt(user: str, key, lifetime: int = JWT_LIFETIME, now: Optional[float] = None) -> str:
     """The self-signed token UFTP Auth servers accept for key-based login:
-    ``{"etd": "false", "sub": user, "iss": user, "iat": now, "exp": now + lifetime}``."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
+    ``{"etd": "false", "sub": user, "iss": user, "iat": now, "exp": now + lifetime}``, signed by a
+    ``JWTSigner`` or a ``cryptography`` private key."""
+    signer = key if isinstance(key, JWTSigner) else FileKeySigner(key)
     issued = int(time.time() if now is None else now)
-    if isinstance(key, rsa.RSAPrivateKey):
-        algorithm = "RS256"
-    elif isinstance(key, ec.EllipticCurvePrivateKey):
-        digest_bits = {256: 256, 384: 384, 521: 512}.get(key.curve.key_size)
-        if digest_bits is None:
-            raise errors.UsageError(f"unsupported elliptic curve {key.curve.name} for a JWT")
-        algorithm = f"ES{digest_bits}"
-    elif isinstance(key, ed25519.Ed25519PrivateKey):
-        algorithm = "EdDSA"
-    else:
-        raise errors.UsageError("the identity must be an RSA, ECDSA or Ed25519 key")
-    header = {"alg": algorithm, "typ": "JWT"}
+    header = {"alg": signer.algorithm, "typ": "JWT"}
     payload = {"etd": "false", "sub": user, "iss": user, "iat": issued, "exp": issued + lifetime}
     signing_input = f"{_b64url_json(header)}.{_b64url_json(payload)}".encode("ascii")
-    if algorithm == "RS256":
-        signature = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
-    elif algorithm == "EdDSA":
-        signature = key.sign(signing_input)
-    else:
-        digest = {"ES256": hashes.SHA256(), "ES384": hashes.SHA384(), "ES512": hashes.SHA512()}[algorithm]
-        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(digest)))
-        width = (key.curve.key_size + 7) // 8  # JWS wants fixed-width r || s, not DER
-        signature = r.to_bytes(width, "big") + s.to_bytes(width, "big")
-    return signing_input.decode("ascii") + "." + _b64url(signature)
+    return signing_input.decode("ascii") + "." + _b64url(signer.sign(signing_input))
 
 
 def _b64url(data: bytes) -> str:

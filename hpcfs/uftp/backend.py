@@ -563,5 +563,7 @@ def make_credential(parsed, settings):
 
 
 def _identity_path(identity: str) -> str:
+    if identity.startswith("SHA256:"):  # a key in ssh-agent, named by its fingerprint
+        return identity
     path = os.path.expanduser(identity)
     return path if os.path.isabs(path) else os.path.join(os.path.expanduser("~/.uftp"), path)
