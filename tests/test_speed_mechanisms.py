@@ -1,0 +1,116 @@
+"""Speed mechanisms of issue 13, proven by what reaches the real local servers (request counts, bytes)
+and by measured memory, never by timings: speed is measured by scripts/bench."""
+import gc
+import hashlib
+import os
+
+import fs
+import fsspec
+import pytest
+
+from hpcfs.core.files import PYTHON_FILE_BUFFER
+from hpcfs.frontends.fsspec import HpcfsFileSystem
+
+LINES = b"".join(b"line %06d of a text file\n" % number for number in range(40_000))  # ~1 MiB
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def put(handle, name: str, data: bytes) -> str:
+    with open(f"{handle.root}/{name}", "wb") as sink:
+        sink.write(data)
+    return f"/{name}"
+
+
+# -- buffered Python files ------------------------------------------------------------------------------
+def count_core_reads(tree, monkeypatch) -> list:
+    """Record each read a file makes of the tree (block-cache lookup or server request), passing it on."""
+    calls = []
+    read_data = tree.read_data
+
+    def counted(path, entry, pattern, offset, size):
+        calls.append((offset, size))
+        return read_data(path, entry, pattern, offset, size)
+
+    monkeypatch.setattr(tree, "read_data", counted)
+    return calls
+
+
+def iterate_lines(source) -> bytes:
+    with source:
+        return b"".join(line for line in source)
+
+
+def test_iterating_lines_of_openbin_costs_a_handful_of_reads(uftp_server, monkeypatch):
+    path = put(uftp_server, "lines.txt", LINES)
+    with fs.open_fs(uftp_server.url("/")) as filesystem:
+        reads = count_core_reads(filesystem.remote, monkeypatch)
+        uftp_server.log.reset()
+        assert sha256(iterate_lines(filesystem.openbin(path))) == sha256(LINES)
+    assert len(reads) <= 20, f"{len(reads)} reads for {len(LINES)} bytes of lines"
+    assert uftp_server.log.total("RETR") <= 2, uftp_server.log.snapshot()
+
+
+def test_iterating_lines_of_an_fsspec_file_costs_a_handful_of_reads(uftp_server, monkeypatch):
+    path = put(uftp_server, "lines.txt", LINES)
+    filesystem = HpcfsFileSystem(uftp_server.url("/"), skip_instance_cache=True)
+    reads = count_core_reads(filesystem.remote, monkeypatch)
+    uftp_server.log.reset()
+    assert sha256(iterate_lines(filesystem.open(path, "rb"))) == sha256(LINES)
+    filesystem.close()
+    assert len(reads) <= 20, f"{len(reads)} reads for {len(LINES)} bytes of lines"
+    assert uftp_server.log.total("RETR") <= 2, uftp_server.log.snapshot()
+
+
+def test_random_small_reads_through_a_python_file_stay_small(uftp_server, monkeypatch):
+    """The buffer must not turn every 4 KiB read of a random reader (h5py, zarr) into a block fetch."""
+    data = os.urandom(16 << 20)
+    path = put(uftp_server, "random.bin", data)
+    offsets = [(number * 7_919_993) % (len(data) - 4096) for number in range(1, 51)]
+    with fs.open_fs(uftp_server.url("/")) as filesystem:
+        with filesystem.openbin(path) as source:
+            reads = count_core_reads(filesystem.remote, monkeypatch)
+            for offset in offsets:
+                source.seek(offset)
+                assert source.read(4096) == data[offset : offset + 4096]
+    assert sum(size for _, size in reads) <= len(offsets) * PYTHON_FILE_BUFFER
+
+
+def test_small_writes_and_rewrites_through_buffered_python_files_arrive_intact(uftp_server):
+    with fs.open_fs(uftp_server.url("/")) as filesystem:
+        with filesystem.openbin("/written.txt", "w") as sink:
+            for line in LINES.splitlines(keepends=True):
+                sink.write(line)
+        with filesystem.openbin("/written.txt", "r+") as both:  # BufferedRandom: read, seek, write
+            both.seek(5)
+            both.write(b"LINE")
+            both.seek(0)
+            assert both.read(10) == b"line LINE0"
+    with open(f"{uftp_server.root}/written.txt", "rb") as written:
+        assert sha256(written.read()) == sha256(LINES[:5] + b"LINE" + LINES[9:])
+
+
+# -- an open file keeps its filesystem alive --------------------------------------------------------------
+@pytest.mark.parametrize("base", ["/", "/sub"])
+def test_a_file_from_a_dropped_open_fs_still_reads(uftp_server, base):
+    os.makedirs(f"{uftp_server.root}/sub")
+    put(uftp_server, "sub/lines.txt", LINES)
+    path = "/sub/lines.txt"[len(base.rstrip("/")):]
+    source = fs.open_fs(uftp_server.url(base)).openbin(path)  # the filesystem object is garbage at once
+    gc.collect()
+    tree = source.raw.handle.tree
+    assert sha256(source.read()) == sha256(LINES)
+    source.close()
+    assert tree.blocks._pool._shutdown, "the tree was not closed with its last file"
+
+
+def test_an_fsspec_file_reads_after_its_filesystem_is_closed(uftp_server):
+    path = put(uftp_server, "lines.txt", LINES)
+    filesystem = HpcfsFileSystem(uftp_server.url("/"), skip_instance_cache=True)
+    source = filesystem.open(path, "rb")
+    filesystem.close()
+    assert sha256(source.read()) == sha256(LINES)
+    source.close()
+    assert filesystem.remote.blocks._pool._shutdown
