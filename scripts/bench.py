@@ -14,6 +14,7 @@ Internal helpers run as subprocesses of the same file: ``_proxy LISTEN_PORT TARG
 """
 import argparse
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -24,8 +25,10 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +114,18 @@ class DataSet:
 
 
 # -- servers ----------------------------------------------------------------------------------------------
+def private_directory(path: Path) -> None:
+    """Make ``path`` (mode 0700) or accept the one there only if it is a real directory owned by the runner
+    that nobody else may write: the data set is reused between runs, and another local user must not be
+    able to plant files or symlinks where this script (often root) writes."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise PermissionError(f"{path} is not a directory of yours that only you can write; remove it or set "
+                              "HPCFS_BENCH_DIR to another path")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -143,11 +158,14 @@ def stop_process(process: Optional[subprocess.Popen], grace: float = 10):
 
 
 class Sshd:
-    """A loopback OpenSSH sshd with its own host key, config and authorised client key (root login by key
-    only, sftp subsystem), plus the client's ssh config for sshfs."""
+    """A loopback OpenSSH sshd with its own host key, config and authorised client key (login by key only,
+    sftp subsystem), plus the client's ssh config for sshfs.  Everything lives in this run's private
+    directory (``mkdtemp``, 0700) with keys made fresh for the run, and sshd keeps ``StrictModes yes``: the
+    authorised key comes from ``AuthorizedKeysCommand`` because StrictModes refuses any key file below the
+    world-writable /tmp."""
 
-    def __init__(self, scratch: Path, logs: Path):
-        self.dir = scratch / "ssh"
+    def __init__(self, run_dir: Path, logs: Path):
+        self.dir = run_dir / "ssh"
         self.logs = logs
         self.key = self.dir / "client_key"
         self.port = free_port()
@@ -155,16 +173,15 @@ class Sshd:
         self.process = None
 
     def start(self):
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700)  # a fresh directory: fails if anything is already there
         for name in ("host_key", "client_key"):
-            if not (self.dir / name).exists():
-                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)], check=True)
-        shutil.copy(self.dir / "client_key.pub", self.dir / "authorized_keys")
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)], check=True)
         config = self.dir / "sshd_config"
         config.write_text("\n".join([
-            f"ListenAddress 127.0.0.1:{self.port}", f"HostKey {self.dir / 'host_key'}",
-            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}", "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+            f"ListenAddress 127.0.0.1:{self.port}", f"HostKey {self.dir / 'host_key'}", "AuthorizedKeysFile none",
+            f"AuthorizedKeysCommand /bin/cat {self.dir / 'client_key.pub'}", f"AuthorizedKeysCommandUser {self.user}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes yes",
             "PidFile none", "MaxSessions 100", "MaxStartups 100", "LogLevel ERROR",
             f"Subsystem sftp {SFTP_SERVER}", "",
         ]))
@@ -217,15 +234,15 @@ class Site:
 
     CLIENTS = ("hpcfs", "pyuftp", "pyunicore")
 
-    def __init__(self, data: DataSet, scratch: Path, logs: Path):
+    def __init__(self, data: DataSet, run_dir: Path, logs: Path):
         from hpcfs.servers.uftp import UFTPServer  # only the orchestrating process needs hpcfs
 
         self.data = data
         self.passwords = {name: secrets.token_urlsafe(12) for name in self.CLIENTS}
-        tls = scratch / "tls"
-        tls.mkdir(parents=True, exist_ok=True)
+        tls = run_dir / "tls"
+        tls.mkdir(mode=0o700)
         self.uftp = UFTPServer(str(data.root), dict(self.passwords), tls_dir=str(tls))
-        self.sshd = Sshd(scratch, logs)
+        self.sshd = Sshd(run_dir, logs)
         self.proxy = None
         self.ssh_config = None
         self.rtt = 0
@@ -979,14 +996,21 @@ def main(argv=None):
     everything = not args.quick and set(names) == set(PEER_NAMES) and len(workloads) == len(WORKLOADS) and len(rtts) == 2
     doc = args.doc or (REPO / "docs" / "benchmarks.md" if everything else None)
 
-    scratch = Path(os.environ.get("HPCFS_BENCH_DIR", "/tmp/hpcfs-bench")).resolve()
+    scratch = Path(os.environ.get("HPCFS_BENCH_DIR", "/tmp/hpcfs-bench"))
+    try:
+        private_directory(scratch)
+    except PermissionError as exc:
+        print(f"scripts/bench: {exc}", file=sys.stderr)
+        return 1
     logs = scratch / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(mode=0o700, exist_ok=True)
     data = DataSet(scratch, sizes)
     data.ensure()
     data.remove_incoming()
     sys.path.insert(0, str(REPO))
-    site = Site(data, scratch, logs)
+    run_dir = Path(tempfile.mkdtemp(prefix="hpcfs-bench-run-"))  # keys and certificates: this run's only
+    atexit.register(shutil.rmtree, run_dir, True)
+    site = Site(data, run_dir, logs)
     ctx = Context(site, data, scratch, logs)
     results = Results()
     started, load_before = time.monotonic(), os.getloadavg()
