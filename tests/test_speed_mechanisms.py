@@ -14,6 +14,7 @@ import fs
 import fsspec
 import pytest
 
+from hpcfs.core import open_tree
 from hpcfs.core.files import PYTHON_FILE_BUFFER
 from hpcfs.frontends.fsspec import HpcfsFileSystem
 
@@ -165,3 +166,25 @@ def test_bench_sshd_keeps_strict_modes_and_makes_fresh_keys_in_a_private_directo
             sshd.stop()
             shutil.rmtree(run_dir)
     assert client_keys[0] != client_keys[1], "a key was reused from an earlier run"
+
+
+# -- sequential reads: readahead in long streamed runs ---------------------------------------------------------
+def test_sequential_readahead_streams_runs_of_blocks_with_one_transfer_each(uftp_server):
+    data = os.urandom(48 << 20)
+    path = put(uftp_server, "seq.bin", data)
+    tree = open_tree(uftp_server.url("/"), block_size="1M", readahead="16M", sessions="4")
+    try:
+        handle = tree.open(path)
+        uftp_server.log.reset()
+        digest, offset = hashlib.sha256(), 0
+        while offset < len(data):
+            piece = handle.read(offset, 128 << 10)
+            digest.update(piece)
+            offset += len(piece)
+        assert digest.hexdigest() == sha256(data)
+    finally:
+        tree.close()
+    transfers = uftp_server.log.total("RETR")
+    # 48 blocks: one transfer each before; now runs of readahead / sessions = 4 blocks, plus the ramp-up
+    assert transfers <= 48 // 4 + 4, uftp_server.log.snapshot()
+    assert uftp_server.log.total("OPTS") >= 1, "UFTPD was not asked to send with sendfile"
