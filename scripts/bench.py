@@ -849,16 +849,19 @@ def targets(results: Results, sizes: Sizes) -> List[Target]:
     return found
 
 
+FUSE_REQUESTS_IN_FLIGHT = 8  # read requests of up to 1 MiB the mount may serve at once (its FUSE threads)
+PROCESS_SLACK = 8 << 20  # interpreter, thread stacks and allocator slack beyond the data
+
+
 def memory_bound_mib(label: str) -> float:
-    """How far hpcfs's memory may grow above its RSS at mount, by design: the block cache, one readahead
-    window still being filled after eviction dropped it from the index, and each session's receive buffer
-    plus the copy handed to the cache (two blocks)."""
+    """How far hpcfs's memory may grow above its RSS at mount, by design (docs/benchmarks.md): the block
+    cache (blocks in flight included: they are in its index), two copies of each 1 MiB read request in
+    flight (the joined result and FUSE's reply buffer), and a fixed slack for the rest of the process."""
     from hpcfs.core.options import CoreOptions
-    from hpcfs.uftp.backend import DEFAULT_SESSIONS
 
     values = dict(item.split("=", 1) for option in label.split(" -o ")[1:] for item in option.split(","))
     options = CoreOptions.from_strings(values)
-    return (options.cache_size + options.readahead + 2 * DEFAULT_SESSIONS * options.block_size) / MIB
+    return (options.cache_size + 2 * FUSE_REQUESTS_IN_FLIGHT * MIB + PROCESS_SLACK) / MIB
 
 
 def memory_targets(results: Results) -> List[Target]:

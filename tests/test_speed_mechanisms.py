@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -188,3 +189,39 @@ def test_sequential_readahead_streams_runs_of_blocks_with_one_transfer_each(uftp
     # 48 blocks: one transfer each before; now runs of readahead / sessions = 4 blocks, plus the ramp-up
     assert transfers <= 48 // 4 + 4, uftp_server.log.snapshot()
     assert uftp_server.log.total("OPTS") >= 1, "UFTPD was not asked to send with sendfile"
+
+
+# -- memory: the block cache's bound holds for the whole process ---------------------------------------------------
+MEMORY_PROBE = """
+import hashlib, sys, tracemalloc
+from hpcfs.core import open_tree
+def status(field):
+    return next(int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith(field))
+tree = open_tree(sys.argv[1], block_size="1M", readahead="8M", cache_size=sys.argv[2])
+handle = tree.open("/big.bin")
+handle.read(0, 1)  # pools, sessions and imports in place: what grows from here is data
+tracemalloc.start()
+start, digest, offset = status("VmRSS"), hashlib.sha256(), 0
+while offset < handle.size:
+    data = handle.read(offset, 1 << 20)
+    digest.update(data)
+    offset += len(data)
+print(digest.hexdigest(), status("VmHWM") - start, tracemalloc.get_traced_memory()[1])
+tree.close()
+"""
+
+
+@pytest.mark.parametrize("cache_mib", [16, 48])
+def test_a_sequential_scan_stays_within_the_declared_memory_bound(uftp_server, cache_mib):
+    """Measured memory (peak RSS of a fresh process, and what Python allocated) of a scan of a file six
+    times the cache, against the bound docs/benchmarks.md declares: cache_size, plus two copies of each
+    read request in flight (the joined result and the caller's), plus 8 MiB for the rest of the process."""
+    data = os.urandom(96 << 20)
+    put(uftp_server, "big.bin", data)
+    probe = subprocess.run([sys.executable, "-c", MEMORY_PROBE, uftp_server.url("/"), f"{cache_mib}M"],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    digest, rss_growth, traced_peak = probe.stdout.split()
+    assert digest == sha256(data), probe.stderr
+    cache, request = cache_mib << 20, 1 << 20
+    assert int(traced_peak) <= cache + 2 * request + (1 << 20)
+    assert int(rss_growth) <= cache + 2 * request + (8 << 20), f"{int(rss_growth) >> 20} MiB"

@@ -53,8 +53,11 @@ def keep_freed_block_memory() -> bool:
     if not name or "libc.so" not in name:
         return False  # not glibc
     libc = ctypes.CDLL(name)
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 512 << 20))
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    # One arena: a block freed by the thread that evicts it is reused by whichever worker fetches the next
+    # one, so freed blocks are not stranded in per-thread arenas (Python's GIL serialises malloc anyway).
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 512 << 20)
+                and libc.mallopt(m_arena_max, 1))
 
 
 class BlockCache:
