@@ -170,6 +170,16 @@ def test_bench_sshd_keeps_strict_modes_and_makes_fresh_keys_in_a_private_directo
 
 
 # -- sequential reads: readahead in long streamed runs ---------------------------------------------------------
+def scan(handle, step: int) -> str:
+    """sha256 of an open RemoteFile read from start to end in ``step``-sized reads."""
+    digest, offset = hashlib.sha256(), 0
+    while offset < handle.size:
+        piece = handle.read(offset, step)
+        digest.update(piece)
+        offset += len(piece)
+    return digest.hexdigest()
+
+
 def test_sequential_readahead_streams_runs_of_blocks_with_one_transfer_each(uftp_server):
     data = os.urandom(48 << 20)
     path = put(uftp_server, "seq.bin", data)
@@ -177,12 +187,7 @@ def test_sequential_readahead_streams_runs_of_blocks_with_one_transfer_each(uftp
     try:
         handle = tree.open(path)
         uftp_server.log.reset()
-        digest, offset = hashlib.sha256(), 0
-        while offset < len(data):
-            piece = handle.read(offset, 128 << 10)
-            digest.update(piece)
-            offset += len(piece)
-        assert digest.hexdigest() == sha256(data)
+        assert scan(handle, 128 << 10) == sha256(data)
     finally:
         tree.close()
     transfers = uftp_server.log.total("RETR")
@@ -225,3 +230,20 @@ def test_a_sequential_scan_stays_within_the_declared_memory_bound(uftp_server, c
     cache, request = cache_mib << 20, 1 << 20
     assert int(traced_peak) <= cache + 2 * request + (1 << 20)
     assert int(rss_growth) <= cache + 2 * request + (8 << 20), f"{int(rss_growth) >> 20} MiB"
+
+
+def test_firecrest_readahead_streams_each_run_of_blocks_with_one_ranged_get(firecrest_server):
+    data = os.urandom(24 << 20)
+    with open(f"{firecrest_server.root}/staged.bin", "wb") as sink:
+        sink.write(data)
+    tree = open_tree(firecrest_server.url("/"), block_size="1M", readahead="8M")
+    try:
+        handle = tree.open("/staged.bin")
+        handle.read(0, 1)  # staging happens here
+        firecrest_server.log.reset()
+        assert scan(handle, 256 << 10) == sha256(data)
+    finally:
+        tree.close()
+    ranged_gets = firecrest_server.log.total("GET /{bucket}/{key:path}")
+    # 24 blocks: one GET each before; now runs of readahead / 4 = 2 blocks at least, plus the ramp-up
+    assert 1 <= ranged_gets <= 24 // 2 + 4, firecrest_server.log.snapshot()

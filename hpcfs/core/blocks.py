@@ -42,6 +42,9 @@ class ReadPattern:
         return self.window
 
 
+RUNS_IN_FLIGHT = 4  # most runs one sequential reader's readahead window is cut into
+
+
 @functools.lru_cache(maxsize=None)
 def keep_freed_block_memory() -> bool:
     """Tell glibc's malloc to keep freed block buffers in the process instead of returning them to the
@@ -68,9 +71,10 @@ class BlockCache:
         self.max_blocks_ahead = max(1, readahead_max // block_size)
         self.max_blocks = max(2, max_bytes // block_size)
         workers = workers or backend.capabilities.max_parallel
-        # Readahead goes out in runs of consecutive blocks, one request each, sized so that a full window
-        # still keeps every session busy.
-        self.run_blocks = max(1, self.max_blocks_ahead // workers)
+        # Readahead goes out in runs of consecutive blocks, one request each: a full window is at most
+        # RUNS_IN_FLIGHT runs, enough to keep several sessions busy while each request stays long (a
+        # request's fixed cost, a UFTPD round trip or a staging-area GET, is paid per run, not per block).
+        self.run_blocks = max(1, self.max_blocks_ahead // min(workers, RUNS_IN_FLIGHT))
         self._blocks = collections.OrderedDict()  # (path, token, index) -> Future[bytes]; first = evict next
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(

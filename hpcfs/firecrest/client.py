@@ -12,9 +12,10 @@ import contextvars
 import random
 import time
 import uuid
-from typing import BinaryIO, List, Optional, Tuple
+from typing import BinaryIO, Callable, List, Optional, Tuple
 
 import requests
+import urllib3
 
 from .. import errors
 from .auth import ClientCredentials
@@ -240,14 +241,26 @@ class FirecrestClient:
             pass
 
     # -- staging area (presigned URLs, no FirecREST headers) -----------------------------------------
-    def staged_range(self, url: str, offset: int, length: int) -> bytes:
-        """Bytes ``[offset, offset+length)`` of a staged object; short or empty at its end."""
-        response = self._staging("GET", url, headers={"Range": f"bytes={offset}-{offset + length - 1}"})
-        if response.status_code == 416:
-            return b""
-        if response.status_code == 200:  # a server that ignores Range sends everything
-            return response.content[offset:offset + length]
-        return response.content
+    def staged_pieces(self, url: str, offset: int, length: int, piece_size: int,
+                      deliver: Callable[[bytearray], None]) -> None:
+        """Bytes ``[offset, offset+length)`` of a staged object by one streamed ranged GET, handed to
+        ``deliver`` in pieces of ``piece_size`` (the last shorter; fewer at the object's end).  A server
+        that ignores ``Range`` is read past ``offset`` without keeping those bytes."""
+        response = self._staging("GET", url, headers={"Range": f"bytes={offset}-{offset + length - 1}"}, stream=True)
+        with response:
+            if response.status_code == 416:
+                return
+            try:
+                if response.status_code == 200:
+                    _skip(response.raw, offset)
+                for start in range(0, length, piece_size):
+                    piece = _read_exactly(response.raw, min(piece_size, length - start))
+                    if piece:
+                        deliver(piece)
+                    if len(piece) < min(piece_size, length - start):
+                        return
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                raise _broken("staged range read", exc) from None
 
     def staged_stream(self, url: str, sink: BinaryIO):
         _stream_into(self._staging("GET", url, stream=True), sink)
@@ -295,6 +308,28 @@ def _stream_into(response: requests.Response, sink: BinaryIO, path: Optional[str
                 received += len(chunk)
         except requests.RequestException as exc:
             raise _broken(f"download (after {received} bytes)", exc, path) from None
+
+
+def _read_exactly(raw, size: int) -> bytearray:
+    """``size`` bytes of a streamed body into one buffer (fewer only at its end)."""
+    piece, filled = bytearray(size), 0
+    view = memoryview(piece)
+    while filled < size:
+        got = raw.readinto(view[filled:])
+        if not got:
+            del view
+            del piece[filled:]
+            break
+        filled += got
+    return piece
+
+
+def _skip(raw, count: int):
+    while count > 0:
+        skipped = len(raw.read(min(count, 1 << 20)))
+        if not skipped:
+            return
+        count -= skipped
 
 
 def _broken(what: str, exc: Exception, path: Optional[str] = None) -> errors.ProtocolError:
