@@ -19,6 +19,7 @@ import warnings
 from . import __version__, errors
 from .transfer import copy_paths, format_size
 from .core import check_options
+from .core.blocks import keep_freed_block_memory
 from .targets import Target, Trees, refuse_secret_options, resolve, tree_for
 
 FUSE_OPTIONS = {
@@ -36,6 +37,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     warnings.showwarning = _one_line_warning
+    keep_freed_block_memory()  # this process is hpcfs's own: tune its allocator for streaming blocks
     try:
         return args.run(args) or 0
     except errors.UsageError as exc:

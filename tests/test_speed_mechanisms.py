@@ -200,6 +200,8 @@ def test_sequential_readahead_streams_runs_of_blocks_with_one_transfer_each(uftp
 MEMORY_PROBE = """
 import hashlib, sys, tracemalloc
 from hpcfs.core import open_tree
+from hpcfs.core.blocks import keep_freed_block_memory
+keep_freed_block_memory()  # as the CLI and its mounts do
 def status(field):
     return next(int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith(field))
 tree = open_tree(sys.argv[1], block_size="1M", readahead="8M", cache_size=sys.argv[2])

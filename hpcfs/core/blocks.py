@@ -51,7 +51,8 @@ def keep_freed_block_memory() -> bool:
     system at once.  Blocks of a few MiB are allocated and freed at the rate data streams through the
     cache; by default each comes from a fresh mmap and every page of it faults in again (zero-filled by
     the kernel), which cost half the time of a sequential read against a real UFTPD.  Memory stays bounded
-    by the cache size: freed buffers are reused for the next blocks."""
+    by the cache size: freed buffers are reused for the next blocks.  Process-wide, so only hpcfs's own
+    processes (the CLI and its mounts) call it, never a library user's process."""
     name = ctypes.util.find_library("c")
     if not name or "libc.so" not in name:
         return False  # not glibc
@@ -65,7 +66,6 @@ def keep_freed_block_memory() -> bool:
 
 class BlockCache:
     def __init__(self, backend, block_size=2 << 20, readahead_max=32 << 20, max_bytes=256 << 20, workers=None):
-        keep_freed_block_memory()
         self.backend = backend
         self.block_size = block_size
         self.max_blocks_ahead = max(1, readahead_max // block_size)
