@@ -12,7 +12,7 @@ never ask which protocol they talk to.
 import posixpath
 import stat as stat_module
 from dataclasses import dataclass, field
-from typing import BinaryIO, List, Optional
+from typing import BinaryIO, Callable, List, Optional
 
 from . import errors
 
@@ -87,6 +87,18 @@ class Backend:
     def read_range(self, path: str, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset+length)`` (``bytes`` or a ``bytearray``); shorter only at end of file."""
         raise errors.NotSupported("ranged reads are not supported", path)
+
+    def read_pieces(self, path: str, offset: int, length: int, piece_size: int,
+                    deliver: Callable[[bytes], None]) -> None:
+        """Bytes ``[offset, offset+length)`` handed to ``deliver`` in order, in pieces of ``piece_size`` (the
+        last may be shorter; fewer only at end of file).  The block cache fetches a run of readahead blocks
+        this way; a backend that can stream one long range in one request overrides it."""
+        end = offset + length
+        for start in range(offset, end, piece_size):
+            piece = self.read_range(path, start, min(piece_size, end - start))
+            deliver(piece)
+            if len(piece) < min(piece_size, end - start):
+                return
 
     def read_whole(self, path: str, sink: BinaryIO) -> None:
         """Write the whole file into ``sink``."""

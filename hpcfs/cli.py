@@ -22,6 +22,7 @@ import warnings
 from . import __version__, errors, exit_interrupted
 from .backend import normalize
 from .core import check_options
+from .core.blocks import keep_freed_block_memory
 from .targets import Target, Trees, refuse_secret_options, resolve, tree_for
 from .transfer import copy_paths, format_size
 
@@ -48,6 +49,7 @@ def main(argv=None):
         _interruptible()
         _configure_logging(args.verbose)
         warnings.showwarning = _one_line_warning
+        keep_freed_block_memory()  # this process is hpcfs's own: tune its allocator for streaming blocks
         return args.run(args) or 0
     except errors.UsageError as exc:
         _report(f"error: {exc}", args is not None and args.verbose)

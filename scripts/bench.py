@@ -14,6 +14,7 @@ Internal helpers run as subprocesses of the same file: ``_proxy LISTEN_PORT TARG
 """
 import argparse
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -24,8 +25,10 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +114,18 @@ class DataSet:
 
 
 # -- servers ----------------------------------------------------------------------------------------------
+def private_directory(path: Path) -> None:
+    """Make ``path`` (mode 0700) or accept the one there only if it is a real directory owned by the runner
+    that nobody else may write: the data set is reused between runs, and another local user must not be
+    able to plant files or symlinks where this script (often root) writes."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise PermissionError(f"{path} is not a directory of yours that only you can write; remove it or set "
+                              "HPCFS_BENCH_DIR to another path")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -143,11 +158,14 @@ def stop_process(process: Optional[subprocess.Popen], grace: float = 10):
 
 
 class Sshd:
-    """A loopback OpenSSH sshd with its own host key, config and authorised client key (root login by key
-    only, sftp subsystem), plus the client's ssh config for sshfs."""
+    """A loopback OpenSSH sshd with its own host key, config and authorised client key (login by key only,
+    sftp subsystem), plus the client's ssh config for sshfs.  Everything lives in this run's private
+    directory (``mkdtemp``, 0700) with keys made fresh for the run, and sshd keeps ``StrictModes yes``: the
+    authorised key comes from ``AuthorizedKeysCommand`` because StrictModes refuses any key file below the
+    world-writable /tmp."""
 
-    def __init__(self, scratch: Path, logs: Path):
-        self.dir = scratch / "ssh"
+    def __init__(self, run_dir: Path, logs: Path):
+        self.dir = run_dir / "ssh"
         self.logs = logs
         self.key = self.dir / "client_key"
         self.port = free_port()
@@ -155,16 +173,15 @@ class Sshd:
         self.process = None
 
     def start(self):
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700)  # a fresh directory: fails if anything is already there
         for name in ("host_key", "client_key"):
-            if not (self.dir / name).exists():
-                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)], check=True)
-        shutil.copy(self.dir / "client_key.pub", self.dir / "authorized_keys")
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)], check=True)
         config = self.dir / "sshd_config"
         config.write_text("\n".join([
-            f"ListenAddress 127.0.0.1:{self.port}", f"HostKey {self.dir / 'host_key'}",
-            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}", "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+            f"ListenAddress 127.0.0.1:{self.port}", f"HostKey {self.dir / 'host_key'}", "AuthorizedKeysFile none",
+            f"AuthorizedKeysCommand /bin/cat {self.dir / 'client_key.pub'}", f"AuthorizedKeysCommandUser {self.user}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes yes",
             "PidFile none", "MaxSessions 100", "MaxStartups 100", "LogLevel ERROR",
             f"Subsystem sftp {SFTP_SERVER}", "",
         ]))
@@ -217,15 +234,15 @@ class Site:
 
     CLIENTS = ("hpcfs", "pyuftp", "pyunicore")
 
-    def __init__(self, data: DataSet, scratch: Path, logs: Path):
+    def __init__(self, data: DataSet, run_dir: Path, logs: Path):
         from hpcfs.servers.uftp import UFTPServer  # only the orchestrating process needs hpcfs
 
         self.data = data
         self.passwords = {name: secrets.token_urlsafe(12) for name in self.CLIENTS}
-        tls = scratch / "tls"
-        tls.mkdir(parents=True, exist_ok=True)
+        tls = run_dir / "tls"
+        tls.mkdir(mode=0o700)
         self.uftp = UFTPServer(str(data.root), dict(self.passwords), tls_dir=str(tls))
-        self.sshd = Sshd(scratch, logs)
+        self.sshd = Sshd(run_dir, logs)
         self.proxy = None
         self.ssh_config = None
         self.rtt = 0
@@ -694,7 +711,10 @@ ROW_LABELS = {
     "write": "cp of the big file into the mount",
     "cp-r-in": "cp -r of 4 KiB files into the mount",
     "cp-r-out": "cp -r of 4 KiB files out of the mount",
+    "real-uftpd-read": "real UFTPD 3.5: copy of the big file to local disk, sha256 checked (loopback)",
+    "lines": "Python: iterate the lines of a 1 MiB text file (loopback)",
 }
+PROCESS_WORKLOADS = ("real-uftpd", "lines")  # rows outside the mount/RTT loop, run once on loopback
 
 
 # pyuftp unchanged, with a stopwatch around its data phase (UFTP.copy_data: the bytes of one transfer).
@@ -748,6 +768,131 @@ def pyuftp_transfer(ctx, direction) -> Outcome:
     return outcome
 
 
+# -- Python front ends: line iteration -------------------------------------------------------------------------
+def line_iteration_rows(ctx: Context, results: Results):
+    """``for line in file`` over a 1 MiB text file through fsspec and PyFilesystem2's ``openbin``, in this
+    process, against the local UFTP server; the lines joined must hash as the file does."""
+    import hashlib
+
+    import fs
+    import fsspec
+
+    text = b"".join(b"line %06d of a text file\n" % number for number in range(40_000))
+    (ctx.data.root / "lines.txt").write_bytes(text)
+    base = f"uftp://hpcfs:{ctx.site.passwords['hpcfs']}@{ctx.site.auth_url.split('://', 1)[1]}"
+    ca_file = f"?ca_file={ctx.site.uftp.cert_file}"
+    openers = {
+        "hpcfs via fsspec.open": lambda: fsspec.open(f"{base}:/lines.txt{ca_file}", "rb"),
+        "hpcfs via open_fs().openbin": lambda: fs.open_fs(f"{base}:/{ca_file}").openbin("/lines.txt"),
+    }
+    for client, opener in openers.items():
+        start = time.perf_counter()
+        with opener() as source:
+            joined = b"".join(line for line in source)
+        seconds = time.perf_counter() - start
+        if hashlib.sha256(joined).digest() != hashlib.sha256(text).digest():
+            results.put("lines", client, 0, Outcome.failed("the lines read differ from the file"))
+            continue
+        results.put("lines", client, 0, Outcome(seconds, f"{seconds:.2f} s", "40,000 lines, sha256 checked"))
+    (ctx.data.root / "lines.txt").unlink()
+
+
+# -- against the real UFTPD (../shared/peers) ------------------------------------------------------------
+REAL_ROW = "real-uftpd-read"
+
+
+def peers_bin() -> Optional[Path]:
+    """The real-server kit's bin/: $HPCFS_PEERS_BIN, else ``shared/peers/bin`` beside the checkout."""
+    candidates = [Path(os.environ["HPCFS_PEERS_BIN"])] if os.environ.get("HPCFS_PEERS_BIN") else []
+    candidates += [parent / "shared" / "peers" / "bin" for parent in REPO.parents[:3]]
+    return next((path for path in candidates if (path / "real-uftpd").exists()), None)
+
+
+def real_uftpd_env() -> Optional[Dict[str, str]]:
+    """The running real UFTPD's settings (``real-uftpd env``), or None when it is not running here."""
+    kit = peers_bin()
+    if kit is None or subprocess.run([str(kit / "real-uftpd"), "status"], capture_output=True).returncode:
+        return None
+    exported = subprocess.run([str(kit / "real-uftpd"), "env"], capture_output=True, text=True, check=True).stdout
+    return dict(re.findall(r"^export (\w+)=(.*)$", exported, re.M))
+
+
+def sha256_of(path: Path) -> str:
+    return subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def real_uftpd_rows(ctx: Context, results: Results):
+    """The big file copied from the real UFTPD to local disk by hpcfs's mount (``cat``), ``hpcfs cp`` and
+    ``pyuftp cp``, one after the other in one run, each copy's sha256 checked after its timed run."""
+    env = real_uftpd_env()
+    if env is None:
+        print("real UFTPD not running (../shared/peers/bin/real-uftpd start): its rows are skipped")
+        return
+    directory = Path(env["UFTP_DATA_DIR"]) / f"hpcfs-bench-{os.getpid()}"
+    directory.mkdir(mode=0o755)
+    try:
+        source = directory / "big.bin"
+        shutil.copyfile(ctx.data.big, source)
+        source.chmod(0o644)  # UFTPD sessions run as nobody
+        expected = sha256_of(source)
+        server_path = f"{env['UFTP_AUTH_URL']}:{source}"
+        client_env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **env}
+        copies = {
+            "pyuftp cp": lambda out: [str(PEER_VENV / "bin" / "python"), "-c", PYUFTP_TIMED, "cp", "-P", server_path,
+                                      str(out)],
+            "hpcfs cp": lambda out: [str(HPCFS), "cp", "uftp://" + server_path.split("://", 1)[1], str(out)],
+        }
+        for client, argv in copies.items():
+            results.put(REAL_ROW, client, 0, timed_checked_copy(ctx, argv, client_env, expected))
+            if client == "pyuftp cp":
+                pyuftp_data_phase(ctx, results)
+        results.put(REAL_ROW, "hpcfs mount (cat)", 0, mounted_real_copy(ctx, env, client_env, directory, expected))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def pyuftp_data_phase(ctx: Context, results: Results):
+    """pyuftp's data phase alone (its stopwatch line): what the mount row, timed on a mounted tree,
+    compares with."""
+    phases = re.findall(r"data-phase-seconds (\S+)", (ctx.scratch / "real-copy.err").read_text())
+    whole = results.rows.get((REAL_ROW, "pyuftp cp", 0))
+    if whole is None or whole.value is None or len(phases) != 1:
+        results.put(REAL_ROW, "pyuftp cp (data phase)", 0, Outcome.failed("no data phase measured"))
+        return
+    outcome = rate(ctx.data.sizes.big, float(phases[0]))
+    outcome.detail = f"{float(phases[0]):.2f} s of the command above"
+    results.put(REAL_ROW, "pyuftp cp (data phase)", 0, outcome)
+
+
+def timed_checked_copy(ctx: Context, argv, env, expected: str) -> Outcome:
+    """Run a copy to local disk (its stderr kept in real-copy.err); its rate, once its bytes are checked."""
+    out = ctx.scratch / "real-copy.bin"
+    out.unlink(missing_ok=True)
+    try:
+        with open(ctx.scratch / "real-copy.err", "wb") as err:
+            seconds = run_timed(argv(out), 240, env=env, cwd=ctx.scratch, stderr=err)
+        if sha256_of(out) != expected:
+            raise Failed("the copy's sha256 differs from the source's")
+    except Failed as exc:
+        return Outcome.failed(str(exc))
+    finally:
+        out.unlink(missing_ok=True)
+    outcome = rate(ctx.data.sizes.big, seconds)
+    outcome.detail = f"{seconds:.2f} s, whole command (a mount: on the mounted tree), sha256 checked"
+    return outcome
+
+
+def mounted_real_copy(ctx: Context, env, client_env, directory: Path, expected: str) -> Outcome:
+    url = f"uftp://{env['UFTP_AUTH_URL'].split('://', 1)[1]}:{directory}"
+    argv = [str(HPCFS), "mount", "--foreground", url, str(ctx.mountpoint)]
+    try:
+        with mount_process(argv, client_env, ctx.mountpoint, ctx.logs / "hpcfs-real-uftpd.log"):
+            return timed_checked_copy(ctx, lambda out: ["cp", str(ctx.mountpoint / "big.bin"), str(out)], None,
+                                      expected)
+    except Failed as exc:
+        return Outcome.failed(str(exc))
+
+
 # -- the run ----------------------------------------------------------------------------------------------
 def all_peers():
     return [HpcfsPeer(), SshfsPeer(), RclonePeer(), RclonePeer(hash_check=True), PyunicoreFusePeer()]
@@ -791,6 +936,13 @@ class Target:
     met: Optional[bool]
 
 
+def ratio_of(results: Results, row: str, ours: str, theirs: str, required: float, text: str) -> Target:
+    mine, other = results.value(row, ours, 0), results.value(row, theirs, 0)
+    if mine is None or other is None:
+        return Target(text, "missing", None, f">= {required}", None)
+    return Target(text, f"{mine:,.0f} vs {other:,.0f}", mine / other, f">= {required}", mine / other >= required)
+
+
 def targets(results: Results, sizes: Sizes) -> List[Target]:
     value = results.value
     hp = "hpcfs"
@@ -824,6 +976,9 @@ def targets(results: Results, sizes: Sizes) -> List[Target]:
         met = random_reads.value is not None and random_reads.value >= 2000
         found.append(Target("random 4 KiB reads all correct, loopback", random_reads.text, None, ">= 2,000/s", met))
     found += memory_targets(results)
+    found += [ratio_of(results, REAL_ROW, ours, theirs, required, f"real UFTPD: {ours} vs {theirs}")
+              for ours, theirs, required in (("hpcfs mount (cat)", "pyuftp cp (data phase)", 1.0),
+                                             ("hpcfs cp", "pyuftp cp", 1.3))]
     for rtt in RTTS:
         write, read = value("write", hp, rtt), value("seq-read", hp, rtt)
         if write is not None and read is not None:
@@ -832,16 +987,19 @@ def targets(results: Results, sizes: Sizes) -> List[Target]:
     return found
 
 
+FUSE_REQUESTS_IN_FLIGHT = 8  # read requests of up to 1 MiB the mount may serve at once (its FUSE threads)
+PROCESS_SLACK = 8 << 20  # interpreter, thread stacks and allocator slack beyond the data
+
+
 def memory_bound_mib(label: str) -> float:
-    """How far hpcfs's memory may grow above its RSS at mount, by design: the block cache, one readahead
-    window still being filled after eviction dropped it from the index, and each session's receive buffer
-    plus the copy handed to the cache (two blocks)."""
+    """How far hpcfs's memory may grow above its RSS at mount, by design (docs/benchmarks.md): the block
+    cache (blocks in flight included: they are in its index), two copies of each 1 MiB read request in
+    flight (the joined result and FUSE's reply buffer), and a fixed slack for the rest of the process."""
     from hpcfs.core.options import CoreOptions
-    from hpcfs.uftp.backend import DEFAULT_SESSIONS
 
     values = dict(item.split("=", 1) for option in label.split(" -o ")[1:] for item in option.split(","))
     options = CoreOptions.from_strings(values)
-    return (options.cache_size + options.readahead + 2 * DEFAULT_SESSIONS * options.block_size) / MIB
+    return (options.cache_size + 2 * FUSE_REQUESTS_IN_FLIGHT * MIB + PROCESS_SLACK) / MIB
 
 
 def memory_targets(results: Results) -> List[Target]:
@@ -963,7 +1121,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--peers", default=",".join(PEER_NAMES), help=f"subset of {','.join(PEER_NAMES)}")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
+    every_workload = [*WORKLOADS, *PROCESS_WORKLOADS]
+    parser.add_argument("--workloads", default=",".join(every_workload), help=f"subset of {','.join(every_workload)}")
     parser.add_argument("--rtt", default="0,10", help="round trips in ms to run (0 and/or 10)")
     parser.add_argument("--doc", type=Path, help="write the results into this Markdown file "
                         "(default: docs/benchmarks.md for a full run of everything, none otherwise)")
@@ -972,28 +1131,44 @@ def main(argv=None):
     names = args.peers.split(",")
     peers = [p for p in all_peers() if p.name in names]
     workloads = [w for w in args.workloads.split(",") if w]
-    unknown = [w for w in workloads if w not in WORKLOADS]
+    unknown = [w for w in workloads if w not in every_workload]
     rtts = [int(r) for r in args.rtt.split(",")]
     if unknown or any(r not in RTTS for r in rtts):
         parser.error(f"unknown workload or round trip: {unknown or rtts}")
-    everything = not args.quick and set(names) == set(PEER_NAMES) and len(workloads) == len(WORKLOADS) and len(rtts) == 2
+    everything = (not args.quick and set(names) == set(PEER_NAMES) and len(workloads) == len(every_workload)
+                  and len(rtts) == 2)
     doc = args.doc or (REPO / "docs" / "benchmarks.md" if everything else None)
 
-    scratch = Path(os.environ.get("HPCFS_BENCH_DIR", "/tmp/hpcfs-bench")).resolve()
+    scratch = Path(os.environ.get("HPCFS_BENCH_DIR", "/tmp/hpcfs-bench"))
+    try:
+        private_directory(scratch)
+    except PermissionError as exc:
+        print(f"scripts/bench: {exc}", file=sys.stderr)
+        return 1
     logs = scratch / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(mode=0o700, exist_ok=True)
     data = DataSet(scratch, sizes)
     data.ensure()
     data.remove_incoming()
     sys.path.insert(0, str(REPO))
-    site = Site(data, scratch, logs)
+    run_dir = Path(tempfile.mkdtemp(prefix="hpcfs-bench-run-"))  # keys and certificates: this run's only
+    atexit.register(shutil.rmtree, run_dir, True)
+    site = Site(data, run_dir, logs)
     ctx = Context(site, data, scratch, logs)
     results = Results()
     started, load_before = time.monotonic(), os.getloadavg()
     try:
         site.start()
-        run(ctx, peers, "pyuftp" in names, workloads, rtts, results)
+        run(ctx, peers, "pyuftp" in names, [w for w in workloads if w in WORKLOADS], rtts, results)
+        if "lines" in workloads:
+            line_iteration_rows(ctx, results)
+        if "real-uftpd" in workloads:
+            real_uftpd_rows(ctx, results)
         facts = machine_facts()
+        facts["ran as"] = ("root: every row (so hpcfs mounts raise their kernel readahead and get 1 MiB FUSE "
+                           "requests)" if os.geteuid() == 0 else
+                           f"uid {os.geteuid()}, not root: every row (hpcfs mounts get the kernel's 128 KiB "
+                           "FUSE requests)")
         facts["load"] = ("1-minute load average %.2f before the run, %.2f after (other work on the machine "
                          "shows up here)" % (load_before[0], os.getloadavg()[0]))
         report = markdown(results, facts, ctx, rtts, time.monotonic() - started)

@@ -24,6 +24,7 @@ class Observed:
         self.backend = backend
         self.capabilities = backend.capabilities
         self.reads = []  # (path, offset, length)
+        self.runs = []  # (offset, length) of each streamed run of blocks
         self.writes = []  # (kind, offset, length)
         self.peak = 0
         self._active = 0
@@ -36,6 +37,27 @@ class Observed:
             self.reads.append((path, offset, length))
         try:
             return self.backend.read_range(path, offset, length)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def read_pieces(self, path, offset, length, piece_size, deliver):
+        """A streamed run of blocks: each piece recorded as the read of its range."""
+        position = offset
+
+        def record(piece):
+            nonlocal position
+            with self._lock:
+                self.reads.append((path, position, len(piece)))
+            position += len(piece)
+            deliver(piece)
+
+        with self._lock:
+            self._active += 1
+            self.peak = max(self.peak, self._active)
+            self.runs.append((offset, length))
+        try:
+            return self.backend.read_pieces(path, offset, length, piece_size, record)
         finally:
             with self._lock:
                 self._active -= 1

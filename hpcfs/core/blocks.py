@@ -12,6 +12,9 @@ consumed goes to the front of the eviction queue, so a long scan does not flush 
 still need (nor its own readahead).
 """
 import collections
+import ctypes
+import ctypes.util
+import functools
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -39,16 +42,43 @@ class ReadPattern:
         return self.window
 
 
+RUNS_IN_FLIGHT = 4  # most runs one sequential reader's readahead window is cut into
+
+
+@functools.lru_cache(maxsize=None)
+def keep_freed_block_memory() -> bool:
+    """Tell glibc's malloc to keep freed block buffers in the process instead of returning them to the
+    system at once.  Blocks of a few MiB are allocated and freed at the rate data streams through the
+    cache; by default each comes from a fresh mmap and every page of it faults in again (zero-filled by
+    the kernel), which cost half the time of a sequential read against a real UFTPD.  Memory stays bounded
+    by the cache size: freed buffers are reused for the next blocks.  Process-wide, so only hpcfs's own
+    processes (the CLI and its mounts) call it, never a library user's process."""
+    name = ctypes.util.find_library("c")
+    if not name or "libc.so" not in name:
+        return False  # not glibc
+    libc = ctypes.CDLL(name)
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    # One arena: a block freed by the thread that evicts it is reused by whichever worker fetches the next
+    # one, so freed blocks are not stranded in per-thread arenas (Python's GIL serialises malloc anyway).
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 512 << 20)
+                and libc.mallopt(m_arena_max, 1))
+
+
 class BlockCache:
     def __init__(self, backend, block_size=2 << 20, readahead_max=32 << 20, max_bytes=256 << 20, workers=None):
         self.backend = backend
         self.block_size = block_size
         self.max_blocks_ahead = max(1, readahead_max // block_size)
         self.max_blocks = max(2, max_bytes // block_size)
+        workers = workers or backend.capabilities.max_parallel
+        # Readahead goes out in runs of consecutive blocks, one request each: a full window is at most
+        # RUNS_IN_FLIGHT runs, enough to keep several sessions busy while each request stays long (a
+        # request's fixed cost, a UFTPD round trip or a staging-area GET, is paid per run, not per block).
+        self.run_blocks = max(1, self.max_blocks_ahead // min(workers, RUNS_IN_FLIGHT))
         self._blocks = collections.OrderedDict()  # (path, token, index) -> Future[bytes]; first = evict next
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
-            max_workers=workers or backend.capabilities.max_parallel, thread_name_prefix="hpcfs-block"
+            max_workers=workers, thread_name_prefix="hpcfs-block"
         )
 
     def read(self, path, entry, pattern, offset, size):
@@ -61,11 +91,8 @@ class BlockCache:
         token = entry.change_token
         if window == 0 and not self._all_cached(path, token, first, last):
             return bytes(self.backend.read_range(path, offset, end - offset))
-        futures = [self._block(path, token, entry.size, index) for index in range(first, last + 1)]
-        for index in range(last + 1, last + 1 + window):
-            if index * self.block_size >= entry.size:
-                break
-            self._block(path, token, entry.size, index)
+        futures = self._fetch(path, token, entry.size, range(first, last + 1))
+        self._read_ahead(path, token, entry.size, last + 1, min(last + window, (entry.size - 1) // self.block_size))
         pieces = []
         for index, future in zip(range(first, last + 1), futures):
             data = self._result(path, token, index, future)
@@ -97,20 +124,38 @@ class BlockCache:
         with self._lock:
             return all((path, token, index) in self._blocks for index in range(first, last + 1))
 
-    def _block(self, path, token, size, index):
-        key = (path, token, index)
+    def _read_ahead(self, path, token, size, start, stop):
+        """Fetch the missing blocks of ``[start, stop]``, but only once a whole run of them is missing (or
+        the run reaches the end of the file): topping the window up one block at a time would cost one
+        request per block again."""
+        if stop < start:
+            return
         with self._lock:
-            future = self._blocks.get(key)
-            if future is not None:
-                self._blocks.move_to_end(key)
-                return future
-            future = Future()
-            self._blocks[key] = future
+            missing = sum((path, token, index) not in self._blocks for index in range(start, stop + 1))
+        if missing >= min(self.run_blocks, stop - start + 1) or (missing and stop == (size - 1) // self.block_size):
+            self._fetch(path, token, size, range(start, stop + 1))
+
+    def _fetch(self, path, token, size, indices) -> list:
+        """Futures of the blocks ``indices``; the missing ones are fetched in runs of consecutive blocks,
+        one streamed ``read_pieces`` per run of up to ``run_blocks``."""
+        futures, missing = [], []
+        with self._lock:
+            for index in indices:
+                key = (path, token, index)
+                future = self._blocks.get(key)
+                if future is None:
+                    future = self._blocks[key] = Future()
+                    missing.append((index, future))
+                else:
+                    self._blocks.move_to_end(key)
+                futures.append(future)
             self._evict()
-        offset = index * self.block_size
-        length = min(self.block_size, size - offset)
-        self._pool.submit(_fill, future, self.backend.read_range, path, offset, length)
-        return future
+        for run in _runs(missing, self.run_blocks):
+            offset = run[0][0] * self.block_size
+            length = min(len(run) * self.block_size, size - offset)
+            self._pool.submit(_fill_run, [future for _, future in run], self.backend.read_pieces, path, offset,
+                              length, self.block_size)
+        return futures
 
     def _result(self, path, token, index, future):
         try:
@@ -131,10 +176,31 @@ class BlockCache:
             self._blocks.popitem(last=False)
 
 
-def _fill(future, fetch, *args):
-    if not future.set_running_or_notify_cancel():
-        return
+def _runs(missing, longest):
+    """``[(index, future), ...]`` cut into runs of consecutive indices, each at most ``longest`` long."""
+    runs = []
+    for index, future in missing:
+        if runs and runs[-1][-1][0] == index - 1 and len(runs[-1]) < longest:
+            runs[-1].append((index, future))
+        else:
+            runs.append([(index, future)])
+    return runs
+
+
+def _fill_run(futures, read_pieces, path, offset, length, block_size):
+    """Fetch a run of blocks with one ``read_pieces``, completing each block's future as it arrives; a
+    failure goes to every block not delivered yet (whose reader raises it in its own thread)."""
+    pending = collections.deque(futures)
+
+    def deliver(piece):
+        pending.popleft().set_result(piece)
+
     try:
-        future.set_result(fetch(*args))
-    except BaseException as exc:  # handed to the reader, who raises it in its own thread
-        future.set_exception(exc if isinstance(exc, Exception) else errors.HpcfsError(str(exc)))
+        read_pieces(path, offset, length, block_size, deliver)
+    except BaseException as exc:
+        failure = exc if isinstance(exc, Exception) else errors.HpcfsError(str(exc))
+        while pending:
+            pending.popleft().set_exception(failure)
+        return
+    while pending:  # the file ended early (it shrank): the reader sees a short block and forgets the file
+        pending.popleft().set_result(b"")

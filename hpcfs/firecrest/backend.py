@@ -21,7 +21,7 @@ import posixpath
 import threading
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, List, Optional
+from typing import BinaryIO, Callable, List, Optional
 
 from cachetools import TTLCache
 
@@ -146,15 +146,31 @@ class FirecrestBackend(Backend):
                 "(no data_transfer) for larger files", path)
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
+        pieces = []
+        self.read_pieces(path, offset, length, max(length, 1), pieces.append)
+        return pieces[0] if pieces else b""
+
+    def read_pieces(self, path: str, offset: int, length: int, piece_size: int,
+                    deliver: Callable[[bytes], None]) -> None:
+        """One streamed ranged GET for the whole range: the staging area answers each request in about a
+        quarter second whatever its size, so a run of readahead blocks costs one request, not one per block."""
         if not self.staging:
             raise errors.NotSupported("this FirecREST system has no S3 staging for ranged reads", path)
+        position, end = offset, offset + length  # a re-staged retry resumes after what was delivered
+
+        def forward(piece):
+            nonlocal position
+            deliver(piece)
+            position += len(piece)
+
         if length <= 0:
-            return b""
+            return
         with self.client.operation(path):
             for attempt in range(2):
                 copy = self._staged_copy(path)
                 try:
-                    return self.client.staged_range(copy.url, offset, length)
+                    self.client.staged_pieces(copy.url, position, end - position, piece_size, forward)
+                    return
                 except StagingExpired:
                     self._forget(path)
                     if attempt:

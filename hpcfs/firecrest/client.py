@@ -11,7 +11,9 @@ import contextlib
 import contextvars
 import time
 import uuid
-from typing import BinaryIO, List, Optional, Tuple
+from typing import BinaryIO, Callable, List, Optional, Tuple
+
+import urllib3
 
 from .. import errors, net
 from .auth import ClientCredentials
@@ -209,6 +211,27 @@ class FirecrestClient:
                 return b""
             return _read_span(response, offset if response.status_code == 200 else 0, length)
 
+    def staged_pieces(self, url: str, offset: int, length: int, piece_size: int,
+                      deliver: Callable[[bytearray], None]) -> None:
+        """Bytes ``[offset, offset+length)`` of a staged object by one streamed ranged GET, handed to
+        ``deliver`` in pieces of ``piece_size`` (the last shorter; fewer at the object's end).  A server
+        that ignores ``Range`` is read past ``offset`` without keeping those bytes."""
+        response = self._staging("GET", url, headers={"Range": f"bytes={offset}-{offset + length - 1}"}, stream=True)
+        with response:
+            if response.status_code == 416:
+                return
+            try:
+                if response.status_code == 200:
+                    _skip(response.raw, offset)
+                for start in range(0, length, piece_size):
+                    piece = _read_exactly(response.raw, min(piece_size, length - start))
+                    if piece:
+                        deliver(piece)
+                    if len(piece) < min(piece_size, length - start):
+                        return
+            except (net.RequestException, urllib3.exceptions.HTTPError) as exc:
+                raise _broken("staged range read", exc) from None
+
     def staged_stream(self, url: str, sink: BinaryIO):
         net.stream_into(self._staging("GET", url, stream=True), sink, "staged download")
 
@@ -250,6 +273,28 @@ def _read_span(response: net.Response, skip: int, length: int) -> bytes:
     except net.RequestException as exc:
         raise _broken(f"ranged read (after {len(wanted)} bytes)", exc) from None
     return bytes(wanted)
+
+
+def _read_exactly(raw, size: int) -> bytearray:
+    """``size`` bytes of a streamed body into one buffer (fewer only at its end)."""
+    piece, filled = bytearray(size), 0
+    view = memoryview(piece)
+    while filled < size:
+        got = raw.readinto(view[filled:])
+        if not got:
+            del view
+            del piece[filled:]
+            break
+        filled += got
+    return piece
+
+
+def _skip(raw, count: int):
+    while count > 0:
+        skipped = len(raw.read(min(count, 1 << 20)))
+        if not skipped:
+            return
+        count -= skipped
 
 
 def _broken(what: str, exc: Exception, path: Optional[str] = None) -> errors.ProtocolError:

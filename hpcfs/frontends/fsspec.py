@@ -12,7 +12,7 @@ from fsspec.spec import AbstractFileSystem
 
 from ..backend import normalize
 from ..core import open_tree
-from ..core.files import FileStream
+from ..core.files import TreeLease, open_stream
 from ..urls import split_service
 
 
@@ -27,6 +27,13 @@ class HpcfsFileSystem(AbstractFileSystem):
         self.service_url = service_url
         self.auto_mkdir = auto_mkdir
         self.remote = open_tree(service_url, **options)
+        self._lease = TreeLease(self.remote)  # open files keep the tree open after ``close``
+
+    def close(self) -> None:
+        """Close the tree once its open files are closed; a later ``fsspec.open`` of this service starts a
+        new instance."""
+        type(self)._cache.pop(self._fs_token, None)
+        self._lease.close()
 
     @classmethod
     def _strip_protocol(cls, path):
@@ -67,10 +74,10 @@ class HpcfsFileSystem(AbstractFileSystem):
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         path = self._strip_protocol(path)
         if "r" in mode and "+" not in mode:
-            return FileStream(self.remote.open(path), mode=mode, name=path)
+            return open_stream(self.remote.open(path), mode=mode, name=path, lease=self._lease)
         self._make_parent(path)
         handle = self.remote.open(path, writable=True, truncate="w" in mode, create=True, exclusive="x" in mode)
-        return FileStream(handle, mode=mode, readable="+" in mode, append="a" in mode, name=path)
+        return open_stream(handle, mode=mode, readable="+" in mode, append="a" in mode, name=path, lease=self._lease)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         path = self._strip_protocol(path)

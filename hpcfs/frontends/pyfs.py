@@ -17,7 +17,7 @@ from fs.opener import Opener
 from fs.permissions import Permissions
 
 from .. import errors
-from ..core.files import FileStream
+from ..core.files import TreeLease, open_stream
 from ..core import RemoteTree, open_tree
 from ..urls import redact
 
@@ -66,6 +66,7 @@ class HpcfsFS(FS):
     def __init__(self, tree: RemoteTree, url: str = ""):
         super().__init__()
         self.remote = tree
+        self._lease = TreeLease(tree)  # open files keep the tree open after this object is closed or gone
         self._url = url
         self._lock = threading.RLock()
 
@@ -113,8 +114,9 @@ class HpcfsFS(FS):
                 create=parsed.create,
                 exclusive=parsed.exclusive,
             )
-        return FileStream(
-            handle, mode=parsed.to_platform_bin(), readable=parsed.reading, append=parsed.appending, name=path
+        return open_stream(
+            handle, mode=parsed.to_platform_bin(), readable=parsed.reading, append=parsed.appending, name=path,
+            lease=self._lease,
         )
 
     def remove(self, path):
@@ -166,7 +168,7 @@ class HpcfsFS(FS):
 
     def close(self):
         if not self.isclosed():
-            self.remote.close()
+            self._lease.close()
         super().close()
 
     # -- helpers --------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ MAX_LINE = 1 << 20  # a reply line longer than this is not UFTPD talking
 MAX_REPLY = 64 << 20  # nor a multi-line reply (a listing of about a million names) longer than this
 CHUNK = 1 << 20  # data is moved in pieces of this size
 DRAIN_GRACE = 1.0  # after an early 226, how long to wait for data still in flight
+SENDFILE_ON = "OPTS SENDFILE_ENABLED true"
 
 log = logging.getLogger("hpcfs.uftp")
 
@@ -103,6 +104,7 @@ class ControlSession:
         self._partial = b""  # the start of a line still arriving
         self._data: Optional[socket.socket] = None
         self._keep_alive_on = False
+        self._sendfile_asked = False
         self._range_armed = False  # a RANG is still in force (the transfer it was for failed)
         self._sock = self._connect(host, port)
         try:
@@ -218,8 +220,15 @@ class ControlSession:
         if self._data is not None:
             return
         keep_alive = self.features.keep_alive and not self._keep_alive_on
-        commands = ["KEEP-ALIVE true"] * keep_alive + ["NOOP 1", "EPSV" if self.features.epsv else "PASV"]
+        # UFTPD copies file data through a Python read/write loop unless asked to use sendfile(2) (off by
+        # default); asked once per session, and a server that refuses it still serves.
+        sendfile = not self._sendfile_asked
+        commands = [SENDFILE_ON] * sendfile + ["KEEP-ALIVE true"] * keep_alive + [
+            "NOOP 1", "EPSV" if self.features.epsv else "PASV"]
         *preliminaries, passive = self.batch(*commands)
+        if sendfile:
+            self._sendfile_asked = True
+            log.debug("UFTPD sendfile: %s", preliminaries.pop(0).lines[0][:80])
         if passive.code in (500, 501, 502) and commands[-1] == "EPSV":
             passive = self.command("PASV")
         self.expect(passive, 227, 229)
@@ -248,6 +257,15 @@ class ControlSession:
     def retrieve(self, path: str, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset+length)``, which the caller has clamped to the file's size.  Fewer come
         back only if the file shrank meanwhile; the session is then given up."""
+        pieces = []
+        self.retrieve_pieces(path, offset, length, length, pieces.append)  # one piece: filled in place
+        return pieces[0] if pieces else b""
+
+    def retrieve_pieces(self, path: str, offset: int, length: int, piece_size: int,
+                        deliver: Callable[[bytearray], object]) -> int:
+        """Bytes ``[offset, offset+length)`` in one transfer, handed to ``deliver`` as each ``piece_size``
+        piece completes, each in its own buffer (the block cache keeps it without a copy).  Returns the
+        bytes received; fewer only if the file shrank meanwhile (the session is then given up)."""
         self._ensure_data()
         self._range_armed = True
         start = self._start_transfer([f"RANG {offset} {offset + length}", f"RETR {path}"], path)
@@ -255,12 +273,10 @@ class ControlSession:
             announced = transfer_size(start)
             if announced != length:
                 raise errors.ProtocolError(f"UFTPD announced {announced} bytes for a range of {length}", path)
-            target = bytearray(length)  # filled in place: a block costs no copy on its way to the cache
-            received = self._receive(length, lambda view: None, length, path, buffer=target)
+            received = self._receive(length, lambda view: deliver(_owned(view)), piece_size, path,
+                                     fresh_buffers=True)
         self._after_transfer(received == length)
-        if received < length:
-            del target[received:]
-        return target
+        return received
 
     def retrieve_all(self, path: str, write: Callable[[memoryview], object]) -> int:
         """Stream the whole file to ``write``; returns the byte count."""
@@ -331,10 +347,11 @@ class ControlSession:
             self._close_data()
 
     def _receive(self, count: int, consume: Callable[[memoryview], object], chunk: int, path,
-                 buffer: Optional[bytearray] = None) -> int:
+                 buffer: Optional[bytearray] = None, fresh_buffers: bool = False) -> int:
         """Read ``count`` bytes from the data connection into buffers of ``chunk`` bytes handed to
-        ``consume``, watching the control connection: a reply before the last byte means the server
-        stopped early (the file shrank) or failed.  Returns the bytes received."""
+        ``consume`` (one reused buffer, or with ``fresh_buffers`` a new one per chunk that ``consume`` may
+        keep), watching the control connection: a reply before the last byte means the server stopped
+        early (the file shrank) or failed.  Returns the bytes received."""
         buffer = memoryview(buffer if buffer is not None else bytearray(max(1, min(count, chunk))))
         received = filled = 0
         final = None
@@ -365,6 +382,8 @@ class ControlSession:
                 if filled == len(buffer):
                     consume(buffer[:filled])
                     filled = 0
+                    if fresh_buffers and received < count:
+                        buffer = memoryview(bytearray(min(chunk, count - received)))
             elif final is None:
                 final = self._early_reply(poller, path)
         if filled:
@@ -424,6 +443,11 @@ class ControlSession:
         self._close_data()
         _close(self._sock)
         self.broken = True
+
+
+def _owned(view: memoryview) -> bytearray:
+    """The buffer behind ``view`` when the view covers all of it, else a copy of the part received."""
+    return view.obj if len(view) == len(view.obj) else bytearray(view)
 
 
 def _quickack(sock):
