@@ -48,6 +48,7 @@ class Target:
     xfail: dict = field(default_factory=dict)  # test name -> (reason, strict)
     mount_options: Tuple[str, ...] = ()
     listing_ttl: float = 0.0  # how long the mount may show a listing that predates a change on the server
+    tree_files: int = 100  # files in the rsync and cp -r trees
 
 
 Started = Tuple[Target, Optional[Callable[[], None]]]  # and how to stop it, if the suite started it
@@ -83,8 +84,9 @@ def real_uftp(request) -> Started:
 def real_firecrest(request, fixture: str) -> Started:
     handle = request.getfixturevalue(fixture)
     largest = 1 << 40 if handle.staging else 3 * MIB  # below cluster's direct-download limit (~3.75 MiB)
+    # every rsync temporary file is renamed by a transfer/mv job (sbatch, then polled): a small tree
     return Target(handle.name, handle.root, handle.plain_url("/"), handle.env, largest_file=largest,
-                  set_mtime=False), None
+                  set_mtime=False, tree_files=10), None
 
 
 TARGETS = {
@@ -170,13 +172,13 @@ def rsync_round_trip(case: Case, source, back):
 
 
 def test_rsync_round_trip(case, tmp_path):
-    rsync_round_trip(case, make_tree(tmp_path / "tree", 100), tmp_path / "back")
+    rsync_round_trip(case, make_tree(tmp_path / "tree", case.target.tree_files), tmp_path / "back")
 
 
 def test_a_second_rsync_transfers_nothing(case, tmp_path):
     if not case.target.set_mtime:
         pytest.xfail(NO_MTIMES)  # strict: the server has no call that sets a time
-    source = make_tree(tmp_path / "tree", 30)
+    source = make_tree(tmp_path / "tree", case.target.tree_files)
     sh("rsync", "-a", f"{source}/", f"{case.mnt}/tree/")
     again = sh("rsync", "-a", "--itemize-changes", f"{source}/", f"{case.mnt}/tree/")
     assert again.strip() == "", "a second rsync found differences (sizes or times not kept)"
@@ -251,7 +253,7 @@ def test_ls_lR_shows_every_entry_with_its_size(case):
 # -- the CLI against the same servers ---------------------------------------------------------------------
 def test_cli_cp_recursive_both_ways_and_ls_long(case, tmp_path):
     target = case.target
-    top = make_tree(tmp_path / "top", 12)
+    top = make_tree(tmp_path / "top", case.target.tree_files)
     write_random(top / "d00" / "big.bin", min(2 * MIB + 3, target.largest_file))
     url = target.plain_url.rstrip("/") + f"/{os.path.basename(case.served)}"
     hpcfs("cp", "-r", str(top), url, env=target.env)

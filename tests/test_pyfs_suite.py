@@ -38,5 +38,19 @@ class TestRealFirecrestClusterFS(RealPeerFSCases, unittest.TestCase):
     peer_fixture = "real_firecrest_cluster"
 
 
+def too_large_without_staging(name: str):
+    """FSTestCases' upload/download cases move a 5.25 MiB file: more than ``cluster`` (no staging) moves."""
+    def case(self):
+        getattr(FSTestCases, name)(self)
+
+    case.__name__ = name
+    return pytest.mark.xfail(strict=True, reason="FirecREST `cluster` has no staging: nothing above "
+                                                 "max_ops_file_size (5 MiB) moves")(case)
+
+
+for _name in (f"test_{kind}_{workers}" for kind in ("upload", "download") for workers in (0, 1, 2, 4)):
+    setattr(TestRealFirecrestClusterFS, _name, too_large_without_staging(_name))
+
+
 class TestRealFirecrestS3FS(RealPeerFSCases, unittest.TestCase):
     peer_fixture = "real_firecrest_s3"
