@@ -57,7 +57,7 @@ Started = Tuple[Target, Optional[Callable[[], None]]]  # and how to stop it, if 
 
 def emulated_uftp(workdir) -> Started:
     server = UFTPServer(str(workdir), {UFTP_USER: UFTP_PASSWORD}, tls_dir=str(workdir.parent)).start()
-    server.knobs.extra["session_limit"] = 1000  # every shell tool's open is not a new session, but cp -r is
+    server.knobs.extra["session_limit"] = 1000  # CLI runs in a row: ended sessions count until a 5 s cleanup
     handle = UFTPHandle(server, str(workdir))
     return Target("uftp", handle.root, handle.plain_url("/"), handle.env, xfail=UFTP_XFAILS), server.stop
 
