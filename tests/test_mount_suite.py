@@ -89,7 +89,7 @@ def real_firecrest(request, fixture: str) -> Started:
     largest = 1 << 40 if handle.staging else 3 * MIB  # below cluster's direct-download limit (~3.75 MiB)
     # every rsync temporary file is renamed by a transfer/mv job (sbatch, then polled): a small tree
     return Target(handle.name, handle.root, handle.plain_url("/"), handle.env, largest_file=largest,
-                  set_mtime=False, tree_files=10, xfail=NO_MTIME_XFAILS), None
+                  set_mtime=False, tree_files=4, xfail=NO_MTIME_XFAILS), None
 
 
 TARGETS = {
@@ -183,7 +183,7 @@ def test_rsync_round_trip(case, tmp_path):
 
 
 def test_a_second_rsync_transfers_nothing(case, tmp_path):
-    source = make_tree(tmp_path / "tree", case.target.tree_files)
+    source = make_tree(tmp_path / "tree", max(1, case.target.tree_files // 4))
     sh("rsync", rsync_flags(case.target), f"{source}/", f"{case.mnt}/tree/")
     again = sh("rsync", rsync_flags(case.target), "--itemize-changes", f"{source}/", f"{case.mnt}/tree/")
     assert again.strip() == "", "a second rsync found differences (sizes or times not kept)"
