@@ -42,7 +42,9 @@ def mounted(url, mountpoint, env=None, options=()):
 
 def sh(*command, binary=False, input=None, timeout=300):
     """Run a shell tool; its stdout as text (or bytes with ``binary``)."""
-    result = subprocess.run(command, check=True, capture_output=True, timeout=timeout, input=input)
+    result = subprocess.run(command, capture_output=True, timeout=timeout, input=input)
+    if result.returncode != 0:  # the tool's own message says what went wrong, a CalledProcessError does not
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.decode()[-2000:]}")
     return result.stdout if binary else result.stdout.decode()
 
 
@@ -60,9 +62,9 @@ def copy_round_trip(mountpoint, served_root, workdir, sizes):
         assert os.path.getsize(os.path.join(mountpoint, name)) == sizes[name]
 
 
-def check_dd_at_random_offsets(mountpoint, served_root, reads, seed=7):
-    """``dd skip=`` at random offsets of an 8 MiB file, each block compared with what the server holds."""
-    data = os.urandom(8 << 20)
+def check_dd_at_random_offsets(mountpoint, served_root, reads, seed=7, size=8 << 20):
+    """``dd skip=`` at random offsets of a ``size`` file, each block compared with what the server holds."""
+    data = os.urandom(size)
     with open(os.path.join(served_root, "random.bin"), "wb") as handle:
         handle.write(data)
     rng = random.Random(seed)

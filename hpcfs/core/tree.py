@@ -42,10 +42,11 @@ class RemoteTree:
 
     # -- metadata -------------------------------------------------------------------------------------
     def stat(self, path):
-        """Attributes as this process sees them: a file open for writing here shows its spool's size."""
+        """Attributes as this process sees them: a file written here and not yet uploaded shows its spool's size."""
         path = normalize(path)
         writer = self._writer(path)
-        return writer.as_entry() if writer is not None else self._stat_server(path)
+        # once its data is on the server (FUSE releases a closed file later), a chmod or utime there wins
+        return writer.as_entry() if writer is not None and writer.dirty else self._stat_server(path)
 
     def _stat_server(self, path):
         """Attributes of the version on the server (from the cache when fresh)."""
@@ -308,7 +309,8 @@ class RemoteTree:
             return entries
         by_name = {entry.name: entry for entry in entries}
         for file_path, handle in pending.items():
-            by_name[split(file_path)[1]] = handle.as_entry()
+            if handle.dirty:
+                by_name[split(file_path)[1]] = handle.as_entry()
         return list(by_name.values())
 
     def _forget_data(self, path):

@@ -32,6 +32,9 @@ DEFAULT_KERNEL_READAHEAD_KIB = 1024
 _UNSIGNED_MINUS_ONE = (1 << 32) - 1  # how libfuse passes chown's "leave unchanged"
 IDLE_FUSE_THREADS = 10  # libfuse's own default for max_threads
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# utimensat's UTIME_NOW / UTIME_OMIT: libfuse passes them on in tv_nsec (tv_sec 0) and mfusepy folds that
+# timespec into plain nanoseconds, so `touch` would otherwise set 1970-01-01 00:00:01
+_UTIME_NOW, _UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 
 
 def _translate(method):
@@ -179,7 +182,9 @@ class HpcfsOperations(fuse.Operations):
     @_translate
     def utimens(self, path, times=None):
         self._check_writable(True)
-        self.remote_tree.set_mtime(path, times[1] / 1e9 if times else time.time())
+        nanoseconds = times[1] if times else _UTIME_NOW
+        if nanoseconds != _UTIME_OMIT:  # an atime-only change: hpcfs keeps no atimes
+            self.remote_tree.set_mtime(path, time.time() if nanoseconds == _UTIME_NOW else nanoseconds / 1e9)
 
     @_translate
     def symlink(self, target, source):

@@ -58,6 +58,7 @@ DEFAULT_LIMITS = {
     "account_required": False,  # job directives name {account}: transfer requests without one get 400
 }
 SSH_BACKED = ("/filesystem/", "/compute/")
+MISSING_PATH = "Unable to decode request and retreive the required path or source_path parameter."  # sic
 QUOTE_FAILURE = "bash: -c: line 1: unexpected EOF while looking for matching `''"
 
 # request kinds in `server.log` (RestApp records "METHOD pattern")
@@ -291,8 +292,8 @@ class FirecrestServer:
     @staticmethod
     def _query_path(request: Request) -> str:
         path = request.arg("path")
-        if path is None:
-            raise _Validation("query", "path")
+        if path is None:  # the path check runs before FastAPI's validation: its error, not a 422-style one
+            raise ApiError(400, MISSING_PATH)
         return _checked_path(path)
 
     @staticmethod
@@ -578,7 +579,7 @@ def _body_path(body: dict, quoted_by_shell: bool = True) -> str:
     for name in ("path", "sourcePath", "source_path"):
         if isinstance(body.get(name), str):
             return _checked_path(body[name], quoted_by_shell)
-    raise ApiError(400, "Unable to decode request and retreive the required path or source_path parameter.")
+    raise ApiError(400, MISSING_PATH)
 
 
 def _flag(request: Request, name: str) -> bool:

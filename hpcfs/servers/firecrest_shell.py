@@ -41,17 +41,17 @@ def timed_out() -> ApiError:
 
 
 @contextlib.contextmanager
-def shell_errors(prefix: str, outside_root: int = errno.ENOENT):
+def shell_errors(prefix: str, outside_root: int = errno.ENOENT, exit_status: int = 1):
     """A failed file operation as the shell reports it: ``PREFIX: No such file or directory`` and the like.
     A path outside the served root looks like ``outside_root`` (missing, unless the command says otherwise)."""
     try:
         yield
     except OutsideRoot:
-        raise command_error(1, f"{prefix}: {os.strerror(outside_root)}") from None
+        raise command_error(exit_status, f"{prefix}: {os.strerror(outside_root)}") from None
     except OSError as exc:
         if exc.errno is None:
             raise
-        raise command_error(1, f"{prefix}: {os.strerror(exc.errno)}") from None
+        raise command_error(exit_status, f"{prefix}: {os.strerror(exc.errno)}") from None
 
 
 def command_error(exit_status: int, stderr: str) -> ApiError:
@@ -153,8 +153,8 @@ class RemoteShell:
             return confine(self.root, path)
         return os.path.join(confine(self.root, parent), name)
 
-    def _stat(self, path: str, command_error_text: str, follow: bool = False):
-        with shell_errors(command_error_text, outside_root=errno.EACCES):
+    def _stat(self, path: str, command_error_text: str, follow: bool = False, exit_status: int = 1):
+        with shell_errors(command_error_text, outside_root=errno.EACCES, exit_status=exit_status):
             return os.stat(self.local(path, follow), follow_symlinks=follow)
 
     def deliver(self, stdout: bytes, on_deadlock: ApiError) -> bytes:
@@ -171,7 +171,7 @@ class RemoteShell:
     # -- ls -------------------------------------------------------------------------------------------
     def ls(self, path: str, hidden=False, numeric=False, recursive=False, dereference=False) -> List[dict]:
         follow = dereference or path.endswith("/")
-        st = self._stat(path, f"ls: cannot access '{path}'", follow)
+        st = self._stat(path, f"ls: cannot access '{path}'", follow, exit_status=2)  # GNU ls: "serious trouble"
         if not stat_module.S_ISDIR(st.st_mode):
             text = self._ls_line(st, path.encode("utf-8", "surrogateescape"), self.local(path, follow), numeric)
         else:
@@ -253,8 +253,9 @@ class RemoteShell:
                 return handle.read()
         except (FileNotFoundError, OutsideRoot):
             raise command_error(1, f"{command}: {path}: No such file or directory") from None
-        except IsADirectoryError:
-            raise command_error(1, f"{command}: read error: Is a directory") from None
+        except IsADirectoryError:  # sha256sum names the path, base64 and the rest do not
+            detail = path if command == "sha256sum" else "read error"
+            raise command_error(1, f"{command}: {detail}: Is a directory") from None
         except PermissionError:
             raise command_error(1, f"{command}: {path}: Permission denied") from None
 
@@ -262,7 +263,8 @@ class RemoteShell:
         """``base64 --wrap=0``: the encoded text must fit under the output cap."""
         data = self._read(path, "base64")
         encoded_length = 4 * ((len(data) + 2) // 3)
-        self.deliver(b"\0" * encoded_length, ApiError(500, "Channel not open for sending"))
+        # FirecREST shows the str() of asyncssh's exception args tuple
+        self.deliver(b"\0" * encoded_length, ApiError(500, "('Channel not open for sending',)"))
         return data
 
     def view(self, path: str, size: int, offset: int) -> str:
@@ -336,7 +338,7 @@ class RemoteShell:
 
     def chmod(self, path: str, mode: str) -> dict:
         if not re.fullmatch(r"[0-7]{1,4}", mode or ""):
-            raise command_error(1, f"chmod: invalid mode: '{mode}'")
+            raise command_error(1, f"chmod: invalid mode: '{mode}'\nTry 'chmod --help' for more information.")
         self._stat(path, f"chmod: cannot access '{path}'", follow=True)
         os.chmod(self.local(path, follow=True), int(mode, 8))
         return self.ls_one(path)
