@@ -14,7 +14,9 @@ def open_tree(url, subpath="/", **options):
     core_names = CoreOptions.names()
     backend_options = {key: value for key, value in options.items() if key not in core_names}
     backend, root = open_backend(url, **backend_options)
-    tunables = {key: value for key, value in parse(url).params.items() if key in core_names}
+    # A protocol may need other defaults (Flux: short attr_ttl, so the kernel sees a running job's output grow)
+    tunables = dict(getattr(backend_module(parse(url).scheme), "CORE_DEFAULTS", {}))
+    tunables.update({key: value for key, value in parse(url).params.items() if key in core_names})
     tunables.update({key: value for key, value in options.items() if key in core_names})
     try:
         core_options = CoreOptions.from_strings(tunables)

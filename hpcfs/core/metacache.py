@@ -1,13 +1,14 @@
 """Metadata cache: one directory listing fills the attributes of every child.
 
 After ``ls`` of a directory, ``stat`` of any child costs nothing, and a name missing from a cached listing
-is known not to exist without asking the server.  Entries live for ``ttl`` seconds, known-missing paths for
-``negative_ttl``; the tree's own writes invalidate exactly what they change.  cachetools caches are not
+is known not to exist without asking the server.  Entries live for ``ttl`` seconds unless the backend gave
+an entry its own (``Entry.ttl``: forever for a finished job's files, briefly for a running job's output),
+known-missing paths for ``negative_ttl``; the tree's own writes invalidate exactly what they change.  cachetools caches are not
 thread-safe, so one lock guards all three maps.
 """
 import threading
 
-from cachetools import TTLCache
+from cachetools import TLRUCache, TTLCache
 
 from ..backend import split
 
@@ -17,7 +18,7 @@ class MetadataCache:
 
     def __init__(self, ttl: float = 30.0, negative_ttl: float = 5.0, maxsize: int = 200_000):
         self._lock = threading.Lock()
-        self._entries = TTLCache(maxsize, ttl) if ttl > 0 else None
+        self._entries = TLRUCache(maxsize, _expiry(ttl)) if ttl > 0 else None
         self._listings = TTLCache(max(maxsize // 10, 16), ttl) if ttl > 0 else None
         self._missing = TTLCache(maxsize, negative_ttl) if negative_ttl > 0 else None
 
@@ -102,6 +103,15 @@ class MetadataCache:
         for cache in (self._entries, self._listings, self._missing):
             if cache is not None:
                 cache.pop(path, None)
+
+
+def _expiry(default_ttl: float):
+    """When a cached entry expires: after its own ``ttl`` where the backend set one, else the default."""
+
+    def expires_at(_path, entry, now: float) -> float:
+        return now + (default_ttl if entry.ttl is None else entry.ttl)
+
+    return expires_at
 
 
 def _child(directory, name):

@@ -28,6 +28,7 @@ _TRANSLATION = [
     (errors.DirectoryNotEmpty, fs.errors.DirectoryNotEmpty),
     (errors.AlreadyExists, fs.errors.FileExists),
     (errors.PermissionDenied, fs.errors.PermissionDenied),
+    (errors.ReadOnly, fs.errors.ResourceReadOnly),
     (errors.NotSupported, fs.errors.Unsupported),
     (errors.InvalidPath, fs.errors.IllegalBackReference),
     (errors.Unavailable, fs.errors.RemoteConnectionError),
