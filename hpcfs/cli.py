@@ -425,9 +425,9 @@ def _parser():
     info = command("info", "reachability, authentication and server limits", cmd_info)
     info.add_argument("url", help="URL or PROFILE:/path")
 
-    serve = command("serve", "run a local test server (uftp, firecrest, em)", None)
+    serve = command("serve", "run a local test server (uftp, firecrest, em, flux)", None)
     servers = serve.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    for protocol in ("uftp", "firecrest", "em"):
+    for protocol in ("uftp", "firecrest", "em", "flux"):
         module = _server_module(protocol)
         sub = servers.add_parser(protocol, help=f"local {protocol} server", parents=[common])
         module.add_arguments(sub)

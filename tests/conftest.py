@@ -1,2 +1,2 @@
 """Shared test setup: each protocol's server fixtures live in their own plugin module."""
-pytest_plugins = ["fixtures_uftp", "fixtures_firecrest", "fixtures_em"]
+pytest_plugins = ["fixtures_uftp", "fixtures_firecrest", "fixtures_em", "fixtures_flux"]

@@ -37,6 +37,6 @@ def check_options(url, options):
         raise UsageError(f"unknown option '{unknown[0]}' for {parsed.scheme}:// (known: {names})")
 
 
-SECRET_NAMES = {"password", "client_secret", "token", "secret"}  # options that hold (or are) a credential
+SECRET_NAMES = {"password", "client_secret", "token", "secret", "secret_key"}  # options that hold (or are) a credential
 
 __all__ = ["CoreOptions", "RemoteTree", "check_options", "open_tree"]

@@ -9,6 +9,7 @@ last one to close wins, as with NFS.
 """
 import collections
 import io
+import math
 import os
 import tempfile
 import threading
@@ -63,7 +64,7 @@ class RemoteFile:
     def _may_have_grown(self) -> bool:
         """A file the backend marked short-lived (a running job's output) may have grown since it was
         opened: a read at its end asks again, so ``tail -f`` follows it."""
-        return self.entry.ttl is not None and self.entry.ttl < self.tree.options.attr_ttl
+        return self.entry.ttl is not None and math.isfinite(self.entry.ttl)
 
     def write(self, offset, data):
         self._require_writable()

@@ -1,4 +1,4 @@
-"""PyFilesystem2 front end: ``fs.open_fs("uftp://...")``, ``firecrest://...``, ``em://...``.
+"""PyFilesystem2 front end: ``fs.open_fs("uftp://...")``, ``firecrest://...``, ``em://...``, ``flux://...``.
 
 A thin adapter: every call goes to the core's RemoteTree, and one context manager translates
 ``hpcfs.errors`` into ``fs.errors``.  ``scandir`` fills ``details`` from the directory listing, so
@@ -223,3 +223,7 @@ class FirecrestOpener(_HpcfsOpener):
 
 class EMOpener(_HpcfsOpener):
     protocols = ["em"]
+
+
+class FluxOpener(_HpcfsOpener):
+    protocols = ["flux"]
