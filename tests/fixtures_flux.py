@@ -36,11 +36,11 @@ class FluxServerHandle:
 
     @property
     def api(self) -> str:
-        return self.server.url
+        return self.server.http.url
 
     def url(self, path: str = "/", **params) -> str:
         query = "?" + "&".join(f"{key}={value}" for key, value in params.items()) if params else ""
-        return f"flux://127.0.0.1:{self.server.port}{path}{query}"
+        return f"flux://127.0.0.1:{self.server.http.port}{path}{query}"
 
     @property
     def env(self) -> dict:

@@ -5,7 +5,7 @@ A page's blocks run in order as one bash script: python blocks become ``python -
 documents, so files and exported variables carry over as they do for a reader typing them in. The page
 runs in a fresh home directory, with the credentials of its server in the environment (as the page's
 setup section tells the reader to export them). The default endpoints in the text (``127.0.0.1:9000``
-for UFTP, ``127.0.0.1:8000`` for the EM API) are replaced by the test server's. Blocks tagged ```sh,
+for UFTP, ``127.0.0.1:8000`` for the EM API, ``127.0.0.1:5000`` for Flux) are replaced by the test server's. Blocks tagged ```sh,
 ```ini or ```text are shown, not run, but every ``hpcfs`` command line in them must parse.
 """
 import os
@@ -27,6 +27,7 @@ PAGES = {
     "docs/guide/uftp.md": "uftp",
     "docs/guide/firecrest.md": "firecrest",
     "docs/guide/em.md": "em",
+    "docs/guide/flux.md": "flux",
     "docs/servers.md": None,
     "docs/troubleshooting.md": "uftp",
 }
@@ -66,6 +67,8 @@ def server_setup(request, kind):
         for volume in ("pod-a", "pod-b"):
             os.makedirs(os.path.join(handle.root, volume), exist_ok=True)
         return handle.env, {"127.0.0.1:8000": f"127.0.0.1:{handle.server.port}"}
+    if kind == "flux":
+        return handle.env, {"127.0.0.1:5000": f"127.0.0.1:{handle.server.http.port}"}
     return handle.env, {}
 
 

@@ -4,7 +4,9 @@ and the server's own rules: 401 + WWW-Authenticate before the token exchange, au
 body is read, bodies capped, secrets kept out of the jobs' environment, commands run without a shell."""
 import json
 import os
+import re
 import subprocess
+import sys
 import time
 
 import jwt
@@ -148,3 +150,23 @@ def test_jobs_run_without_a_shell_in_the_root_and_never_see_the_secrets(make_flu
 def test_a_job_over_its_runtime_is_killed_as_a_timeout(flux_server):
     info = flux_server.wait(flux_server.submit("sleep 20", runtime=0.3))
     assert (info["result"], info["returncode"], info["exception"]["type"]) == ("TIMEOUT", 143, "timeout")
+
+
+def test_hpcfs_serve_flux_takes_its_secrets_from_the_environment(tmp_path):
+    env = {**os.environ, "FLUX_REQUIRE_AUTH": "true", "FLUX_USER": CREDENTIALS["user"],
+           "FLUX_TOKEN": CREDENTIALS["token"], "FLUX_SECRET_KEY": CREDENTIALS["secret_key"]}
+    server = subprocess.Popen([sys.executable, "-m", "hpcfs", "serve", "flux", "--port", "0", "--root", str(tmp_path)],
+                              env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        banner = server.stdout.readline() + server.stdout.readline()
+        api = re.search(r"at (http://127\.0\.0\.1:\d+)/v1/", banner).group(1)
+        assert "multi-user" in banner and CREDENTIALS["token"] not in banner
+        refused = requests.get(api + "/v1/jobs", timeout=10)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+        signed = jwt.encode({"user": CREDENTIALS["user"], "pass": CREDENTIALS["token"], "scope": "token"},
+                            CREDENTIALS["secret_key"], "HS256")
+        granted = requests.post(api + "/v1/token", headers={"Authorization": f"Bearer {signed}"}, timeout=10)
+        assert granted.status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

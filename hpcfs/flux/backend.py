@@ -293,7 +293,7 @@ class FluxBackend(Backend):
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def describe(self) -> dict:
-        return {"protocol": "Flux RESTful API", "server": self.client.base_url, "user": self.client.user,
+        return {"protocol": "Flux RESTful API", "server": self.client.base_url, "user": self.client.user or "-",
                 "jobs": len(self._jobs()), "read_only": True, "listing_ttl": self.listing_ttl}
 
     def close(self) -> None:

@@ -277,14 +277,6 @@ class FluxServer:
         self.http = RestServer(self.app, host, port)
         self.http.httpd.RequestHandlerClass = type("Handler", (_FluxHandler,), {})
 
-    @property
-    def url(self) -> str:
-        return self.http.url
-
-    @property
-    def port(self) -> int:
-        return self.http.port
-
     def start(self) -> "FluxServer":
         self.http.start()
         return self
@@ -456,8 +448,8 @@ def serve(args):
     server = FluxServer(args.root, args.host, args.port, credentials=credentials,
                         access_lifetime=args.access_lifetime).start()
     lines = [f"Flux RESTful API ({'multi' if multi_user else 'single'}-user mode) running jobs in {server.root} "
-             f"at {server.url}/v1/",
-             f"  connect: hpcfs mount flux://{server.http.host}:{server.port}/ MOUNTPOINT"]
+             f"at {server.http.url}/v1/",
+             f"  connect: hpcfs mount flux://{server.http.host}:{server.http.port}/ MOUNTPOINT"]
     generated = [name for name in ("FLUX_USER", "FLUX_TOKEN", "FLUX_SECRET_KEY") if not os.environ.get(name)]
     if multi_user and generated:
         values = {"FLUX_USER": credentials["user"], "FLUX_TOKEN": credentials["token"],
