@@ -181,3 +181,33 @@ def test_an_expired_bearer_token_is_renewed_once(make_flux_server, monkeypatch):
         assert flux_fs.listdir("/jobs") == [str(jobid)]
     counts = handle.log.snapshot()
     assert counts["POST /v1/token"] == 2 and counts["unauthenticated"] == 2  # the first 401, then one 403
+
+
+def test_closing_the_tree_ends_the_output_streams_it_follows(flux_server):
+    jobid = flux_server.submit("sh -c 'echo started; sleep 30'")
+    with fs.open_fs(flux_server.url()) as flux_fs:
+        deadline = time.monotonic() + 10
+        while flux_fs.readtext(f"/jobs/{jobid}/output") != "started\n":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        streaming = flux_server.server.http.httpd.connections.copy()
+    deadline = time.monotonic() + 5
+    while streaming & flux_server.server.http.httpd.connections:  # the server sees the stream's end
+        assert time.monotonic() < deadline, "the output stream outlived the tree"
+        time.sleep(0.05)
+
+
+def test_plain_http_only_to_loopback_unless_asked(caplog):
+    from hpcfs.urls import open_backend
+
+    remote, _ = open_backend("flux://flux.example.org:5000/")
+    assert remote.client.base_url == "https://flux.example.org:5000" and not caplog.records
+    local, _ = open_backend("flux://localhost:5000/")
+    assert local.client.base_url == "http://localhost:5000"
+    asked, _ = open_backend("flux://flux.example.org/", insecure_http="1")
+    assert asked.client.base_url == "http://flux.example.org"
+    assert [record.getMessage() for record in caplog.records] == [
+        "flux://flux.example.org: plain http (insecure_http): the token and job output cross the network "
+        "unencrypted"]
+    for backend in (remote, local, asked):
+        backend.close()

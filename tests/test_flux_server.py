@@ -170,3 +170,14 @@ def test_hpcfs_serve_flux_takes_its_secrets_from_the_environment(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_reader_hanging_up_ends_its_output_stream(flux_server):
+    jobid = flux_server.submit("sh -c 'echo started; sleep 30'")
+    reply = flux_server.get(f"/v1/jobs/{jobid}/output/stream", stream=True)
+    assert next(reply.iter_content(None)) == b"started\n"
+    reply.close()
+    deadline = time.monotonic() + 5
+    while flux_server.server.http.httpd.connections:  # the handler stops waiting for a job nobody follows
+        assert time.monotonic() < deadline, "the stream's handler outlived its reader"
+        time.sleep(0.05)

@@ -32,7 +32,7 @@ from .. import errors
 from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize
 from ..em.backend import _flag, _number, _verify
 from ..urls import ParsedURL
-from .client import FluxClient
+from .client import FluxClient, stream_chunks
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +70,26 @@ class OutputFollower:
         self._lock = threading.Lock()
         self.done = False  # the stream ended: the job finished (or the connection broke)
         self.failed = False
-        threading.Thread(target=self._follow, args=(client, jobid), name=f"flux-follow-{jobid}", daemon=True).start()
+        self._stopped = False
+        self._response = client.open_stream(jobid)
+        threading.Thread(target=self._follow, args=(jobid,), name=f"flux-follow-{jobid}", daemon=True).start()
 
-    def _follow(self, client: FluxClient, jobid: str):
+    def _follow(self, jobid: str):
         try:
-            for chunk in client.stream(jobid):
+            for chunk in stream_chunks(self._response, f"/jobs/{jobid}/output"):
                 with self._lock:
                     self._data += chunk
         except errors.HpcfsError as exc:
-            log.warning("following the output of job %s stopped: %s", jobid, exc)
+            if not self._stopped:
+                log.warning("following the output of job %s stopped: %s", jobid, exc)
             self.failed = True
         finally:
             self.done = True
+
+    def stop(self):
+        """End the stream (the tree is closing): its connection must not outlive the tree."""
+        self._stopped = True
+        self._response.close()
 
     @property
     def data(self) -> bytes:
@@ -297,6 +305,10 @@ class FluxBackend(Backend):
                 "jobs": len(self._jobs()), "read_only": True, "listing_ttl": self.listing_ttl}
 
     def close(self) -> None:
+        with self._lock:
+            followers, self._followers = list(self._followers.values()), {}
+        for follower in followers:
+            follower.stop()
         self.client.close()
 
 

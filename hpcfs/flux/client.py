@@ -18,6 +18,16 @@ from .. import errors
 UNREADABLE_JSON = (ValueError, RecursionError)
 
 
+def stream_chunks(response: requests.Response, where: str) -> Iterator[bytes]:
+    """The chunks of a streamed reply as they arrive; a broken connection is ``Unavailable``."""
+    try:
+        yield from response.iter_content(chunk_size=None)
+    except (requests.RequestException, AttributeError) as exc:  # AttributeError: closed by another thread
+        raise errors.Unavailable(f"the output stream broke off ({type(exc).__name__})", where) from None
+    finally:
+        response.close()
+
+
 class FluxClient:
     """Calls to one Flux RESTful API server; thread-safe (one requests session, one token)."""
 
@@ -68,16 +78,11 @@ class FluxClient:
             raise errors.ProtocolError("the server's job output is not a list of lines", where)
         return "".join(chunks).encode()
 
-    def stream(self, jobid: str) -> Iterator[bytes]:
-        """A job's output as the server streams it, from the start until the job ends."""
-        where = f"/jobs/{jobid}/output"
-        response = self._request("GET", f"/v1/jobs/{jobid}/output/stream", where, stream=True, timeout=None)
-        try:
-            yield from response.iter_content(chunk_size=None)
-        except requests.RequestException as exc:
-            raise errors.Unavailable(f"the output stream broke off ({type(exc).__name__})", where) from None
-        finally:
-            response.close()
+    def open_stream(self, jobid: str) -> requests.Response:
+        """A job's output as the server streams it, from the start until the job ends: read it with
+        :func:`stream_chunks`; closing the response (from any thread) ends the stream."""
+        return self._request("GET", f"/v1/jobs/{jobid}/output/stream", f"/jobs/{jobid}/output", stream=True,
+                             timeout=None)
 
     def nodes(self) -> dict:
         nodes = self._json("GET", "/v1/nodes", "/nodes.json")

@@ -25,6 +25,7 @@ import hmac
 import itertools
 import os
 import secrets
+import select
 import shlex
 import signal
 import socket
@@ -82,16 +83,21 @@ class Job:
                           "type": self.exception_type or None, "note": ""},
         }
 
-    def follow(self) -> Iterator[str]:
-        """The output chunks as they come, until the job is inactive and all are given."""
+    def follow(self, idle: float = 1.0) -> Iterator[str]:
+        """The output chunks as they come, until the job is inactive and all are given; an empty chunk
+        after ``idle`` seconds without output, so the caller can check that its reader is still there."""
         given = 0
         while True:
             with self.changed:
-                while given == len(self.chunks) and self.state != "INACTIVE":
-                    self.changed.wait()
+                if given == len(self.chunks) and self.state != "INACTIVE":
+                    self.changed.wait(idle)
                 fresh = self.chunks[given:]
-            if not fresh:  # inactive, and everything given
+                ended = not fresh and self.state == "INACTIVE"
+            if ended:
                 return
+            if not fresh:
+                yield ""
+                continue
             given += len(fresh)
             yield from fresh
 
@@ -346,6 +352,11 @@ class FluxServer:
         handler.end_headers()
         try:
             for chunk in job.follow() if job else ():
+                if not chunk:
+                    if _hung_up(handler.connection):  # nobody reads: end, not wait for the job's end
+                        handler.close_connection = True
+                        return None
+                    continue
                 data = chunk.encode()
                 handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 handler.wfile.flush()
@@ -399,6 +410,15 @@ class FluxServer:
 
     def _nodes(self, request: Request) -> Response:
         return Response.json({"nodes": [socket.gethostname()]})
+
+
+def _hung_up(connection: socket.socket) -> bool:
+    """Whether the client closed its end (readable, with nothing to read)."""
+    readable, _, _ = select.select([connection], [], [], 0)
+    try:
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def _arguments(request: Request) -> dict:
