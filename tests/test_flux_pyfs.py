@@ -211,3 +211,12 @@ def test_plain_http_only_to_loopback_unless_asked(caplog):
         "unencrypted"]
     for backend in (remote, local, asked):
         backend.close()
+
+
+def test_a_cached_listing_keeps_the_servers_order(flux_server):
+    jobids = [flux_server.run("true") for _ in range(6)]
+    with fs.open_fs(flux_server.url(listing_ttl=60, attr_ttl=60)) as flux_fs:
+        fresh = flux_fs.listdir("/jobs")
+        before = flux_server.log.total()
+        assert flux_fs.listdir("/jobs") == fresh == [str(jobid) for jobid in reversed(jobids)]
+        assert flux_server.log.total() == before  # the second listing came from the cache

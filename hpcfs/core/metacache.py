@@ -60,7 +60,7 @@ class MetadataCache:
             parent, name = split(path)
             names = self._listings.get(parent)
             if names is not None and name not in names and path != "/":
-                self._listings[parent] = names | {name}
+                self._listings[parent] = {**names, name: None}
 
     def put_listing(self, path, entries):
         if self._entries is None:
@@ -70,7 +70,8 @@ class MetadataCache:
                 self._entries[_child(path, entry.name)] = entry
                 if self._missing is not None:
                     self._missing.pop(_child(path, entry.name), None)
-            self._listings[path] = frozenset(entry.name for entry in entries)
+            # names in the server's order (a dict keeps it): Flux lists its jobs newest first
+            self._listings[path] = dict.fromkeys(entry.name for entry in entries)
 
     def mark_missing(self, path):
         """Record that ``path`` does not exist (after a failed stat or our own delete)."""
@@ -81,7 +82,7 @@ class MetadataCache:
             parent, name = split(path)
             names = self._listings.get(parent) if self._listings is not None else None
             if names is not None and name in names:
-                self._listings[parent] = names - {name}
+                self._listings[parent] = {known: None for known in names if known != name}
 
     def invalidate(self, path):
         """Forget ``path`` and everything below it (after a rename or an unknown change)."""
