@@ -220,3 +220,12 @@ def test_a_cached_listing_keeps_the_servers_order(flux_server):
         before = flux_server.log.total()
         assert flux_fs.listdir("/jobs") == fresh == [str(jobid) for jobid in reversed(jobids)]
         assert flux_server.log.total() == before  # the second listing came from the cache
+
+
+@pytest.mark.parametrize("garbage", [b'{"state": "RUN"}', b"[1, 2]", b"<html>proxy</html>", b'{"id": 5'])
+def test_a_garbled_job_info_is_an_io_error_naming_the_job(flux_server, jobs, garbage):
+    with fs.open_fs(flux_server.url()) as flux_fs:
+        flux_server.server.knobs.extra["garbage"] = {str(jobs[0]): garbage}
+        with pytest.raises(fs.errors.OperationFailed) as failed:
+            flux_fs.getinfo(f"/jobs/{jobs[0]}")
+    assert f"/jobs/{jobs[0]}" in str(failed.value) and failed.value.exc.errno == 5

@@ -63,7 +63,7 @@ class FluxClient:
     def job(self, jobid: str) -> Optional[dict]:
         """One job's info; None for an id the server does not know (it answers ``null``)."""
         info = self._json("GET", f"/v1/jobs/{jobid}", f"/jobs/{jobid}")
-        if info is not None and not isinstance(info, dict):
+        if info is not None and not (isinstance(info, dict) and "id" in info):
             raise errors.ProtocolError("the server's job info is not an object", f"/jobs/{jobid}")
         return info or None
 

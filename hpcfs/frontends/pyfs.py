@@ -45,7 +45,8 @@ def translate_errors(path):
                 if theirs is fs.errors.IllegalBackReference:
                     raise theirs(path) from exc
                 raise theirs(path, exc=exc) from exc
-        raise fs.errors.OperationFailed(path, exc=exc, msg=f"{path}: {exc.strerror}") from exc
+        message = f"{path}: {exc.strerror}".replace("{", "{{").replace("}", "}}")  # fs str.format()s it
+        raise fs.errors.OperationFailed(path, exc=exc, msg=message) from exc
 
 
 class HpcfsFS(FS):
