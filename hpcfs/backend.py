@@ -32,6 +32,10 @@ class Entry:
     gid: Optional[int] = None
     target: Optional[str] = None  # symlink target where the server reports it
     token: str = ""  # changes whenever the content changes; caches key on it
+    # Seconds these attributes stay true: None for the tree's attr_ttl, math.inf for content that never
+    # changes again (a finished job's files), a few seconds for a file that grows while open (a running
+    # job's output: readers ask again when they reach its end).
+    ttl: Optional[float] = None
 
     @property
     def is_dir(self):
@@ -61,6 +65,7 @@ class Capabilities:
     chmod: bool = False
     symlinks: bool = False
     set_mtime: bool = False
+    read_only: bool = False  # nothing can be written, created, renamed or deleted (EROFS up front)
     # Whether a file's listing may lag behind its upload (FirecREST, EM): the core then trusts its own
     # record of what it wrote rather than a listing taken right after.
     eventual_listing: bool = False

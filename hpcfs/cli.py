@@ -536,10 +536,10 @@ def _parser():
 
     _add_mount_commands(command)
     _add_file_commands(command)
-    serve = command("serve", "run a local test server (uftp, firecrest, em)", None,
+    serve = command("serve", "run a local test server (uftp, firecrest, em, flux)", None,
                     examples=("hpcfs serve uftp --root /tmp/data", "hpcfs serve PROTOCOL --help"))
     servers = serve.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL", title="protocols")
-    for protocol in ("uftp", "firecrest", "em"):
+    for protocol in ("uftp", "firecrest", "em", "flux"):
         module = _server_module(protocol)
         sub = command(protocol, f"a local {protocol} server over a directory, for tests and offline work",
                       cmd_serve, parent=servers)

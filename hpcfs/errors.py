@@ -49,6 +49,12 @@ class AuthenticationFailed(PermissionDenied):
     """The server refused the credentials (wrong password, revoked token)."""
 
 
+class ReadOnly(HpcfsError):
+    """The tree cannot be changed at all (a Flux job tree): every write, create, rename or delete."""
+
+    errno_code = errno.EROFS
+
+
 class NotSupported(HpcfsError):
     errno_code = errno.ENOTSUP
 

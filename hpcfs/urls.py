@@ -16,6 +16,7 @@ BACKENDS = {
     "uftp": "hpcfs.uftp.backend",
     "firecrest": "hpcfs.firecrest.backend",
     "em": "hpcfs.em.backend",
+    "flux": "hpcfs.flux.backend",
 }
 
 

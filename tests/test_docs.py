@@ -6,7 +6,7 @@ documents, so files and exported variables carry over as they do for a reader ty
 runs in a fresh home directory, with the credentials of its server in the environment (as the page's
 setup section tells the reader to export them), and with the ``hpcfs`` and ``python`` of a virtualenv made
 as the docs say: ``scripts/install``, then the ``pip install`` lines the pages give for their extras. The default endpoints in the text (``127.0.0.1:9000``
-for UFTP, ``127.0.0.1:8090`` for the EM API) are replaced by the test server's. Blocks tagged ```sh,
+for UFTP, ``127.0.0.1:8090`` for the EM API, ``127.0.0.1:5000`` for Flux) are replaced by the test server's. Blocks tagged ```sh,
 ```ini or ```text are shown, not run, but every ``hpcfs`` command line in them must parse.
 """
 import fcntl
@@ -30,6 +30,7 @@ PAGES = {
     "docs/guide/uftp.md": "uftp",
     "docs/guide/firecrest.md": "firecrest",
     "docs/guide/em.md": "em",
+    "docs/guide/flux.md": "flux",
     "docs/servers.md": None,
     "docs/troubleshooting.md": "uftp",
 }
@@ -72,6 +73,8 @@ def server_setup(request, kind):
         for volume in ("pod-a", "pod-b"):
             os.makedirs(os.path.join(handle.root, volume), exist_ok=True)
         return handle.env, {"127.0.0.1:8090": f"127.0.0.1:{handle.server.port}"}
+    if kind == "flux":
+        return handle.env, {"127.0.0.1:5000": f"127.0.0.1:{handle.server.http.port}"}
     return handle.env, {}
 
 

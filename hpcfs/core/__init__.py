@@ -14,7 +14,9 @@ def open_tree(url, subpath="/", **options):
     core_names = CoreOptions.names()
     backend_options = {key: value for key, value in options.items() if key not in core_names}
     backend, root = open_backend(url, **backend_options)
-    tunables = {key: value for key, value in parse(url).params.items() if key in core_names}
+    # A protocol may need other defaults (Flux: short attr_ttl, so the kernel sees a running job's output grow)
+    tunables = dict(getattr(backend_module(parse(url).scheme), "CORE_DEFAULTS", {}))
+    tunables.update({key: value for key, value in parse(url).params.items() if key in core_names})
     tunables.update({key: value for key, value in options.items() if key in core_names})
     try:
         core_options = CoreOptions.from_strings(tunables)
@@ -50,6 +52,6 @@ def _check_positive_seconds(name, value):
         raise UsageError(f"option {name} must be a number of seconds above 0, not {value!r}")
 
 
-SECRET_NAMES = {"password", "client_secret", "token", "secret"}  # options that hold (or are) a credential
+SECRET_NAMES = {"password", "client_secret", "token", "secret", "secret_key"}  # options that hold (or are) a credential
 
 __all__ = ["CoreOptions", "RemoteTree", "check_options", "open_tree"]

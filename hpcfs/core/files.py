@@ -12,6 +12,7 @@ Two writers of one file each have their own spool; the last one to close wins, a
 import collections
 import errno
 import io
+import math
 import os
 import tempfile
 import threading
@@ -60,7 +61,14 @@ class RemoteFile:
             return os.pread(self._spool_fd, size, offset)
         if self.entry is None:
             return b""
+        if offset + size > self.entry.size and self._may_have_grown():
+            self.entry = self.tree.stat(self.path)  # through the cache, which keeps it for entry.ttl
         return self.tree.read_data(self.path, self.entry, self.pattern, offset, size)
+
+    def _may_have_grown(self) -> bool:
+        """A file the backend marked short-lived (a running job's output) may have grown since it was
+        opened: a read at its end asks again, so ``tail -f`` follows it."""
+        return self.entry.ttl is not None and math.isfinite(self.entry.ttl)
 
     def write(self, offset, data):
         self._require_writable()

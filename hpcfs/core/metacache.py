@@ -1,13 +1,14 @@
 """Metadata cache: one directory listing fills the attributes of every child.
 
 After ``ls`` of a directory, ``stat`` of any child costs nothing, and a name missing from a cached listing
-is known not to exist without asking the server.  Entries live for ``ttl`` seconds, known-missing paths for
-``negative_ttl``; the tree's own writes invalidate exactly what they change.  cachetools caches are not
+is known not to exist without asking the server.  Entries live for ``ttl`` seconds unless the backend gave
+an entry its own (``Entry.ttl``: forever for a finished job's files, briefly for a running job's output),
+known-missing paths for ``negative_ttl``; the tree's own writes invalidate exactly what they change.  cachetools caches are not
 thread-safe, so one lock guards all three maps.
 """
 import threading
 
-from cachetools import TTLCache
+from cachetools import TLRUCache, TTLCache
 
 from ..backend import split
 
@@ -17,7 +18,7 @@ class MetadataCache:
 
     def __init__(self, ttl: float = 30.0, negative_ttl: float = 5.0, maxsize: int = 200_000):
         self._lock = threading.Lock()
-        self._entries = TTLCache(maxsize, ttl) if ttl > 0 else None
+        self._entries = TLRUCache(maxsize, _expiry(ttl)) if ttl > 0 else None
         self._listings = TTLCache(max(maxsize // 10, 16), ttl) if ttl > 0 else None
         self._missing = TTLCache(maxsize, negative_ttl) if negative_ttl > 0 else None
 
@@ -59,7 +60,7 @@ class MetadataCache:
             parent, name = split(path)
             names = self._listings.get(parent)
             if names is not None and name not in names and path != "/":
-                self._listings[parent] = names | {name}
+                self._listings[parent] = {**names, name: None}
 
     def put_listing(self, path, entries):
         if self._entries is None:
@@ -69,7 +70,8 @@ class MetadataCache:
                 self._entries[_child(path, entry.name)] = entry
                 if self._missing is not None:
                     self._missing.pop(_child(path, entry.name), None)
-            self._listings[path] = frozenset(entry.name for entry in entries)
+            # names in the server's order (a dict keeps it): Flux lists its jobs newest first
+            self._listings[path] = dict.fromkeys(entry.name for entry in entries)
 
     def mark_missing(self, path):
         """Record that ``path`` does not exist (after a failed stat or our own delete)."""
@@ -80,7 +82,7 @@ class MetadataCache:
             parent, name = split(path)
             names = self._listings.get(parent) if self._listings is not None else None
             if names is not None and name in names:
-                self._listings[parent] = names - {name}
+                self._listings[parent] = {known: None for known in names if known != name}
 
     def invalidate(self, path):
         """Forget ``path`` and everything below it (after a rename or an unknown change)."""
@@ -102,6 +104,15 @@ class MetadataCache:
         for cache in (self._entries, self._listings, self._missing):
             if cache is not None:
                 cache.pop(path, None)
+
+
+def _expiry(default_ttl: float):
+    """When a cached entry expires: after its own ``ttl`` where the backend set one, else the default."""
+
+    def expires_at(_path, entry, now: float) -> float:
+        return now + (default_ttl if entry.ttl is None else entry.ttl)
+
+    return expires_at
 
 
 def _child(directory, name):

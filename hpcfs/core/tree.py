@@ -93,6 +93,8 @@ class RemoteTree:
     def open(self, path, writable=False, truncate=False, create=False, exclusive=False):
         """Open a file; ``create`` makes it if missing, ``exclusive`` refuses an existing one."""
         path = normalize(path)
+        if writable:
+            self._require_writable(path)
         try:
             entry = self._stat_server(path)
         except errors.NotFound:
@@ -202,6 +204,7 @@ class RemoteTree:
     # -- namespace ------------------------------------------------------------------------------------
     def mkdir(self, path):
         path = normalize(path)
+        self._require_writable(path)
         if self.exists(path):
             raise errors.AlreadyExists("file exists", path)
         self._require_directory(split(path)[0])
@@ -211,6 +214,7 @@ class RemoteTree:
 
     def remove(self, path):
         path = normalize(path)
+        self._require_writable(path)
         if self.stat(path).is_dir:
             raise errors.IsADirectory("is a directory", path)
         self.backend.remove(self.remote_path(path))
@@ -219,6 +223,7 @@ class RemoteTree:
 
     def rmdir(self, path):
         path = normalize(path)
+        self._require_writable(path)
         if path == "/":
             raise errors.PermissionDenied("cannot remove the root of the tree", path)
         if not self.stat(path).is_dir:
@@ -229,6 +234,7 @@ class RemoteTree:
 
     def rename(self, src, dst):
         src, dst = normalize(src), normalize(dst)
+        self._require_writable(src)
         if self.capabilities.rename == "none":
             raise errors.NotSupported("the server cannot rename", src)
         entry = self.stat(src)
@@ -243,6 +249,7 @@ class RemoteTree:
 
     def chmod(self, path, mode):
         path = normalize(path)
+        self._require_writable(path)
         if not self.capabilities.chmod:
             raise errors.NotSupported("the server cannot change permissions", path)
         writer = self._writer(path)
@@ -256,6 +263,7 @@ class RemoteTree:
     def set_mtime(self, path, mtime):
         """Set the modification time; ignored (like the spool's own time) where the server cannot."""
         path = normalize(path)
+        self._require_writable(path)
         if not self.capabilities.set_mtime:
             return
         writer = self._writer(path)
@@ -268,6 +276,7 @@ class RemoteTree:
 
     def symlink(self, target, path):
         path = normalize(path)
+        self._require_writable(path)
         if not self.capabilities.symlinks:
             raise errors.NotSupported("the server has no symbolic links", path)
         self.backend.symlink(target, self.remote_path(path))
@@ -284,6 +293,12 @@ class RemoteTree:
         self.backend.close()
 
     # -- internals ------------------------------------------------------------------------------------
+    def _require_writable(self, path: str) -> None:
+        """Refuse any change to a read-only tree before anything else is checked or sent."""
+        if self.capabilities.read_only:
+            raise errors.ReadOnly("read-only file system: nothing here can be written, created, renamed or "
+                                  "deleted", path)
+
     def remote_path(self, path):
         """The backend's path for a path in this tree."""
         return normalize(posixpath.join(self.root, path.lstrip("/")))

@@ -17,7 +17,7 @@ from ..urls import split_service
 
 
 class HpcfsFileSystem(AbstractFileSystem):
-    protocol = ("uftp", "firecrest", "em")
+    protocol = ("uftp", "firecrest", "em", "flux")
     root_marker = "/"
 
     def __init__(self, service_url, auto_mkdir=False, **options):

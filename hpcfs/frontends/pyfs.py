@@ -1,4 +1,4 @@
-"""PyFilesystem2 front end: ``fs.open_fs("uftp://...")``, ``firecrest://...``, ``em://...``.
+"""PyFilesystem2 front end: ``fs.open_fs("uftp://...")``, ``firecrest://...``, ``em://...``, ``flux://...``.
 
 A thin adapter: every call goes to the core's RemoteTree, and one context manager translates
 ``hpcfs.errors`` into ``fs.errors``.  ``scandir`` fills ``details`` from the directory listing, so
@@ -28,6 +28,7 @@ _TRANSLATION = [
     (errors.DirectoryNotEmpty, fs.errors.DirectoryNotEmpty),
     (errors.AlreadyExists, fs.errors.FileExists),
     (errors.PermissionDenied, fs.errors.PermissionDenied),
+    (errors.ReadOnly, fs.errors.ResourceReadOnly),
     (errors.NotSupported, fs.errors.Unsupported),
     (errors.InvalidPath, fs.errors.IllegalBackReference),
     (errors.Unavailable, fs.errors.RemoteConnectionError),
@@ -44,7 +45,8 @@ def translate_errors(path):
                 if theirs is fs.errors.IllegalBackReference:
                     raise theirs(path) from exc
                 raise theirs(path, exc=exc) from exc
-        raise fs.errors.OperationFailed(path, exc=exc, msg=f"{path}: {exc.strerror}") from exc
+        message = f"{path}: {exc.strerror}".replace("{", "{{").replace("}", "}}")  # fs str.format()s it
+        raise fs.errors.OperationFailed(path, exc=exc, msg=message) from exc
 
 
 class HpcfsFS(FS):
@@ -224,3 +226,7 @@ class FirecrestOpener(_HpcfsOpener):
 
 class EMOpener(_HpcfsOpener):
     protocols = ["em"]
+
+
+class FluxOpener(_HpcfsOpener):
+    protocols = ["flux"]

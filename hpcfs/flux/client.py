@@ -1,0 +1,170 @@
+"""The Flux RESTful API on the wire: the ``/v1`` job endpoints, and the multi-user mode's token exchange.
+
+A server in single-user mode answers without authentication.  In multi-user mode it answers ``401`` with
+``WWW-Authenticate``; the client then signs ``{"user", "pass", "scope": "token"}`` with the shared
+``FLUX_SECRET_KEY`` (HS256, as flux-restful-client does), exchanges it at ``POST /v1/token`` for a bearer
+token and repeats the request.  An expired bearer token is answered ``403``: one new exchange and one
+repeat (the official client never renews, so its sessions die after the token's lifetime).
+"""
+import json
+import threading
+from typing import Iterator, List, Optional
+
+import jwt
+import requests
+
+from .. import errors
+
+UNREADABLE_JSON = (ValueError, RecursionError)
+
+
+def stream_chunks(response: requests.Response, where: str) -> Iterator[bytes]:
+    """The chunks of a streamed reply as they arrive; a broken connection is ``Unavailable``."""
+    try:
+        yield from response.iter_content(chunk_size=None)
+    except (requests.RequestException, AttributeError) as exc:  # AttributeError: closed by another thread
+        raise errors.Unavailable(f"the output stream broke off ({type(exc).__name__})", where) from None
+    finally:
+        response.close()
+
+
+class FluxClient:
+    """Calls to one Flux RESTful API server; thread-safe (one requests session, one token)."""
+
+    def __init__(self, base_url: str, user: Optional[str] = None, token: Optional[str] = None,
+                 secret_key: Optional[str] = None, *, verify=True, timeout: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        self.user = user
+        self._token, self._secret_key = token, secret_key
+        self._verify = verify  # per request: a session's verify loses to $REQUESTS_CA_BUNDLE
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._bearer: Optional[str] = None
+        self._lock = threading.Lock()
+
+    def __repr__(self):
+        return f"FluxClient({self.base_url!r}, user={self.user!r})"
+
+    # -- endpoints --------------------------------------------------------------------------------------
+    def jobs(self) -> List[dict]:
+        """Every job's info, newest first: one ``jobs?details=true&listing=true`` request.
+
+        Server versions read these flags from the query or from a JSON body: both are sent."""
+        flags = {"details": "true", "listing": "true"}
+        listing = self._json("GET", "/v1/jobs", "/jobs", params=flags, json=flags)
+        if isinstance(listing, dict) and isinstance(listing.get("jobs"), list):  # ids only: details unknown
+            return [self.job(str(item.get("id"))) or {"id": item.get("id")} for item in listing["jobs"]]
+        if isinstance(listing, dict):
+            listing = list(listing.values())
+        if not isinstance(listing, list) or not all(isinstance(item, dict) and "id" in item for item in listing):
+            raise errors.ProtocolError("the server's job listing is not a list of jobs", "/jobs")
+        return listing
+
+    def job(self, jobid: str) -> Optional[dict]:
+        """One job's info; None for an id the server does not know (it answers ``null``)."""
+        info = self._json("GET", f"/v1/jobs/{jobid}", f"/jobs/{jobid}")
+        if info is not None and not (isinstance(info, dict) and "id" in info):
+            raise errors.ProtocolError("the server's job info is not an object", f"/jobs/{jobid}")
+        return info or None
+
+    def output(self, jobid: str) -> bytes:
+        """A finished job's output: the ``Output`` chunks joined (each keeps its newline)."""
+        where = f"/jobs/{jobid}/output"
+        body = self._json("GET", f"/v1/jobs/{jobid}/output", where)
+        if isinstance(body, dict) and "Message" in body and "Output" not in body:
+            return b""  # "The output does not exist yet": a job that printed nothing
+        chunks = body.get("Output") if isinstance(body, dict) else None
+        if not isinstance(chunks, list) or not all(isinstance(chunk, str) for chunk in chunks):
+            raise errors.ProtocolError("the server's job output is not a list of lines", where)
+        return "".join(chunks).encode()
+
+    def open_stream(self, jobid: str) -> requests.Response:
+        """A job's output as the server streams it, from the start until the job ends: read it with
+        :func:`stream_chunks`; closing the response (from any thread) ends the stream."""
+        return self._request("GET", f"/v1/jobs/{jobid}/output/stream", f"/jobs/{jobid}/output", stream=True,
+                             timeout=None)
+
+    def nodes(self) -> dict:
+        nodes = self._json("GET", "/v1/nodes", "/nodes.json")
+        if not isinstance(nodes, dict):
+            raise errors.ProtocolError("the server's node list is not an object", "/nodes.json")
+        return nodes
+
+    def close(self):
+        self._session.close()
+
+    # -- requests ---------------------------------------------------------------------------------------
+    def _json(self, method: str, endpoint: str, where: str, **arguments):
+        response = self._request(method, endpoint, where, **arguments)
+        try:
+            return response.json()
+        except UNREADABLE_JSON:
+            start = " ".join(response.text[:80].split())
+            raise errors.ProtocolError(f"the server's answer is not JSON: {start!r}", where) from None
+        finally:
+            response.close()
+
+    def _request(self, method: str, endpoint: str, where: str, **arguments) -> requests.Response:
+        """One exchange; after a 401 (no token yet) or 403 (token expired), one token exchange and a repeat."""
+        response = self._send(method, endpoint, where, **arguments)
+        if response.status_code in (401, 403) and self._can_authenticate(response):
+            response.close()
+            self._exchange_token(where)
+            response = self._send(method, endpoint, where, **arguments)
+        if 200 <= response.status_code < 300:
+            return response
+        try:
+            raise self._failure(response, where)
+        finally:
+            response.close()
+
+    def _can_authenticate(self, response: requests.Response) -> bool:
+        return response.status_code == 403 and self._bearer is not None or "www-authenticate" in response.headers
+
+    def _send(self, method: str, endpoint: str, where: str, *, headers=None, timeout: Optional[float] = -1,
+              **arguments) -> requests.Response:
+        headers = dict(headers or {})
+        if self._bearer and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {self._bearer}"
+        read_timeout = self.timeout if timeout == -1 else timeout
+        try:
+            return self._session.request(method, self.base_url + endpoint, headers=headers, verify=self._verify,
+                                         timeout=(10.0, read_timeout), **arguments)
+        except requests.Timeout:
+            raise errors.TimedOut(f"no answer from {self.base_url} within {self.timeout:g} s", where) from None
+        except requests.ConnectionError as exc:
+            raise errors.Unavailable(f"cannot reach {self.base_url}: {type(exc).__name__}", where) from None
+
+    def _exchange_token(self, where: str):
+        """``POST /v1/token`` with the user and token signed by the secret key: a bearer token."""
+        with self._lock:
+            missing = [name for name, value in (("FLUX_USER", self.user), ("FLUX_TOKEN", self._token),
+                                                ("FLUX_SECRET_KEY", self._secret_key)) if not value]
+            if missing:
+                raise errors.AuthenticationFailed(
+                    f"the server requires authentication: set {', '.join(missing)}", where)
+            signed = jwt.encode({"user": self.user, "pass": self._token, "scope": "token"}, self._secret_key,
+                                algorithm="HS256")
+            response = self._send("POST", "/v1/token", where, headers={"Authorization": f"Bearer {signed}"})
+            try:
+                token = response.json().get("access_token") if response.status_code == 200 else None
+            except (*UNREADABLE_JSON, AttributeError):
+                token = None
+            finally:
+                response.close()
+            if not isinstance(token, str):
+                raise errors.AuthenticationFailed(
+                    f"the server refused the token of user {self.user} (HTTP {response.status_code})", where)
+            self._bearer = token
+
+    @staticmethod
+    def _failure(response: requests.Response, where: str) -> errors.HpcfsError:
+        try:
+            body = response.json()
+            message = body.get("detail") or body.get("Message") if isinstance(body, dict) else None
+        except UNREADABLE_JSON:
+            message = None
+        text = f"{message or json.dumps(response.text[:120])} (HTTP {response.status_code})"
+        by_status = {401: errors.AuthenticationFailed, 403: errors.AuthenticationFailed, 404: errors.NotFound,
+                     502: errors.Unavailable, 503: errors.Unavailable, 504: errors.Unavailable}
+        return by_status.get(response.status_code, errors.HpcfsError)(text, where)
