@@ -28,9 +28,9 @@ from typing import Dict, List, Optional, Tuple
 
 from cachetools import LRUCache
 
-from .. import errors
+from .. import errors, net
 from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize
-from ..em.backend import _flag, _number, _verify
+from ..em.backend import _flag, _number
 from ..urls import ParsedURL
 from .client import FluxClient, stream_chunks
 
@@ -314,7 +314,7 @@ class FluxBackend(Backend):
 
 # -- URLs -----------------------------------------------------------------------------------------------
 # What backend_from_url reads from options and the URL query; anything else is a user's typo.
-OPTIONS = {"user", "token", "secret_key", "insecure_http", "verify", "timeout", "listing_ttl", "live_ttl"}
+OPTIONS = {"user", "token", "secret_key", "insecure_http", "verify", "ca_file", "timeout", "listing_ttl", "live_ttl"}
 
 
 def _is_loopback(host: str) -> bool:
@@ -347,7 +347,7 @@ def backend_from_url(url: ParsedURL, options: dict):
         url.username or settings.get("user") or os.environ.get("FLUX_USER"),
         url.password or settings.get("token") or os.environ.get("FLUX_TOKEN"),
         settings.get("secret_key") or os.environ.get("FLUX_SECRET_KEY"),
-        verify=_verify(settings),
+        verify=net.parse_verify(settings.get("verify"), settings.get("ca_file")),
         timeout=_number(settings, "timeout", 30.0),
     )
     backend = FluxBackend(client, listing_ttl=_number(settings, "listing_ttl", 2.0),
