@@ -444,7 +444,7 @@ def _integer(value) -> Optional[int]:
 # -- hpcfs serve flux -----------------------------------------------------------------------------------
 def add_arguments(parser):
     parser.add_argument("--root", help="working directory of the jobs (default: a new temporary directory)")
-    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
     parser.add_argument("--require-auth", action="store_true",
                         help="multi-user mode: bearer tokens from FLUX_USER, FLUX_TOKEN and FLUX_SECRET_KEY "
