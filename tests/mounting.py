@@ -102,3 +102,15 @@ def write_random(path, size):
         for offset in range(0, size, 1 << 20):
             handle.write(os.urandom(min(1 << 20, size - offset)))
     return path
+
+
+@contextlib.contextmanager
+def small_tmpfs(directory, size, mode=None):
+    """A tmpfs of ``size`` (``"1M"``) on ``directory`` (we run as root): a local disk that fills up."""
+    os.makedirs(directory, exist_ok=True)
+    options = f"size={size}" + (f",mode={mode}" if mode else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from mounting import small_tmpfs
+
 from mounting import HPCFS, sha256_file, tree_digests, write_random
 from test_cli import cli, isolated, ok, one_line_error, remote, uftp, write_config  # noqa: F401 (fixtures)
 
@@ -194,13 +196,8 @@ def test_ctrl_c_during_a_download_keeps_the_partial_file_and_says_how_to_resume(
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs (we run as root); unmounted afterwards."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mountpoint)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "1M") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def test_a_full_local_disk_names_the_path_and_keeps_the_partial_download_for_resume(cli, uftp, small_disk):

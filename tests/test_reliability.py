@@ -19,6 +19,8 @@ import tracemalloc
 
 import pytest
 
+from mounting import small_tmpfs
+
 from hpcfs.servers.uftp import UFTPServer
 from hpcfs.frontends.fuse import is_mounted
 from mounting import hpcfs, mounted, sha256_file, write_random
@@ -188,13 +190,8 @@ def test_a_failed_upload_keeps_the_data_and_says_where(uftp_server, tmp_path):
 @pytest.fixture
 def tiny_spool(tmp_path):
     """A 2 MiB tmpfs to spool on: a local disk that fills up."""
-    directory = tmp_path / "tiny-spool"
-    directory.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M,mode=700", "tmpfs", str(directory)], check=True)
-    try:
-        yield str(directory)
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
+    with small_tmpfs(str(tmp_path / "tiny-spool"), "2M", mode="700") as directory:
+        yield directory
 
 
 def test_a_full_spool_disk_publishes_nothing_and_says_where(service, tmp_path, tiny_spool):
