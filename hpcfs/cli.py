@@ -551,7 +551,8 @@ def _parser():
 def _add_mount_commands(command):
     mount = command("mount", "mount a remote tree on a directory (in the background unless --foreground)",
                     cmd_mount, examples=("hpcfs mount myhpc:/scratch ~/mnt/hpc",
-                                         "hpcfs mount -r -o attr_ttl=60,readahead=64M uftp://HOST:PORT/rest/auth/SERVER:/ ~/mnt/hpc",
+                                         "hpcfs mount -r -o attr_ttl=60,readahead=64M "
+                                         "uftp://HOST:PORT/rest/auth/SERVER:/ ~/mnt/hpc",
                                          "hpcfs umount ~/mnt/hpc"))
     mount.add_argument("url", metavar="LOCATION", help=LOCATION)
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")

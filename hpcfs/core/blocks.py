@@ -45,7 +45,7 @@ class ReadPattern:
 RUNS_IN_FLIGHT = 4  # most runs one sequential reader's readahead window is cut into
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def keep_freed_block_memory() -> bool:
     """Tell glibc's malloc to keep freed block buffers in the process instead of returning them to the
     system at once.  Blocks of a few MiB are allocated and freed at the rate data streams through the

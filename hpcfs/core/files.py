@@ -146,8 +146,10 @@ class RemoteFile:
         """Attributes as the user sees them while the file is open for writing."""
         base = self.entry or Entry(name=self.path.rsplit("/", 1)[-1], kind=FILE, mode=0o644)
         return Entry(
-            name=base.name, kind=FILE, size=self._size, mtime=self._modified if self.pending_mtime is None else self.pending_mtime,
-            mode=base.mode if self.pending_mode is None else self.pending_mode, uid=base.uid, gid=base.gid, token=f"spool:{id(self)}:{self._size}",
+            name=base.name, kind=FILE, size=self._size,
+            mtime=self._modified if self.pending_mtime is None else self.pending_mtime,
+            mode=base.mode if self.pending_mode is None else self.pending_mode, uid=base.uid, gid=base.gid,
+            token=f"spool:{id(self)}:{self._size}",
         )
 
     # -- internals ------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 After ``ls`` of a directory, ``stat`` of any child costs nothing, and a name missing from a cached listing
 is known not to exist without asking the server.  Entries live for ``ttl`` seconds unless the backend gave
 an entry its own (``Entry.ttl``: forever for a finished job's files, briefly for a running job's output),
-known-missing paths for ``negative_ttl``; the tree's own writes invalidate exactly what they change.  cachetools caches are not
-thread-safe, so one lock guards all three maps.
+known-missing paths for ``negative_ttl``; the tree's own writes invalidate exactly what they change.
+cachetools caches are not thread-safe, so one lock guards all three maps.
 """
 import threading
 
@@ -91,7 +91,7 @@ class MetadataCache:
             prefix = path.rstrip("/") + "/"
             for cache in (self._entries, self._listings, self._missing):
                 if cache is not None:
-                    for key in [key for key in cache.keys() if key.startswith(prefix)]:
+                    for key in [key for key in cache if key.startswith(prefix)]:
                         cache.pop(key, None)
 
     def invalidate_listing(self, path):

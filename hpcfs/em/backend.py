@@ -488,7 +488,7 @@ class EMBackend(Backend):
         """Download ``files`` to a local spool, then upload them, one batched call per target directory."""
         by_directory: Dict[str, List[Tuple[str, str, int]]] = {}
         with tempfile.TemporaryDirectory(prefix="hpcfs-em-move-") as spool:
-            for index, (path, entry) in enumerate(files):
+            for index, (path, _entry) in enumerate(files):
                 local = os.path.join(spool, str(index))
                 with open(local, "wb") as sink:
                     size = self.client.download(src_volume, path, sink)
@@ -573,8 +573,8 @@ def _is_loopback(host: str) -> bool:
 
 
 # What backend_from_url reads from options and the URL query; anything else is a user's typo.
-OPTIONS = {"username", "password", "pods", "tls", "scheme", "verify", "ca_file", "timeout", "upload_timeout", "busy_timeout",
-           "busy_backoff", "listing_ttl", "volumes_ttl", "max_upload", "max_files"}
+OPTIONS = {"username", "password", "pods", "tls", "scheme", "verify", "ca_file", "timeout", "upload_timeout",
+           "busy_timeout", "busy_backoff", "listing_ttl", "volumes_ttl", "max_upload", "max_files"}
 
 
 def backend_from_url(url: ParsedURL, options: dict):
@@ -601,7 +601,7 @@ def backend_from_url(url: ParsedURL, options: dict):
     root = normalize(url.path)
     host = f"[{url.host}]" if ":" in url.host else url.host
     client = EMClient(
-        f"{scheme}://{host}{':%d' % url.port if url.port else ''}",
+        f"{scheme}://{host}{f':{url.port}' if url.port else ''}",
         username,
         password,
         verify=net.parse_verify(settings.get("verify"), settings.get("ca_file")),

@@ -232,8 +232,8 @@ class EMClient:
             response.close()
         raise errors.NotSupported(f"the server refuses both GET and POST on {endpoint}", where)
 
-    def _call(self, method: str, endpoint: str, where: str, *, passthrough=(), body: Callable = None,
-              timeout: float = None, **arguments) -> net.Response:
+    def _call(self, method: str, endpoint: str, where: str, *, passthrough=(), body: Optional[Callable] = None,
+              timeout: Optional[float] = None, **arguments) -> net.Response:
         """One authenticated exchange: renew the token if due, replay once after a 401, retry 423s."""
         with self._lock:
             send = functools.partial(self._send, method, endpoint, where, body=body, timeout=timeout, **arguments)

@@ -343,7 +343,7 @@ def backend_from_url(url: ParsedURL, options: dict):
                     "unencrypted", url.host)
     host = f"[{url.host}]" if ":" in url.host else url.host
     client = FluxClient(
-        f"{scheme}://{host}{':%d' % url.port if url.port else ''}",
+        f"{scheme}://{host}{f':{url.port}' if url.port else ''}",
         url.username or settings.get("user") or os.environ.get("FLUX_USER"),
         url.password or settings.get("token") or os.environ.get("FLUX_TOKEN"),
         settings.get("secret_key") or os.environ.get("FLUX_SECRET_KEY"),

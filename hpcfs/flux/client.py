@@ -119,7 +119,7 @@ class FluxClient:
             response.close()
 
     def _can_authenticate(self, response: requests.Response) -> bool:
-        return response.status_code == 403 and self._bearer is not None or "www-authenticate" in response.headers
+        return (response.status_code == 403 and self._bearer is not None) or "www-authenticate" in response.headers
 
     def _send(self, method: str, endpoint: str, where: str, *, headers=None, timeout: Optional[float] = -1,
               **arguments) -> requests.Response:

@@ -23,7 +23,7 @@ from .. import errors
 # mfusepy loads libfuse2 first when both are installed; libfuse3 gives 1 MiB requests and is what we test.
 if ctypes.util.find_library("fuse3"):
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
-import mfusepy as fuse  # noqa: E402
+import mfusepy as fuse
 
 log = logging.getLogger("hpcfs.fuse")
 

@@ -393,7 +393,7 @@ class RestApp:
     longer than its route's ``max_body`` is refused (413) before the handler runs."""
 
     def __init__(self, knobs: Optional[Knobs] = None, log: Optional[RequestLog] = None):
-        self.routes: List[Tuple[str, "re.Pattern", str, Handler, MaxBody]] = []
+        self.routes: List[Tuple[str, re.Pattern, str, Handler, MaxBody]] = []
         self.knobs = knobs or Knobs()
         self.log = log or RequestLog()
 

@@ -28,9 +28,9 @@ import time
 import uuid
 from typing import Dict, Optional, Tuple
 
-from .common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, PrivateDirectory, Request, Response, RestApp, RestServer, RequestLog,
-                     add_latency_argument, add_secret_file_argument, credential_lines, generated_account,
-                     naming_ports, read_private_file, run_until_interrupted, self_signed_certificate,
+from .common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, PrivateDirectory, Request, RequestLog, Response,
+                     RestApp, RestServer, add_latency_argument, add_secret_file_argument, credential_lines,
+                     generated_account, naming_ports, read_private_file, run_until_interrupted, self_signed_certificate,
                      temporary_directory)
 from .firecrest_auth import TokenIssuer, TokenRejected
 from .firecrest_jobs import (Scheduler, copy, delete, egress_script, file_script, ingress_script, move,
@@ -135,7 +135,8 @@ class FirecrestServer:
         try:
             self.api = RestServer(self._build_api(), host, port)
             try:
-                self.s3 = RestServer(build_app(self.store, self.knobs, self.log, lambda: self.knob("max_part_size")), host, s3_port)
+                s3_app = build_app(self.store, self.knobs, self.log, lambda: self.knob("max_part_size"))
+                self.s3 = RestServer(s3_app, host, s3_port)
             except OSError:
                 self.api.httpd.server_close()
                 raise

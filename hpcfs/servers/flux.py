@@ -72,7 +72,8 @@ class Job:
     def info(self) -> dict:
         """What ``GET /v1/jobs/{id}`` answers: Flux's job-list attributes plus the server's additions."""
         return {
-            "id": self.id, "userid": os.getuid(), "urgency": 16, "priority": 16, "name": os.path.basename(self.command[0]),
+            "id": self.id, "userid": os.getuid(), "urgency": 16, "priority": 16,
+            "name": os.path.basename(self.command[0]),
             "cwd": self.cwd, "ntasks": 1, "ncores": 1, "nnodes": 1, "ranks": "0", "nodelist": socket.gethostname(),
             "duration": self.runtime, "t_submit": self.t_submit, "t_depend": self.t_submit,
             "t_run": self.t_run, "t_cleanup": self.t_inactive, "t_inactive": self.t_inactive,

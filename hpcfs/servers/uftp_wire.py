@@ -37,7 +37,8 @@ def mlst_facts(real, virtual):
     perm = _perm(real, "lwe" if is_dir else "rwx", "")
     modify = time.strftime("%Y%m%d%H%M%S", time.localtime(st.st_mtime))
     kind = "dir" if is_dir else "file"
-    return f"size={st.st_size};modify={modify};type={kind};perm={perm};UNIX.mode={st.st_mode:o}; {_display_name(virtual)}"
+    facts = f"size={st.st_size};modify={modify};type={kind};perm={perm};UNIX.mode={st.st_mode:o}"
+    return f"{facts}; {_display_name(virtual)}"
 
 
 def stat_line(real, virtual):
@@ -53,7 +54,8 @@ def ls_line(real, virtual):
     fmt = "%b %d %Y" if st.st_mtime < int(time.time()) - half_a_year else "%b %d %H:%M"
     date = time.strftime(fmt, time.localtime(st.st_mtime))
     kind, links = ("d", 3) if is_dir else ("-", 1)
-    return f"{kind}{_perm(real, 'rwx', '-')}------   {links} dummy dummy {st.st_size} {date} {posixpath.basename(virtual)}\r"
+    name = posixpath.basename(virtual)
+    return f"{kind}{_perm(real, 'rwx', '-')}------   {links} dummy dummy {st.st_size} {date} {name}\r"
 
 
 # -- the control connection ----------------------------------------------------------------------------
@@ -225,7 +227,7 @@ class MultiStreamData:
                 return b""  # EOF
             magic, position, seq, size, length = FRAME.unpack(header)
             if magic != FRAME_MAGIC or position != index or seq != self.read_seq:
-                raise IOError(f"I/O error reader {index} (bad multi-stream frame header)")
+                raise OSError(f"I/O error reader {index} (bad multi-stream frame header)")
             if index == 0:
                 block = bytearray(size)
             offset = position * (size // len(self.streams))

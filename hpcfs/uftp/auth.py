@@ -3,8 +3,8 @@
 ``POST https://HOST:PORT[/SITE]/rest/auth/SERVER`` with ``{"serverPath": base + "/", "persistent": true}``
 answers ``{"serverHost", "serverPort", "secret"}`` (/work/shared/reference/uftp.md §2).  Credentials are
 HTTP Basic, a bearer token, or a JWT that we sign ourselves with an SSH private key (what pyunicore and
-pyuftp do with pyjwt, done here with ``cryptography``, or by ssh-agent through paramiko).  Nothing here ever puts a password, token,
-key or secret into a message, a log line or a repr.
+pyuftp do with pyjwt, done here with ``cryptography``, or by ssh-agent through paramiko).  Nothing here ever puts
+a password, token, key or secret into a message, a log line or a repr.
 """
 import base64
 import getpass
@@ -57,7 +57,7 @@ class BasicCredential(Credential):
         self._password = password
 
     def header(self):
-        pair = f"{self.user}:{self._password}".encode("utf-8")
+        pair = f"{self.user}:{self._password}".encode()
         return "Basic " + base64.b64encode(pair).decode("ascii")
 
     def secrets(self):

@@ -121,7 +121,7 @@ class ControlSession:
     @property
     def peer(self):
         try:
-            return "%s:%s" % self._sock.getpeername()[:2]
+            return "{}:{}".format(*self._sock.getpeername()[:2])
         except OSError:
             return "closed"
 
