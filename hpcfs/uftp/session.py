@@ -386,12 +386,14 @@ class ControlSession:
                         buffer = memoryview(bytearray(min(chunk, count - received)))
             elif final is None:
                 final = self._early_reply(poller, path)
-        if filled:
-            consume(buffer[:filled])
         final = final or self.read_reply()
         if final.code != 226:
             raise transfer_error(final, path) if not final.ok else errors.ProtocolError(
                 f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
+        # Only now is a short last chunk the file's end rather than a cut: handing it on earlier would let
+        # a retry, which resumes after what was consumed, deliver the rest as misaligned pieces.
+        if filled:
+            consume(buffer[:filled])
         return received
 
     def _early_reply(self, poller, path) -> Reply:
