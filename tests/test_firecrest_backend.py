@@ -1,4 +1,5 @@
 """The firecrest:// backend against the local FirecREST server, over real sockets."""
+import dataclasses
 import hashlib
 import io
 import os
@@ -349,6 +350,8 @@ def test_timeouts_are_not_retried_for_mkdir(firecrest_server, backend):
 
 def test_session_limit_and_failed_probe(firecrest_server, backend):
     firecrest_server.knobs.extra.update(max_sessions=1, command_latency=0.05)
+    # Back-off long enough for four readers to take turns at one session even on a loaded machine.
+    net.set_policy(backend.client.api_url, dataclasses.replace(FAST, backoff=0.05, max_backoff=1.0))
     results = []
     readers = [threading.Thread(target=lambda: results.append(backend.stat("/").kind)) for _ in range(4)]
     for reader in readers:
