@@ -18,7 +18,6 @@ import fs
 import pytest
 import requests
 
-from fixtures_real_peers import real_firecrest  # noqa: F401  (session fixture)
 from mounting import hpcfs, mounted
 
 pytestmark = pytest.mark.timeout(300)
@@ -27,20 +26,20 @@ CONNECTION = ("FIRECREST_URL", "AUTH_TOKEN_URL", "FIRECREST_CLIENT_ID", "FIRECRE
 
 
 @pytest.fixture
-def cluster(real_firecrest, monkeypatch):  # noqa: F811
+def cluster(real_firecrest_env, monkeypatch):
     """``(served directory, firecrest:// URL of it, environment)`` on the system without staging, with a
     file above the download limit and one below it."""
-    served = os.path.join(real_firecrest["FIRECREST_FS_ROOT"], f"real-peers-fixes-{secrets.token_hex(4)}")
+    served = os.path.join(real_firecrest_env["FIRECREST_FS_ROOT"], f"real-peers-fixes-{secrets.token_hex(4)}")
     os.makedirs(served)
     with open(os.path.join(served, "big.bin"), "wb") as handle:
         handle.write(os.urandom(6 * MIB))
     with open(os.path.join(served, "small.bin"), "wb") as handle:
         handle.write(os.urandom(MIB + 1))
-    env = {name: real_firecrest[name] for name in CONNECTION}
+    env = {name: real_firecrest_env[name] for name in CONNECTION}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     try:
-        yield served, f"firecrest://{real_firecrest['FIRECREST_SYSTEM']}{served}", env
+        yield served, f"firecrest://{real_firecrest_env['FIRECREST_SYSTEM']}{served}", env
     finally:
         shutil.rmtree(served, ignore_errors=True)
 
@@ -49,12 +48,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def system_health(real_firecrest, name):  # noqa: F811
+def system_health(real_firecrest_env, name):
     """``{service type: healthy}`` of system ``name`` as ``GET /status/systems`` reports it."""
-    token = requests.post(real_firecrest["AUTH_TOKEN_URL"], timeout=30, data={
-        "grant_type": "client_credentials", "client_id": real_firecrest["FIRECREST_CLIENT_ID"],
-        "client_secret": real_firecrest["FIRECREST_CLIENT_SECRET"]}).json()["access_token"]
-    reply = requests.get(f"{real_firecrest['FIRECREST_URL']}/status/systems", timeout=30,
+    token = requests.post(real_firecrest_env["AUTH_TOKEN_URL"], timeout=30, data={
+        "grant_type": "client_credentials", "client_id": real_firecrest_env["FIRECREST_CLIENT_ID"],
+        "client_secret": real_firecrest_env["FIRECREST_CLIENT_SECRET"]}).json()["access_token"]
+    reply = requests.get(f"{real_firecrest_env['FIRECREST_URL']}/status/systems", timeout=30,
                          headers={"Authorization": f"Bearer {token}"})
     assert reply.status_code == 200, f"/status/systems answered {reply.status_code}"
     system = next(item for item in reply.json()["systems"] if item["name"] == name)
@@ -104,7 +103,7 @@ def test_cp_and_info_say_it_up_front(cluster, tmp_path):
     assert not os.path.exists(os.path.join(served, "large"))
 
 
-def test_a_burst_of_too_large_reads_leaves_the_server_healthy(cluster, real_firecrest):  # noqa: F811
+def test_a_burst_of_too_large_reads_leaves_the_server_healthy(cluster, real_firecrest_env):
     _, url, _ = cluster
     with fs.open_fs(url) as remote:
         assert remote.getinfo("big.bin", ["details"]).size == 6 * MIB  # readers look first, as ls or open do
@@ -121,4 +120,4 @@ def test_a_burst_of_too_large_reads_leaves_the_server_healthy(cluster, real_fire
             outcomes = list(pool.map(read_big, range(32)))
     assert {code for code, _ in outcomes} == {errno.EFBIG}
     assert max(elapsed for _, elapsed in outcomes) < 10
-    assert all(system_health(real_firecrest, real_firecrest["FIRECREST_SYSTEM"]).values())
+    assert all(system_health(real_firecrest_env, real_firecrest_env["FIRECREST_SYSTEM"]).values())

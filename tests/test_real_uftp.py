@@ -6,7 +6,6 @@ import stat
 
 import pytest
 
-from fixtures_real_peers import real_uftp  # noqa: F401  (session fixture)
 from mounting import mounted, sh, sha256_file, write_random
 
 pytestmark = pytest.mark.timeout(300)
@@ -23,14 +22,14 @@ SPACED_DIRS = {"dir one": (0o750, 1_200_000_000), "dir one/sub dir": (0o711, 1_1
 
 
 @pytest.fixture
-def uftp_area(real_uftp):  # noqa: F811
+def uftp_area(real_uftpd_env):
     """A fresh directory in the real UFTPD's data tree (shared by everyone: never touch the rest)."""
     name = f"real-peers-fixes-{secrets.token_hex(4)}"
-    served = os.path.join(real_uftp["UFTP_DATA_DIR"], name)
+    served = os.path.join(real_uftpd_env["UFTP_DATA_DIR"], name)
     os.mkdir(served)
     os.chmod(served, 0o777)  # UFTPD sessions write as nobody
     try:
-        yield served, f"{real_uftp['UFTP_URL']}/{name}"
+        yield served, f"{real_uftpd_env['UFTP_URL']}/{name}"
     finally:
         shutil.rmtree(served, ignore_errors=True)
 
@@ -62,14 +61,14 @@ def attributes(top):
     return found
 
 
-def test_rsync_archive_of_names_with_spaces_round_trips(real_uftp, uftp_area, tmp_path):  # noqa: F811
+def test_rsync_archive_of_names_with_spaces_round_trips(real_uftpd_env, uftp_area, tmp_path):
     """UFTPD's MFMT/MFF split their argument on spaces: hpcfs sets attributes under a space-free temporary
     name and renames back, so ``rsync -a`` keeps modes and times, and a second run sends nothing."""
     served, url = uftp_area
     source = tmp_path / "source"
     build_spaced_tree(source)
     expected = attributes(source)
-    env = {key: real_uftp[key] for key in ("UFTP_PASSWORD", "HPCFS_CA_FILE")}
+    env = {key: real_uftpd_env[key] for key in ("UFTP_PASSWORD", "HPCFS_CA_FILE")}
     with mounted(url, tmp_path / "mnt", env=env) as mountpoint:
         sh("rsync", "-a", f"{source}/", f"{mountpoint}/tree/")
         assert attributes(os.path.join(served, "tree")) == expected, "on the server"
@@ -87,11 +86,11 @@ def test_rsync_archive_of_names_with_spaces_round_trips(real_uftp, uftp_area, tm
     assert leftovers == [], "temporary names left behind"
 
 
-def test_directory_times_survive_attribute_changes_of_spaced_names(real_uftp, uftp_area, tmp_path):  # noqa: F811
+def test_directory_times_survive_attribute_changes_of_spaced_names(real_uftpd_env, uftp_area, tmp_path):
     """Setting a spaced file's attributes renames it twice; its directory keeps its own time, and a
     directory named with spaces takes MFMT/MFF as ``name/.``."""
     served, url = uftp_area
-    env = {key: real_uftp[key] for key in ("UFTP_PASSWORD", "HPCFS_CA_FILE")}
+    env = {key: real_uftpd_env[key] for key in ("UFTP_PASSWORD", "HPCFS_CA_FILE")}
     with mounted(url, tmp_path / "mnt", env=env) as mountpoint:
         sh("mkdir", "-p", f"{mountpoint}/dir one")
         sh("sh", "-c", f"echo hello > '{mountpoint}/dir one/x y.txt'")
