@@ -6,7 +6,7 @@ import random
 import subprocess
 import sys
 
-from hpcfs.frontends.fuse import is_mounted
+from hpcfs.mounts import is_mounted
 
 HPCFS = [sys.executable, "-m", "hpcfs"]
 

@@ -22,7 +22,7 @@ import pytest
 from mounting import small_tmpfs
 
 from hpcfs.servers.uftp import UFTPServer
-from hpcfs.frontends.fuse import is_mounted
+from hpcfs.mounts import is_mounted
 from mounting import hpcfs, mounted, sha256_file, write_random
 
 PROTOCOLS = ["uftp", "firecrest", "em"]
