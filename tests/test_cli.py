@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass
 
 import pytest
+from hpcfs.registry import SCHEMES, WRITABLE_SCHEMES
 
 from mounting import HPCFS, sha256_file, tree_digests, write_random
 
-PROTOCOLS = ("uftp", "firecrest", "em")
+PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (hpcfs/registry.py)
 CREDENTIAL_VARIABLES = {
     "UFTP_USER", "UFTP_PASSWORD", "UFTP_TOKEN", "UFTP_IDENTITY", "HPCFS_CA_FILE", "FIRECREST_URL", "AUTH_TOKEN_URL",
     "FIRECREST_CLIENT_ID", "FIRECREST_CLIENT_SECRET", "EM_USERNAME", "EM_PASSWORD", "EM_PODS",
@@ -136,7 +137,7 @@ def test_help_lists_every_command(isolated, cli):
     text = ok(cli("--help")).stdout
     for command in COMMANDS:
         assert re.search(rf"^\s+{command}\s+\S", text, re.MULTILINE), f"{command} missing from --help"
-    helps = [[command, "--help"] for command in COMMANDS] + [["serve", protocol, "--help"] for protocol in PROTOCOLS]
+    helps = [[command, "--help"] for command in COMMANDS] + [["serve", protocol, "--help"] for protocol in SCHEMES]
     running = [subprocess.Popen(HPCFS + args, env=isolated, stdout=subprocess.PIPE, text=True) for args in helps]
     for args, process in zip(helps, running):
         usage = process.communicate(timeout=60)[0]

@@ -23,9 +23,10 @@ from mounting import small_tmpfs
 
 from hpcfs.servers.uftp import UFTPServer
 from hpcfs.mounts import is_mounted
+from hpcfs.registry import WRITABLE_SCHEMES
 from mounting import hpcfs, mounted, sha256_file, write_random
 
-PROTOCOLS = ["uftp", "firecrest", "em"]
+PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (hpcfs/registry.py)
 
 
 @pytest.fixture(params=PROTOCOLS)
