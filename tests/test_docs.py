@@ -31,6 +31,7 @@ PAGES = {
     "docs/guide/firecrest.md": "firecrest",
     "docs/guide/em.md": "em",
     "docs/guide/flux.md": "flux",
+    "docs/guide/options.md": None,
     "docs/servers.md": None,
     "docs/troubleshooting.md": "uftp",
 }
