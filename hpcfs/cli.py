@@ -1,6 +1,6 @@
 """The ``hpcfs`` command: mount/umount, ls, cp, cat, stat, rm, mkdir, info, and the local servers.
 
-Remote arguments are URLs (``uftp://...``, ``firecrest://...``, ``em://...``) or ``PROFILE:/path``; local
+Remote arguments are URLs (``uftp://...``, any scheme of hpcfs/registry.py) or ``PROFILE:/path``; local
 ones are plain paths.  Errors are one line on stderr with exit status 1 (2 for bad usage); ``--verbose``
 adds a request log and tracebacks.  Passwords are never read from the command line.
 """

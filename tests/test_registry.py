@@ -123,4 +123,6 @@ def test_an_unknown_option_is_one_line_naming_the_known_ones():
     assert "password" not in known and "parallel" not in known  # secrets unlisted; EM has nothing to parallelise
     with pytest.raises(UsageError, match="option max_upload must be a whole number above 0, not '0'"):
         check_options("em://someone@127.0.0.1:1/", {"max_upload": "0"})
+    with pytest.raises(UsageError, match="option sessions must be a whole number above 0, not 'many'"):
+        check_options("uftp://127.0.0.1:1/rest/auth/TEST:/", {"sessions": "many"})  # named as the user wrote it
     assert EMOptions.parse({"max_upload": "2G", "tls": "no"}, {}, {}, {}).max_upload == 2 << 30

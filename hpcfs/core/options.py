@@ -9,7 +9,7 @@ accepted through ``ALIASES``.  The table of all options is docs/guide/options.md
 import os
 import re
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, ClassVar, Dict, Iterable, Mapping, Optional, Set, Type, TypeVar, Union, get_args
+from typing import Any, ClassVar, Dict, Iterable, Mapping, Optional, Set, Tuple, Type, TypeVar, Union, get_args
 
 from ..errors import UsageError
 
@@ -55,23 +55,24 @@ class OptionSet:
         Names outside :meth:`names` in any layer are the caller's (``check_known`` refuses them)."""
         environ = os.environ if environ is None else environ
         from_env = {name: environ[variable] for name, variable in cls.ENVIRONMENT.items() if environ.get(variable)}
-        chosen: Dict[str, Any] = {}
+        chosen: Dict[str, Tuple[str, Any]] = {}  # field -> (the name it was given as, its value)
         for layer in (explicit, query, from_env, profile):
-            for name, value in cls._canonical(layer).items():
-                if value not in (None, "") and name not in chosen:  # an empty value gives nothing
-                    chosen[name] = value
-        kwargs = {item.name: _convert(item, chosen[item.name], item.name in cls.POSITIVE)
+            for name, given in cls._canonical(layer).items():
+                if given[1] not in (None, "") and name not in chosen:  # an empty value gives nothing
+                    chosen[name] = given
+        kwargs = {item.name: _convert(item, *chosen[item.name], item.name in cls.POSITIVE)
                   for item in fields(cls) if item.name in chosen}  # type: ignore[arg-type]
         options = cls(**kwargs)
         options.validate()
         return options
 
     @classmethod
-    def _canonical(cls, layer: Mapping[str, Any]) -> Dict[str, Any]:
-        """The layer under current names; a current name beats its alias given in the same layer."""
+    def _canonical(cls, layer: Mapping[str, Any]) -> Dict[str, Tuple[str, Any]]:
+        """The layer by field, each with the name it was given as; a current name beats its alias given in the
+        same layer."""
         named = {item.name for item in fields(cls)}  # type: ignore[arg-type]
-        renamed = {cls.ALIASES[name]: value for name, value in layer.items() if name in cls.ALIASES}
-        return {**renamed, **{name: value for name, value in layer.items() if name in named}}
+        renamed = {cls.ALIASES[name]: (name, value) for name, value in layer.items() if name in cls.ALIASES}
+        return {**renamed, **{name: (name, value) for name, value in layer.items() if name in named}}
 
     def validate(self) -> None:
         """Checks across fields; single values are checked while converting."""
@@ -147,19 +148,20 @@ def parse_flag(name: str, text: Union[str, bool]) -> bool:
     return FLAG_WORDS[word]
 
 
-def _convert(item: "Field[Any]", value: Any, positive: bool = False) -> Any:
-    """A string (or an already typed value from Python callers) as the field's type."""
+def _convert(item: "Field[Any]", name: str, value: Any, positive: bool = False) -> Any:
+    """A string (or an already typed value from Python callers) as the field's type; errors say ``name``,
+    the name the user gave (an old alias, maybe)."""
     kind = _base_type(item.type)
     if kind is bool:
-        return value if isinstance(value, bool) else parse_flag(item.name, value)
+        return value if isinstance(value, bool) else parse_flag(name, value)
     if kind is int and item.metadata.get("size"):
         number = parse_size(value)
     elif kind in (int, float):
-        number = _number(item.name, value, kind, positive)
+        number = _number(name, value, kind, positive)
     else:
         return value if isinstance(value, (list, tuple, set)) else str(value)  # EM's pods may be a list
     if positive and number <= 0:
-        raise UsageError(f"option {item.name} must be {_NUMBER_WORDS[kind]} above 0, not {value!r}")
+        raise UsageError(f"option {name} must be {_NUMBER_WORDS[kind]} above 0, not {value!r}")
     return number
 
 

@@ -223,5 +223,6 @@ class ClosingSubFS(fs.subfs.SubFS):
 
 # setup.cfg's fs.opener entry points name one class per scheme (PyFilesystem2 looks a class up by scheme):
 # these are generated from the registry, so a new protocol needs no class here.
-globals().update({protocol.opener: type(protocol.opener, (HpcfsOpener,), {"protocols": [protocol.scheme]})
+globals().update({protocol.opener: type(protocol.opener, (HpcfsOpener,),
+                                        {"protocols": [protocol.scheme], "__module__": __name__})
                   for protocol in PROTOCOLS})
