@@ -17,15 +17,11 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from hpcfs.registry import SCHEMES, WRITABLE_SCHEMES
 
-from mounting import HPCFS, sha256_file, tree_digests, write_random
+from hpcfs.registry import SCHEMES, WRITABLE_SCHEMES
+from mounting import CREDENTIAL_VARIABLES, HPCFS, sha256_file, tree_digests, write_random
 
 PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (hpcfs/registry.py)
-CREDENTIAL_VARIABLES = {
-    "UFTP_USER", "UFTP_PASSWORD", "UFTP_TOKEN", "UFTP_IDENTITY", "HPCFS_CA_FILE", "FIRECREST_URL", "AUTH_TOKEN_URL",
-    "FIRECREST_CLIENT_ID", "FIRECREST_CLIENT_SECRET", "EM_USERNAME", "EM_PASSWORD", "EM_PODS",
-}
 # The EM API has no mkdir: a directory exists once a file lands in it (hpcfs holds empty ones in memory).
 VIRTUAL_DIRECTORIES = {"em"}
 COMMANDS = ("mount", "umount", "ls", "cp", "cat", "stat", "rm", "mkdir", "serve", "info")
