@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 class Protocol:
     scheme: str  # the URL scheme, also the PyFilesystem2 and fsspec protocol name
     title: str  # how messages and help texts name it
-    package: str  # hpcfs/<package>/: options.py (OPTIONS_CLASS) and backend.py (backend_from_url)
+    package: str  # the protocol package: its options.py (options_class) and backend.py (backend_from_url)
     options_class: str  # the typed options dataclass in <package>.options
     server: str  # the local server module (add_arguments/serve for ``hpcfs serve <scheme>``)
     opener: str  # the PyFilesystem2 Opener class in hpcfs.frontends.pyfs (named by setup.cfg's fs.opener)
