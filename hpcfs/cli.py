@@ -1,6 +1,6 @@
 """The ``hpcfs`` command: mount/umount, ls, cp, cat, stat, rm, mkdir, info, and the local servers.
 
-Remote arguments are URLs (``uftp://...``, ``firecrest://...``, ``em://...``) or ``PROFILE:/path``; local
+Remote arguments are URLs (``uftp://...``, any scheme of hpcfs/registry.py) or ``PROFILE:/path``; local
 ones are plain paths.  Errors are one line on stderr with exit status 1 (2 for bad usage); ``--verbose``
 adds a request log and tracebacks.  Passwords are never read from the command line.
 """
@@ -23,6 +23,8 @@ from . import __version__, errors, exit_interrupted
 from .backend import normalize
 from .core import check_options
 from .core.blocks import keep_freed_block_memory
+from .mounts import is_mounted, unmount
+from .registry import PROTOCOLS, url_examples
 from .targets import Target, Trees, refuse_secret_options, resolve, tree_for
 from .transfer import copy_paths, format_size
 
@@ -80,10 +82,16 @@ def _interruptible():
 def _parse_arguments(argv: "list[str] | None") -> argparse.Namespace:
     """Like ``parse_args``, but an unknown option is reported by the subcommand that did not know it, so the
     hint names that command's help (``hpcfs ls --help``) rather than the top level's."""
-    args, unknown = _parser().parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args, unknown = _parser(with_servers=_is_serve_command(argv)).parse_known_args(argv)
     if unknown:
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
+
+
+def _is_serve_command(argv: "list[str]") -> bool:
+    """Only ``hpcfs serve`` loads the server modules (every other command starts faster without them)."""
+    return next((word for word in argv if not word.startswith("-")), None) == "serve"
 
 
 def _report(line: str, verbose: bool) -> None:
@@ -170,30 +178,12 @@ def _received_target(fd):
         return Target(**json.load(pipe))
 
 
-def is_mounted(mountpoint):
-    from .frontends.fuse import is_mounted as in_mount_table  # loads libfuse: only for mount commands
-
-    return in_mount_table(mountpoint)
-
-
 def cmd_umount(args):
     mountpoint = os.path.abspath(args.mountpoint)
     if not is_mounted(mountpoint):
         raise errors.UsageError(f"not mounted: {args.mountpoint}")
-    for command in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount"]):
-        try:
-            result = subprocess.run(command + [mountpoint], capture_output=True, text=True)
-        except FileNotFoundError:
-            continue
-        if result.returncode == 0:
-            return 0
-        if "busy" in result.stderr.lower() and args.lazy is False:
-            raise errors.HpcfsError(f"{args.mountpoint} is busy (a process uses it); retry or use --lazy")
-    # A dead mount (server gone, process killed) still detaches lazily.
-    for command in (["fusermount3", "-uz"], ["umount", "-l"]):
-        if subprocess.run(command + [mountpoint], capture_output=True).returncode == 0:
-            return 0
-    raise errors.HpcfsError(f"could not unmount {args.mountpoint}")
+    unmount(mountpoint, args.mountpoint, lazy=args.lazy)
+    return 0
 
 
 def _split_mount_options(option_args):
@@ -441,14 +431,15 @@ def _long_line(entry, human_readable: bool = False) -> str:
 
 def _human_size(size: int) -> str:
     """ls -h: 1023, 1.0K, 15M, as ls(1) prints them (one decimal below 10, rounded up)."""
+    scaled = float(size)
     for unit in ("", "K", "M", "G", "T", "P"):
-        if size < 1024 or unit == "P":
+        if scaled < 1024 or unit == "P":
             break
-        size /= 1024
+        scaled /= 1024
     if not unit:
-        return str(int(size))
-    tenths = math.ceil(size * 10) / 10
-    return f"{tenths:.1f}{unit}" if tenths < 10 else f"{math.ceil(size)}{unit}"
+        return str(size)
+    tenths = math.ceil(scaled * 10) / 10
+    return f"{tenths:.1f}{unit}" if tenths < 10 else f"{math.ceil(scaled)}{unit}"
 
 
 def _one_line(exc):
@@ -485,7 +476,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
         print(text, file=sys.stderr)
 
 
-_shown_warnings = set()
+_shown_warnings: set = set()
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -504,21 +495,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 VERBOSE_HELP = "log every request (secrets redacted); a traceback after an error's line"
-LOCATION = "URL (uftp://, firecrest://, em://) or PROFILE:/path"
+LOCATION = f"URL ({url_examples()}) or PROFILE:/path"
 
 
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _parser():
+def _parser(with_servers: bool = True):
     common = argparse.ArgumentParser(add_help=False)  # -v works after the command name too
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     parser = OneLineErrorParser(
         prog="hpcfs", formatter_class=HelpFormatter,
-        description="Remote HPC storage (UFTP, FirecREST, EM API) as local files: mount it, or copy and\n"
-                    "inspect files without mounting.",
-        epilog="Remote locations are URLs (uftp://..., firecrest://..., em://...) or PROFILE:/path.\n"
+        description=f"Remote HPC storage ({', '.join(protocol.title for protocol in PROTOCOLS)}) as local files: "
+                    "mount it, or copy\nand inspect files without mounting.",
+        epilog=f"Remote locations are URLs ({url_examples()}) or PROFILE:/path.\n"
                "Credentials come from environment variables or profiles, never from the command line.\n\n"
                + _examples("hpcfs mount myhpc:/scratch ~/mnt/hpc", "hpcfs cp -r --progress results myhpc:/scratch/",
                            "hpcfs ls -lh myhpc:/scratch", "hpcfs COMMAND --help"),
@@ -536,16 +527,23 @@ def _parser():
 
     _add_mount_commands(command)
     _add_file_commands(command)
-    serve = command("serve", "run a local test server (uftp, firecrest, em, flux)", None,
+    _add_serve_commands(command, with_servers)
+    return parser
+
+
+def _add_serve_commands(command, with_servers: bool) -> None:
+    """``hpcfs serve PROTOCOL``, one per protocol of the registry; its options only ``with_servers``."""
+    schemes = ", ".join(protocol.scheme for protocol in PROTOCOLS)
+    serve = command("serve", f"run a local test server ({schemes})", None,
                     examples=("hpcfs serve uftp --root /tmp/data", "hpcfs serve PROTOCOL --help"))
     servers = serve.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL", title="protocols")
-    for protocol in ("uftp", "firecrest", "em", "flux"):
-        module = _server_module(protocol)
-        sub = command(protocol, f"a local {protocol} server over a directory, for tests and offline work",
-                      cmd_serve, parent=servers)
-        module.add_arguments(sub)
-        sub.set_defaults(server_module=module)
-    return parser
+    for protocol in PROTOCOLS:
+        sub = command(protocol.scheme, f"a local {protocol.scheme} server over a directory, for tests and offline "
+                      "work", cmd_serve, parent=servers)
+        if with_servers:
+            module = protocol.server_module()
+            module.add_arguments(sub)
+            sub.set_defaults(server_module=module)
 
 
 def _add_mount_commands(command):
@@ -634,12 +632,6 @@ def _positive(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
     return value
-
-
-def _server_module(protocol):
-    import importlib
-
-    return importlib.import_module(f"hpcfs.servers.{protocol}")
 
 
 def mount_helper(argv=None):

@@ -29,7 +29,6 @@ from .urls import parse, redact, split_service
 
 SECRET_SOURCES = ("password_env", "password_file", "password_command", "password_prompt")
 SECRET_SOURCES_AND_NAMES = set(SECRET_SOURCES) | SECRET_NAMES  # a profile gives at most one of these
-# What each backend reads from its options or URL query (see backend_from_url in hpcfs/<scheme>/backend.py).
 @dataclass
 class Target:
     url: Optional[str]  # None for a local path
@@ -65,7 +64,7 @@ def tree_for(target, rooted=False, **options):
     """The RemoteTree in which ``target.path`` names what the user asked for; with ``rooted``, the tree
     whose root is ``target.path`` (what a mount shows)."""
     subpath = target.path if rooted else "/"
-    return open_tree(target.url, subpath=subpath, **{**target.options, **options})
+    return open_tree(target.url, subpath=subpath, profile=target.options, **options)
 
 
 class Trees:

@@ -1,23 +1,17 @@
-"""URL parsing in one place, and the registry that turns a URL into a backend.
+"""URL parsing in one place, and the step from a URL to a backend.
 
 Every front end (FUSE mount, ``open_fs``, fsspec, CLI) goes through :func:`open_backend`, so a URL means
-the same thing everywhere.  Each protocol package supplies ``backend_from_url(url: ParsedURL, options)``
-returning ``(backend, root)`` where ``root`` is the path inside the backend that the user asked for.
+the same thing everywhere.  The schemes are :mod:`hpcfs.registry`'s; each protocol package supplies
+``backend_from_url(url: ParsedURL, options)`` returning ``(backend, root)`` where ``root`` is the path
+inside the backend that the user asked for, and ``options`` the protocol's typed options.
 """
-import importlib
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import UsageError
-
-BACKENDS = {
-    "uftp": "hpcfs.uftp.backend",
-    "firecrest": "hpcfs.firecrest.backend",
-    "em": "hpcfs.em.backend",
-    "flux": "hpcfs.flux.backend",
-}
+from .registry import BY_SCHEME, protocol_for
 
 
 @dataclass
@@ -31,7 +25,7 @@ class ParsedURL:
     params: Dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
-    def netloc(self):
+    def netloc(self) -> str:
         return f"{self.host}:{self.port}" if self.port else self.host
 
 
@@ -40,8 +34,8 @@ def parse(url: str) -> ParsedURL:
     if "://" not in url:
         raise UsageError(f"not a URL (expected SCHEME://...): {redact(url)}")
     scheme = url.split("://", 1)[0].lower()
-    if scheme not in BACKENDS:
-        raise UsageError(f"unknown scheme '{scheme}' (known: {', '.join(sorted(BACKENDS))})")
+    if scheme not in BY_SCHEME:
+        raise UsageError(f"unknown scheme '{scheme}' (known: {', '.join(sorted(BY_SCHEME))})")
     rest = url.split("://", 1)[1]
     userinfo, at, hostpart = rest.rpartition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
     username = password = None
@@ -78,28 +72,32 @@ def redact(url: str) -> str:
     return f"{scheme}://{userinfo}{at}{hostpart}"
 
 
-def split_service(url: str):
+def split_service(url: str) -> Tuple[str, str]:
     """``(service URL, path)``: the URL of the whole tree a server offers, and the path the URL names in it.
 
-    ``uftp://h:9000/rest/auth/TEST:/a/b`` -> ``(uftp://h:9000/rest/auth/TEST:/, /a/b)``;
-    ``firecrest://daint/a/b`` and ``em://u@h:8000/pod/a`` keep their authority and move the path."""
+    ``uftp://h:9000/rest/auth/TEST:/a/b`` -> ``(uftp://h:9000/rest/auth/TEST:/, /a/b)`` (the protocol's
+    ``service_end`` marks where the service ends in the path); ``firecrest://daint/a/b`` and
+    ``em://u@h:8000/pod/a`` keep their authority and move the path."""
     parsed = parse(url)
     head, question, query = url.partition("?")
     scheme, _, rest = head.partition("://")
     slash = rest.find("/")
     authority = rest if slash < 0 else rest[:slash]
-    if parsed.scheme == "uftp":
-        auth_path, colon, path = parsed.path.partition(":/")
-        return f"{scheme}://{authority}{auth_path}:/{question}{query}", "/" + path if colon else "/"
+    marker = protocol_for(parsed.scheme).service_end
+    if marker:
+        service_path, found, path = parsed.path.partition(marker)
+        return f"{scheme}://{authority}{service_path}{marker}{question}{query}", "/" + path if found else "/"
     return f"{scheme}://{authority}/{question}{query}", parsed.path or "/"
 
 
-def backend_module(scheme: str):
-    """The protocol package's backend module: ``backend_from_url`` and its ``OPTIONS``."""
-    return importlib.import_module(BACKENDS[scheme])
+def backend_options(parsed: ParsedURL, options: Mapping[str, Any], profile: Mapping[str, Any] = {}) -> Any:
+    """The protocol's typed options from explicit ``options``, the URL's query, the environment and a profile
+    (first wins); names the protocol does not read are left out (core tunables, or typos refused earlier)."""
+    return protocol_for(parsed.scheme).options().parse(options, parsed.params, profile)
 
 
-def open_backend(url: str, **options):
-    """``(backend, root)`` for a URL; options override what the URL's query string says."""
+def open_backend(url: str, profile: Mapping[str, Any] = {}, **options: Any) -> Tuple[Any, str]:
+    """``(backend, root)`` for a URL; ``options`` override the URL's query string, which overrides the
+    environment, which overrides ``profile``."""
     parsed = parse(url)
-    return backend_module(parsed.scheme).backend_from_url(parsed, options)
+    return protocol_for(parsed.scheme).backend_from_url(parsed, backend_options(parsed, options, profile))

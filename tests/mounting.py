@@ -6,9 +6,14 @@ import random
 import subprocess
 import sys
 
-from hpcfs.frontends.fuse import is_mounted
+from hpcfs.mounts import is_mounted
+from hpcfs.registry import PROTOCOLS
 
 HPCFS = [sys.executable, "-m", "hpcfs"]
+# What a subprocess must not inherit from the test runner's environment: every variable a protocol's options
+# read (hpcfs/<proto>/options.py), and EM_PODS (which adds volumes rather than giving an option).
+CREDENTIAL_VARIABLES = frozenset(
+    {variable for protocol in PROTOCOLS for variable in protocol.options().ENVIRONMENT.values()} | {"EM_PODS"})
 
 
 def hpcfs(*args, env=None, check=True, timeout=120, **kwargs):

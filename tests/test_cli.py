@@ -18,13 +18,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from mounting import HPCFS, sha256_file, tree_digests, write_random
+from hpcfs.registry import SCHEMES, WRITABLE_SCHEMES
+from mounting import CREDENTIAL_VARIABLES, HPCFS, sha256_file, tree_digests, write_random
 
-PROTOCOLS = ("uftp", "firecrest", "em")
-CREDENTIAL_VARIABLES = {
-    "UFTP_USER", "UFTP_PASSWORD", "UFTP_TOKEN", "UFTP_IDENTITY", "HPCFS_CA_FILE", "FIRECREST_URL", "AUTH_TOKEN_URL",
-    "FIRECREST_CLIENT_ID", "FIRECREST_CLIENT_SECRET", "EM_USERNAME", "EM_PASSWORD", "EM_PODS",
-}
+PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (hpcfs/registry.py)
 # The EM API has no mkdir: a directory exists once a file lands in it (hpcfs holds empty ones in memory).
 VIRTUAL_DIRECTORIES = {"em"}
 COMMANDS = ("mount", "umount", "ls", "cp", "cat", "stat", "rm", "mkdir", "serve", "info")
@@ -136,7 +133,7 @@ def test_help_lists_every_command(isolated, cli):
     text = ok(cli("--help")).stdout
     for command in COMMANDS:
         assert re.search(rf"^\s+{command}\s+\S", text, re.MULTILINE), f"{command} missing from --help"
-    helps = [[command, "--help"] for command in COMMANDS] + [["serve", protocol, "--help"] for protocol in PROTOCOLS]
+    helps = [[command, "--help"] for command in COMMANDS] + [["serve", protocol, "--help"] for protocol in SCHEMES]
     running = [subprocess.Popen(HPCFS + args, env=isolated, stdout=subprocess.PIPE, text=True) for args in helps]
     for args, process in zip(helps, running):
         usage = process.communicate(timeout=60)[0]

@@ -3,7 +3,7 @@ import os
 import re
 import subprocess
 
-from hpcfs.frontends.fuse import is_mounted
+from hpcfs.mounts import is_mounted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

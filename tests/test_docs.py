@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from hpcfs.cli import _parser
+from mounting import CREDENTIAL_VARIABLES as PROTOCOL_VARIABLES
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 # page -> the local server its examples run against (None: the page starts what it needs itself)
@@ -31,6 +32,7 @@ PAGES = {
     "docs/guide/firecrest.md": "firecrest",
     "docs/guide/em.md": "em",
     "docs/guide/flux.md": "flux",
+    "docs/guide/options.md": None,
     "docs/servers.md": None,
     "docs/troubleshooting.md": "uftp",
 }
@@ -39,9 +41,7 @@ DOCUMENTED_INSTALLS = {"docs/user-guide.md": "pip install pandas dask", "docs/se
 DOCS_VENV_SECONDS = 600
 RUN = {"bash", "python"}
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
-CREDENTIAL_VARIABLES = {"UFTP_USER", "UFTP_PASSWORD", "UFTP_TOKEN", "UFTP_IDENTITY", "HPCFS_CA_FILE",
-                        "FIRECREST_URL", "AUTH_TOKEN_URL", "FIRECREST_CLIENT_ID", "FIRECREST_CLIENT_SECRET",
-                        "EM_USERNAME", "EM_PASSWORD", "EM_PODS", "REQUESTS_CA_BUNDLE"}
+CREDENTIAL_VARIABLES = PROTOCOL_VARIABLES | {"REQUESTS_CA_BUNDLE"}
 
 
 def fenced_blocks(page):

@@ -15,8 +15,9 @@ import pandas
 import pytest
 
 from hpcfs.frontends.fsspec import HpcfsFileSystem
+from hpcfs.registry import WRITABLE_SCHEMES
 
-PROTOCOLS = ("uftp", "firecrest", "em")
+PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (hpcfs/registry.py)
 
 
 @pytest.fixture(autouse=True)

@@ -22,10 +22,11 @@ import pytest
 from mounting import small_tmpfs
 
 from hpcfs.servers.uftp import UFTPServer
-from hpcfs.frontends.fuse import is_mounted
+from hpcfs.mounts import is_mounted
+from hpcfs.registry import WRITABLE_SCHEMES
 from mounting import hpcfs, mounted, sha256_file, write_random
 
-PROTOCOLS = ["uftp", "firecrest", "em"]
+PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (hpcfs/registry.py)
 
 
 @pytest.fixture(params=PROTOCOLS)

@@ -28,6 +28,7 @@ from .. import errors, net
 from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize
 from ..urls import ParsedURL
 from .client import DEFAULT_VOLUME, EMClient, can_upload_name, is_pod_name, seekable_copy
+from .options import EMOptions
 
 log = logging.getLogger("hpcfs.em")
 
@@ -524,19 +525,8 @@ class EMBackend(Backend):
 
 
 # -- URLs -----------------------------------------------------------------------------------------------
-def _flag(value) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _number(settings: dict, key: str, default, kind=float):
-    try:
-        return kind(settings.get(key, default))
-    except (TypeError, ValueError):
-        raise errors.UsageError(f"option {key} must be a number, not {settings.get(key)!r}") from None
-
-
-def _pod_names(settings: dict, path: str) -> List[str]:
-    listed = settings.get("pods") or ""
+def _pod_names(settings: EMOptions, path: str) -> List[str]:
+    listed = settings.pods
     names = list(listed) if isinstance(listed, (list, tuple, set)) else str(listed).split(",")
     names += os.environ.get("EM_PODS", "").split(",")
     first = path.strip("/").split("/")[0]
@@ -548,12 +538,12 @@ def _pod_names(settings: dict, path: str) -> List[str]:
     return names
 
 
-def _scheme(settings: dict, host: str) -> str:
+def _scheme(settings: EMOptions, host: str) -> str:
     """https unless asked otherwise; loopback alone defaults to http (nothing leaves the machine)."""
-    if "tls" in settings:
-        scheme = "https" if _flag(settings["tls"]) else "http"
+    if settings.tls is not None:
+        scheme = "https" if settings.tls else "http"
     else:
-        scheme = str(settings.get("scheme", "http" if _is_loopback(host) else "https")).lower()
+        scheme = (settings.scheme or ("http" if _is_loopback(host) else "https")).lower()
     if scheme not in ("http", "https"):
         raise errors.UsageError(f"scheme must be http or https, not {scheme!r}")
     if scheme == "http" and not _is_loopback(host):
@@ -572,30 +562,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-# What backend_from_url reads from options and the URL query; anything else is a user's typo.
-OPTIONS = {"username", "password", "pods", "tls", "scheme", "verify", "ca_file", "timeout", "upload_timeout",
-           "busy_timeout", "busy_backoff", "listing_ttl", "volumes_ttl", "max_upload", "max_files"}
-
-
-def backend_from_url(url: ParsedURL, options: dict):
+def backend_from_url(url: ParsedURL, settings: EMOptions):
     """``em://USER[:PASSWORD]@HOST[:PORT]/[POD/path]`` -> ``(EMBackend, root)``.
 
     https, except to a loopback host (127.0.0.0/8, ::1, localhost), where http is the default; plain http
     to any other host only with ``scheme=http`` or ``tls=0``, and then with a warning (the password would
     cross the network in clear).  ``verify=0`` or a CA file for self-signed servers.  The
-    password comes from the URL, the ``password`` option or ``EM_PASSWORD``; the user from the URL or
-    ``EM_USERNAME``.  Extra pod names: ``pods=a,b`` or ``EM_PODS``.  Tuning: ``listing_ttl``,
+    password comes from the URL, the ``password`` option or ``EM_PASSWORD``; the user from the URL, the
+    ``user`` option or ``EM_USERNAME``.  Extra pod names: ``pods=a,b`` or ``EM_PODS``.  Tuning: ``listing_ttl``,
     ``volumes_ttl``, ``timeout``, ``upload_timeout``, ``busy_timeout`` (total wait on 423), ``busy_backoff``
     (first pause), ``max_upload``, ``max_files``.
     """
-    settings = {**url.params, **options}
     if not url.host:
         raise errors.UsageError("em:// URL needs a host: em://USER@HOST:PORT/")
     scheme = _scheme(settings, url.host)
-    username = url.username or settings.get("username") or os.environ.get("EM_USERNAME")
+    username = url.username or settings.user
     if not username:
         raise errors.UsageError("no EM API user: put it in the URL (em://USER@HOST/) or set EM_USERNAME")
-    password = url.password or settings.get("password") or os.environ.get("EM_PASSWORD")
+    password = url.password or settings.password
     if not password:
         raise errors.UsageError(f"no password for EM API user {username}: set EM_PASSWORD")
     root = normalize(url.path)
@@ -604,18 +588,18 @@ def backend_from_url(url: ParsedURL, options: dict):
         f"{scheme}://{host}{f':{url.port}' if url.port else ''}",
         username,
         password,
-        verify=net.parse_verify(settings.get("verify"), settings.get("ca_file")),
-        timeout=_number(settings, "timeout", 60.0),
-        upload_timeout=_number(settings, "upload_timeout", 7200.0),
-        busy_timeout=_number(settings, "busy_timeout", 120.0),
-        first_backoff=_number(settings, "busy_backoff", 0.5),
+        verify=net.parse_verify(settings.verify, settings.ca_file),
+        timeout=settings.timeout,
+        upload_timeout=settings.upload_timeout,
+        busy_timeout=settings.busy_timeout,
+        first_backoff=settings.busy_backoff,
     )
     backend = EMBackend(
         client,
         _pod_names(settings, root),
-        listing_ttl=_number(settings, "listing_ttl", 5.0),
-        volumes_ttl=_number(settings, "volumes_ttl", 30.0),
-        max_upload=_number(settings, "max_upload", 2 * GIB, int),
-        max_files=_number(settings, "max_files", 100, int),
+        listing_ttl=settings.listing_ttl,
+        volumes_ttl=settings.volumes_ttl,
+        max_upload=settings.max_upload,
+        max_files=settings.max_files,
     )
     return backend, root

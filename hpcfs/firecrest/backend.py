@@ -16,7 +16,6 @@ Mapping (see /work/shared/reference/firecrest.md):
 * ``remove``/``rmdir`` check the kind and emptiness first: ``ops/rm`` is ``rm -r``.
 """
 import datetime
-import os
 import posixpath
 import threading
 import time
@@ -30,6 +29,7 @@ from ..backend import DIRECTORY, FILE, SYMLINK, Backend, Capabilities, Entry, no
 from ..urls import ParsedURL
 from .auth import ClientCredentials
 from .client import FirecrestClient, StagingExpired, error_from_message
+from .options import FirecrestOptions
 from .listing import decode_name, entry_from_file, entry_from_stat
 
 JOB_MANGLED = "&<>'\""  # the job templates HTML-escape these, so jobs would act on another path
@@ -361,62 +361,35 @@ def _refuse_mangled(path: str):
 
 
 # -- firecrest://SYSTEM/path -----------------------------------------------------------------------------
-# option names (options, then the URL's query), their environment variable, what to call them when missing;
-# a profile names the API URL ``api_url`` (its ``url`` is the location) and gives the secret as ``password``
-SETTINGS = {
-    "api": (("url", "api_url"), "FIRECREST_URL", "API URL"),
-    "token_url": (("token_url",), "AUTH_TOKEN_URL", "token URL"),
-    "client_id": (("client_id",), "FIRECREST_CLIENT_ID", "client id"),
-    "secret": (("client_secret", "password"), "FIRECREST_CLIENT_SECRET", "client secret"),
-}
+# What is missing when no option, URL query or environment variable gives it: (option, variable, what).
+REQUIRED = (("api_url", "FIRECREST_URL", "API URL"), ("token_url", "AUTH_TOKEN_URL", "token URL"),
+            ("client_id", "FIRECREST_CLIENT_ID", "client id"),
+            ("client_secret", "FIRECREST_CLIENT_SECRET", "client secret"))
 
 
-def _setting(url: ParsedURL, options: dict, *names: str, env: Optional[str] = None) -> Optional[str]:
-    candidates = [options.get(name) for name in names] + [url.params.get(name) for name in names]
-    for value in candidates + [os.environ.get(env) if env else None]:
-        if value not in (None, ""):
-            return value
-    return None
+def _require_settings(settings: FirecrestOptions) -> None:
+    for name, env, what in REQUIRED:
+        if not getattr(settings, name):
+            raise errors.UsageError(f"FirecREST {what} missing: set {env} (or the {name}= option)")
 
 
-def _required(url: ParsedURL, options: dict, key: str) -> str:
-    names, env, what = SETTINGS[key]
-    value = _setting(url, options, *names, env=env)
-    if value is None:
-        raise errors.UsageError(f"FirecREST {what} missing: set {env} (or the {names[0]}= option)")
-    return value
-
-
-# What backend_from_url reads from options and the URL query; anything else is a user's typo.
-OPTIONS = {"url", "api_url", "token_url", "client_id", "client_secret", "password", "verify", "ca_file", "timeout",
-           "max_parallel", "tz", "account"}
-
-
-def backend_from_url(url: ParsedURL, options: dict):
+def backend_from_url(url: ParsedURL, settings: FirecrestOptions):
     """``(FirecrestBackend, root)`` for ``firecrest://SYSTEM/path``; asks ``/status/systems`` for the limits."""
     if not url.host:
         raise errors.UsageError("firecrest:// URL without a system name (expected firecrest://SYSTEM/path)")
-    api_url, token_url = _required(url, options, "api"), _required(url, options, "token_url")
-    client_id, secret = _required(url, options, "client_id"), _required(url, options, "secret")
-    try:
-        timeout = float(_setting(url, options, "timeout") or 60)
-        max_parallel = int(_setting(url, options, "max_parallel") or 8)
-    except ValueError:
-        raise errors.UsageError("timeout and max_parallel must be numbers") from None
-    session = net.new_session(_setting(url, options, "verify"), _setting(url, options, "ca_file"),
-                              pool_size=max(8, 2 * max_parallel))
-    auth = ClientCredentials(token_url, client_id, secret, session, timeout)
-    client = FirecrestClient(api_url, url.host.lower(), auth, session, timeout)
-    tz_name = _setting(url, options, "tz")
-    tz = _timezone(tz_name) if tz_name else None
+    _require_settings(settings)
+    session = net.new_session(settings.verify, settings.ca_file, pool_size=max(8, 2 * settings.parallel))
+    auth = ClientCredentials(settings.token_url, settings.client_id, settings.client_secret, session,
+                             settings.timeout)
+    client = FirecrestClient(settings.api_url, url.host.lower(), auth, session, settings.timeout)
+    tz = _timezone(settings.tz) if settings.tz else None
     with client.operation():  # the system list and its limits are server data too
         systems = client.systems()
         info = next((s for s in systems if s.get("name", "").lower() == client.system), None)
         if info is None:
             known = ", ".join(s.get("name", "?") for s in systems) or "none"
-            raise errors.UsageError(f"FirecREST at {api_url} has no system '{url.host}' (known: {known})")
-        backend = FirecrestBackend(client, info, max_parallel=max_parallel, tz=tz,
-                                   account=_setting(url, options, "account"))
+            raise errors.UsageError(f"FirecREST at {settings.api_url} has no system '{url.host}' (known: {known})")
+        backend = FirecrestBackend(client, info, max_parallel=settings.parallel, tz=tz, account=settings.account)
     return backend, normalize(url.path)
 
 

@@ -21,7 +21,6 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import threading
 import time
 from typing import Dict, List, Optional, Tuple
@@ -30,9 +29,9 @@ from cachetools import LRUCache
 
 from .. import errors, net
 from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize
-from ..em.backend import _flag, _number
 from ..urls import ParsedURL
 from .client import FluxClient, stream_chunks
+from .options import FluxOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,6 @@ FOREVER = math.inf
 DIR_MODE, FILE_MODE = 0o555, 0o444
 FINISHED = "INACTIVE"
 OUTPUT_CACHE_BYTES = 64 << 20  # finished outputs kept in memory between the stat that sized them and reads
-
-# Flux's own defaults would keep attributes 30 s: the kernel must ask again each second to see output grow.
-CORE_DEFAULTS = {"attr_ttl": "1"}
 
 
 def _json_file(value) -> bytes:
@@ -313,10 +309,6 @@ class FluxBackend(Backend):
 
 
 # -- URLs -----------------------------------------------------------------------------------------------
-# What backend_from_url reads from options and the URL query; anything else is a user's typo.
-OPTIONS = {"user", "token", "secret_key", "insecure_http", "verify", "ca_file", "timeout", "listing_ttl", "live_ttl"}
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -326,17 +318,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def backend_from_url(url: ParsedURL, options: dict):
+def backend_from_url(url: ParsedURL, settings: FluxOptions):
     """``flux://[USER[:TOKEN]@]HOST[:PORT]/[path]`` -> ``(FluxBackend, root)``.
 
     https with certificate checks (``verify=0`` or a CA file for self-signed servers); plain http only to a
     loopback address, or anywhere with ``insecure_http=1`` (a warning says so).  The multi-user mode's
     credentials: user from the URL, the ``user`` option or ``FLUX_USER``; token from the URL, a profile
     or ``FLUX_TOKEN``; the signing key from a profile's ``secret_key`` or ``FLUX_SECRET_KEY``."""
-    settings = {**url.params, **options}
     if not url.host:
         raise errors.UsageError("flux:// URL needs a host: flux://HOST:PORT/")
-    insecure = _flag(settings.get("insecure_http", "0"))
+    insecure = settings.insecure_http
     scheme = "http" if insecure or _is_loopback(url.host) else "https"
     if insecure and not _is_loopback(url.host):
         log.warning("flux://%s: plain http (insecure_http): the token and job output cross the network "
@@ -344,12 +335,11 @@ def backend_from_url(url: ParsedURL, options: dict):
     host = f"[{url.host}]" if ":" in url.host else url.host
     client = FluxClient(
         f"{scheme}://{host}{f':{url.port}' if url.port else ''}",
-        url.username or settings.get("user") or os.environ.get("FLUX_USER"),
-        url.password or settings.get("token") or os.environ.get("FLUX_TOKEN"),
-        settings.get("secret_key") or os.environ.get("FLUX_SECRET_KEY"),
-        verify=net.parse_verify(settings.get("verify"), settings.get("ca_file")),
-        timeout=_number(settings, "timeout", 30.0),
+        url.username or settings.user,
+        url.password or settings.token,
+        settings.secret_key,
+        verify=net.parse_verify(settings.verify, settings.ca_file),
+        timeout=settings.timeout,
     )
-    backend = FluxBackend(client, listing_ttl=_number(settings, "listing_ttl", 2.0),
-                          live_ttl=_number(settings, "live_ttl", 0.5))
+    backend = FluxBackend(client, listing_ttl=settings.listing_ttl, live_ttl=settings.live_ttl)
     return backend, normalize(url.path)

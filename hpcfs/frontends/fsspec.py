@@ -13,11 +13,12 @@ from fsspec.spec import AbstractFileSystem
 from ..backend import normalize
 from ..core import open_tree
 from ..core.files import TreeLease, open_stream
+from ..registry import SCHEMES
 from ..urls import split_service
 
 
 class HpcfsFileSystem(AbstractFileSystem):
-    protocol = ("uftp", "firecrest", "em", "flux")
+    protocol = SCHEMES
     root_marker = "/"
 
     def __init__(self, service_url, auto_mkdir=False, **options):

@@ -11,14 +11,13 @@ import functools
 import itertools
 import logging
 import os
-import re
 import signal
-import subprocess
 import threading
 import time
 from typing import List, Optional
 
 from .. import errors
+from ..mounts import detach
 
 # mfusepy loads libfuse2 first when both are installed; libfuse3 gives 1 MiB requests and is what we test.
 if ctypes.util.find_library("fuse3"):
@@ -222,25 +221,6 @@ class HpcfsOperations(fuse.Operations):
         }
 
 
-def is_mounted(mountpoint):
-    """Whether something is mounted at ``mountpoint``, judged by the kernel's mount table.
-
-    ``os.path.ismount`` stats the mount's root, which fails while the server is gone: exactly when
-    ``hpcfs umount`` must still work."""
-    target = os.path.realpath(mountpoint)
-    with open("/proc/self/mounts") as table:
-        for line in table:
-            fields = line.split()
-            if len(fields) > 1 and _unescape_mount_path(fields[1]) == target:
-                return True
-    return False
-
-
-def _unescape_mount_path(field):
-    """/proc/mounts writes space, tab, newline and backslash in paths as octal escapes."""
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
-
-
 def mount(remote_tree, mountpoint: str, read_only: bool = False, fsname: str = "hpcfs",
           options: Optional[dict] = None) -> Optional[int]:
     """Mount ``remote_tree`` at ``mountpoint`` (an absolute path) in the foreground; returns when it is
@@ -310,20 +290,13 @@ def _serve_until_unmounted(operations, mountpoint: str, fuse_options: dict) -> O
         while loop.is_alive():
             loop.join(0.2)
             if received and loop.is_alive():
-                _detach(mountpoint)
+                detach(mountpoint)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if failure and not received:
         raise failure[0]
     return received[0] if received else None
-
-
-def _detach(mountpoint: str) -> None:
-    """Unmount; while programs still use the mount, detach it lazily (it ends when they let go)."""
-    for command in (["fusermount3", "-u", "-q"], ["fusermount3", "-uz", "-q"]):
-        if not is_mounted(mountpoint) or subprocess.run(command + [mountpoint], capture_output=True).returncode == 0:
-            return
 
 
 def _set_kernel_readahead(mountpoint, kib, wait_seconds=30):

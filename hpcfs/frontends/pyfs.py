@@ -1,4 +1,4 @@
-"""PyFilesystem2 front end: ``fs.open_fs("uftp://...")``, ``firecrest://...``, ``em://...``, ``flux://...``.
+"""PyFilesystem2 front end: ``fs.open_fs("uftp://...")``, and every other scheme of :mod:`hpcfs.registry`.
 
 A thin adapter: every call goes to the core's RemoteTree, and one context manager translates
 ``hpcfs.errors`` into ``fs.errors``.  ``scandir`` fills ``details`` from the directory listing, so
@@ -19,6 +19,7 @@ from fs.permissions import Permissions
 from .. import errors
 from ..core.files import TreeLease, open_stream
 from ..core import RemoteTree, open_tree
+from ..registry import PROTOCOLS, SCHEMES
 from ..urls import redact
 
 _TRANSLATION = [
@@ -193,7 +194,11 @@ class HpcfsFS(FS):
         return Info(raw)
 
 
-class _HpcfsOpener(Opener):
+class HpcfsOpener(Opener):
+    """Opens every hpcfs scheme: the URL says which protocol."""
+
+    protocols = list(SCHEMES)
+
     def open_fs(self, fs_url, parse_result, writeable, create, cwd):
         url = fs_url.split("!", 1)[0]
         try:
@@ -216,17 +221,8 @@ class ClosingSubFS(fs.subfs.SubFS):
         super().close()
 
 
-class UFTPOpener(_HpcfsOpener):
-    protocols = ["uftp"]
-
-
-class FirecrestOpener(_HpcfsOpener):
-    protocols = ["firecrest"]
-
-
-class EMOpener(_HpcfsOpener):
-    protocols = ["em"]
-
-
-class FluxOpener(_HpcfsOpener):
-    protocols = ["flux"]
+# setup.cfg's fs.opener entry points name one class per scheme (PyFilesystem2 looks a class up by scheme):
+# these are generated from the registry, so a new protocol needs no class here.
+globals().update({protocol.opener: type(protocol.opener, (HpcfsOpener,),
+                                        {"protocols": [protocol.scheme], "__module__": __name__})
+                  for protocol in PROTOCOLS})

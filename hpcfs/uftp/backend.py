@@ -26,6 +26,7 @@ from typing import Callable, List, Optional, Union
 from .. import errors, net
 from ..backend import Backend, Capabilities, Entry, normalize, read_exactly, split
 from .auth import AuthClient, BasicCredential, BearerCredential, SSHKeyCredential, read_token
+from .options import UFTPOptions
 from .listing import facts_kind, facts_mode, is_child_name, parse_mlst_reply, parse_stat_reply
 from .session import ControlSession, SecretRejected, SessionLost
 
@@ -526,23 +527,18 @@ def _positive_int(value) -> Optional[int]:
 
 
 # -- URL -----------------------------------------------------------------------------------------------
-# What backend_from_url reads from options and the URL query; anything else is a user's typo.
-OPTIONS = {"user", "password", "token", "identity", "ca_file", "verify", "timeout", "sessions"}
 # Where a command-line user's password may come from (a password in the URL is refused there: see ps).
 PROFILE_SECRETS = "password_env, password_file, password_command or password_prompt = yes"
 
 
-def backend_from_url(parsed, options):
+def backend_from_url(parsed, settings: UFTPOptions):
     """``uftp://[user[:password]@]host:port[/SITE]/rest/auth/SERVER[:/base/dir][?token=..|identity=..]``,
     PyUNICORE's URL shape; the backend's ``/`` is the base directory, so the root is ``/``."""
-    settings = {**parsed.params, **{k: v for k, v in options.items() if v is not None}}
     auth_url, base_dir = split_auth_path(parsed)
-    timeout = float(settings.get("timeout", DEFAULT_TIMEOUT))
-    verify = net.parse_verify(settings.get("verify"), settings.get("ca_file"))
-    auth = AuthClient(auth_url, make_credential(parsed, settings), verify=verify, timeout=timeout)
-    sessions = _positive_int(settings.get("sessions"))
+    verify = net.parse_verify(settings.verify, settings.ca_file)
+    auth = AuthClient(auth_url, make_credential(parsed, settings), verify=verify, timeout=settings.timeout)
     try:
-        return UFTPBackend(auth, base_dir, sessions=sessions, timeout=timeout), "/"
+        return UFTPBackend(auth, base_dir, sessions=settings.parallel, timeout=settings.timeout), "/"
     except BaseException:
         auth.close()
         raise
@@ -563,21 +559,17 @@ def split_auth_path(parsed):
     return f"https://{parsed.netloc}{prefix}/rest/auth/{server}", "/" + base if colon else "/"
 
 
-def make_credential(parsed, settings):
+def make_credential(parsed, settings: UFTPOptions):
     """Token (``?token=``, ``UFTP_TOKEN``), else SSH key (``?identity=``, ``UFTP_IDENTITY``), else
     user and password (URL, option, ``UFTP_USER``/``UFTP_PASSWORD``)."""
-    user = parsed.username or settings.get("user") or os.environ.get("UFTP_USER")
-    password = parsed.password if parsed.password is not None else settings.get("password")
-    if password is None:
-        password = os.environ.get("UFTP_PASSWORD")
-    token = settings.get("token") or os.environ.get("UFTP_TOKEN")
-    if token:
-        return BearerCredential(read_token(token))
-    identity = settings.get("identity") or os.environ.get("UFTP_IDENTITY")
-    if identity:
+    user = parsed.username or settings.user
+    password = parsed.password if parsed.password is not None else settings.password
+    if settings.token:
+        return BearerCredential(read_token(settings.token))
+    if settings.identity:
         if not user:
             raise errors.UsageError("an identity needs a user name: uftp://USER@HOST... or UFTP_USER")
-        return SSHKeyCredential(user, _identity_path(identity), password)
+        return SSHKeyCredential(user, _identity_path(settings.identity), password)
     if not user:
         raise errors.UsageError("no UFTP credentials: set UFTP_USER and UFTP_PASSWORD, use a profile "
                                 f"({PROFILE_SECRETS}), or give ?token=@FILE or ?identity=KEY")

@@ -1,0 +1,67 @@
+"""The protocols hpcfs speaks: one record per URL scheme, and everything else derived from it.
+
+URL parsing (``hpcfs/urls.py``), the PyFilesystem2 openers and the fsspec protocol names
+(``hpcfs/frontends``), the CLI's scheme lists and ``serve`` sub-commands, and the tests that run for every
+protocol all read this table; ``setup.cfg`` declares the same entry points (a test compares them).
+Modules are named by dotted strings, so importing this module loads no protocol code: a command pays only
+for the protocol whose URL it opens, and only ``hpcfs serve`` loads a server.
+"""
+import importlib
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Protocol:
+    scheme: str  # the URL scheme, also the PyFilesystem2 and fsspec protocol name
+    title: str  # how messages and help texts name it
+    package: str  # the protocol package: its options.py (options_class) and backend.py (backend_from_url)
+    options_class: str  # the typed options dataclass in <package>.options
+    server: str  # the local server module (add_arguments/serve for ``hpcfs serve <scheme>``)
+    opener: str  # the PyFilesystem2 Opener class in hpcfs.frontends.pyfs (named by setup.cfg's fs.opener)
+    # Where the service ends inside the URL path: the service is everything before the first occurrence of
+    # this marker (UFTP's ``/rest/auth/SERVER:/base``); None: the service is the URL's authority alone.
+    service_end: Optional[str] = None
+    read_only: bool = False
+
+    @property
+    def backend_module(self) -> str:
+        return f"{self.package}.backend"
+
+    @property
+    def options_module(self) -> str:
+        return f"{self.package}.options"
+
+    def backend_from_url(self, parsed_url: Any, options: Dict[str, Any]) -> Tuple[Any, str]:
+        """``(backend, root)``: imports the protocol's backend module only now."""
+        return importlib.import_module(self.backend_module).backend_from_url(parsed_url, options)
+
+    def options(self) -> Any:
+        """The protocol's options dataclass (a :class:`hpcfs.core.options.BackendOptions` subclass)."""
+        return getattr(importlib.import_module(self.options_module), self.options_class)
+
+    def server_module(self) -> Any:
+        return importlib.import_module(self.server)
+
+
+PROTOCOLS: Tuple[Protocol, ...] = (
+    Protocol("uftp", "UFTP", "hpcfs.uftp", "UFTPOptions", "hpcfs.servers.uftp", "UFTPOpener", service_end=":/"),
+    Protocol("firecrest", "FirecREST", "hpcfs.firecrest", "FirecrestOptions", "hpcfs.servers.firecrest",
+             "FirecrestOpener"),
+    Protocol("em", "EM API", "hpcfs.em", "EMOptions", "hpcfs.servers.em", "EMOpener"),
+    Protocol("flux", "Flux", "hpcfs.flux", "FluxOptions", "hpcfs.servers.flux", "FluxOpener", read_only=True),
+)
+
+BY_SCHEME: Dict[str, Protocol] = {protocol.scheme: protocol for protocol in PROTOCOLS}
+SCHEMES: Tuple[str, ...] = tuple(BY_SCHEME)
+WRITABLE_SCHEMES: Tuple[str, ...] = tuple(protocol.scheme for protocol in PROTOCOLS if not protocol.read_only)
+
+
+def protocol_for(scheme: str) -> Protocol:
+    """The record of a scheme; KeyError for one hpcfs does not speak (urls.parse says so to users)."""
+    return BY_SCHEME[scheme]
+
+
+def url_examples() -> str:
+    """``uftp://, firecrest://, em://, flux://`` for help texts."""
+    return ", ".join(f"{scheme}://" for scheme in SCHEMES)
