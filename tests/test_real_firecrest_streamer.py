@@ -1,0 +1,60 @@
+"""hpcfs against a real FirecREST v2 whose system offers the ``streamer`` data path (``cluster-streamer``).
+
+Files above the direct limits (``max_ops_file_size`` 5 MiB) travel whole over a websocket to a streamer job
+that the server submits per transfer.  Each job first builds a venv and installs ``firecrest-streamer``:
+about 10 s on an idle machine, up to 30 s on a loaded one, so these tests transfer as little as they can.
+"""
+import hashlib
+import os
+import secrets
+import shutil
+
+import pytest
+
+from fixtures_streamer import streamer_firecrest_env  # noqa: F401  (the session fixture)
+from mounting import hpcfs, mounted
+
+pytestmark = pytest.mark.timeout(400)
+MIB = 1 << 20
+CONNECTION = ("FIRECREST_URL", "AUTH_TOKEN_URL", "FIRECREST_CLIENT_ID", "FIRECREST_CLIENT_SECRET")
+
+
+@pytest.fixture
+def streamer_system(streamer_firecrest_env):  # noqa: F811
+    """``(served directory, firecrest:// URL of it, environment)`` on ``cluster-streamer``."""
+    served = os.path.join(streamer_firecrest_env["FIRECREST_FS_ROOT"], f"streamer-{secrets.token_hex(4)}")
+    os.makedirs(served)
+    env = {name: streamer_firecrest_env[name] for name in CONNECTION}
+    try:
+        yield served, f"firecrest://{streamer_firecrest_env['FIRECREST_SYSTEM_STREAMER']}{served}", env
+    finally:
+        shutil.rmtree(served, ignore_errors=True)
+
+
+def write_random(path: str, size: int) -> str:
+    data = os.urandom(size)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def test_cp_of_12_mib_both_ways_goes_through_the_streamer(streamer_system, tmp_path):
+    served, url, env = streamer_system
+    digest = write_random(str(tmp_path / "big.bin"), 12 * MIB)
+    hpcfs("cp", str(tmp_path / "big.bin"), f"{url}/big.bin", env=env, timeout=300)
+    assert sha256_file(os.path.join(served, "big.bin")) == digest
+    assert os.listdir(served) == ["big.bin"], "the upload's temporary name was left behind"
+    hpcfs("cp", f"{url}/big.bin", str(tmp_path / "back.bin"), env=env, timeout=300)
+    assert sha256_file(str(tmp_path / "back.bin")) == digest
+
+
+def test_mount_reads_a_12_mib_file_through_the_streamer(streamer_system, tmp_path):
+    served, url, env = streamer_system
+    digest = write_random(os.path.join(served, "big.bin"), 12 * MIB)
+    with mounted(url, tmp_path / "mnt", env=env) as mountpoint:
+        assert sha256_file(os.path.join(mountpoint, "big.bin")) == digest
