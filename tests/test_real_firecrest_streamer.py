@@ -44,7 +44,10 @@ def sha256_file(path: str) -> str:
 
 
 def test_cp_of_12_mib_both_ways_goes_through_the_streamer(streamer_system, tmp_path):
+    """The upload replaces an older file: the streamer job itself refuses existing targets."""
     served, url, env = streamer_system
+    assert "staging: streamer" in hpcfs("info", url, env=env).stdout
+    write_random(os.path.join(served, "big.bin"), 6 * MIB)
     digest = write_random(str(tmp_path / "big.bin"), 12 * MIB)
     hpcfs("cp", str(tmp_path / "big.bin"), f"{url}/big.bin", env=env, timeout=300)
     assert sha256_file(os.path.join(served, "big.bin")) == digest
@@ -58,3 +61,17 @@ def test_mount_reads_a_12_mib_file_through_the_streamer(streamer_system, tmp_pat
     digest = write_random(os.path.join(served, "big.bin"), 12 * MIB)
     with mounted(url, tmp_path / "mnt", env=env) as mountpoint:
         assert sha256_file(os.path.join(mountpoint, "big.bin")) == digest
+
+
+def test_a_path_the_streamer_job_would_mangle_is_refused_in_one_line(streamer_system, tmp_path):
+    """The job script puts the path unquoted into a shell command line: refused before any job starts."""
+    served, url, env = streamer_system
+    write_random(os.path.join(served, "two words.bin"), 6 * MIB)
+    jobs = os.path.join(os.path.dirname(os.path.dirname(served)), "jobs")  # the kit's fake Slurm records
+    jobs_before = len(os.listdir(jobs))
+    result = hpcfs("cp", f"{url}/two words.bin", str(tmp_path / "copy.bin"), env=env, check=False, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and "two words.bin" in result.stderr, result.stderr
+    assert "streamer" in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "copy.bin")
+    assert len(os.listdir(jobs)) == jobs_before, "a transfer job was submitted for the path"
