@@ -5,11 +5,15 @@ that the server submits per transfer.  Each job first builds a venv and installs
 about 10 s on an idle machine, up to 30 s on a loaded one, so these tests transfer as little as they can.
 """
 import hashlib
+import io
 import os
 import secrets
 import shutil
 
 import pytest
+
+from hpcfs import errors
+from hpcfs.urls import open_backend
 
 from fixtures_streamer import streamer_firecrest_env  # noqa: F401  (the session fixture)
 from mounting import hpcfs, mounted
@@ -75,3 +79,21 @@ def test_a_path_the_streamer_job_would_mangle_is_refused_in_one_line(streamer_sy
     assert "streamer" in result.stderr and "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "copy.bin")
     assert len(os.listdir(jobs)) == jobs_before, "a transfer job was submitted for the path"
+
+
+def test_a_broken_upload_leaves_the_old_file_and_no_partial_one(streamer_system, monkeypatch):
+    """The job keeps what arrived before a connection broke, and logs it as received: hpcfs removes
+    that partial file, and the target, only replaced by a rename after the sha256 matched, is intact."""
+    served, url, env = streamer_system
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    old_digest = write_random(os.path.join(served, "kept.bin"), 6 * MIB)
+    backend, root = open_backend(url)
+    try:
+        short_source = io.BytesIO(os.urandom(7 * MIB))  # announced as 12 MiB
+        with pytest.raises(errors.ProtocolError, match="shorter than announced"):
+            backend.write_whole(f"{root.rstrip('/')}/kept.bin", short_source, 12 * MIB)
+    finally:
+        backend.close()
+    assert sha256_file(os.path.join(served, "kept.bin")) == old_digest
+    assert os.listdir(served) == ["kept.bin"], "the partial upload was left behind"

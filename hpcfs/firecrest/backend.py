@@ -27,7 +27,7 @@ import threading
 import uuid
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, List, Optional
+from typing import BinaryIO, Callable, Dict, List, Optional
 
 from cachetools import TTLCache
 
@@ -95,7 +95,7 @@ class FirecrestBackend(Backend):
             chmod=True, symlinks=True, set_mtime=False, eventual_listing=False,
             extra={"max_ops_file_size": self.max_ops, "staging": self._large_file_path()},
         )
-        self._staged = {}
+        self._staged: Dict[str, _StagedCopy] = {}
         self._staged_lock = threading.Lock()
         # path -> size of a file last seen here, for the no-staging check; as long-lived as the core's attributes
         self._sizes: TTLCache = TTLCache(SIZE_HINTS, SIZE_HINT_TTL)
@@ -164,7 +164,7 @@ class FirecrestBackend(Backend):
                 "(no data_transfer) for larger files", path)
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
-        pieces = []
+        pieces: List[bytes] = []
         self.read_pieces(path, offset, length, max(length, 1), pieces.append)
         return pieces[0] if pieces else b""
 
