@@ -5,14 +5,19 @@ that the server submits per transfer.  Each job first builds a venv and installs
 about 10 s on an idle machine, up to 30 s on a loaded one, so these tests transfer as little as they can.
 """
 import hashlib
+import http
 import io
+import logging
 import os
 import secrets
 import shutil
+import threading
 
 import pytest
+from websockets.sync.server import serve
 
 from hpcfs import errors
+from hpcfs.firecrest import streamer
 from hpcfs.urls import open_backend
 
 from fixtures_streamer import streamer_firecrest_env  # noqa: F401  (the session fixture)
@@ -97,3 +102,25 @@ def test_a_broken_upload_leaves_the_old_file_and_no_partial_one(streamer_system,
         backend.close()
     assert sha256_file(os.path.join(served, "kept.bin")) == old_digest
     assert os.listdir(served) == ["kept.bin"], "the partial upload was left behind"
+
+
+def test_the_transfer_secret_stays_out_of_debug_logs(caplog):
+    """``hpcfs -v`` logs at DEBUG, where websockets would print the handshake's bearer secret.  A real
+    websocket server that refuses it (as a streamer of another transfer does) is swept once."""
+    secret = secrets.token_urlsafe(16)
+    refuse = lambda connection, request: connection.respond(http.HTTPStatus.FORBIDDEN, "Invalid secret\n")  # noqa: E731
+    quiet = logging.getLogger("test.streamer.server")  # the test server's own log is not hpcfs's
+    quiet.setLevel(logging.INFO)
+    with serve(lambda connection: None, "127.0.0.1", 0, process_request=refuse, logger=quiet) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        coordinates = streamer.Coordinates(["127.0.0.1"], port, port, secret)
+
+        def job_ended():
+            raise errors.NotFound("the job ended")
+
+        caplog.set_level(logging.DEBUG)
+        with pytest.raises(errors.NotFound):
+            streamer.open_stream(coordinates, job_ended, deadline=0, timeout=5, path="/x")
+        server.shutdown()
+    assert "Authorization" not in caplog.text and secret not in caplog.text

@@ -20,6 +20,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, List
@@ -35,6 +36,9 @@ SWEEP_PAUSE = 0.25
 RECEIVED_MARKER = "File received successfully."  # the server job's log line after a matching sha256
 SENT_MARKER = "sent successfully"
 CLOSE_REASONS = {3003: errors.NotFound}  # the server's close code for a missing (or existing) file
+# websockets logs handshake headers at DEBUG, the secret among them: never below INFO, even with ``-v``
+WIRE_LOG = logging.getLogger("hpcfs.firecrest.streamer.wire")
+WIRE_LOG.setLevel(logging.INFO)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ def open_stream(coordinates: Coordinates, check_job: Callable[[], None], deadlin
                 try:
                     return connect(f"ws://{ip}:{port}", additional_headers=headers, max_size=MAX_MESSAGE,
                                    open_timeout=timeout, close_timeout=timeout, ping_interval=None,
-                                   proxy=None)
+                                   proxy=None, logger=WIRE_LOG)
                 except (OSError, InvalidStatus, InvalidHandshake, TimeoutError):
                     continue  # not listening yet, or another transfer's server (403)
         check_job()
