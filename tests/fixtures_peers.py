@@ -17,6 +17,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
@@ -34,9 +35,10 @@ def _kit_script(name: str) -> Path:
     return script
 
 
-def _read_env(script: Path) -> dict:
+def _read_env(script: Path, environment: Optional[dict] = None) -> dict:
     """The ``export K=V`` lines of ``script env`` as a dict (values are shell-quoted)."""
-    output = subprocess.run([script, "env"], check=True, capture_output=True, text=True, timeout=30).stdout
+    output = subprocess.run([script, "env"], check=True, capture_output=True, text=True, timeout=30,
+                            env=environment).stdout
     pairs = (shlex.split(line)[-1].split("=", 1) for line in output.splitlines() if line.startswith("export "))
     return dict(pairs)
 

@@ -11,28 +11,36 @@ Mapping (see /work/shared/reference/firecrest.md):
 * ``write_whole`` = ``ops/upload`` up to ``max_ops_file_size``, else a staged multipart ``transfer/upload``
   whose ingress job is awaited, so the file is in place when the call returns.  An empty file times
   out on the server (408) although it is created: the call waits only briefly, then checks with ``stat``.
+* On a system whose ``data_transfer`` is ``streamer``, reads above the direct-download limit and writes above
+  ``max_ops_file_size`` go whole over a websocket to a streamer job (:mod:`.streamer`) instead: no ranged
+  reads; an upload lands under a temporary name and is renamed over the target (the job refuses to
+  replace a file, and would leave a partial one behind a broken connection).
 * ``rename`` = ``transfer/mv``, a scheduler job: polled, its log checked (the job "succeeds" even when
   ``mv`` fails).  POSIX replacement rules are checked first because ``mv`` moves *into* directories.
 * ``remove``/``rmdir`` check the kind and emptiness first: ``ops/rm`` is ``rm -r``.
 """
 import datetime
 import posixpath
+import re
 import threading
+import uuid
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, List, Optional
+from typing import BinaryIO, Callable, Dict, List, Optional
 
 from cachetools import TTLCache
 
 from .. import errors, net
 from ..backend import DIRECTORY, FILE, SYMLINK, Backend, Capabilities, Entry, normalize, split
 from ..urls import ParsedURL
+from . import streamer
 from .auth import ClientCredentials
 from .client import FirecrestClient, StagingExpired, error_from_message
 from .options import FirecrestOptions
 from .listing import decode_name, entry_from_file, entry_from_stat
 
 JOB_MANGLED = "&<>'\""  # the job templates HTML-escape these, so jobs would act on another path
+STREAMER_JOB_SAFE = re.compile(r"[A-Za-z0-9/._+,:@%=~-]+")  # the streamer job script does not quote its path
 STAGE_LOCKS = 64
 SIZE_HINTS = 4096
 SIZE_HINT_TTL = 30.0
@@ -77,14 +85,17 @@ class FirecrestBackend(Backend):
         self.max_ops = int(operation.get("max_ops_file_size", 5 * 1024 * 1024))
         transfer = operation.get("data_transfer") or {}
         self.staging = transfer.get("serviceType") == "s3"
+        self.streamer = transfer.get("serviceType") == "streamer"
+        self.direct_read_limit = (self.max_ops - 1) // 4 * 3  # ops/download base64-encodes under max_ops
         self.file_systems = [fs.get("path") for fs in system_info.get("fileSystems") or []]
         self.capabilities = Capabilities(
             ranged_reads=self.staging, ranged_writes=False, rename="job", max_parallel=max_parallel,
-            max_whole_read=(self.max_ops - 1) // 4 * 3, max_upload=None if self.staging else self.max_ops,
+            max_whole_read=None if self.streamer else self.direct_read_limit,
+            max_upload=None if self.staging or self.streamer else self.max_ops,
             chmod=True, symlinks=True, set_mtime=False, eventual_listing=False,
-            extra={"max_ops_file_size": self.max_ops, "staging": "s3" if self.staging else None},
+            extra={"max_ops_file_size": self.max_ops, "staging": self._large_file_path()},
         )
-        self._staged = {}
+        self._staged: Dict[str, _StagedCopy] = {}
         self._staged_lock = threading.Lock()
         # path -> size of a file last seen here, for the no-staging check; as long-lived as the core's attributes
         self._sizes: TTLCache = TTLCache(SIZE_HINTS, SIZE_HINT_TTL)
@@ -120,25 +131,32 @@ class FirecrestBackend(Backend):
     # -- reading --------------------------------------------------------------------------------------
     def read_whole(self, path: str, sink: BinaryIO) -> None:
         with self.client.operation(path):
-            if not self.staging:
+            if self.streamer and self._size_hint(path) > self.direct_read_limit:
+                self._stream_download(path, sink)
+                return
+            if not self.staging and not self.streamer:
                 self._refuse_above_download_limit(path)
             try:
                 self.client.download(path, sink)
             except errors.TooLarge:  # grown past the server's cap since it was listed
-                if not self.staging:
+                if self.streamer:
+                    self._stream_download(path, sink)
+                elif self.staging:
+                    self.client.staged_stream(self._staged_copy(path).url, sink)
+                else:
                     raise
-                self.client.staged_stream(self._staged_copy(path).url, sink)
+
+    def _size_hint(self, path: str) -> int:
+        """The size this backend just listed or stat'ed (callers look before they read), else asks."""
+        with self._sizes_lock:
+            size = self._sizes.get(path)
+        return self.stat(path).size if size is None else size
 
     def _refuse_above_download_limit(self, path: str):
         """Without staging, ``ops/download`` is the only way out, and for a file above its limit the server
         does not refuse: it holds an SSH channel until its command timeout (408), and a few such reads
-        exhaust its channels (424) and fail its health check (503) for every user.  So check the size
-        first: the one this backend just listed or stat'ed (callers look before they read), else ask."""
-        with self._sizes_lock:
-            size = self._sizes.get(path)
-        if size is None:
-            size = self.stat(path).size
-        limit = self.capabilities.max_whole_read
+        exhaust its channels (424) and fail its health check (503) for every user.  So check the size first."""
+        size, limit = self._size_hint(path), self.direct_read_limit
         if size > limit:
             raise errors.TooLarge(
                 f"{size} bytes is above the direct-download limit of FirecREST system '{self.client.system}' "
@@ -146,7 +164,7 @@ class FirecrestBackend(Backend):
                 "(no data_transfer) for larger files", path)
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
-        pieces = []
+        pieces: List[bytes] = []
         self.read_pieces(path, offset, length, max(length, 1), pieces.append)
         return pieces[0] if pieces else b""
 
@@ -222,6 +240,8 @@ class FirecrestBackend(Backend):
                 self.client.upload(directory, name, data)
             elif self.staging:
                 self._staged_upload(path, source, size)
+            elif self.streamer:
+                self._stream_upload(path, source, size)
             else:
                 raise errors.TooLarge(f"{size} bytes is above the upload limit of FirecREST system "
                                       f"'{self.client.system}' ({self.max_ops} bytes, its max_ops_file_size), "
@@ -260,6 +280,48 @@ class FirecrestBackend(Backend):
                 raise errors.ProtocolError(str(failure), path) from None
             raise
         self._finish(job, "successfully", path)
+
+    # -- streamer transfers ---------------------------------------------------------------------------
+    def _stream_download(self, path: str, sink: BinaryIO):
+        _refuse_for_streamer_job(path)
+        job, coordinates = self.client.streamer_transfer("download", path, self.account)
+        try:
+            with self._open_stream(job, coordinates, streamer.SENT_MARKER, path) as connection:
+                streamer.receive(connection, sink, self.client.timeout[1], path)
+        except BaseException:
+            self.client.cancel_job(job)  # else its server waits for a client until its wait_timeout
+            raise
+
+    def _stream_upload(self, path: str, source: BinaryIO, size: int):
+        """Into a temporary sibling, then renamed over ``path``: the job refuses an existing target, and a
+        broken connection leaves it a partial file that it reports as received."""
+        temporary = posixpath.join(posixpath.dirname(path), f".{uuid.uuid4().hex[:16]}.hpcfs-upload")
+        _refuse_for_streamer_job(temporary)
+        job, coordinates = self.client.streamer_transfer("upload", temporary, self.account)
+        try:
+            with self._open_stream(job, coordinates, streamer.RECEIVED_MARKER, path) as connection:
+                streamer.send(connection, source, size, self.client.timeout[1], path)
+            self._finish(job, streamer.RECEIVED_MARKER, path)
+            self.rename(temporary, path)
+        except BaseException:
+            self.client.cancel_job(job)
+            self._remove_quietly(temporary)
+            raise
+
+    def _open_stream(self, job: dict, coordinates: str, marker: str, path: str):
+        def check_job():
+            if self.client.job_ended(job):  # it will never listen: say why (its log), else say that
+                self._finish(job, marker, path)
+                raise errors.ProtocolError(f"transfer job {job['jobId']} ended before it streamed", path)
+
+        return streamer.open_stream(streamer.Coordinates.decode(coordinates), check_job,
+                                    time.monotonic() + self.job_timeout, self.client.timeout[0], path)
+
+    def _remove_quietly(self, path: str):
+        try:
+            self.client.rm(path)
+        except errors.HpcfsError:
+            pass  # never created, or the server is gone: nothing more to do from here
 
     def _finish(self, job: dict, marker: str, path: str):
         """Wait for a transfer job, then read its output log: the scheduler's state alone can lie."""
@@ -345,7 +407,11 @@ class FirecrestBackend(Backend):
         return {"protocol": "firecrest", "api": self.client.api_url, "system": self.client.system,
                 "server_version": self.client.server_version, "client_id": self.client.auth.client_id,
                 "token_url": self.client.auth.token_url, "max_ops_file_size": self.max_ops,
-                "staging": "s3" if self.staging else self._no_staging(), "file_systems": self.file_systems}
+                "staging": self._large_file_path() or self._no_staging(), "file_systems": self.file_systems}
+
+    def _large_file_path(self) -> Optional[str]:
+        """How files above the direct limits travel: "s3" (staged), "streamer" (websocket), or not at all."""
+        return "s3" if self.staging else "streamer" if self.streamer else None
 
     def _no_staging(self) -> str:
         return (f"no staging: files above {self.capabilities.max_whole_read} bytes cannot be read "
@@ -371,6 +437,13 @@ def _require_settings(settings: FirecrestOptions) -> None:
     for name, env, what in REQUIRED:
         if not getattr(settings, name):
             raise errors.UsageError(f"FirecREST {what} missing: set {env} (or the {name}= option)")
+
+
+def _refuse_for_streamer_job(path: str):
+    if not STREAMER_JOB_SAFE.fullmatch(path):
+        raise errors.InvalidPath("FirecREST streamer jobs put the path unquoted into a shell script: only "
+                                 "letters, digits and / . _ + , : @ % = ~ - are safe", path)
+
 
 
 def backend_from_url(url: ParsedURL, settings: FirecrestOptions):

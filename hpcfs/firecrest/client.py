@@ -168,6 +168,15 @@ class FirecrestClient:
                              json=body).json()
         return reply["transferJob"], reply["transferDirectives"]
 
+    def streamer_transfer(self, direction: str, path: str, account: Optional[str]) -> Tuple[dict, str]:
+        """Start a streamer job that sends (``direction`` "download") or receives ("upload") ``path``:
+        (transfer job, coordinates)."""
+        body = _with_account({"sourcePath": _addressable(path),
+                              "transferDirectives": {"transferMethod": "streamer"}}, account)
+        reply = self.request("POST", self._fs("transfer", direction), path, expect=(201,), idempotent=False,
+                             json=body).json()
+        return reply["transferJob"], reply["transferDirectives"]["coordinates"]
+
     def mv(self, source: str, target: str, account: Optional[str]) -> dict:
         body = _with_account({"sourcePath": _addressable(source), "targetPath": _addressable(target)}, account)
         reply = self.request("POST", self._fs("transfer", "mv"), source, expect=(201,), idempotent=False, json=body)
@@ -176,13 +185,12 @@ class FirecrestClient:
     def wait_for_job(self, job: dict, deadline: float, visibility_grace: float = 30.0) -> dict:
         """Poll ``/compute/{system}/jobs/{id}`` until the job ends (a new job may be unknown for a while)."""
         job_id = job["jobId"]
-        endpoint = f"/compute/{self.system}/jobs/{job_id}"
         first_seen_deadline = time.monotonic() + visibility_grace
         delay = 0.01  # quick first polls (a short job), then back off to one poll every 2 s
         while True:
             try:
-                info = self.request("GET", endpoint, params={"allusers": "false"}).json()["jobs"][0]
-                if all(state in TERMINAL_STATES for state in str(info["status"]["state"]).split(",")):
+                info = self.job_info(job)
+                if _ended(info):
                     return info
             except errors.NotFound:
                 if time.monotonic() > first_seen_deadline:
@@ -191,6 +199,17 @@ class FirecrestClient:
                 raise errors.TimedOut(f"transfer job {job_id} did not finish in time")
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    def job_info(self, job: dict) -> dict:
+        return self.request("GET", f"/compute/{self.system}/jobs/{job['jobId']}",
+                            params={"allusers": "false"}).json()["jobs"][0]
+
+    def job_ended(self, job: dict) -> bool:
+        """Whether ``job`` has ended (a job the scheduler does not show yet has not)."""
+        try:
+            return _ended(self.job_info(job))
+        except errors.NotFound:
+            return False
 
     def cancel_job(self, job: dict):
         """Best effort: a job left behind (an upload job waiting for parts that never come) is cancelled."""
@@ -299,6 +318,10 @@ def _skip(raw, count: int):
 
 def _broken(what: str, exc: Exception, path: Optional[str] = None) -> errors.ProtocolError:
     return errors.ProtocolError(f"{what}: the server's reply broke off ({type(exc).__name__})", path)
+
+
+def _ended(info: dict) -> bool:
+    return all(state in TERMINAL_STATES for state in str(info["status"]["state"]).split(","))
 
 
 def _addressable(path: str) -> str:
