@@ -10,10 +10,12 @@ Each handle works in its own directory below the served tree and offers what the
 ``nobody``: that directory is world-writable and files written into it by root stay world-readable.
 All UFTP logins share one unix user, so UFTPD's per-user limit (16 sessions) counts the whole run.
 """
+import fcntl
 import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +46,21 @@ def _read_env(script: Path, environment: Optional[dict] = None) -> dict:
 
 
 def _run_peer(name: str):
-    """Start peer ``name`` unless it runs; yield its environment; stop it if this session started it."""
+    """Start peer ``name`` unless it runs; yield its environment; stop it if this session started it --
+    unless this is one of several xdist workers, which share the peer (scripts/test starts and stops the
+    peers around the whole run)."""
     script = _kit_script(name)
-    already_running = subprocess.run([script, "status"], capture_output=True, timeout=30).returncode == 0
-    if not already_running:
-        started = subprocess.run([script, "start"], capture_output=True, text=True, timeout=START_TIMEOUT)
-        if started.returncode != 0:
-            pytest.fail(f"{name} start failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
+    with open(os.path.join(tempfile.gettempdir(), f"hpcfs-tests-{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # workers starting one peer at once would race for its ports
+        already_running = subprocess.run([script, "status"], capture_output=True, timeout=30).returncode == 0
+        if not already_running:
+            started = subprocess.run([script, "start"], capture_output=True, text=True, timeout=START_TIMEOUT)
+            if started.returncode != 0:
+                pytest.fail(f"{name} start failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
     try:
         yield _read_env(script)
     finally:
-        if not already_running:
+        if not already_running and "PYTEST_XDIST_WORKER" not in os.environ:
             subprocess.run([script, "stop"], capture_output=True, timeout=60)
 
 
