@@ -9,9 +9,10 @@ Everything a backend raises is an :mod:`hpcfs.errors` exception.  The core choos
 whole-file reads, how to rename, how many requests in flight) from :class:`Capabilities`, so front ends
 never ask which protocol they talk to.
 """
+import io
 import posixpath
 import stat as stat_module
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO, Callable, List, Optional
 
 from . import errors
@@ -66,13 +67,68 @@ class Capabilities:
     symlinks: bool = False
     set_mtime: bool = False
     read_only: bool = False  # nothing can be written, created, renamed or deleted (EROFS up front)
-    # Whether a file's listing may lag behind its upload (FirecREST, EM): the core then trusts its own
-    # record of what it wrote rather than a listing taken right after.
-    eventual_listing: bool = False
     # How many levels below the root hold directories the user cannot remove through hpcfs (EM volumes: 1);
     # `hpcfs rm -r` refuses them as it refuses the root itself.
     fixed_levels: int = 0
-    extra: dict = field(default_factory=dict)
+
+    @property
+    def publishes_by_rename(self) -> bool:
+        """Whether an upload goes to a hidden partial name and is renamed onto the real one when complete:
+        only where renaming is instant (elsewhere a rename per upload costs a job or a copy)."""
+        return self.rename == "instant"
+
+
+class UploadSession:
+    """One file on its way to the server: ``put_part`` calls, then ``commit`` (or ``abort``).
+
+    Every part but the last is ``part_size`` bytes long and starts at a multiple of it; up to ``parallel``
+    parts may be in flight at once (1: one after the other, in order).  The file is complete under the
+    session's path only after ``commit``; ``abort`` frees what the server holds for an unfinished upload
+    (a staging job), best effort.  A file of size 0 gets no parts.
+    """
+
+    part_size: int = 1 << 62
+    parallel: int = 1
+
+    def put_part(self, offset: int, source: BinaryIO, length: int) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class WholeUpload(UploadSession):
+    """The session of a backend that takes a file in one request: its one part is one ``write_whole``."""
+
+    def __init__(self, backend: "Backend", path: str, size: Optional[int]):
+        if size is None:
+            raise errors.NotSupported("the server needs the size of an upload before it starts", path)
+        self.backend, self.path, self.size = backend, path, size
+        self.part_size = max(size, 1)
+        self._sent = False
+
+    def put_part(self, offset: int, source: BinaryIO, length: int) -> None:
+        self.backend.write_whole(self.path, source, length)
+        self._sent = True
+
+    def commit(self) -> None:
+        if not self._sent:  # an empty file
+            self.backend.write_whole(self.path, io.BytesIO(b""), 0)
+
+
+def upload_in_order(session: UploadSession, source: BinaryIO, size: int) -> None:
+    """Send ``size`` bytes of ``source`` through ``session`` one part after the other, then commit; abort
+    on any failure."""
+    try:
+        for offset in range(0, size, session.part_size):
+            session.put_part(offset, source, min(session.part_size, size - offset))
+        session.commit()
+    except BaseException:
+        session.abort()
+        raise
 
 
 class Backend:
@@ -109,9 +165,20 @@ class Backend:
         """Write the whole file into ``sink``."""
         raise NotImplementedError
 
+    # A backend implements uploads by overriding one of ``write_whole`` (one request per file) and
+    # ``begin_upload`` (parts: parallel pieces, S3 multipart); each default is built on the other.
     def write_whole(self, path: str, source: BinaryIO, size: int) -> None:
         """Create or replace ``path`` with ``size`` bytes read from ``source``."""
-        raise NotImplementedError
+        if type(self).begin_upload is Backend.begin_upload:
+            raise NotImplementedError(f"{type(self).__name__} implements neither write_whole nor begin_upload")
+        upload_in_order(self.begin_upload(path, size), source, size)
+
+    def begin_upload(self, path: str, size: Optional[int], resume_from: int = 0) -> UploadSession:
+        """Start creating or replacing ``path`` with ``size`` bytes (``None``: not known yet, only with
+        ``ranged_writes``, for a file streamed while it is written).  ``resume_from`` (only with
+        ``ranged_writes``) keeps that many bytes already at ``path`` and continues after them.  The core's
+        uploader (:mod:`hpcfs.core.upload`) drives the session and handles partial names and publishing."""
+        return WholeUpload(self, path, size)
 
     def write_range(self, path: str, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset`` in place, without truncating (only with ``ranged_writes``)."""

@@ -133,8 +133,7 @@ class EMBackend(Backend):
         self.max_upload, self.max_files = max_upload, max_files
         self.capabilities = Capabilities(
             ranged_reads=False, ranged_writes=False, rename="job", max_parallel=1, max_upload=max_upload,
-            eventual_listing=False, fixed_levels=1,
-            extra={"rename_method": "copy", "listing_ttl": listing_ttl, "max_files_per_upload": max_files},
+            fixed_levels=1,
         )
         self._lock = threading.RLock()
         self._configured = set(pods) | {DEFAULT_VOLUME}
@@ -273,23 +272,6 @@ class EMBackend(Backend):
             raise errors.IsADirectory("is a directory", path)
         self.client.upload(volume, parent, [(name, seekable_copy(source), size)])
         self._written(volume, relative, size)
-
-    def write_many(self, directory: str, files: List[Tuple[str, BinaryIO, int]]) -> None:
-        """Create or replace several files of one directory in as few uploads as the limits allow.
-
-        EM-specific (not in the Backend contract): each call carries at most ``max_files`` files and
-        ``max_upload`` bytes."""
-        volume, relative = self._locate_for_create(directory)
-        self._require_directory(volume, relative, directory)
-        for name, _, size in files:
-            self._check_upload(directory, name, size)
-            existing = self._lookup(volume, posixpath.join(relative, name))
-            if existing is not None and existing.is_dir:
-                raise errors.IsADirectory("is a directory", posixpath.join(directory, name))
-        for batch in self._batches(files):
-            self.client.upload(volume, relative, [(name, seekable_copy(source), size) for name, source, size in batch])
-            for name, _, size in batch:
-                self._written(volume, posixpath.join(relative, name), size)
 
     def _batches(self, files):
         """Groups of at most ``max_files`` files and ``max_upload`` bytes, in the given order."""
