@@ -229,7 +229,7 @@ def normalize(path: str) -> str:
         path.encode("utf-8")
     except UnicodeEncodeError:  # undecodable bytes from FUSE arrive as surrogates; no server can store them
         raise errors.InvalidPath("name is not valid UTF-8", path.encode("utf-8", "replace").decode()) from None
-    parts = []
+    parts: List[str] = []
     for part in path.split("/"):
         if part in ("", "."):
             continue

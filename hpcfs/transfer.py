@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from . import errors
 from .backend import normalize, read_exactly
@@ -76,6 +76,10 @@ def warn(text: str) -> None:
 class Side:
     """What both ends of a copy share; subclasses give ``join``, ``dirname`` and ``basename``."""
 
+    join: Callable[..., str]
+    dirname: Callable[[str], str]
+    basename: Callable[..., Any]  # os.path.basename or posixpath.basename (overloaded for any path-like)
+
     def partial(self, path: str) -> str:
         """Where a copy to ``path`` is written until it is complete."""
         return self.join(self.dirname(path), f".{self.basename(path)}.hpcfs-partial")
@@ -118,7 +122,8 @@ class LocalSide(Side):
         try:
             return self._item(name, os.stat(path))
         except OSError as exc:  # dangling, or a loop of links (ELOOP)
-            warn(f"skipping '{path}': {os.strerror(exc.errno).lower()} (a symbolic link that leads nowhere)")
+            warn(f"skipping '{path}': {os.strerror(exc.errno or errno.ELOOP).lower()} (a symbolic link that leads "
+                 "nowhere)")
             return None
 
     @staticmethod
@@ -191,7 +196,7 @@ def _write_all(reader, handle, meter, stop):
 
 
 def _local_error(exc: OSError, path: str, partial: str) -> errors.HpcfsError:
-    error_class = LOCAL_ERRORS.get(exc.errno, errors.HpcfsError)
+    error_class = LOCAL_ERRORS.get(exc.errno or 0, errors.HpcfsError)
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     if os.path.exists(partial):
         reason += f" (the partial copy is kept as {partial}; 'hpcfs cp --resume' continues it)"

@@ -43,7 +43,7 @@ class RemoteFile:
         self._lock = threading.Lock()  # one upload at a time; spool creation happens once
         self._write_lock = threading.Lock()
         self._stream = None
-        self._spool_failure = None  # the OSError of a write the spool could not take: never publish then
+        self._spool_failure: Optional[OSError] = None  # a write the spool could not take: never publish then
         if writable and (truncate or entry is None):
             self._size = 0
             self._open_spool(copy_existing=False)
@@ -105,7 +105,7 @@ class RemoteFile:
             if not self._dirty:
                 return
             if self._spool_failure is not None:
-                raise self._incomplete_spool_error()
+                raise self._incomplete_spool_error(self._spool_failure)
             replaced_mode = self.entry.mode if self.entry is not None else None
             try:
                 if self._stream is not None and self._stream.finish(self._spool_fd, self._size, replaced_mode):
@@ -178,8 +178,7 @@ class RemoteFile:
         with self._write_lock:
             self._end_streaming()
 
-    def _incomplete_spool_error(self) -> errors.HpcfsError:
-        cause = self._spool_failure
+    def _incomplete_spool_error(self, cause: OSError) -> errors.HpcfsError:
         kind = errors.NoSpace if cause.errno == errno.ENOSPC else errors.HpcfsError
         return kind(
             f"a write into the local spool failed ({cause.strerror}), so nothing was uploaded; "
@@ -355,7 +354,7 @@ def open_stream(handle, mode="rb", readable=True, append=False, name=None, lease
 class FileStream(io.RawIOBase):
     """A RemoteFile as a seekable Python binary file (for PyFilesystem2, fsspec users and the CLI)."""
 
-    def __init__(self, handle, mode="rb", readable=True, append=False, name=None, lease: "TreeLease" = None):
+    def __init__(self, handle, mode="rb", readable=True, append=False, name=None, lease: Optional[TreeLease] = None):
         super().__init__()
         self.handle = handle
         self._lease = lease

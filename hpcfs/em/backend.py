@@ -22,7 +22,7 @@ import posixpath
 import tempfile
 import threading
 import time
-from typing import BinaryIO, Dict, List, Optional, Tuple
+from typing import BinaryIO, Dict, List, Optional, Set, Tuple
 
 from .. import errors, net
 from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize
@@ -137,8 +137,8 @@ class EMBackend(Backend):
         )
         self._lock = threading.RLock()
         self._configured = set(pods) | {DEFAULT_VOLUME}
-        self._made_here = set()  # volumes registered by mkdir at the top level, not yet seen on the server
-        self._listed = set()
+        self._made_here: Set[str] = set()  # volumes registered by mkdir at the top level, not yet on the server
+        self._listed: Set[str] = set()
         self._listed_at: Optional[float] = None
         self._listings: Dict[str, VolumeListing] = {}
         self._held: Dict[str, Dict[str, float]] = {}  # volume -> {directory made by mkdir: its mtime}
@@ -151,7 +151,7 @@ class EMBackend(Backend):
                 names = self.client.list_volumes() or []
                 if not isinstance(names, list):
                     raise errors.ProtocolError("the server's volume list is not a list", "/")
-                self._listed = {self._volume_name(item) for item in names} - {None}
+                self._listed = {name for name in map(self._volume_name, names) if name is not None}
                 self._listed_at = time.monotonic()
             return sorted(self._configured | self._listed)
 
@@ -213,8 +213,9 @@ class EMBackend(Backend):
             listing = listing or self._listing(volume)
             children = dict(listing.children.get(relative, {}))
             for held in self._held_dirs(volume):
-                if posixpath.dirname(held) == relative and posixpath.basename(held) not in children:
-                    children[posixpath.basename(held)] = self._lookup(volume, held, listing)
+                entry = self._lookup(volume, held, listing)
+                if posixpath.dirname(held) == relative and entry is not None and entry.name not in children:
+                    children[entry.name] = entry
             return children
 
     def _volume_entry(self, name: str) -> Entry:
@@ -248,7 +249,7 @@ class EMBackend(Backend):
     def _file(self, path: str) -> Tuple[str, str, Entry]:
         volume, relative = self._locate(path)
         entry = self.stat(path)
-        if entry.is_dir:
+        if entry.is_dir or volume is None:  # the root is a directory too
             raise errors.IsADirectory("is a directory", path)
         return volume, relative, entry
 
@@ -342,7 +343,7 @@ class EMBackend(Backend):
         if len(parts) == 1 and parts[0]:
             return self._make_volume(parts[0], path)
         volume, relative = self._locate(path)
-        if not relative or self._lookup(volume, relative) is not None:
+        if volume is None or not relative or self._lookup(volume, relative) is not None:
             raise errors.AlreadyExists("exists", path)
         self._require_directory(volume, posixpath.dirname(relative), posixpath.dirname(path))
         with self._lock:
@@ -418,7 +419,7 @@ class EMBackend(Backend):
         """Copy then delete: the API has no move.  Directories move file by file, in batched uploads."""
         src_volume, src_rel = self._locate(src)
         dst_volume, dst_rel = self._locate_for_create(dst)
-        if not src_rel or not dst_rel:
+        if src_volume is None or not src_rel or not dst_rel:
             raise errors.NotSupported("volumes cannot be renamed", src if not src_rel else dst)
         if (src_volume, src_rel) == (dst_volume, dst_rel):
             return
