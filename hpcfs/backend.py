@@ -8,6 +8,13 @@ several threads at once (readahead, FUSE worker threads) up to ``capabilities.ma
 Everything a backend raises is an :mod:`hpcfs.errors` exception.  The core chooses strategies (ranged or
 whole-file reads, how to rename, how many requests in flight) from :class:`Capabilities`, so front ends
 never ask which protocol they talk to.
+
+Uploads: ``begin_upload(path, size)`` returns an :class:`UploadSession` that says how its parts go (their
+size, how many may be in flight) and takes them with ``put_part``, then ``commit`` (or ``abort``).  A
+backend that sends a file in one request only overrides ``write_whole`` (the default session is one
+``write_whole``); one with parts overrides ``begin_upload`` (``write_whole`` then sends the parts in
+order).  Partial names and publishing by rename (``Capabilities.publishes_by_rename``) are the core's
+(:mod:`hpcfs.core.upload`), not the backend's: a session writes exactly the path it was given.
 """
 import io
 import posixpath
@@ -62,7 +69,7 @@ class Capabilities:
     rename: str = "instant"  # "instant", "job" (slow but server-side) or "none"
     max_parallel: int = 4  # requests the server accepts at once from this client
     max_whole_read: Optional[int] = None  # read_whole refuses files larger than this
-    max_upload: Optional[int] = None  # largest file one write_whole may send (EFBIG above)
+    max_upload: Optional[int] = None  # largest file one upload may send (EFBIG above)
     chmod: bool = False
     symlinks: bool = False
     set_mtime: bool = False
