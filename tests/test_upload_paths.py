@@ -186,3 +186,24 @@ def test_a_failed_publish_leaves_no_real_file_and_keeps_the_data(door, uftp_serv
         assert partials == [".precious.bin.hpcfs-partial"], partials
         digest = hashlib.sha256(open(os.path.join(uftp_server.root, partials[0]), "rb").read()).hexdigest()
         assert digest == sha256_file(local)
+
+
+def test_attributes_set_before_the_upload_are_applied_after_it(uftp_server, tmp_path):
+    """A new executable keeps its x bits, and a chmod or utime of a file still being written (rsync, cp -p)
+    waits in the open file until its upload is done: the server ends with exactly those attributes."""
+    data = os.urandom(5 << 20)
+    with mounted(uftp_server.plain_url("/"), tmp_path / "mnt", env=uftp_server.env) as mountpoint:
+        tool = os.open(os.path.join(mountpoint, "tool.sh"), os.O_CREAT | os.O_WRONLY, 0o750)
+        os.write(tool, b"#!/bin/sh\necho hi\n")
+        os.close(tool)
+        kept = os.path.join(mountpoint, "kept.bin")
+        with open(kept, "wb") as handle:
+            handle.write(data)
+            handle.flush()  # in the spool, not on the server yet
+            os.chmod(kept, 0o600)
+            os.utime(kept, (1_000_000_000, 1_000_000_000))
+    assert os.stat(os.path.join(uftp_server.root, "tool.sh")).st_mode & 0o777 == 0o750
+    on_server = os.stat(os.path.join(uftp_server.root, "kept.bin"))
+    assert (on_server.st_mode & 0o777, int(on_server.st_mtime)) == (0o600, 1_000_000_000)
+    assert hashlib.sha256(open(os.path.join(uftp_server.root, "kept.bin"), "rb").read()).digest() == \
+        hashlib.sha256(data).digest()
