@@ -207,3 +207,21 @@ def test_attributes_set_before_the_upload_are_applied_after_it(uftp_server, tmp_
     assert (on_server.st_mode & 0o777, int(on_server.st_mtime)) == (0o600, 1_000_000_000)
     assert hashlib.sha256(open(os.path.join(uftp_server.root, "kept.bin"), "rb").read()).digest() == \
         hashlib.sha256(data).digest()
+
+
+def test_a_staged_firecrest_upload_goes_through_the_same_uploader(firecrest_server):
+    """FirecREST renames by a job, so an upload writes the real name directly: its S3 parts in order,
+    then the ingress job the commit waits for (``close`` returns with the file in place)."""
+    firecrest_server.knobs.extra["max_part_size"] = 2 << 20
+    data = os.urandom(11 << 20)
+    filesystem = fs.open_fs(firecrest_server.url("/"))
+    try:
+        with filesystem.openbin("staged.bin", "w") as target:
+            target.write(data)
+    finally:
+        filesystem.close()
+    stored = open(os.path.join(firecrest_server.root, "staged.bin"), "rb").read()
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+    assert firecrest_server.log.total("PUT /{bucket}/{key:path}") == 6
+    assert firecrest_server.log.total("POST /filesystem/{system_name}/transfer/upload") == 1
+    assert not [name for name in os.listdir(firecrest_server.root) if PARTIAL in name]
