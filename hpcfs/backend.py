@@ -20,7 +20,7 @@ import io
 import posixpath
 import stat as stat_module
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, List, Optional
+from typing import BinaryIO, Callable, List, Optional, Tuple
 
 from . import errors
 
@@ -94,7 +94,7 @@ class UploadSession:
     (a staging job), best effort.  A file of size 0 gets no parts.
     """
 
-    part_size: int = 1 << 62
+    part_size: int  # set by each session
     parallel: int = 1
 
     def put_part(self, offset: int, source: BinaryIO, length: int) -> None:
@@ -249,7 +249,7 @@ def normalize(path: str) -> str:
     return "/" + "/".join(parts)
 
 
-def split(path: str):
+def split(path: str) -> Tuple[str, str]:
     """``(parent, name)`` of a normalized path; the root's parent is itself."""
     parent, name = posixpath.split(path)
     return parent or "/", name

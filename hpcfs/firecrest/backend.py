@@ -350,8 +350,9 @@ class _OperationUpload(UploadSession):
         data = source.read(length)
         if len(data) != length:
             raise errors.ProtocolError("the file to upload is shorter than announced", self._path)
+        directory, name = split(self._path)
         with self._backend.client.operation(self._path):
-            self._backend.client.upload(*split(self._path), data)
+            self._backend.client.upload(directory, name, data)
 
     def commit(self) -> None:
         if self._size == 0:
