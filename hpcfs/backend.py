@@ -65,7 +65,9 @@ class Capabilities:
     """What a backend can do, declared up front so the core picks its strategy without trial and error."""
 
     ranged_reads: bool = False  # read_range works (else only read_whole)
-    ranged_writes: bool = False  # write_range writes in place without truncating
+    # Upload sessions write parts in place at any offset: they start before the size is known (a file
+    # streamed while written) and continue a kept prefix (resume_from).
+    ranged_writes: bool = False
     rename: str = "instant"  # "instant", "job" (slow but server-side) or "none"
     max_parallel: int = 4  # requests the server accepts at once from this client
     max_whole_read: Optional[int] = None  # read_whole refuses files larger than this
@@ -186,10 +188,6 @@ class Backend:
         ``ranged_writes``) keeps that many bytes already at ``path`` and continues after them.  The core's
         uploader (:mod:`hpcfs.core.upload`) drives the session and handles partial names and publishing."""
         return WholeUpload(self, path, size)
-
-    def write_range(self, path: str, offset: int, data: bytes) -> None:
-        """Write ``data`` at ``offset`` in place, without truncating (only with ``ranged_writes``)."""
-        raise errors.NotSupported("partial writes are not supported", path)
 
     # -- namespace --------------------------------------------------------------------------------------
     def mkdir(self, path: str) -> None:

@@ -182,11 +182,6 @@ class SizeHints:
             while len(self._sizes) > self._capacity:
                 self._sizes.popitem(last=False)
 
-    def grow(self, path, end: int):
-        with self._lock:
-            if path in self._sizes:
-                self._sizes[path] = max(self._sizes[path], end)
-
     def drop(self, path):
         with self._lock:
             self._sizes.pop(path, None)
@@ -402,15 +397,6 @@ class UFTPBackend(Backend):
         if size is not None and size <= self.large_write and not resume_from:
             return _StoreUpload(self, path, remote, size)
         return _PieceUpload(self, path, remote, resume_from)
-
-    def write_range(self, path: str, offset: int, data: bytes) -> None:
-        path, remote = self._remote(path)
-        if offset < 0:
-            raise errors.InvalidPath("negative offset", path)
-        if not data:
-            return
-        self._run(lambda session: session.store(remote, [data], len(data), offset))
-        self._sizes.grow(path, offset + len(data))
 
     # -- namespace --------------------------------------------------------------------------------------
     def mkdir(self, path: str) -> None:
