@@ -8,11 +8,19 @@ several threads at once (readahead, FUSE worker threads) up to ``capabilities.ma
 Everything a backend raises is an :mod:`hpcfs.errors` exception.  The core chooses strategies (ranged or
 whole-file reads, how to rename, how many requests in flight) from :class:`Capabilities`, so front ends
 never ask which protocol they talk to.
+
+Uploads: ``begin_upload(path, size)`` returns an :class:`UploadSession` that says how its parts go (their
+size, how many may be in flight) and takes them with ``put_part``, then ``commit`` (or ``abort``).  A
+backend that sends a file in one request only overrides ``write_whole`` (the default session is one
+``write_whole``); one with parts overrides ``begin_upload`` (``write_whole`` then sends the parts in
+order).  Partial names and publishing by rename (``Capabilities.publishes_by_rename``) are the core's
+(:mod:`hpcfs.core.upload`), not the backend's: a session writes exactly the path it was given.
 """
+import io
 import posixpath
 import stat as stat_module
-from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, List, Optional
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, List, Optional, Tuple
 
 from . import errors
 
@@ -57,22 +65,79 @@ class Capabilities:
     """What a backend can do, declared up front so the core picks its strategy without trial and error."""
 
     ranged_reads: bool = False  # read_range works (else only read_whole)
-    ranged_writes: bool = False  # write_range writes in place without truncating
+    # Upload sessions write parts in place at any offset: they start before the size is known (a file
+    # streamed while written) and continue a kept prefix (resume_from).
+    ranged_writes: bool = False
     rename: str = "instant"  # "instant", "job" (slow but server-side) or "none"
     max_parallel: int = 4  # requests the server accepts at once from this client
     max_whole_read: Optional[int] = None  # read_whole refuses files larger than this
-    max_upload: Optional[int] = None  # largest file one write_whole may send (EFBIG above)
+    max_upload: Optional[int] = None  # largest file one upload may send (EFBIG above)
     chmod: bool = False
     symlinks: bool = False
     set_mtime: bool = False
     read_only: bool = False  # nothing can be written, created, renamed or deleted (EROFS up front)
-    # Whether a file's listing may lag behind its upload (FirecREST, EM): the core then trusts its own
-    # record of what it wrote rather than a listing taken right after.
-    eventual_listing: bool = False
     # How many levels below the root hold directories the user cannot remove through hpcfs (EM volumes: 1);
     # `hpcfs rm -r` refuses them as it refuses the root itself.
     fixed_levels: int = 0
-    extra: dict = field(default_factory=dict)
+
+    @property
+    def publishes_by_rename(self) -> bool:
+        """Whether an upload goes to a hidden partial name and is renamed onto the real one when complete:
+        only where renaming is instant (elsewhere a rename per upload costs a job or a copy)."""
+        return self.rename == "instant"
+
+
+class UploadSession:
+    """One file on its way to the server: ``put_part`` calls, then ``commit`` (or ``abort``).
+
+    Every part but the last is ``part_size`` bytes long and starts at a multiple of it; up to ``parallel``
+    parts may be in flight at once (1: one after the other, in order).  The file is complete under the
+    session's path only after ``commit``; ``abort`` frees what the server holds for an unfinished upload
+    (a staging job), best effort.  A file of size 0 gets no parts.
+    """
+
+    part_size: int  # set by each session
+    parallel: int = 1
+
+    def put_part(self, offset: int, source: BinaryIO, length: int) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class WholeUpload(UploadSession):
+    """The session of a backend that takes a file in one request: its one part is one ``write_whole``."""
+
+    def __init__(self, backend: "Backend", path: str, size: Optional[int]):
+        if size is None:
+            raise errors.NotSupported("the server needs the size of an upload before it starts", path)
+        self.backend, self.path, self.size = backend, path, size
+        self.part_size = max(size, 1)
+        self._sent = False
+
+    def put_part(self, offset: int, source: BinaryIO, length: int) -> None:
+        self.backend.write_whole(self.path, source, length)
+        self._sent = True
+
+    def commit(self) -> None:
+        if not self._sent:  # an empty file
+            self.backend.write_whole(self.path, io.BytesIO(b""), 0)
+
+
+def upload_in_order(session: UploadSession, source: BinaryIO, size: int) -> None:
+    """Send ``size`` bytes of ``source`` through ``session`` one part after the other, then commit; abort
+    on any failure."""
+    try:
+        for offset in range(0, size, session.part_size):
+            session.put_part(offset, source, min(session.part_size, size - offset))
+        session.commit()
+    except BaseException:
+        session.abort()
+        raise
 
 
 class Backend:
@@ -109,13 +174,20 @@ class Backend:
         """Write the whole file into ``sink``."""
         raise NotImplementedError
 
+    # A backend implements uploads by overriding one of ``write_whole`` (one request per file) and
+    # ``begin_upload`` (parts: parallel pieces, S3 multipart); each default is built on the other.
     def write_whole(self, path: str, source: BinaryIO, size: int) -> None:
         """Create or replace ``path`` with ``size`` bytes read from ``source``."""
-        raise NotImplementedError
+        if type(self).begin_upload is Backend.begin_upload:
+            raise NotImplementedError(f"{type(self).__name__} implements neither write_whole nor begin_upload")
+        upload_in_order(self.begin_upload(path, size), source, size)
 
-    def write_range(self, path: str, offset: int, data: bytes) -> None:
-        """Write ``data`` at ``offset`` in place, without truncating (only with ``ranged_writes``)."""
-        raise errors.NotSupported("partial writes are not supported", path)
+    def begin_upload(self, path: str, size: Optional[int], resume_from: int = 0) -> UploadSession:
+        """Start creating or replacing ``path`` with ``size`` bytes (``None``: not known yet, only with
+        ``ranged_writes``, for a file streamed while it is written).  ``resume_from`` (only with
+        ``ranged_writes``) keeps that many bytes already at ``path`` and continues after them.  The core's
+        uploader (:mod:`hpcfs.core.upload`) drives the session and handles partial names and publishing."""
+        return WholeUpload(self, path, size)
 
     # -- namespace --------------------------------------------------------------------------------------
     def mkdir(self, path: str) -> None:
@@ -162,7 +234,7 @@ def normalize(path: str) -> str:
         path.encode("utf-8")
     except UnicodeEncodeError:  # undecodable bytes from FUSE arrive as surrogates; no server can store them
         raise errors.InvalidPath("name is not valid UTF-8", path.encode("utf-8", "replace").decode()) from None
-    parts = []
+    parts: List[str] = []
     for part in path.split("/"):
         if part in ("", "."):
             continue
@@ -175,7 +247,7 @@ def normalize(path: str) -> str:
     return "/" + "/".join(parts)
 
 
-def split(path: str):
+def split(path: str) -> Tuple[str, str]:
     """``(parent, name)`` of a normalized path; the root's parent is itself."""
     parent, name = posixpath.split(path)
     return parent or "/", name

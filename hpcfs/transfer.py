@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from . import errors
 from .backend import normalize, read_exactly
@@ -30,7 +30,7 @@ from .core.files import FileStream
 from .targets import Trees
 
 CHUNK = 1 << 20
-# A resumable upload goes out in pieces of this size, one after the other, so a kept partial upload is
+# A resumable upload above this size goes out in parts one after the other, so a kept partial upload is
 # always a prefix of the source.
 UPLOAD_PIECE = 4 << 20
 TAIL_CHECK = 64 << 10  # the bytes of a kept partial upload compared with the source before continuing it
@@ -76,6 +76,10 @@ def warn(text: str) -> None:
 class Side:
     """What both ends of a copy share; subclasses give ``join``, ``dirname`` and ``basename``."""
 
+    join: Callable[..., str]
+    dirname: Callable[[str], str]
+    basename: Callable[..., Any]  # os.path.basename or posixpath.basename (overloaded for any path-like)
+
     def partial(self, path: str) -> str:
         """Where a copy to ``path`` is written until it is complete."""
         return self.join(self.dirname(path), f".{self.basename(path)}.hpcfs-partial")
@@ -118,7 +122,8 @@ class LocalSide(Side):
         try:
             return self._item(name, os.stat(path))
         except OSError as exc:  # dangling, or a loop of links (ELOOP)
-            warn(f"skipping '{path}': {os.strerror(exc.errno).lower()} (a symbolic link that leads nowhere)")
+            warn(f"skipping '{path}': {os.strerror(exc.errno or errno.ELOOP).lower()} (a symbolic link that leads "
+                 "nowhere)")
             return None
 
     @staticmethod
@@ -191,7 +196,7 @@ def _write_all(reader, handle, meter, stop):
 
 
 def _local_error(exc: OSError, path: str, partial: str) -> errors.HpcfsError:
-    error_class = LOCAL_ERRORS.get(exc.errno, errors.HpcfsError)
+    error_class = LOCAL_ERRORS.get(exc.errno or 0, errors.HpcfsError)
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     if os.path.exists(partial):
         reason += f" (the partial copy is kept as {partial}; 'hpcfs cp --resume' continues it)"
@@ -280,37 +285,13 @@ class RemoteSide(Side):
         return kept == _read_at(job.source_side, job.source, start, end - start)
 
     def receive(self, path, reader, offset, size, meter, stop):
+        """Upload through the core's one uploader.  Where the server renames instantly, the bytes go to
+        the fixed partial name ``resume`` looks for; where it also writes at an offset, a file above one
+        part goes in order (an interruption leaves a prefix, kept for ``resume``)."""
         source = CountingReader(reader, meter, stop)
-        if not self.renames_instantly:  # a job or a copy: too slow to do per file
-            self.remote_tree.upload(path, source, size)
-            return
-        partial = self.partial(path)
-        if self.resumable and (offset or size > UPLOAD_PIECE):
-            self._send_in_order(partial, source, offset, size)
-        else:
-            try:
-                self.remote_tree.upload(partial, source, size)
-            except BaseException:
-                self._remove_quietly(partial)
-                raise
-        self.remote_tree.rename(partial, path)
-
-    def _send_in_order(self, partial: str, source, offset: int, size: int) -> None:
-        """Write the rest of the file piece by piece from ``offset``, in order, so that whatever an
-        interruption leaves on the server is a prefix that ``resume`` can continue."""
-        if offset == 0:
-            self.remote_tree.upload(partial, source, 0)  # create it, or empty a longer stale one
-        remote = self.remote_tree.remote_path(partial)
-        for start in range(offset, size, UPLOAD_PIECE):
-            piece = read_exactly(source, min(UPLOAD_PIECE, size - start), partial)
-            self.remote_tree.backend.write_range(remote, start, piece)
-        self.remote_tree.uploaded(partial, size)
-
-    def _remove_quietly(self, path):
-        try:
-            self.remote_tree.remove(path)
-        except errors.HpcfsError:
-            pass  # the error that brought us here is the one to report
+        resumable = self.resumable and (offset > 0 or size > UPLOAD_PIECE)
+        self.remote_tree.upload(path, source, size, partial=self.partial(path) if self.renames_instantly else None,
+                                resume_from=offset, in_order=resumable)
 
 
 def _read_at(side, path: str, offset: int, size: int) -> bytes:
@@ -322,7 +303,7 @@ def _read_at(side, path: str, offset: int, size: int) -> bytes:
 
 
 class CountingReader:
-    """A source for a backend's ``write_whole`` that moves the progress meter and obeys ``stop``.  Backends
+    """A source for an upload that moves the progress meter and obeys ``stop``.  Backends
     may rewind to replay a request, so only bytes beyond the furthest point read count as progress."""
 
     def __init__(self, source, meter, stop):

@@ -62,18 +62,40 @@ class Observed:
             with self._lock:
                 self._active -= 1
 
-    def write_range(self, path, offset, data):
+    def begin_upload(self, path, size, resume_from=0):
+        """An upload session whose parts are recorded: ("begin", size) then ("part", offset, length)."""
         with self._lock:
-            self.writes.append(("range", offset, len(data)))
-        return self.backend.write_range(path, offset, data)
-
-    def write_whole(self, path, source, size):
-        with self._lock:
-            self.writes.append(("whole", 0, size))
-        return self.backend.write_whole(path, source, size)
+            self.writes.append(("begin", size))
+        return RecordedSession(self, self.backend.begin_upload(path, size, resume_from))
 
     def __getattr__(self, name):
         return getattr(self.backend, name)
+
+
+class RecordedSession:
+    """A real upload session with its parts recorded, and how many were in flight at once."""
+
+    def __init__(self, observed, session):
+        self.observed, self.session = observed, session
+        self.part_size, self.parallel = session.part_size, session.parallel
+
+    def put_part(self, offset, source, length):
+        observed = self.observed
+        with observed._lock:
+            observed.writes.append(("part", offset, length))
+            observed._active += 1
+            observed.peak = max(observed.peak, observed._active)
+        try:
+            return self.session.put_part(offset, source, length)
+        finally:
+            with observed._lock:
+                observed._active -= 1
+
+    def commit(self):
+        self.session.commit()
+
+    def abort(self):
+        self.session.abort()
 
 
 @pytest.fixture
@@ -282,10 +304,10 @@ def test_a_file_written_from_start_to_end_streams_while_being_written(uftp_serve
     handle = tree.open("/streamed.bin", writable=True, create=True)
     for offset in range(0, len(data), 128 << 10):
         handle.write(offset, data[offset : offset + (128 << 10)])
-    sent_before_close = [write for write in observed.writes if write[0] == "range"]
+    sent_before_close = [write for write in observed.writes if write[0] == "part"]
     handle.release()
-    assert len(sent_before_close) >= 8, "pieces did not go out while the file was being written"
-    assert observed.writes[0] == ("whole", 0, 0), "the file was not created empty first"
+    assert len(sent_before_close) >= 4, "parts did not go out while the file was being written"
+    assert observed.writes[0] == ("begin", None), "the upload did not begin before the size was known"
     with open(os.path.join(uftp_server.root, "streamed.bin"), "rb") as stored:
         assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()
     assert tree.stat("/streamed.bin").size == len(data)
@@ -300,7 +322,7 @@ def test_a_write_out_of_order_falls_back_to_one_whole_upload(uftp_server, make_t
     handle.write(3 * BLOCK + 10, patch)  # rewrites bytes that may already be on the server
     data[3 * BLOCK + 10 : 3 * BLOCK + 10 + 5000] = patch
     handle.release()
-    assert observed.writes[-1] == ("whole", 0, len(data))
+    assert [write for write in observed.writes if write[0] == "begin"][-1] == ("begin", len(data))
     with open(os.path.join(uftp_server.root, "patched.bin"), "rb") as stored:
         assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()
 
@@ -319,9 +341,9 @@ def test_writes_slightly_out_of_order_still_stream(uftp_server, make_tree):
     handle = tree.open("/shuffled.bin", writable=True, create=True)
     for offset in offsets:
         handle.write(offset, data[offset : offset + chunk])
-    streamed = [write for write in observed.writes if write[0] == "range"]
+    streamed = [write for write in observed.writes if write[0] == "part"]
     handle.release()
-    assert len(streamed) >= 8 and observed.writes[-1][0] == "range", observed.writes
+    assert len(streamed) >= 4 and [write[0] for write in observed.writes].count("begin") == 1, observed.writes
     with open(os.path.join(uftp_server.root, "shuffled.bin"), "rb") as stored:
         assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()
 
@@ -336,7 +358,7 @@ def test_a_streamed_file_appears_under_its_name_only_when_complete(uftp_server, 
     handle = tree.open("/dir/streamed.bin", writable=True, truncate=True)
     for offset in range(0, len(data), 128 << 10):
         handle.write(offset, data[offset : offset + (128 << 10)])
-    assert len([write for write in observed.writes if write[0] == "range"]) >= 8, "nothing was streamed"
+    assert len([write for write in observed.writes if write[0] == "part"]) >= 4, "nothing was streamed"
     stored_path = os.path.join(uftp_server.root, "dir/streamed.bin")
     with open(stored_path, "rb") as stored:
         assert stored.read() == old, "the streamed upload wrote into the real name"

@@ -112,10 +112,6 @@ class BlockCache:
             for key in [key for key in self._blocks if key[0] == path]:
                 del self._blocks[key]
 
-    def cached_bytes(self):
-        with self._lock:
-            return sum(len(f.result()) for f in self._blocks.values() if f.done() and not f.exception())
-
     def close(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -1,15 +1,15 @@
 """Open files: reads through the tree's caches, writes through a local spool file.
 
 A file opened for writing gets a spool in the spool directory.  Writes land there; ``flush`` (FUSE flush
-and fsync, Python ``close``) sends the whole spool with one ``write_whole``, which backends may split into
-parallel pieces.  A new file written from start to end on a backend with in-place writes is streamed
-instead: pieces go out while the writer is still writing.  Uploads go to a hidden partial name and are
-renamed onto the real one when complete, where the server renames instantly (see RemoteTree.upload).  If
+and fsync, Python ``close``) sends the whole spool as one upload, in parallel parts where the backend's
+upload session allows them.  A new file written from start to end on a backend with in-place writes is streamed
+instead: parts go out while the writer is still writing.  Both go through the one uploader
+(:mod:`hpcfs.core.upload`): to a hidden partial name, renamed onto the real one when complete, where the
+server renames instantly.  If
 the upload fails, or a write into the spool failed (local disk full), nothing is published, the spool is
 kept and the error says where: written data is never lost and a truncated file never replaces a good one.
 Two writers of one file each have their own spool; the last one to close wins, as with NFS.
 """
-import collections
 import errno
 import io
 import math
@@ -17,14 +17,16 @@ import os
 import tempfile
 import threading
 import time
+from typing import Dict, Optional
 
 from .. import errors
 from ..backend import FILE, Entry
 from .blocks import ReadPattern
+from .upload import Upload, Uploader
 
 
 class RemoteFile:
-    def __init__(self, tree, path, entry, writable=False, truncate=False):
+    def __init__(self, tree, path, entry, writable=False, truncate=False, create_mode: Optional[int] = None):
         self.tree = tree
         self.path = path
         self.entry = entry  # the version being read; None for a file that does not exist yet
@@ -35,26 +37,23 @@ class RemoteFile:
         self._size = entry.size if entry else 0
         self._dirty = False
         self._modified = entry.mtime if entry else time.time()
-        self.pending_mode = None  # chmod and utime that must wait until the file exists on the server
-        self.pending_mtime = None
+        # chmod and utime that must wait until the file exists on the server: applied after its upload
+        self._pending_mode = create_mode
+        self._pending_mtime: Optional[float] = None
         self._lock = threading.Lock()  # one upload at a time; spool creation happens once
         self._write_lock = threading.Lock()
         self._stream = None
-        self._spool_failure = None  # the OSError of a write the spool could not take: never publish then
+        self._spool_failure: Optional[OSError] = None  # a write the spool could not take: never publish then
         if writable and (truncate or entry is None):
             self._size = 0
             self._open_spool(copy_existing=False)
             self._changed()  # creating or truncating must reach the server even with no writes
-            if tree.capabilities.ranged_writes and tree.uploads_via_partial:
-                self._stream = StreamedUpload(tree, path)
+            if tree.capabilities.ranged_writes and tree.uploader.publishes_by_rename:
+                self._stream = StreamedUpload(tree.uploader, tree.remote_path(path), 2 * tree.options.block_size)
 
     @property
     def size(self):
         return self._size
-
-    @property
-    def dirty(self):
-        return self._dirty
 
     def read(self, offset, size):
         if self._spool_fd is not None:
@@ -106,11 +105,10 @@ class RemoteFile:
             if not self._dirty:
                 return
             if self._spool_failure is not None:
-                raise self._incomplete_spool_error()
+                raise self._incomplete_spool_error(self._spool_failure)
             replaced_mode = self.entry.mode if self.entry is not None else None
             try:
-                if self._stream is not None and self._stream.finish(self._spool_fd, self._size):
-                    self._stream.publish(replaced_mode)
+                if self._stream is not None and self._stream.finish(self._spool_fd, self._size, replaced_mode):
                     self._stream = None  # later writes go out as a whole upload
                     self.tree.uploaded(self.path, self._size)
                 else:
@@ -123,7 +121,7 @@ class RemoteFile:
                     self.path,
                 ) from exc
             self._dirty = False
-            mode, mtime, self.pending_mode, self.pending_mtime = self.pending_mode, self.pending_mtime, None, None
+            mode, mtime, self._pending_mode, self._pending_mtime = self._pending_mode, self._pending_mtime, None, None
             if mode is not None:
                 self.tree.chmod(self.path, mode)
             if mtime is not None:
@@ -142,15 +140,32 @@ class RemoteFile:
                     os.unlink(self._spool_path)
             self.tree.forget_writer(self)
 
-    def as_entry(self):
-        """Attributes as the user sees them while the file is open for writing."""
+    def unpublished_entry(self) -> Optional[Entry]:
+        """Attributes as the user sees them while changes written here are not on the server yet; None
+        once they are (a chmod or utime made there then wins)."""
+        if not self._dirty:
+            return None
         base = self.entry or Entry(name=self.path.rsplit("/", 1)[-1], kind=FILE, mode=0o644)
         return Entry(
             name=base.name, kind=FILE, size=self._size,
-            mtime=self._modified if self.pending_mtime is None else self.pending_mtime,
-            mode=base.mode if self.pending_mode is None else self.pending_mode, uid=base.uid, gid=base.gid,
+            mtime=self._modified if self._pending_mtime is None else self._pending_mtime,
+            mode=base.mode if self._pending_mode is None else self._pending_mode, uid=base.uid, gid=base.gid,
             token=f"spool:{id(self)}:{self._size}",
         )
+
+    def defer_mode(self, mode: int) -> bool:
+        """Keep a chmod for after the upload if the file is not on the server yet; False if it is."""
+        if not self._dirty:
+            return False
+        self._pending_mode = mode
+        return True
+
+    def defer_mtime(self, mtime: float) -> bool:
+        """Keep a utime for after the upload if the file is not on the server yet; False if it is."""
+        if not self._dirty:
+            return False
+        self._pending_mtime = mtime
+        return True
 
     # -- internals ------------------------------------------------------------------------------------
     def _changed(self):
@@ -163,8 +178,7 @@ class RemoteFile:
         with self._write_lock:
             self._end_streaming()
 
-    def _incomplete_spool_error(self) -> errors.HpcfsError:
-        cause = self._spool_failure
+    def _incomplete_spool_error(self, cause: OSError) -> errors.HpcfsError:
         kind = errors.NoSpace if cause.errno == errno.ENOSPC else errors.HpcfsError
         return kind(
             f"a write into the local spool failed ({cause.strerror}), so nothing was uploaded; "
@@ -209,30 +223,30 @@ class RemoteFile:
 
 
 class StreamedUpload:
-    """Sends a file written from start to end in pieces while it is still being written.
+    """Sends a file written from start to end in parts while it is still being written.
 
-    Used for new or truncated files on backends that write in place (``write_range``) and rename instantly:
-    the pieces go to a hidden partial name, renamed onto the real one once the file is complete.  Writes may
-    arrive slightly out of order (the kernel hands one large write to several FUSE threads), so what counts is the
-    *prefix*: the bytes written without a gap from the start.  The partial file is created empty when the
-    first piece is due; complete pieces of the prefix then go out in parallel, at most ``max_parallel`` at
-    once (the writer waits, so memory stays bounded); the flush sends the tail.  A write into bytes already
-    sent, a gap left at the flush, or a failed piece ends streaming: the flush then sends the whole spool.
+    Used for new or truncated files on backends that write in place (``ranged_writes``) and publish by
+    rename: the parts go to a hidden partial name (see :mod:`hpcfs.core.upload`), renamed onto the real
+    one once the file is complete.  Writes may arrive slightly out of order (the kernel hands one large
+    write to several FUSE threads), so what counts is the *prefix*: the bytes written without a gap from
+    the start.  The upload begins once the prefix reaches ``first_part`` bytes (a smaller file goes out as
+    one whole upload, which is cheaper); complete parts of the prefix then go out in parallel, at most
+    ``session.parallel`` at once (the writer waits, so memory stays bounded); the flush sends the tail.  A
+    write into bytes already sent, a gap left at the flush, or a failed part ends streaming: the flush then
+    sends the whole spool.
     """
 
-    def __init__(self, tree, path):
-        self.tree = tree
-        self.path = path
-        self.remote = tree.partial_remote_path(path)  # renamed onto the real name by publish()
-        self.piece_size = 2 * tree.options.block_size
+    def __init__(self, uploader: Uploader, remote_path: str, first_part: int):
+        self.uploader = uploader
+        self.remote_path = remote_path
+        self.first_part = first_part
+        self.upload: Optional[Upload] = None
         self.sent = 0  # bytes [0, sent) are handed to the backend
         self.prefix = 0  # bytes [0, prefix) are written, without a gap
-        self.started = False
-        self._beyond = {}  # extents written past the prefix: start -> end
-        self._pending = collections.deque()
+        self._beyond: Dict[int, int] = {}  # extents written past the prefix: start -> end
 
-    def written(self, fd, start, end):
-        """Record a write and send the complete pieces; False if streaming cannot go on."""
+    def written(self, fd: int, start: int, end: int) -> bool:
+        """Record a write and send the complete parts; False if streaming cannot go on."""
         if start < self.sent:
             return False
         self._beyond[start] = max(end, self._beyond.get(start, end))
@@ -245,53 +259,44 @@ class StreamedUpload:
                     del self._beyond[extent_start]
                     grown = True
         try:
-            while self.prefix - self.sent >= self.piece_size:
-                self._send(fd, self.piece_size)
+            self._send_complete_parts(fd)
         except errors.HpcfsError:
             return False
         return True
 
-    def finish(self, fd, size):
-        """True once the server holds all ``size`` bytes; False if the caller must upload the spool."""
-        if not self.started or self._beyond or self.prefix != size:
+    def finish(self, fd: int, size: int, replaced_mode: Optional[int] = None) -> bool:
+        """Send the tail and publish; False (nothing published) if the caller must upload the spool."""
+        if self.upload is None or self._beyond or self.prefix != size:
             return False  # a small file (one whole upload is cheaper), or one with gaps
         try:
             if size > self.sent:
                 self._send(fd, size - self.sent)
-            while self._pending:
-                self._pending.popleft().result()
+            self.upload.wait()
         except errors.HpcfsError:
             return False
+        try:
+            self.upload.publish(replaced_mode)
+        except BaseException:
+            self.upload.abort()
+            raise
         return True
 
-    def publish(self, replaced_mode=None):
-        """Rename the complete upload onto the real name (after a successful ``finish``)."""
-        try:
-            self.tree.publish(self.remote, self.path, replaced_mode)
-        except BaseException:
-            self.tree.discard_partial(self.remote)
-            raise
+    def stop(self) -> None:
+        """Give up streaming: parts in flight are waited for, the unfinished partial file removed."""
+        if self.upload is not None:
+            self.upload.abort()
 
-    def stop(self):
-        """Wait for pieces in flight (a late piece must not land after a full upload), then remove the
-        unfinished partial file."""
-        while self._pending:
-            try:
-                self._pending.popleft().result()
-            except errors.HpcfsError:
-                pass
-        if self.started:
-            self.tree.discard_partial(self.remote)
+    def _send_complete_parts(self, fd: int) -> None:
+        if self.upload is None:
+            if self.prefix < self.first_part:
+                return
+            self.upload = self.uploader.start(self.remote_path, None)
+        while self.prefix - self.sent >= self.upload.part_size:
+            self._send(fd, self.upload.part_size)
 
-    def _send(self, fd, length):
-        backend = self.tree.backend
-        if not self.started:
-            backend.write_whole(self.remote, io.BytesIO(b""), 0)  # create, or truncate what was there
-            self.started = True
-        while len(self._pending) >= self.tree.capabilities.max_parallel:
-            self._pending.popleft().result()
-        data = os.pread(fd, length, self.sent)
-        self._pending.append(self.tree.upload_pool.submit(backend.write_range, self.remote, self.sent, data))
+    def _send(self, fd: int, length: int) -> None:
+        assert self.upload is not None
+        self.upload.put(self.sent, os.pread(fd, length, self.sent))
         self.sent += length
 
 
@@ -349,7 +354,7 @@ def open_stream(handle, mode="rb", readable=True, append=False, name=None, lease
 class FileStream(io.RawIOBase):
     """A RemoteFile as a seekable Python binary file (for PyFilesystem2, fsspec users and the CLI)."""
 
-    def __init__(self, handle, mode="rb", readable=True, append=False, name=None, lease: "TreeLease" = None):
+    def __init__(self, handle, mode="rb", readable=True, append=False, name=None, lease: Optional[TreeLease] = None):
         super().__init__()
         self.handle = handle
         self._lease = lease

@@ -7,10 +7,10 @@ the URL's path); the backend sees them joined onto ``root``.
 import dataclasses
 import logging
 import posixpath
-import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO, Optional
 
 from .. import errors
 from ..backend import DIRECTORY, FILE, Entry, normalize, split
@@ -18,12 +18,10 @@ from .blocks import BlockCache
 from .files import RemoteFile
 from .metacache import MetadataCache
 from .options import CoreOptions
+from .upload import Uploader
 from .wholefile import WholeFileCache
 
 log = logging.getLogger("hpcfs.core")
-
-PARTIAL_MARK = ".hpcfs-partial-"  # hidden names that uploads go to before they are complete
-
 
 class RemoteTree:
     def __init__(self, backend, root="/", options=None):
@@ -37,6 +35,7 @@ class RemoteTree:
         )
         self.files = WholeFileCache(backend, max_bytes=self.options.file_cache_size)
         self.upload_pool = ThreadPoolExecutor(backend.capabilities.max_parallel, thread_name_prefix="hpcfs-upload")
+        self.uploader = Uploader(backend, self.upload_pool)
         self._writers = {}  # path -> set of RemoteFile open for writing
         self._writers_lock = threading.Lock()
 
@@ -45,8 +44,8 @@ class RemoteTree:
         """Attributes as this process sees them: a file written here and not yet uploaded shows its spool's size."""
         path = normalize(path)
         writer = self._writer(path)
-        # once its data is on the server (FUSE releases a closed file later), a chmod or utime there wins
-        return writer.as_entry() if writer is not None and writer.dirty else self._stat_server(path)
+        unpublished = writer.unpublished_entry() if writer is not None else None
+        return unpublished or self._stat_server(path)
 
     def _stat_server(self, path):
         """Attributes of the version on the server (from the cache when fresh)."""
@@ -90,8 +89,10 @@ class RemoteTree:
             return False
 
     # -- files ----------------------------------------------------------------------------------------
-    def open(self, path, writable=False, truncate=False, create=False, exclusive=False):
-        """Open a file; ``create`` makes it if missing, ``exclusive`` refuses an existing one."""
+    def open(self, path, writable=False, truncate=False, create=False, exclusive=False,
+             create_mode: Optional[int] = None):
+        """Open a file; ``create`` makes it if missing, ``exclusive`` refuses an existing one.  A new file
+        gets ``create_mode`` (permission bits) after its upload, where the server has chmod."""
         path = normalize(path)
         if writable:
             self._require_writable(path)
@@ -108,7 +109,9 @@ class RemoteTree:
                 raise errors.AlreadyExists("file exists", path)
             if entry.is_dir:
                 raise errors.IsADirectory("is a directory", path)
-        handle = RemoteFile(self, path, entry, writable=writable, truncate=truncate)
+        if entry is not None or not self.capabilities.chmod:
+            create_mode = None
+        handle = RemoteFile(self, path, entry, writable=writable, truncate=truncate, create_mode=create_mode)
         if writable:
             with self._writers_lock:
                 self._writers.setdefault(path, set()).add(handle)
@@ -123,49 +126,19 @@ class RemoteTree:
             return b""
         return self.files.read(self.remote_path(path), entry, offset, size)
 
-    def upload(self, path, source, size, replaced_mode=None):
-        """Send a whole file.  Where the server renames instantly it goes to a hidden partial name first
-        and is renamed onto ``path`` only once complete, so a failed upload never replaces or creates
-        ``path``.  Elsewhere (FirecREST: rename is a job; EM: a copy) that costs too much for every close:
-        the real name is written directly, by one request or a staged upload the server completes."""
+    def upload(self, path: str, source: BinaryIO, size: int, publish_mode: Optional[int] = None,
+               partial: Optional[str] = None, resume_from: int = 0, in_order: bool = False) -> None:
+        """Send a whole file through the uploader (:mod:`hpcfs.core.upload`: a failed upload never replaces
+        or creates ``path`` where the server renames instantly) and cache its new attributes.  ``partial``
+        names the hidden file it goes to (default: a fresh name); ``resume_from`` and ``in_order`` are for
+        resumable copies (``hpcfs cp --resume``)."""
         limit = self.capabilities.max_upload
         if limit is not None and size > limit:
             raise errors.TooLarge(f"file of {size} bytes exceeds the server's upload limit of {limit}", path)
-        if self.uploads_via_partial:
-            partial = self.partial_remote_path(path)
-            try:
-                self.backend.write_whole(partial, source, size)
-                self.publish(partial, path, replaced_mode)
-            except BaseException:
-                self.discard_partial(partial)
-                raise
-        else:
-            self.backend.write_whole(self.remote_path(path), source, size)
+        self.uploader.send(self.remote_path(path), source, size, publish_mode,
+                           partial=self.remote_path(partial) if partial else None, resume_from=resume_from,
+                           in_order=in_order)
         self.uploaded(path, size)
-
-    @property
-    def uploads_via_partial(self) -> bool:
-        return self.capabilities.rename == "instant"
-
-    def partial_remote_path(self, path: str) -> str:
-        """A fresh hidden name next to ``path`` (same directory, so the final rename is instant)."""
-        directory, name = split(path)
-        return self.remote_path(posixpath.join(directory, f".{name[:200]}{PARTIAL_MARK}{secrets.token_hex(4)}"))
-
-    def publish(self, partial: str, path: str, replaced_mode=None) -> None:
-        """Rename a complete upload onto ``path``; the file it replaces keeps its permission bits."""
-        if replaced_mode is not None and self.capabilities.chmod:
-            self.backend.chmod(partial, replaced_mode & 0o7777)
-        self.backend.rename(partial, self.remote_path(path))
-
-    def discard_partial(self, partial: str) -> None:
-        """Remove an unfinished upload; a failure here only leaves a hidden partial file behind."""
-        try:
-            self.backend.remove(partial)
-        except errors.NotFound:
-            pass
-        except errors.HpcfsError as exc:
-            log.warning("could not remove the unfinished upload %s: %s", partial, exc)
 
     def uploaded(self, path, size):
         """Record a completed upload: new attributes cached, the old version's blocks dropped."""
@@ -253,8 +226,7 @@ class RemoteTree:
         if not self.capabilities.chmod:
             raise errors.NotSupported("the server cannot change permissions", path)
         writer = self._writer(path)
-        if writer is not None and writer.dirty:  # not on the server yet: applied after the upload
-            writer.pending_mode = mode & 0o7777
+        if writer is not None and writer.defer_mode(mode & 0o7777):  # not on the server yet
             return
         entry = self._stat_server(path)
         self.backend.chmod(self.remote_path(path), mode & 0o7777)
@@ -267,8 +239,7 @@ class RemoteTree:
         if not self.capabilities.set_mtime:
             return
         writer = self._writer(path)
-        if writer is not None and writer.dirty:  # not on the server yet: applied after the upload
-            writer.pending_mtime = mtime
+        if writer is not None and writer.defer_mtime(mtime):  # not on the server yet
             return
         entry = self._stat_server(path)
         self.backend.set_mtime(self.remote_path(path), mtime)
@@ -324,8 +295,9 @@ class RemoteTree:
             return entries
         by_name = {entry.name: entry for entry in entries}
         for file_path, handle in pending.items():
-            if handle.dirty:
-                by_name[split(file_path)[1]] = handle.as_entry()
+            unpublished = handle.unpublished_entry()
+            if unpublished is not None:
+                by_name[split(file_path)[1]] = unpublished
         return list(by_name.values())
 
     def _forget_data(self, path):

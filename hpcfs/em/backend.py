@@ -22,7 +22,7 @@ import posixpath
 import tempfile
 import threading
 import time
-from typing import BinaryIO, Dict, List, Optional, Tuple
+from typing import BinaryIO, Dict, List, Optional, Set, Tuple
 
 from .. import errors, net
 from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize
@@ -134,13 +134,12 @@ class EMBackend(Backend):
         self.max_upload, self.max_files = max_upload, max_files
         self.capabilities = Capabilities(
             ranged_reads=False, ranged_writes=False, rename="job", max_parallel=1, max_upload=max_upload,
-            eventual_listing=False, fixed_levels=1,
-            extra={"rename_method": "copy", "listing_ttl": listing_ttl, "max_files_per_upload": max_files},
+            fixed_levels=1,
         )
         self._lock = threading.RLock()
         self._configured = set(pods) | {DEFAULT_VOLUME}
-        self._made_here = set()  # volumes registered by mkdir at the top level, not yet seen on the server
-        self._listed = set()
+        self._made_here: Set[str] = set()  # volumes registered by mkdir at the top level, not yet on the server
+        self._listed: Set[str] = set()
         self._listed_at: Optional[float] = None
         self._listings: Dict[str, VolumeListing] = {}
         self._held: Dict[str, Dict[str, float]] = {}  # volume -> {directory made by mkdir: its mtime}
@@ -153,7 +152,7 @@ class EMBackend(Backend):
                 names = self.client.list_volumes() or []
                 if not isinstance(names, list):
                     raise errors.ProtocolError("the server's volume list is not a list", "/")
-                self._listed = {self._volume_name(item) for item in names} - {None}
+                self._listed = {name for name in map(self._volume_name, names) if name is not None}
                 self._listed_at = time.monotonic()
             return sorted(self._configured | self._listed)
 
@@ -215,8 +214,9 @@ class EMBackend(Backend):
             listing = listing or self._listing(volume)
             children = dict(listing.children.get(relative, {}))
             for held in self._held_dirs(volume):
-                if posixpath.dirname(held) == relative and posixpath.basename(held) not in children:
-                    children[posixpath.basename(held)] = self._lookup(volume, held, listing)
+                entry = self._lookup(volume, held, listing)
+                if posixpath.dirname(held) == relative and entry is not None and entry.name not in children:
+                    children[entry.name] = entry
             return children
 
     def _volume_entry(self, name: str) -> Entry:
@@ -250,7 +250,7 @@ class EMBackend(Backend):
     def _file(self, path: str) -> Tuple[str, str, Entry]:
         volume, relative = self._locate(path)
         entry = self.stat(path)
-        if entry.is_dir:
+        if entry.is_dir or volume is None:  # the root is a directory too
             raise errors.IsADirectory("is a directory", path)
         return volume, relative, entry
 
@@ -274,23 +274,6 @@ class EMBackend(Backend):
             raise errors.IsADirectory("is a directory", path)
         self.client.upload(volume, parent, [(name, seekable_copy(source), size)])
         self._written(volume, relative, size)
-
-    def write_many(self, directory: str, files: List[Tuple[str, BinaryIO, int]]) -> None:
-        """Create or replace several files of one directory in as few uploads as the limits allow.
-
-        EM-specific (not in the Backend contract): each call carries at most ``max_files`` files and
-        ``max_upload`` bytes."""
-        volume, relative = self._locate_for_create(directory)
-        self._require_directory(volume, relative, directory)
-        for name, _, size in files:
-            self._check_upload(directory, name, size)
-            existing = self._lookup(volume, posixpath.join(relative, name))
-            if existing is not None and existing.is_dir:
-                raise errors.IsADirectory("is a directory", posixpath.join(directory, name))
-        for batch in self._batches(files):
-            self.client.upload(volume, relative, [(name, seekable_copy(source), size) for name, source, size in batch])
-            for name, _, size in batch:
-                self._written(volume, posixpath.join(relative, name), size)
 
     def _batches(self, files):
         """Groups of at most ``max_files`` files and ``max_upload`` bytes, in the given order."""
@@ -361,7 +344,7 @@ class EMBackend(Backend):
         if len(parts) == 1 and parts[0]:
             return self._make_volume(parts[0], path)
         volume, relative = self._locate(path)
-        if not relative or self._lookup(volume, relative) is not None:
+        if volume is None or not relative or self._lookup(volume, relative) is not None:
             raise errors.AlreadyExists("exists", path)
         self._require_directory(volume, posixpath.dirname(relative), posixpath.dirname(path))
         with self._lock:
@@ -437,7 +420,7 @@ class EMBackend(Backend):
         """Copy then delete: the API has no move.  Directories move file by file, in batched uploads."""
         src_volume, src_rel = self._locate(src)
         dst_volume, dst_rel = self._locate_for_create(dst)
-        if not src_rel or not dst_rel:
+        if src_volume is None or not src_rel or not dst_rel:
             raise errors.NotSupported("volumes cannot be renamed", src if not src_rel else dst)
         if (src_volume, src_rel) == (dst_volume, dst_rel):
             return

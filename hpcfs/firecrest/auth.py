@@ -25,7 +25,6 @@ class ClientCredentials:
         self._lock = threading.Lock()
         self._token: Optional[str] = None
         self._fresh_until = 0.0
-        self.fetched = 0  # tokens requested so far, for tests and `hpcfs info`
 
     def __repr__(self):
         return f"ClientCredentials(token_url={self.token_url!r}, client_id={self.client_id!r})"
@@ -61,7 +60,6 @@ class ClientCredentials:
             raise errors.ProtocolError(f"token endpoint {self.token_url} sent no access_token") from None
         self._token = token
         self._fresh_until = started + lifetime - min(self._margin, 0.75 * lifetime)
-        self.fetched += 1
 
 
 def _oauth_error(reply: net.Response) -> str:

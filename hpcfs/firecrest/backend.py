@@ -8,9 +8,10 @@ Mapping (see /work/shared/reference/firecrest.md):
   (``floor((max_ops_file_size-1)/4)*3`` bytes); ``read_range`` = one ``transfer/download`` staging job per
   file version, then HTTP ``Range`` GETs on the presigned URL.  The URL is cached per path with the
   file's change token, which is checked again at most every ``recheck`` seconds.
-* ``write_whole`` = ``ops/upload`` up to ``max_ops_file_size``, else a staged multipart ``transfer/upload``
-  whose ingress job is awaited, so the file is in place when the call returns.  An empty file times
-  out on the server (408) although it is created: the call waits only briefly, then checks with ``stat``.
+* uploads (``begin_upload``) = one ``ops/upload`` up to ``max_ops_file_size``, else a staged multipart
+  ``transfer/upload`` whose ingress job is awaited, so the file is in place when the commit returns.  An
+  empty file times out on the server (408) although it is created: the call waits only briefly, then
+  checks with ``stat``.
 * On a system whose ``data_transfer`` is ``streamer``, reads above the direct-download limit and writes above
   ``max_ops_file_size`` go whole over a websocket to a streamer job (:mod:`.streamer`) instead: no ranged
   reads; an upload lands under a temporary name and is renamed over the target (the job refuses to
@@ -31,7 +32,7 @@ from typing import BinaryIO, Callable, Dict, List, Optional
 from cachetools import TTLCache
 
 from .. import errors, net
-from ..backend import DIRECTORY, FILE, SYMLINK, Backend, Capabilities, Entry, normalize, split
+from ..backend import DIRECTORY, FILE, SYMLINK, Backend, Capabilities, Entry, UploadSession, normalize, split
 from ..urls import ParsedURL
 from . import streamer
 from .auth import ClientCredentials
@@ -92,8 +93,7 @@ class FirecrestBackend(Backend):
             ranged_reads=self.staging, ranged_writes=False, rename="job", max_parallel=max_parallel,
             max_whole_read=None if self.streamer else self.direct_read_limit,
             max_upload=None if self.staging or self.streamer else self.max_ops,
-            chmod=True, symlinks=True, set_mtime=False, eventual_listing=False,
-            extra={"max_ops_file_size": self.max_ops, "staging": self._large_file_path()},
+            chmod=True, symlinks=True, set_mtime=False,
         )
         self._staged: Dict[str, _StagedCopy] = {}
         self._staged_lock = threading.Lock()
@@ -228,28 +228,27 @@ class FirecrestBackend(Backend):
 
     # -- writing --------------------------------------------------------------------------------------
     def write_whole(self, path: str, source: BinaryIO, size: int) -> None:
-        directory, name = split(path)
-        self._forget(path)
-        with self.client.operation(path):
-            if size == 0:
-                self._create_empty(directory, name, path)
-            elif size <= self.max_ops:
-                data = source.read(size)
-                if len(data) != size:
-                    raise errors.ProtocolError("the file to upload is shorter than announced", path)
-                self.client.upload(directory, name, data)
-            elif self.staging:
-                self._staged_upload(path, source, size)
-            elif self.streamer:
-                self._stream_upload(path, source, size)
-            else:
-                raise errors.TooLarge(f"{size} bytes is above the upload limit of FirecREST system "
-                                      f"'{self.client.system}' ({self.max_ops} bytes, its max_ops_file_size), "
-                                      "and the system offers no staging (no data_transfer) for larger files", path)
+        with self.client.operation(path):  # one correlation id for the whole upload
+            super().write_whole(path, source, size)
 
-    def _create_empty(self, directory: str, name: str, path: str):
+    def begin_upload(self, path: str, size: Optional[int], resume_from: int = 0) -> UploadSession:
+        if size is None:
+            raise errors.NotSupported("FirecREST needs the size of an upload before it starts", path)
+        self._forget(path)
+        if size <= self.max_ops:
+            return _OperationUpload(self, path, size)
+        if self.staging:
+            return _StagedUpload(self, path, size)
+        if self.streamer:
+            return _StreamerUpload(self, path, size)
+        raise errors.TooLarge(f"{size} bytes is above the upload limit of FirecREST system "
+                              f"'{self.client.system}' ({self.max_ops} bytes, its max_ops_file_size), "
+                              "and the system offers no staging (no data_transfer) for larger files", path)
+
+    def _create_empty(self, path: str):
         """An empty upload hangs until the server's command timeout (408), yet the file is created at
         once: wait briefly, then believe ``stat``."""
+        directory, name = split(path)
         try:
             self.client.upload(directory, name, b"", timeout=(10.0, self.empty_upload_wait), retry_timeouts=False)
             return
@@ -265,21 +264,6 @@ class FirecrestBackend(Backend):
             if time.monotonic() > deadline:
                 raise errors.TimedOut("the server did not create the empty file", path)
             time.sleep(self.empty_upload_wait / 4)
-
-    def _staged_upload(self, path: str, source: BinaryIO, size: int):
-        _refuse_mangled(path)
-        job, directives = self.client.transfer_upload(path, size, self.account)
-        part_size = int(directives["maxPartSize"])
-        try:
-            etags = [self.client.put_part(url, _Slice(source, min(part_size, size - number * part_size)))
-                     for number, url in enumerate(directives["partsUploadUrls"])]
-            self.client.complete_upload(directives["completeUploadUrl"], etags)
-        except (errors.HpcfsError, EOFError) as failure:
-            self.client.cancel_job(job)  # else it waits for the object for a day
-            if isinstance(failure, EOFError):
-                raise errors.ProtocolError(str(failure), path) from None
-            raise
-        self._finish(job, "successfully", path)
 
     # -- streamer transfers ---------------------------------------------------------------------------
     def _stream_download(self, path: str, sink: BinaryIO):
@@ -419,6 +403,69 @@ class FirecrestBackend(Backend):
 
     def close(self) -> None:
         self.client.session.close()
+
+
+class _OperationUpload(UploadSession):
+    """A file up to ``max_ops_file_size``: one ``ops/upload`` (replaces an existing file)."""
+
+    def __init__(self, backend: FirecrestBackend, path: str, size: int):
+        self._backend, self._path, self._size = backend, path, size
+        self.part_size = max(size, 1)
+
+    def put_part(self, offset: int, source: BinaryIO, length: int) -> None:
+        data = source.read(length)
+        if len(data) != length:
+            raise errors.ProtocolError("the file to upload is shorter than announced", self._path)
+        directory, name = split(self._path)
+        with self._backend.client.operation(self._path):
+            self._backend.client.upload(directory, name, data)
+
+    def commit(self) -> None:
+        if self._size == 0:
+            with self._backend.client.operation(self._path):
+                self._backend._create_empty(self._path)
+
+
+class _StreamerUpload(UploadSession):
+    """A larger file on a streamer system: the whole file in one part, over one websocket."""
+
+    def __init__(self, backend: FirecrestBackend, path: str, size: int):
+        self._backend, self._path = backend, path
+        self.part_size = max(size, 1)
+
+    def put_part(self, offset: int, source: BinaryIO, length: int) -> None:
+        with self._backend.client.operation(self._path):
+            self._backend._stream_upload(self._path, source, length)
+
+
+class _StagedUpload(UploadSession):
+    """A larger file: a multipart ``transfer/upload`` (S3 parts on presigned URLs, each streamed from the
+    source in order), completed, then its ingress job awaited so the file is in place when ``commit``
+    returns."""
+
+    def __init__(self, backend: FirecrestBackend, path: str, size: int):
+        _refuse_mangled(path)
+        self._backend, self._path = backend, path
+        with backend.client.operation(path):
+            self._job, self._directives = backend.client.transfer_upload(path, size, backend.account)
+        self.part_size = int(self._directives["maxPartSize"])
+        self._etags: List[str] = []
+
+    def put_part(self, offset: int, source: BinaryIO, length: int) -> None:
+        url = self._directives["partsUploadUrls"][offset // self.part_size]
+        try:
+            with self._backend.client.operation(self._path):
+                self._etags.append(self._backend.client.put_part(url, _Slice(source, length)))
+        except EOFError as failure:
+            raise errors.ProtocolError(str(failure), self._path) from None
+
+    def commit(self) -> None:
+        with self._backend.client.operation(self._path):
+            self._backend.client.complete_upload(self._directives["completeUploadUrl"], self._etags)
+            self._backend._finish(self._job, "successfully", self._path)
+
+    def abort(self) -> None:
+        self._backend.client.cancel_job(self._job)  # else it waits for the object for a day
 
 
 def _refuse_mangled(path: str):

@@ -103,11 +103,11 @@ class HpcfsOperations(fuse.Operations):
     @_translate
     def create(self, path, mode, flags=0):
         self._check_writable(True)
+        # New executables keep their x bits; other new files get the server's default mode.
         handle = self.remote_tree.open(
-            path, writable=True, truncate=True, create=True, exclusive=bool(flags & os.O_EXCL)
+            path, writable=True, truncate=True, create=True, exclusive=bool(flags & os.O_EXCL),
+            create_mode=mode & 0o7777 if mode & 0o111 else None,
         )
-        if mode & 0o111 and self.remote_tree.capabilities.chmod:
-            handle.pending_mode = mode & 0o7777  # new executables keep their x bits; others the server's default
         return self._register(handle)
 
     @_translate

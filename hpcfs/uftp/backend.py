@@ -20,11 +20,10 @@ import random
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Union
 
 from .. import errors, net
-from ..backend import Backend, Capabilities, Entry, normalize, read_exactly, split
+from ..backend import Backend, Capabilities, Entry, UploadSession, normalize, read_exactly, split
 from .auth import AuthClient, BasicCredential, BearerCredential, SSHKeyCredential, read_token
 from .options import UFTPOptions
 from .listing import facts_kind, facts_mode, is_child_name, parse_mlst_reply, parse_stat_reply
@@ -32,7 +31,7 @@ from .session import ControlSession, SecretRejected, SessionLost
 
 DEFAULT_SESSIONS = 4
 DEFAULT_TIMEOUT = 30.0
-LARGE_WRITE = 8 << 20  # write_whole above this sends pieces in parallel
+LARGE_WRITE = 8 << 20  # an upload above this sends pieces in parallel
 PIECE = 4 << 20  # size of those pieces
 BUSY_WAIT = 10.0  # how long "500 Too many active sessions" is retried (UFTPD reaps every 5 s)
 SIZE_HINTS = 4096
@@ -183,11 +182,6 @@ class SizeHints:
             self._sizes.move_to_end(path)
             while len(self._sizes) > self._capacity:
                 self._sizes.popitem(last=False)
-
-    def grow(self, path, end: int):
-        with self._lock:
-            if path in self._sizes:
-                self._sizes[path] = max(self._sizes[path], end)
 
     def drop(self, path):
         with self._lock:
@@ -397,45 +391,13 @@ class UFTPBackend(Backend):
         size = self._run(lambda session: session.retrieve_all(remote, write), retry=lambda: written == 0)
         self._sizes.set(path, size)
 
-    def write_whole(self, path: str, source, size: int) -> None:
+    def begin_upload(self, path: str, size: Optional[int], resume_from: int = 0) -> UploadSession:
         path, remote = self._remote(path)
         if path == "/":
             raise errors.IsADirectory("is a directory", path)
-        if size > self.large_write:
-            self._write_in_pieces(path, remote, source, size)
-        else:
-            data = read_exactly(source, size, path)
-            self._run(lambda session: session.store(remote, [data] if data else [], size))
-        self._sizes.set(path, size)
-
-    def _write_in_pieces(self, path, remote, source, size):
-        """Create or truncate, then send pieces in parallel over the pool with RANG+STOR (in place)."""
-        self._run(lambda session: session.store(remote, [], 0))
-        in_flight = collections.deque()
-        with ThreadPoolExecutor(self.capabilities.max_parallel, thread_name_prefix="uftp-upload") as pool:
-            try:
-                for offset in range(0, size, self.piece_size):
-                    piece = read_exactly(source, min(self.piece_size, size - offset), path)
-                    in_flight.append(pool.submit(self._write_piece, remote, offset, piece))
-                    if len(in_flight) >= self.capabilities.max_parallel:  # bounds memory to a few pieces
-                        in_flight.popleft().result()
-                while in_flight:
-                    in_flight.popleft().result()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-
-    def _write_piece(self, remote, offset, piece):
-        self._run(lambda session: session.store(remote, [piece], len(piece), offset))
-
-    def write_range(self, path: str, offset: int, data: bytes) -> None:
-        path, remote = self._remote(path)
-        if offset < 0:
-            raise errors.InvalidPath("negative offset", path)
-        if not data:
-            return
-        self._run(lambda session: session.store(remote, [data], len(data), offset))
-        self._sizes.grow(path, offset + len(data))
+        if size is not None and size <= self.large_write and not resume_from:
+            return _StoreUpload(self, path, remote, size)
+        return _PieceUpload(self, path, remote, resume_from)
 
     # -- namespace --------------------------------------------------------------------------------------
     def mkdir(self, path: str) -> None:
@@ -516,6 +478,41 @@ class UFTPBackend(Backend):
     def close(self) -> None:
         self._pool.close()
         self._auth.close()
+
+
+class _StoreUpload(UploadSession):
+    """A small file: one ``ALLO``+``STOR`` that creates or truncates and sends it whole."""
+
+    def __init__(self, backend: UFTPBackend, path: str, remote: str, size: int):
+        self._backend, self._path, self._remote, self._size = backend, path, remote, size
+        self.part_size = max(size, 1)
+
+    def put_part(self, offset: int, source, length: int) -> None:
+        data = read_exactly(source, length, self._path)
+        self._backend._run(lambda session: session.store(self._remote, [data], length))
+
+    def commit(self) -> None:
+        if self._size == 0:
+            self._backend._run(lambda session: session.store(self._remote, [], 0))
+        self._backend._sizes.set(self._path, self._size)
+
+
+class _PieceUpload(UploadSession):
+    """A large file or one of unknown size: created empty (unless a kept prefix is continued), then pieces
+    written in place with ``RANG``+``STOR``, in parallel over the session pool."""
+
+    def __init__(self, backend: UFTPBackend, path: str, remote: str, resume_from: int):
+        self._backend, self._path, self._remote = backend, path, remote
+        self.part_size = backend.piece_size
+        self.parallel = backend.capabilities.max_parallel
+        if not resume_from:
+            backend._run(lambda session: session.store(remote, [], 0))  # create, or truncate what was there
+        backend._sizes.drop(path)
+
+    def put_part(self, offset: int, source, length: int) -> None:
+        data = read_exactly(source, length, self._path)
+        if data:
+            self._backend._run(lambda session: session.store(self._remote, [data], length, offset))
 
 
 def _positive_int(value) -> Optional[int]:
