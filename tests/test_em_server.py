@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from fixtures_em import PASSWORD, USER
-from hpcfs.servers.em import EMServer, _size_text
+from hpcfs.servers.em import EMServer
+from hpcfs.servers.em.server import _size_text
 
 pytestmark = pytest.mark.timeout(30)
 

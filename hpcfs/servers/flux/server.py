@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from .common import (DEFAULT_HOST, Knobs, OutsideRoot, Request, RequestLog, Response, RestApp, RestServer,
+from ..common import (DEFAULT_HOST, Knobs, OutsideRoot, Request, RequestLog, Response, RestApp, RestServer,
                      _RestHandler, confine, run_until_interrupted, temporary_directory)
 
 DEFAULT_PORT = 5000  # flux-restful-api's own port; FirecREST and EM use 8000

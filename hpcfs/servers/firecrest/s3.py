@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, Optional
 from urllib.parse import quote, urlencode
 from xml.etree import ElementTree
 
-from .common import Request, Response, RestApp
+from ..common import Request, Response, RestApp
 
 SIGNATURE = "X-Amz-Signature"
 

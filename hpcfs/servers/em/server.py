@@ -42,7 +42,7 @@ from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 import multipart
 from urllib.parse import parse_qs, quote
 
-from .common import (
+from ..common import (
     DEFAULT_HOST,
     Knobs,
     OutsideRoot,

@@ -28,15 +28,15 @@ import time
 import uuid
 from typing import Dict, Optional, Tuple
 
-from .common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, PrivateDirectory, Request, RequestLog, Response,
+from ..common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, PrivateDirectory, Request, RequestLog, Response,
                      RestApp, RestServer, add_latency_argument, add_secret_file_argument, credential_lines,
                      generated_account, naming_ports, read_private_file, run_until_interrupted, self_signed_certificate,
                      temporary_directory)
-from .firecrest_auth import TokenIssuer, TokenRejected
-from .firecrest_jobs import (Scheduler, copy, delete, egress_script, file_script, ingress_script, move,
+from .auth import TokenIssuer, TokenRejected
+from .jobs import (Scheduler, copy, delete, egress_script, file_script, ingress_script, move,
                              template)
-from .firecrest_s3 import ObjectStore, build_app
-from .firecrest_shell import ApiError, RemoteShell, command_error
+from .s3 import ObjectStore, build_app
+from .shell import ApiError, RemoteShell, command_error
 
 APP_VERSION = "2.5.6"
 MIB = 1024 * 1024

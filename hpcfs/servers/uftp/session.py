@@ -13,8 +13,8 @@ import sys
 import tarfile
 import time
 
-from .common import OutsideRoot, confine, open_for_writing, peer_uid
-from .uftp_wire import (MULTI_STREAM_BLOCK, DroppedConnection, MultiStreamData, PlainData, close_socket,
+from ..common import OutsideRoot, confine, open_for_writing, peer_uid
+from .wire import (MULTI_STREAM_BLOCK, DroppedConnection, MultiStreamData, PlainData, close_socket,
                         data_stream, ls_line, mlst_facts, stat_line)
 
 NOT_ACCESSIBLE = "Directory/file does not exist or cannot be accessed!"

@@ -17,7 +17,7 @@ import stat as stat_module
 import time
 from typing import List, Optional
 
-from .common import OutsideRoot, check_link_target, confine, open_for_writing
+from ..common import OutsideRoot, check_link_target, confine, open_for_writing
 
 SSH_WINDOW = 2 * 1024 * 1024  # output beyond the cap by more than this deadlocks the SSH channel
 FILE_LINE = re.compile(
