@@ -7,7 +7,6 @@ from an ``/em`` endpoint triggers one fresh login and one replay.  The API chang
 (``pod_name`` became ``pvc_name``, listings moved from GET to POST): volume names are sent under both
 keys and a 405 switches the method for good.  Any 2xx is success; error bodies may be HTML.
 """
-import base64
 import functools
 import html
 import io
@@ -21,6 +20,8 @@ import threading
 import time
 import uuid
 from typing import BinaryIO, Callable, Iterable, List, Optional, Tuple
+
+import jwt
 
 from .. import errors, net
 
@@ -48,11 +49,10 @@ def token_expiry(token: str) -> Tuple[Optional[float], Optional[float]]:
     """``(exp, lifetime)`` read from a JWT without checking its signature; ``(None, None)`` if opaque or
     unreadable (renewal then waits for the server's 401)."""
     try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = jwt.decode(token, options={"verify_signature": False})  # the server's key is not ours to know
         expiry = float(claims["exp"])
         lifetime = expiry - float(claims.get("iat", expiry))
-    except (AttributeError, IndexError, KeyError, OverflowError, RecursionError, TypeError, ValueError):
+    except (jwt.PyJWTError, AttributeError, KeyError, OverflowError, RecursionError, TypeError, ValueError):
         return None, None
     return (expiry, lifetime) if math.isfinite(lifetime) else (None, None)
 
