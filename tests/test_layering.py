@@ -46,3 +46,19 @@ def test_no_module_encodes_or_decodes_a_jwt_by_hand():
             if isinstance(node, ast.Attribute) and node.attr in ("urlsafe_b64encode", "urlsafe_b64decode"):
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_bounded_maps_are_cachetools_caches():
+    """An LRU written by hand on an OrderedDict (``move_to_end``, ``popitem(last=False)``) is cachetools'
+    job; only the
+    block cache keeps one, because it also demotes blocks a reader has consumed (cachetools has no
+    demotion)."""
+    hand_written = PACKAGE / "core" / "blocks.py"
+    offenders = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and path != hand_written
+                    and (node.func.attr == "move_to_end"
+                         or (node.func.attr == "popitem" and any(k.arg == "last" for k in node.keywords)))):
+                offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not offenders, offenders

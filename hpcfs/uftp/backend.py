@@ -23,6 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Union
 
+from cachetools import LRUCache
+
 from .. import errors, net
 from ..backend import Backend, Capabilities, Entry, normalize, read_exactly, split
 from .auth import AuthClient, BasicCredential, BearerCredential, SSHKeyCredential, read_token
@@ -168,9 +170,8 @@ class SizeHints:
     file that shrank ends its transfer early, one that grew is asked about when a read reaches past it."""
 
     def __init__(self, capacity: int = SIZE_HINTS):
-        self._sizes = collections.OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
+        self._sizes: LRUCache = LRUCache(maxsize=capacity)
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe
 
     def get(self, path) -> Optional[int]:
         with self._lock:
@@ -179,9 +180,6 @@ class SizeHints:
     def set(self, path, size: int):
         with self._lock:
             self._sizes[path] = size
-            self._sizes.move_to_end(path)
-            while len(self._sizes) > self._capacity:
-                self._sizes.popitem(last=False)
 
     def grow(self, path, end: int):
         with self._lock:
