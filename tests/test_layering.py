@@ -62,3 +62,11 @@ def test_bounded_maps_are_cachetools_caches():
                          or (node.func.attr == "popitem" and any(k.arg == "last" for k in node.keywords)))):
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_the_source_cites_nothing_outside_the_repository():
+    """A reader of the repository cannot follow a path on the machine it was written on: cite the upstream
+    project or a docs/ page instead."""
+    offenders = [f"{path.relative_to(PACKAGE.parent)}" for path in sorted(PACKAGE.rglob("*.py"))
+                 if "/work/" in path.read_text()]
+    assert not offenders, offenders

@@ -1,7 +1,7 @@
 """UFTP as an hpcfs backend: a pool of UFTPD sessions behind one persistent secret.
 
 - One persistent secret per backend.  A *keeper* session stays logged in and idle, because UFTPD forgets a
-  persistent secret as soon as its last session ends (/work/shared/reference/uftp.md §3).
+  persistent secret as soon as its last session ends (UFTPD 3.5, github.com/UNICORE-EU/uftpd).
 - Worker sessions, each with its keep-alive data connection, serve requests in parallel, up to
   ``capabilities.max_parallel`` and always below the server's per-user session limit.
 - ``530`` at login (the secret died) buys a new secret transparently; a session whose connection died is

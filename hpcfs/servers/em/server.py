@@ -1,6 +1,7 @@
 """A local, wire-faithful DPhi Space EM API server (``hpcfs serve em``).
 
-It mimics what /work/shared/reference/em-api.md records of the real Django REST Framework service:
+It mimics the real Django REST Framework service as DPhi Space's public EM API documentation describes
+it (dphi-space.github.io/public-documentation/em-api/api-specs):
 ``POST /auth/`` and ``/auth/refresh`` hand out HS256 JWTs (simplejwt bodies), every ``/em/*`` request
 needs ``Authorization: Bearer``, success bodies are ``{"message", "data"}`` envelopes and errors
 ``{"error", "message"}`` (auth failures DRF's ``{"detail"}``, Django's own 400/500 pages are HTML).

@@ -1,7 +1,7 @@
 """A local FirecREST v2 server (``hpcfs serve firecrest``) that behaves like the real 2.5.x one.
 
 Same paths, bodies, status codes, headers and error shape as the server's OpenAPI document
-(/work/shared/specs/firecrest-v2-openapi.json) for the status, filesystem ``ops``/``transfer`` and job
+(eth-cscs.github.io/firecrest-v2/openapi) for the status, filesystem ``ops``/``transfer`` and job
 endpoints; JWT bearer auth with an embedded client-credentials token endpoint (``POST /token``); an S3
 staging area on a second port for ``transfer/upload|download``.  The served directory is the system's
 ``/`` (one file system of type ``users``); job logs go to ``{work_dir}/{user}`` as on a real cluster.

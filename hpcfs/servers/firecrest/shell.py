@@ -1,7 +1,7 @@
 """What FirecREST v2 runs over SSH for each ``ops`` endpoint, emulated on a local directory.
 
 The real server wraps ``ls``, ``stat``, ``base64``, ``mkdir``... in ``timeout 5`` and turns the exit status
-and stderr into HTTP errors by substring (see /work/shared/reference/firecrest.md §2-3).  This module
+and stderr into HTTP errors by substring (github.com/eth-cscs/firecrest-v2, 2.5.x).  This module
 reproduces the commands' output and their coreutils error messages, so the same mapping gives the same
 status codes, and keeps the real server's defects: the output cap with its deadlock, the hang on an
 empty upload, paths with ``'`` breaking the shell quoting, names octal-escaped by a C locale.

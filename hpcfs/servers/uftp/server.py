@@ -3,7 +3,8 @@
 The real pieces are a Java Auth server that pushes ``key=value ... END`` transfer requests into UFTPD's
 command port, and UFTPD, which then serves an FTP-like session per login.  Here both run in one process,
 and the REST endpoint creates jobs through the same command handler the command port uses.  Behaviour,
-reply texts and quirks follow /work/shared/reference/uftp.md; sessions live in ``session``.
+reply texts and quirks follow UFTPD 3.5.3 and the UNICORE Auth server (github.com/UNICORE-EU/uftpd,
+github.com/UNICORE-EU/uftp); sessions live in ``session``.
 """
 import base64
 import binascii

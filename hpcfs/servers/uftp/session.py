@@ -1,8 +1,8 @@
 """One UFTP (UFTPD 3.5.x compatible) FTP session: the command table, paths, ranges and transfers.
 
-Reply texts, codes and quirks follow the real UFTPD (see /work/shared/reference/uftp.md §4-5 and the wire
-transcript).  The served root is the session's "/": every path the client sees is a virtual absolute path,
-and every local path goes through ``common.confine``.
+Reply texts, codes and quirks follow the real UFTPD 3.5.3 (github.com/UNICORE-EU/uftpd; compared with
+it by tests/test_differential_uftp.py).  The served root is the session's "/": every path the client sees
+is a virtual absolute path, and every local path goes through ``common.confine``.
 """
 import errno
 import hashlib
