@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import BinaryIO, Callable, Iterable, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple, Union, cast
 
 import jwt
 
@@ -71,6 +71,10 @@ def describe_failure(response: net.Response) -> Tuple[str, str]:
     return "", text[:200] or response.reason or "no explanation"
 
 
+# a piece of a multipart body: bytes, or a file part's source and size, copied on demand
+Segment = Union[bytes, Tuple[BinaryIO, int]]
+
+
 class MultipartBody:
     """A multipart/form-data body streamed from the sources, with a known length (no 2 GB in memory).
 
@@ -79,7 +83,7 @@ class MultipartBody:
 
     def __init__(self, fields: Iterable[Tuple[str, str]], files: Iterable[Tuple[str, BinaryIO, int]]):
         self.boundary = uuid.uuid4().hex
-        self._segments: List[object] = []  # bytes, or (source, size) copied on demand
+        self._segments: List[Segment] = []
         for name, value in fields:
             self._segments.append(self._head(f'name="{name}"') + value.encode() + b"\r\n")
         for filename, source, size in files:
@@ -87,7 +91,7 @@ class MultipartBody:
             self._segments += [self._head(f'name="files"; filename="{quoted}"', True), (source, size), b"\r\n"]
         self._segments.append(f"--{self.boundary}--\r\n".encode())
         self._length = sum(len(s) if isinstance(s, bytes) else s[1] for s in self._segments)
-        self._current: Optional[object] = None
+        self._current: Union[io.BytesIO, Tuple[BinaryIO, int], None] = None
 
     @property
     def content_type(self) -> str:
@@ -114,6 +118,8 @@ class MultipartBody:
         return bytes(out)
 
     def _read_current(self, wanted: int) -> bytes:
+        if self._current is None:
+            return b""
         if isinstance(self._current, io.BytesIO):
             chunk = self._current.read(wanted)
             if not chunk:
@@ -152,9 +158,11 @@ class EMClient:
         self.busy_timeout, self.first_backoff, self.max_backoff = busy_timeout, first_backoff, max_backoff
         self._session = net.new_session(verify)
         self._lock = threading.RLock()  # one request in flight per account: the server says 423 otherwise
-        self._access = self._refresh = None
-        self._access_renew_at = self._refresh_expiry = None
-        self._methods = {}  # endpoint -> the HTTP method this server accepted
+        self._access: Optional[str] = None
+        self._refresh: Optional[str] = None
+        self._access_renew_at: Optional[float] = None
+        self._refresh_expiry: Optional[float] = None
+        self._methods: Dict[str, str] = {}  # endpoint -> the HTTP method this server accepted
         self.has_volume_list: Optional[bool] = None  # whether /em/pvc/list exists here (None: not asked yet)
 
     def __repr__(self):
@@ -224,7 +232,7 @@ class EMClient:
         """A read-only call whose method drifted between API versions: try the known one, then the other."""
         preferred = self._methods.get(endpoint, methods[0])
         for method in (preferred,) + tuple(m for m in methods if m != preferred):
-            arguments = {"params": params} if method == "GET" else {"data": params}
+            arguments: Dict[str, Any] = {"params": params} if method == "GET" else {"data": params}
             response = self._call(method, endpoint, where, passthrough=(405,), **arguments)
             if response.status_code != 405:
                 self._methods[endpoint] = method
@@ -309,6 +317,7 @@ class EMClient:
         if self._access is None or (self._access_renew_at is not None and now >= self._access_renew_at):
             if not (self._refresh and (self._refresh_expiry is None or now < self._refresh_expiry) and self._renew()):
                 self._login()
+        assert self._access is not None  # _login and _renew set it, or raise
         return self._access
 
     def _login(self):
@@ -339,10 +348,12 @@ class EMClient:
         return False
 
     def _set_access(self, tokens: dict):
-        self._access = tokens["access"]
-        expiry, lifetime = token_expiry(self._access)
+        access: str = tokens["access"]
+        expiry, lifetime = token_expiry(access)
+        self._access = access
         # renew a little early: 30 s, or a quarter of a short lifetime
-        self._access_renew_at = None if expiry is None else expiry - min(30.0, max(lifetime, 0.0) / 4)
+        self._access_renew_at = (None if expiry is None or lifetime is None
+                                 else expiry - min(30.0, max(lifetime, 0.0) / 4))
 
     def _tokens(self, response: net.Response) -> dict:
         if not 200 <= response.status_code < 300:
@@ -372,4 +383,4 @@ def seekable_copy(source: BinaryIO) -> BinaryIO:
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
     shutil.copyfileobj(source, spool)
     spool.seek(0)
-    return spool
+    return cast(BinaryIO, spool)

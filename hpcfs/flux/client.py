@@ -134,7 +134,7 @@ class FluxClient:
         with self._lock:
             missing = [name for name, value in (("FLUX_USER", self.user), ("FLUX_TOKEN", self._token),
                                                 ("FLUX_SECRET_KEY", self._secret_key)) if not value]
-            if missing:
+            if missing or self._secret_key is None:
                 raise errors.AuthenticationFailed(
                     f"the server requires authentication: set {', '.join(missing)}", where)
             signed = jwt.encode({"user": self.user, "pass": self._token, "scope": "token"}, self._secret_key,

@@ -181,10 +181,10 @@ class _ChunkReader:
 
     def read(self, size: int = -1) -> bytes:
         while not self._pending:
-            self._pending = next(self._chunks, None)
-            if self._pending is None:
-                self._pending = b""
+            chunk = next(self._chunks, None)
+            if chunk is None:
                 return b""
+            self._pending = chunk
         size = len(self._pending) if size < 0 else size
         piece, self._pending = self._pending[:size], self._pending[size:]
         return piece
@@ -194,7 +194,7 @@ def parse_form(request: Request, max_parts: int) -> Tuple[Dict[str, str], List["
     """Query, form, JSON or multipart fields merged (body wins), as DRF's parsers accept all of them."""
     fields = {key: values[-1] for key, values in request.query.items()}
     content_type = request.headers.get("Content-Type", "")
-    files = []
+    files: List[multipart.MultipartPart] = []
     if content_type.startswith("multipart/form-data"):
         body_fields, files = parse_multipart(request, max_parts)
         fields.update(body_fields)
@@ -283,8 +283,9 @@ class EMServer:
         self.api, self.max_upload, self.max_files = api, max_upload, max_files
         self.knobs = Knobs()
         self.log = RequestLog()
-        self.statuses = collections.Counter()  # HTTP status -> count
-        self.names_seen = collections.Counter()  # every pod_name/pvc_name value any request carried
+        self.statuses: collections.Counter[int] = collections.Counter()  # HTTP status -> count
+        # every pod_name/pvc_name value any request carried
+        self.names_seen: collections.Counter[str] = collections.Counter()
         self.tokens = TokenSigner(access_lifetime, refresh_lifetime)
         self._hash_salt = secrets.token_bytes(16)  # like PYTHONHASHSEED: hashes change across restarts
         self._lock = threading.Lock()
@@ -361,7 +362,7 @@ class EMServer:
         query_method = "GET" if self.api == "v1" else "POST"  # the 2026 client moved these to POST
         self.app.route("POST", "/auth")(self._login)
         self.app.route("POST", "/auth/refresh")(self._refresh)
-        protected = [
+        protected: List[tuple] = [  # (method, path, handler[, body limit])
             (query_method, "/em/files/list", self._list_files),
             ("POST", "/em/files/uplink", self._uplink, lambda: self.max_upload + UPLINK_OVERHEAD),
             ("GET", "/em/files/downlink", self._downlink),
@@ -480,7 +481,7 @@ class EMServer:
             if entry.is_symlink():
                 continue
             info = entry.stat()
-            node = {"type": "directory" if entry.is_dir() else "file", "name": entry.name,
+            node: Dict[str, object] = {"type": "directory" if entry.is_dir() else "file", "name": entry.name,
                     "size": str(info.st_size), "time": time.strftime("%Y-%m-%d-%H-%M", time.gmtime(info.st_mtime))}
             if entry.is_dir():
                 node["contents"] = self._tree(entry.path)

@@ -15,7 +15,7 @@ import shlex
 import shutil
 import stat as stat_module
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence, TypeVar
 
 from ..common import OutsideRoot, check_link_target, confine, open_for_writing
 
@@ -284,13 +284,11 @@ class RemoteShell:
     def head_tail(self, path: str, which: str, count: Optional[int], lines: bool, skip: bool) -> str:
         """``head``/``tail`` by lines or bytes; ``skip`` is ``--bytes=-N`` for head, ``+N`` (1-based) for tail."""
         data = self._read(path, which)
-        pieces = data.splitlines(keepends=True) if lines else data
         count = 10 if count is None else count
-        if which == "head":
-            chosen = pieces[:max(len(pieces) - count, 0)] if skip else pieces[:count]
+        if lines:
+            output = b"".join(_head_or_tail(data.splitlines(keepends=True), which, count, skip))
         else:
-            chosen = pieces[max(count - 1, 0):] if skip else pieces[max(len(pieces) - count, 0):]
-        output = b"".join(chosen) if lines else chosen
+            output = bytes(_head_or_tail(data, which, count, skip))
         return self.deliver(output, timed_out()).decode("utf-8", "replace")
 
     # -- writing --------------------------------------------------------------------------------------
@@ -370,3 +368,13 @@ class RemoteShell:
                 os.unlink(local)
         except PermissionError:
             raise command_error(1, f"rm: cannot remove '{path}': Permission denied") from None
+
+
+Piece = TypeVar("Piece")
+
+
+def _head_or_tail(pieces: Sequence[Piece], which: str, count: int, skip: bool) -> Sequence[Piece]:
+    """The lines or bytes ``head``/``tail`` print: the first or last ``count``, or all but those (``skip``)."""
+    if which == "head":
+        return pieces[:max(len(pieces) - count, 0)] if skip else pieces[:count]
+    return pieces[max(count - 1, 0):] if skip else pieces[max(len(pieces) - count, 0):]
