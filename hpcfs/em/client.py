@@ -29,6 +29,9 @@ DEFAULT_VOLUME = "_default"  # the tree's name for the volume used when no pod n
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes (DNS-1123) label
 HTTP_METHODS = ("GET", "POST")
 UNREADABLE_JSON = (ValueError, RecursionError)  # not JSON at all, or nested deeper than the parser goes
+# what the EM API means by these statuses, where the shared map says otherwise: 405 is a method this API
+# version moved (see _query), and the proxy in front of Django answers 502-504 while it is down
+STATUS_MEANINGS = {405: errors.NotSupported, 502: errors.Unavailable, 503: errors.Unavailable, 504: errors.Unavailable}
 
 
 def is_pod_name(name: str) -> bool:
@@ -292,10 +295,7 @@ class EMClient:
         status = response.status_code
         if status == 400 and code == "MAX_UPLINK_SIZE_EXCEEDED":
             return errors.TooLarge(text, where)
-        by_status = {400: errors.InvalidPath, 401: errors.AuthenticationFailed, 403: errors.PermissionDenied,
-                     404: errors.NotFound, 405: errors.NotSupported, 502: errors.Unavailable,
-                     503: errors.Unavailable, 504: errors.Unavailable}
-        return by_status.get(status, errors.HpcfsError)(text, where)
+        return net.error_for_status(status, text, where, STATUS_MEANINGS)
 
     @staticmethod
     def _data(response: net.Response, where: str):
