@@ -274,7 +274,11 @@ class EMClient:
                         path=where, what=f"{method} {endpoint}", headers=headers, **arguments)
 
     def _until_not_busy(self, send: Callable[[], net.Response], where: str) -> net.Response:
-        """Retry ``423 LOCKED`` with exponential back-off and jitter, for at most ``busy_timeout`` seconds."""
+        """Retry ``423 LOCKED`` with exponential back-off and jitter, for at most ``busy_timeout`` seconds.
+
+        Not :mod:`hpcfs.net`'s policy: a 423 says this account's one request slot is taken (by another
+        client), not that the server is unhealthy, so it must neither pause nor trip the breaker for
+        others; and a replay rebuilds the streamed upload body, which ``net.send`` sends once."""
         deadline = time.monotonic() + self.busy_timeout
         pause = self.first_backoff
         while True:
