@@ -16,13 +16,15 @@ has none, unless ``dereference`` follows them (with loop detection).
 import errno
 import os
 import posixpath
+import shutil
 import stat
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
+
+from tqdm import tqdm
 
 from . import errors
 from .backend import normalize, read_exactly
@@ -452,50 +454,53 @@ def _copy_file(job, dest_side, resume, meter, stop):
 
 
 class Progress:
-    """One status line on stderr: files, bytes, rate and ETA, redrawn at most five times a second.  Bytes
-    skipped by ``resume`` count as done but not towards the rate."""
+    """One status line on stderr (tqdm): files, bytes, rate and ETA, redrawn at most five times a second;
+    the last state stays on its line.  Bytes skipped by ``resume`` count as done but not towards the rate."""
 
-    def __init__(self, files, total_bytes, enabled):
-        self.files, self.total = files, total_bytes
-        self.enabled = enabled
-        self.done_files = self.done_bytes = self.skipped_bytes = 0
-        self.started = time.monotonic()
-        self._drawn = 0.0
+    def __init__(self, files: int, total_bytes: int, enabled: bool):
+        self.files = files
+        self.done_files = self.skipped_bytes = 0
         self._lock = threading.Lock()
+        self._line = StatusLine(self, total=total_bytes, disable=not enabled)
 
-    def skip(self, nbytes, file_done=False):
+    def skip(self, nbytes: int, file_done: bool = False) -> None:
         with self._lock:
             self.skipped_bytes += nbytes
         self.advance(nbytes, file_done)
 
-    def advance(self, nbytes, file_done=False):
+    def advance(self, nbytes: int, file_done: bool = False) -> None:
         with self._lock:
-            self.done_bytes += nbytes
             self.done_files += file_done
-            now = time.monotonic()
-            if self.enabled and (now - self._drawn > 0.2 or self.done_files == self.files):
-                self._drawn = now
-                self._draw(now)
+            self._line.update(nbytes)
 
-    def finish(self):
+    def finish(self) -> None:
         """Draw the last state and end the line; copies still winding down draw nothing more."""
         with self._lock:
-            if self.enabled:
-                self._draw(time.monotonic())
-                sys.stderr.write("\n")
-                sys.stderr.flush()
-                self.enabled = False
+            self._line.close()
 
-    def _draw(self, now):
-        rate = (self.done_bytes - self.skipped_bytes) / max(now - self.started, 1e-6)
-        left = self.total - self.done_bytes
-        eta = "0:00" if left <= 0 else (_minutes(left / rate) if rate > 0 else "--:--")
-        # \r returns to the line start, \033[K clears what a longer previous line left there.
-        sys.stderr.write(
-            f"\r{self.done_files}/{self.files} files  {format_size(self.done_bytes)} / {format_size(self.total)}"
-            f"  {format_size(rate)}/s  ETA {eta}\033[K"
-        )
-        sys.stderr.flush()
+
+class StatusLine(tqdm):
+    """tqdm drawing hpcfs's status line: its own fields, because tqdm's rate would count skipped bytes."""
+
+    monitor_interval = 0  # no monitor thread: the line is redrawn by the copies' progress alone
+
+    def __init__(self, progress: Progress, **settings):
+        self._progress = progress  # before tqdm's __init__, which draws the first state
+        # tqdm reads a terminal that reports no size (a fresh pty) as 0 columns and no rows, and then
+        # draws nothing; shutil falls back to 80x24 there
+        columns, rows = shutil.get_terminal_size()
+        super().__init__(bar_format="{files}/{all_files} files  {done} / {size}  {speed}/s  ETA {time_left}",
+                         file=sys.stderr, mininterval=0.2, leave=True, ncols=columns, nrows=rows, **settings)
+
+    @property
+    def format_dict(self):
+        fields = super().format_dict
+        rate = (fields["n"] - self._progress.skipped_bytes) / max(fields["elapsed"], 1e-6)
+        left = fields["total"] - fields["n"]
+        time_left = "0:00" if left <= 0 else (_minutes(left / rate) if rate > 0 else "--:--")
+        fields.update(files=self._progress.done_files, all_files=self._progress.files, done=format_size(fields["n"]),
+                      size=format_size(fields["total"]), speed=format_size(rate), time_left=time_left)
+        return fields
 
 
 def _minutes(seconds):

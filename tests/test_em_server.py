@@ -1,4 +1,5 @@
-"""The local EM API server against the reference (/work/shared/reference/em-api.md), over real sockets.
+"""The local EM API server against DPhi Space's EM API documentation
+(dphi-space.github.io/public-documentation/em-api/api-specs), over real sockets.
 
 Raw ``requests`` calls, as the DPhi example client makes them, so these tests pin the wire format the
 backend is written against: routes, envelopes, messages, limits, auth bodies and the 423 lock.
@@ -17,7 +18,8 @@ import pytest
 import requests
 
 from fixtures_em import PASSWORD, USER
-from hpcfs.servers.em import EMServer, _size_text
+from hpcfs.servers.em import EMServer
+from hpcfs.servers.em.server import _size_text
 
 pytestmark = pytest.mark.timeout(30)
 

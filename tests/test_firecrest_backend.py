@@ -12,7 +12,7 @@ import pytest
 from fixtures_firecrest import start_firecrest
 from hpcfs import errors, net
 from hpcfs.backend import DIRECTORY, FILE, SYMLINK
-from hpcfs.servers import firecrest as fc
+from hpcfs.servers.firecrest import server as fc
 from hpcfs.urls import open_backend
 
 MIB = 1024 * 1024

@@ -25,9 +25,9 @@ from mounting import mounted, sh
 from hpcfs import errors, net
 from hpcfs.firecrest import listing
 from hpcfs.firecrest.client import error_from_message
-from hpcfs.servers import firecrest as fc
+from hpcfs.servers.firecrest import server as fc
 from hpcfs.servers.common import GARBAGE_KINDS
-from hpcfs.servers.firecrest_shell import c_quote
+from hpcfs.servers.firecrest.shell import c_quote
 from hpcfs.urls import open_backend
 
 pytestmark = pytest.mark.timeout(60)

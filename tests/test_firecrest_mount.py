@@ -6,7 +6,7 @@ import shutil
 import pytest
 from mounting import mounted, sh
 
-from hpcfs.servers import firecrest as fc
+from hpcfs.servers.firecrest import server as fc
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -1,5 +1,6 @@
 """The local UFTP server, driven over raw sockets and compared with the real UFTPD 3.5.x replies
-(/work/shared/specs/uftpd-wire-transcript.txt, reference §4-5), byte for byte where the bytes are fixed."""
+(github.com/UNICORE-EU/uftpd; tests/test_differential_uftp.py runs the real one), byte for byte where the
+bytes are fixed."""
 import base64
 import hashlib
 import json

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import fs
 import pytest
 
-from hpcfs.servers import uftp_session
+from hpcfs.servers.uftp import session as uftp_session
 from mounting import hpcfs, mounted, sha256_file, write_random
 
 SIZE = 20 * (1 << 20) + 123  # five 4 MiB parts and a short tail

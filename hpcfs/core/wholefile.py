@@ -5,11 +5,60 @@ directory; every reader of that version then reads the local copy.  Concurrent f
 one download.  Disk use is bounded by ``max_bytes`` (least recently used copies go first; a file larger
 than the bound is still served, then dropped when the next one arrives).
 """
-import collections
 import os
 import tempfile
 import threading
 import uuid
+from typing import Optional, Tuple
+
+from cachetools import LRUCache
+
+Copy = Tuple[str, int]  # (local path, size)
+
+
+class LocalCopies(LRUCache):
+    """(path, token) -> :data:`Copy`, least recently used first out once their sizes pass ``max_bytes``;
+    a copy that drops out is deleted from disk.  One copy larger than the bound (which cachetools refuses)
+    is still kept while it is served, until the next one arrives."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(maxsize=max_bytes, getsizeof=lambda copy: copy[1])
+        self._oversized: Optional[Tuple[tuple, Copy]] = None
+
+    def local_path(self, key: tuple) -> Optional[str]:
+        if self._oversized is not None and self._oversized[0] == key:
+            return self._oversized[1][0]
+        copy = self.get(key)
+        return None if copy is None else copy[0]
+
+    def add(self, key: tuple, copy: Copy) -> None:
+        self._drop_oversized()
+        if copy[1] > self.maxsize:
+            self._oversized = (key, copy)
+        else:
+            self[key] = copy
+
+    def popitem(self) -> Tuple[tuple, Copy]:
+        key, copy = super().popitem()  # cachetools evicts through here
+        _unlink(copy[0])
+        return key, copy
+
+    def discard(self, path: str) -> None:
+        """Delete every copy of ``path``."""
+        if self._oversized is not None and self._oversized[0][0] == path:
+            self._drop_oversized()
+        for key in [key for key in self if key[0] == path]:
+            _unlink(self.pop(key)[0])
+
+    def clear(self) -> None:
+        self._drop_oversized()
+        while self:
+            self.popitem()
+
+    def _drop_oversized(self) -> None:
+        if self._oversized is not None:
+            _unlink(self._oversized[1][0])
+            self._oversized = None
 
 
 class WholeFileCache:
@@ -17,7 +66,7 @@ class WholeFileCache:
         self.backend = backend
         self.max_bytes = max_bytes
         self._dir = tempfile.mkdtemp(prefix="hpcfs-files-", dir=directory)
-        self._files = collections.OrderedDict()  # (path, token) -> (local path, size)
+        self._files = LocalCopies(max_bytes)
         self._loading = {}  # (path, token) -> Event
         self._lock = threading.Lock()
 
@@ -26,9 +75,9 @@ class WholeFileCache:
         key = (path, entry.change_token)
         while True:
             with self._lock:
-                if key in self._files:
-                    self._files.move_to_end(key)
-                    return self._files[key][0]
+                local = self._files.local_path(key)
+                if local is not None:
+                    return local
                 loading = self._loading.get(key)
                 if loading is None:
                     self._loading[key] = threading.Event()
@@ -40,8 +89,7 @@ class WholeFileCache:
             with self._lock:
                 self._loading.pop(key).set()
         with self._lock:
-            self._files[key] = (local, os.path.getsize(local))
-            self._evict(keep=key)
+            self._files.add(key, (local, os.path.getsize(local)))
         return local
 
     def read(self, path, entry, offset, size):
@@ -51,13 +99,10 @@ class WholeFileCache:
 
     def forget(self, path):
         with self._lock:
-            for key in [key for key in self._files if key[0] == path]:
-                _unlink(self._files.pop(key)[0])
+            self._files.discard(path)
 
     def close(self):
         with self._lock:
-            for local, _ in self._files.values():
-                _unlink(local)
             self._files.clear()
         try:
             os.rmdir(self._dir)
@@ -73,16 +118,6 @@ class WholeFileCache:
             _unlink(local)
             raise
         return local
-
-    def _evict(self, keep):
-        total = sum(size for _, size in self._files.values())
-        for key in list(self._files):
-            if total <= self.max_bytes:
-                break
-            if key != keep:
-                local, size = self._files.pop(key)
-                _unlink(local)
-                total -= size
 
 
 def _unlink(path):

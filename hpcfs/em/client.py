@@ -7,7 +7,6 @@ from an ``/em`` endpoint triggers one fresh login and one replay.  The API chang
 (``pod_name`` became ``pvc_name``, listings moved from GET to POST): volume names are sent under both
 keys and a 405 switches the method for good.  Any 2xx is success; error bodies may be HTML.
 """
-import base64
 import functools
 import html
 import io
@@ -20,7 +19,9 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import BinaryIO, Callable, Iterable, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple, Union, cast
+
+import jwt
 
 from .. import errors, net
 
@@ -28,6 +29,9 @@ DEFAULT_VOLUME = "_default"  # the tree's name for the volume used when no pod n
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes (DNS-1123) label
 HTTP_METHODS = ("GET", "POST")
 UNREADABLE_JSON = (ValueError, RecursionError)  # not JSON at all, or nested deeper than the parser goes
+# what the EM API means by these statuses, where the shared map says otherwise: 405 is a method this API
+# version moved (see _query), and the proxy in front of Django answers 502-504 while it is down
+STATUS_MEANINGS = {405: errors.NotSupported, 502: errors.Unavailable, 503: errors.Unavailable, 504: errors.Unavailable}
 
 
 def is_pod_name(name: str) -> bool:
@@ -48,11 +52,10 @@ def token_expiry(token: str) -> Tuple[Optional[float], Optional[float]]:
     """``(exp, lifetime)`` read from a JWT without checking its signature; ``(None, None)`` if opaque or
     unreadable (renewal then waits for the server's 401)."""
     try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = jwt.decode(token, options={"verify_signature": False})  # the server's key is not ours to know
         expiry = float(claims["exp"])
         lifetime = expiry - float(claims.get("iat", expiry))
-    except (AttributeError, IndexError, KeyError, OverflowError, RecursionError, TypeError, ValueError):
+    except (jwt.PyJWTError, AttributeError, KeyError, OverflowError, RecursionError, TypeError, ValueError):
         return None, None
     return (expiry, lifetime) if math.isfinite(lifetime) else (None, None)
 
@@ -71,6 +74,10 @@ def describe_failure(response: net.Response) -> Tuple[str, str]:
     return "", text[:200] or response.reason or "no explanation"
 
 
+# a piece of a multipart body: bytes, or a file part's source and size, copied on demand
+Segment = Union[bytes, Tuple[BinaryIO, int]]
+
+
 class MultipartBody:
     """A multipart/form-data body streamed from the sources, with a known length (no 2 GB in memory).
 
@@ -79,7 +86,7 @@ class MultipartBody:
 
     def __init__(self, fields: Iterable[Tuple[str, str]], files: Iterable[Tuple[str, BinaryIO, int]]):
         self.boundary = uuid.uuid4().hex
-        self._segments: List[object] = []  # bytes, or (source, size) copied on demand
+        self._segments: List[Segment] = []
         for name, value in fields:
             self._segments.append(self._head(f'name="{name}"') + value.encode() + b"\r\n")
         for filename, source, size in files:
@@ -87,7 +94,7 @@ class MultipartBody:
             self._segments += [self._head(f'name="files"; filename="{quoted}"', True), (source, size), b"\r\n"]
         self._segments.append(f"--{self.boundary}--\r\n".encode())
         self._length = sum(len(s) if isinstance(s, bytes) else s[1] for s in self._segments)
-        self._current: Optional[object] = None
+        self._current: Union[io.BytesIO, Tuple[BinaryIO, int], None] = None
 
     @property
     def content_type(self) -> str:
@@ -114,6 +121,8 @@ class MultipartBody:
         return bytes(out)
 
     def _read_current(self, wanted: int) -> bytes:
+        if self._current is None:
+            return b""
         if isinstance(self._current, io.BytesIO):
             chunk = self._current.read(wanted)
             if not chunk:
@@ -152,9 +161,11 @@ class EMClient:
         self.busy_timeout, self.first_backoff, self.max_backoff = busy_timeout, first_backoff, max_backoff
         self._session = net.new_session(verify)
         self._lock = threading.RLock()  # one request in flight per account: the server says 423 otherwise
-        self._access = self._refresh = None
-        self._access_renew_at = self._refresh_expiry = None
-        self._methods = {}  # endpoint -> the HTTP method this server accepted
+        self._access: Optional[str] = None
+        self._refresh: Optional[str] = None
+        self._access_renew_at: Optional[float] = None
+        self._refresh_expiry: Optional[float] = None
+        self._methods: Dict[str, str] = {}  # endpoint -> the HTTP method this server accepted
         self.has_volume_list: Optional[bool] = None  # whether /em/pvc/list exists here (None: not asked yet)
 
     def __repr__(self):
@@ -224,7 +235,7 @@ class EMClient:
         """A read-only call whose method drifted between API versions: try the known one, then the other."""
         preferred = self._methods.get(endpoint, methods[0])
         for method in (preferred,) + tuple(m for m in methods if m != preferred):
-            arguments = {"params": params} if method == "GET" else {"data": params}
+            arguments: Dict[str, Any] = {"params": params} if method == "GET" else {"data": params}
             response = self._call(method, endpoint, where, passthrough=(405,), **arguments)
             if response.status_code != 405:
                 self._methods[endpoint] = method
@@ -263,7 +274,11 @@ class EMClient:
                         path=where, what=f"{method} {endpoint}", headers=headers, **arguments)
 
     def _until_not_busy(self, send: Callable[[], net.Response], where: str) -> net.Response:
-        """Retry ``423 LOCKED`` with exponential back-off and jitter, for at most ``busy_timeout`` seconds."""
+        """Retry ``423 LOCKED`` with exponential back-off and jitter, for at most ``busy_timeout`` seconds.
+
+        Not :mod:`hpcfs.net`'s policy: a 423 says this account's one request slot is taken (by another
+        client), not that the server is unhealthy, so it must neither pause nor trip the breaker for
+        others; and a replay rebuilds the streamed upload body, which ``net.send`` sends once."""
         deadline = time.monotonic() + self.busy_timeout
         pause = self.first_backoff
         while True:
@@ -284,10 +299,7 @@ class EMClient:
         status = response.status_code
         if status == 400 and code == "MAX_UPLINK_SIZE_EXCEEDED":
             return errors.TooLarge(text, where)
-        by_status = {400: errors.InvalidPath, 401: errors.AuthenticationFailed, 403: errors.PermissionDenied,
-                     404: errors.NotFound, 405: errors.NotSupported, 502: errors.Unavailable,
-                     503: errors.Unavailable, 504: errors.Unavailable}
-        return by_status.get(status, errors.HpcfsError)(text, where)
+        return net.error_for_status(status, text, where, STATUS_MEANINGS)
 
     @staticmethod
     def _data(response: net.Response, where: str):
@@ -309,6 +321,7 @@ class EMClient:
         if self._access is None or (self._access_renew_at is not None and now >= self._access_renew_at):
             if not (self._refresh and (self._refresh_expiry is None or now < self._refresh_expiry) and self._renew()):
                 self._login()
+        assert self._access is not None  # _login and _renew set it, or raise
         return self._access
 
     def _login(self):
@@ -339,10 +352,12 @@ class EMClient:
         return False
 
     def _set_access(self, tokens: dict):
-        self._access = tokens["access"]
-        expiry, lifetime = token_expiry(self._access)
+        access: str = tokens["access"]
+        expiry, lifetime = token_expiry(access)
+        self._access = access
         # renew a little early: 30 s, or a quarter of a short lifetime
-        self._access_renew_at = None if expiry is None else expiry - min(30.0, max(lifetime, 0.0) / 4)
+        self._access_renew_at = (None if expiry is None or lifetime is None
+                                 else expiry - min(30.0, max(lifetime, 0.0) / 4))
 
     def _tokens(self, response: net.Response) -> dict:
         if not 200 <= response.status_code < 300:
@@ -372,4 +387,4 @@ def seekable_copy(source: BinaryIO) -> BinaryIO:
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
     shutil.copyfileobj(source, spool)
     spool.seek(0)
-    return spool
+    return cast(BinaryIO, spool)

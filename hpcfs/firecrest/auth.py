@@ -33,7 +33,7 @@ class ClientCredentials:
         """A token with comfortably more than the server's minimum lifetime left."""
         with self._lock:
             if self._token is None or time.monotonic() >= self._fresh_until:
-                self._fetch()
+                self._token = self._fetch()
             return self._token
 
     def discard(self, token: str):
@@ -43,7 +43,7 @@ class ClientCredentials:
             if self._token == token:
                 self._token = None
 
-    def _fetch(self):
+    def _fetch(self) -> str:
         started = time.monotonic()
         form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self._secret}
         reply = net.send(self._session, "POST", self.token_url, data=form, timeout=self._timeout,
@@ -58,8 +58,8 @@ class ClientCredentials:
             token, lifetime = body["access_token"], float(body.get("expires_in", 300))
         except (ValueError, KeyError, TypeError):
             raise errors.ProtocolError(f"token endpoint {self.token_url} sent no access_token") from None
-        self._token = token
         self._fresh_until = started + lifetime - min(self._margin, 0.75 * lifetime)
+        return token
 
 
 def _oauth_error(reply: net.Response) -> str:

@@ -1,6 +1,6 @@
 """``firecrest://SYSTEM/absolute/path``: a FirecREST v2 system as an hpcfs backend.
 
-Mapping (see /work/shared/reference/firecrest.md):
+Mapping (FirecREST v2 API: eth-cscs.github.io/firecrest-v2/openapi):
 
 * ``list`` = one ``ops/ls`` (hidden files, numeric ids, links not followed) with every child's attributes;
   ``stat`` = ``ops/stat`` (not dereferenced).

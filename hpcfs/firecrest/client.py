@@ -13,8 +13,6 @@ import time
 import uuid
 from typing import BinaryIO, Callable, List, Optional, Tuple
 
-import urllib3
-
 from .. import errors, net
 from .auth import ClientCredentials
 from .listing import malformed_data
@@ -248,7 +246,7 @@ class FirecrestClient:
                         deliver(piece)
                     if len(piece) < min(piece_size, length - start):
                         return
-            except (net.RequestException, urllib3.exceptions.HTTPError) as exc:
+            except net.STREAM_ERRORS as exc:
                 raise _broken("staged range read", exc) from None
 
     def staged_stream(self, url: str, sink: BinaryIO):

@@ -11,21 +11,19 @@ import threading
 from typing import Iterator, List, Optional
 
 import jwt
-import requests
 
-from .. import errors
+from .. import errors, net
 
 UNREADABLE_JSON = (ValueError, RecursionError)
+# what a Flux server means by these statuses, where the shared map says otherwise: an expired token is
+# answered 403, and the gateway in front of it answers 502-504 while Flux is down
+STATUS_MEANINGS = {403: errors.AuthenticationFailed, 502: errors.Unavailable, 503: errors.Unavailable,
+                   504: errors.Unavailable}
 
 
-def stream_chunks(response: requests.Response, where: str) -> Iterator[bytes]:
-    """The chunks of a streamed reply as they arrive; a broken connection is ``Unavailable``."""
-    try:
-        yield from response.iter_content(chunk_size=None)
-    except (requests.RequestException, AttributeError) as exc:  # AttributeError: closed by another thread
-        raise errors.Unavailable(f"the output stream broke off ({type(exc).__name__})", where) from None
-    finally:
-        response.close()
+def stream_chunks(response: net.Response, where: str) -> Iterator[bytes]:
+    """The chunks of a job's streamed output as they arrive; a broken connection is ``Unavailable``."""
+    return net.iter_chunks(response, "the output stream", where)
 
 
 class FluxClient:
@@ -36,9 +34,8 @@ class FluxClient:
         self.base_url = base_url.rstrip("/")
         self.user = user
         self._token, self._secret_key = token, secret_key
-        self._verify = verify  # per request: a session's verify loses to $REQUESTS_CA_BUNDLE
         self.timeout = timeout
-        self._session = requests.Session()
+        self._session = net.new_session(verify)
         self._bearer: Optional[str] = None
         self._lock = threading.Lock()
 
@@ -78,7 +75,7 @@ class FluxClient:
             raise errors.ProtocolError("the server's job output is not a list of lines", where)
         return "".join(chunks).encode()
 
-    def open_stream(self, jobid: str) -> requests.Response:
+    def open_stream(self, jobid: str) -> net.Response:
         """A job's output as the server streams it, from the start until the job ends: read it with
         :func:`stream_chunks`; closing the response (from any thread) ends the stream."""
         return self._request("GET", f"/v1/jobs/{jobid}/output/stream", f"/jobs/{jobid}/output", stream=True,
@@ -104,7 +101,7 @@ class FluxClient:
         finally:
             response.close()
 
-    def _request(self, method: str, endpoint: str, where: str, **arguments) -> requests.Response:
+    def _request(self, method: str, endpoint: str, where: str, **arguments) -> net.Response:
         """One exchange; after a 401 (no token yet) or 403 (token expired), one token exchange and a repeat."""
         response = self._send(method, endpoint, where, **arguments)
         if response.status_code in (401, 403) and self._can_authenticate(response):
@@ -118,29 +115,26 @@ class FluxClient:
         finally:
             response.close()
 
-    def _can_authenticate(self, response: requests.Response) -> bool:
+    def _can_authenticate(self, response: net.Response) -> bool:
         return (response.status_code == 403 and self._bearer is not None) or "www-authenticate" in response.headers
 
     def _send(self, method: str, endpoint: str, where: str, *, headers=None, timeout: Optional[float] = -1,
-              **arguments) -> requests.Response:
+              **arguments) -> net.Response:
         headers = dict(headers or {})
         if self._bearer and "Authorization" not in headers:
             headers["Authorization"] = f"Bearer {self._bearer}"
         read_timeout = self.timeout if timeout == -1 else timeout
-        try:
-            return self._session.request(method, self.base_url + endpoint, headers=headers, verify=self._verify,
-                                         timeout=(10.0, read_timeout), **arguments)
-        except requests.Timeout:
-            raise errors.TimedOut(f"no answer from {self.base_url} within {self.timeout:g} s", where) from None
-        except requests.ConnectionError as exc:
-            raise errors.Unavailable(f"cannot reach {self.base_url}: {type(exc).__name__}", where) from None
+        # GETs only read; a POST (the token exchange) is not repeated after a time-out
+        return net.send(self._session, method, self.base_url + endpoint, idempotent=method == "GET",
+                        timeout=(10.0, read_timeout), path=where, what=f"{method} {endpoint}", headers=headers,
+                        **arguments)
 
     def _exchange_token(self, where: str):
         """``POST /v1/token`` with the user and token signed by the secret key: a bearer token."""
         with self._lock:
             missing = [name for name, value in (("FLUX_USER", self.user), ("FLUX_TOKEN", self._token),
                                                 ("FLUX_SECRET_KEY", self._secret_key)) if not value]
-            if missing:
+            if missing or self._secret_key is None:
                 raise errors.AuthenticationFailed(
                     f"the server requires authentication: set {', '.join(missing)}", where)
             signed = jwt.encode({"user": self.user, "pass": self._token, "scope": "token"}, self._secret_key,
@@ -158,13 +152,11 @@ class FluxClient:
             self._bearer = token
 
     @staticmethod
-    def _failure(response: requests.Response, where: str) -> errors.HpcfsError:
+    def _failure(response: net.Response, where: str) -> errors.HpcfsError:
         try:
             body = response.json()
             message = body.get("detail") or body.get("Message") if isinstance(body, dict) else None
         except UNREADABLE_JSON:
             message = None
         text = f"{message or json.dumps(response.text[:120])} (HTTP {response.status_code})"
-        by_status = {401: errors.AuthenticationFailed, 403: errors.AuthenticationFailed, 404: errors.NotFound,
-                     502: errors.Unavailable, 503: errors.Unavailable, 504: errors.Unavailable}
-        return by_status.get(response.status_code, errors.HpcfsError)(text, where)
+        return net.error_for_status(response.status_code, text, where, STATUS_MEANINGS)

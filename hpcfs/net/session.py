@@ -6,7 +6,7 @@ used while verification is on.  Plain requests lets ``REQUESTS_CA_BUNDLE`` overr
 ``verify``; these sessions pass theirs with every request, so what the user asked for wins.
 """
 import os
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, Iterator, Optional, Union
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -69,3 +69,15 @@ def stream_into(response: requests.Response, sink: BinaryIO, what: str, path: Op
             raise errors.ProtocolError(f"{what} (after {received} bytes): the server's reply broke off "
                                        f"({type(exc).__name__})", path) from None
     return received
+
+
+def iter_chunks(response: requests.Response, what: str, path: Optional[str] = None) -> Iterator[bytes]:
+    """The chunks of a streamed body as they arrive, then the response closed.  A body that breaks off is
+    Unavailable (the stream may be endless, so no length tells a short one); closing the response from
+    another thread, to end the stream, ends it the same way."""
+    try:
+        yield from response.iter_content(chunk_size=None)
+    except (requests.RequestException, AttributeError) as exc:  # AttributeError: closed by another thread
+        raise errors.Unavailable(f"{what} broke off ({type(exc).__name__})", path) from None
+    finally:
+        response.close()

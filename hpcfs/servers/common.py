@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import errno
 import getpass
+import http.client
 import http.server
 import json
 import os
@@ -25,7 +26,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import UsageError
@@ -59,7 +60,7 @@ def open_for_writing(root: str, path: str, mode: str = "wb") -> BinaryIO:
     follows one, so a link planted between the check and the open cannot redirect the write out of the tree."""
     access = os.O_RDWR if mode == "r+b" else os.O_WRONLY
     descriptor = os.open(confine(root, path), access | os.O_NOFOLLOW | _WRITE_FLAGS[mode], 0o666)
-    return os.fdopen(descriptor, mode)
+    return cast(BinaryIO, os.fdopen(descriptor, mode))
 
 
 def check_link_target(root: str, link_directory: str, target: str):
@@ -76,7 +77,7 @@ class Knobs:
     drop_after_bytes: Optional[int] = None  # cut the next data transfer after this many bytes
     refuse_logins: bool = False  # reject every authentication, as for a revoked password
     busy_responses: int = 0  # answer this many requests with the server's "busy" status first
-    extra: Dict[str, object] = field(default_factory=dict)  # per-server knobs
+    extra: Dict[str, Any] = field(default_factory=dict)  # per-server knobs
 
     def delay(self):
         if self.latency:
@@ -336,6 +337,16 @@ class Request:
     max_body: int = DEFAULT_MAX_BODY  # the route's limit, checked when the body is first asked for
     _body: Optional[bytes] = field(default=None, repr=False)
     body_consumed: bool = False  # read or streamed: the connection can carry the next request
+    # what an app that parses the body before dispatching (EM's forms) found: fields and file parts
+    form: Dict[str, str] = field(default_factory=dict)
+    uploads: List[Any] = field(default_factory=list)
+
+    @property
+    def responder(self) -> http.server.BaseHTTPRequestHandler:
+        """The connection's handler, for a route that streams its own reply."""
+        if self.handler is None:
+            raise RuntimeError(f"{self.method} {self.path} did not come over a connection: nothing to stream to")
+        return self.handler
 
     @property
     def body(self) -> bytes:
@@ -348,10 +359,11 @@ class Request:
         (a 413) if it is longer than the route accepts: checked here, so the caller is authenticated first."""
         if self.content_length > self.max_body:
             raise BodyTooLarge(self.max_body)
-        remaining = 0 if self.body_consumed or self.source is None else self.content_length
+        source = None if self.body_consumed else self.source
+        remaining = 0 if source is None else self.content_length
         self.body_consumed = True
-        while remaining > 0:
-            chunk = self.source.read(min(size, remaining))
+        while source is not None and remaining > 0:
+            chunk = source.read(min(size, remaining))
             if not chunk:
                 raise ConnectionError("the client closed the connection before the end of the body")
             remaining -= len(chunk)
@@ -408,7 +420,7 @@ class RestApp:
 
     def _match(self, request: Request):
         """The route for the request (or None) and the methods its path allows."""
-        allowed = []
+        allowed: List[str] = []
         for route in self.routes:
             method, regex = route[:2]
             match = regex.match(request.path)
@@ -425,7 +437,8 @@ class RestApp:
         max_body = route[4] if route else DEFAULT_MAX_BODY
         return max_body() if callable(max_body) else max_body
 
-    def dispatch(self, request: Request) -> Response:
+    def dispatch(self, request: Request) -> Optional[Response]:
+        """The route's reply; None where the handler has streamed its own."""
         route, allowed = self._match(request)
         if route is None:
             self.log.record("unrouted", f"{request.method} {request.path}")
@@ -615,6 +628,9 @@ def send_file(handler, path: str, headers: Optional[Dict[str, str]] = None):
 
 
 class _ThreadingHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    app: "RestApp"  # set by RestServer, read by the handlers
+    connections: Set[socket.socket]
+    connections_lock: threading.Lock
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128

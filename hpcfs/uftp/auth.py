@@ -1,9 +1,9 @@
 """The UFTP auth step: credentials, and the REST call that buys a UFTPD address and a one-time secret.
 
 ``POST https://HOST:PORT[/SITE]/rest/auth/SERVER`` with ``{"serverPath": base + "/", "persistent": true}``
-answers ``{"serverHost", "serverPort", "secret"}`` (/work/shared/reference/uftp.md §2).  Credentials are
-HTTP Basic, a bearer token, or a JWT that we sign ourselves with an SSH private key (what pyunicore and
-pyuftp do with pyjwt, done here with ``cryptography``, or by ssh-agent through paramiko).  Nothing here ever puts
+answers ``{"serverHost", "serverPort", "secret"}`` (UNICORE's Auth server REST API, as pyuftp calls it).
+Credentials are HTTP Basic, a bearer token, or a JWT that we sign ourselves with an SSH private key (with
+PyJWT, as pyunicore and pyuftp do, or by ssh-agent through paramiko).  Nothing here ever puts
 a password, token, key or secret into a message, a log line or a repr.
 """
 import base64
@@ -16,10 +16,16 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Union
+from typing import TYPE_CHECKING, Dict, Optional, Union
 from urllib.parse import urlsplit
 
+import jwt
+from jwt.utils import base64url_encode
+
 from .. import errors, net
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 JWT_LIFETIME = 300  # seconds, as pyunicore and pyuftp issue them
 
@@ -93,49 +99,23 @@ class SSHKeyCredential(Credential):
         return "Bearer " + signed_jwt(self.user, self._signer)
 
 
-class JWTSigner:
-    """Signs a JWT's signing input with one key, as the JWS algorithm ``algorithm`` defines it."""
+def jwt_algorithm(key) -> str:
+    """The JWS algorithm of a ``cryptography`` private key, as pyuftp picks it; UsageError for other keys."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-    algorithm = ""
-
-    def sign(self, data: bytes) -> bytes:
-        raise NotImplementedError
-
-
-class FileKeySigner(JWTSigner):
-    """A private key loaded from a file (a ``cryptography`` key object)."""
-
-    def __init__(self, key):
-        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
-        self._key = key
-        if isinstance(key, rsa.RSAPrivateKey):
-            self.algorithm = "RS256"
-        elif isinstance(key, ec.EllipticCurvePrivateKey):
-            digest_bits = {256: 256, 384: 384, 521: 512}.get(key.curve.key_size)
-            if digest_bits is None:
-                raise errors.UsageError(f"unsupported elliptic curve {key.curve.name} for a JWT")
-            self.algorithm = f"ES{digest_bits}"
-        elif isinstance(key, ed25519.Ed25519PrivateKey):
-            self.algorithm = "EdDSA"
-        else:
-            raise errors.UsageError("the identity must be an RSA, ECDSA or Ed25519 key")
-
-    def sign(self, data: bytes) -> bytes:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec, padding
-        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
-        if self.algorithm == "RS256":
-            return self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-        if self.algorithm == "EdDSA":
-            return self._key.sign(data)
-        digest = {"ES256": hashes.SHA256(), "ES384": hashes.SHA384(), "ES512": hashes.SHA512()}[self.algorithm]
-        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(digest)))
-        return _fixed_width_ecdsa(r, s, self._key.curve.key_size)
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        digest_bits = {256: 256, 384: 384, 521: 512}.get(key.curve.key_size)
+        if digest_bits is None:
+            raise errors.UsageError(f"unsupported elliptic curve {key.curve.name} for a JWT")
+        return f"ES{digest_bits}"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    raise errors.UsageError("the identity must be an RSA, ECDSA or Ed25519 key")
 
 
-class AgentKeySigner(JWTSigner):
+class AgentKeySigner:
     """A key held by ssh-agent (paramiko's agent client): the private key never leaves the agent."""
 
     # SSH key type -> (JWS algorithm, the signature flavour to ask the agent for, curve bits)
@@ -152,6 +132,7 @@ class AgentKeySigner(JWTSigner):
         self._lock = threading.Lock()  # one request at a time on the agent connection
 
     def sign(self, data: bytes) -> bytes:
+        """The JWS signature of ``data`` (the JWT's signing input), made by the agent."""
         import paramiko
 
         with self._lock:
@@ -164,12 +145,16 @@ class AgentKeySigner(JWTSigner):
         return _fixed_width_ecdsa(numbers.get_mpint(), numbers.get_mpint(), self._curve_bits)
 
 
+# what signs a key-based login: ssh-agent, or a private key read from a file
+Signer = Union[AgentKeySigner, "rsa.RSAPrivateKey", "ec.EllipticCurvePrivateKey", "ed25519.Ed25519PrivateKey"]
+
+
 def _fixed_width_ecdsa(r: int, s: int, curve_bits: int) -> bytes:
     width = (curve_bits + 7) // 8  # JWS wants fixed-width r || s, not DER or SSH mpints
     return r.to_bytes(width, "big") + s.to_bytes(width, "big")
 
 
-def key_signer(identity: str, passphrase: Optional[str] = None) -> JWTSigner:
+def key_signer(identity: str, passphrase: Optional[str] = None) -> Signer:
     """The agent's key when ssh-agent (``SSH_AUTH_SOCK``) holds the key ``identity`` names -- by fingerprint,
     by public key file, or by the ``.pub`` next to a private key file, as ssh matches them -- else the
     private key file, decrypted with ``passphrase`` or, on a terminal, a prompted one."""
@@ -181,7 +166,9 @@ def key_signer(identity: str, passphrase: Optional[str] = None) -> JWTSigner:
         where = "the ssh-agent" if os.environ.get("SSH_AUTH_SOCK") else "an ssh-agent (SSH_AUTH_SOCK is not set)"
         raise errors.UsageError(f"no key with fingerprint {identity} in {where}")
     private_path = identity[: -len(".pub")] if identity.endswith(".pub") else identity
-    return FileKeySigner(load_private_key(private_path, passphrase))
+    key = load_private_key(private_path, passphrase)
+    jwt_algorithm(key)  # refuse a key no JWT can be signed with now, not at the first request
+    return key
 
 
 def _fingerprint_of(identity: str) -> Optional[str]:
@@ -252,24 +239,24 @@ def _decrypted(data: bytes, passwords):
     return None, encrypted
 
 
-def signed_jwt(user: str, key, lifetime: int = JWT_LIFETIME, now: Optional[float] = None) -> str:
+def signed_jwt(user: str, key: Signer, lifetime: int = JWT_LIFETIME, now: Optional[float] = None) -> str:
     """The self-signed token UFTP Auth servers accept for key-based login:
-    ``{"etd": "false", "sub": user, "iss": user, "iat": now, "exp": now + lifetime}``, signed by a
-    ``JWTSigner`` or a ``cryptography`` private key."""
-    signer = key if isinstance(key, JWTSigner) else FileKeySigner(key)
+    ``{"etd": "false", "sub": user, "iss": user, "iat": now, "exp": now + lifetime}``, signed by PyJWT
+    with a ``cryptography`` private key, or by ssh-agent."""
     issued = int(time.time() if now is None else now)
-    header = {"alg": signer.algorithm, "typ": "JWT"}
     payload = {"etd": "false", "sub": user, "iss": user, "iat": issued, "exp": issued + lifetime}
-    signing_input = f"{_b64url_json(header)}.{_b64url_json(payload)}".encode("ascii")
-    return signing_input.decode("ascii") + "." + _b64url(signer.sign(signing_input))
+    if isinstance(key, AgentKeySigner):
+        return _agent_signed_jwt(payload, key)
+    return jwt.encode(payload, key, algorithm=jwt_algorithm(key))
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_json(value) -> str:
-    return _b64url(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+def _agent_signed_jwt(payload: Dict[str, object], signer: AgentKeySigner) -> str:
+    """A JWT whose signature ssh-agent makes: PyJWT cannot hand the agent the signing input, so the
+    segments are joined here, encoded as PyJWT encodes them."""
+    header = {"alg": signer.algorithm, "typ": "JWT"}
+    signing_input = b".".join(base64url_encode(json.dumps(part, separators=(",", ":")).encode("utf-8"))
+                              for part in (header, payload))
+    return (signing_input + b"." + base64url_encode(signer.sign(signing_input))).decode("ascii")
 
 
 def read_token(spec: str) -> str:
@@ -314,8 +301,8 @@ class AuthClient:
             reason = self._scrub(str(body.get("reason") or "the Auth server refused the request"))
             raise (errors.Busy if "Too many" in reason else errors.Unavailable)(reason)
         try:
-            return Grant(host=body.get("serverHost") or urlsplit(self.auth_url).hostname, port=int(body["serverPort"]),
-                         secret=str(body["secret"]))
+            return Grant(host=str(body.get("serverHost") or urlsplit(self.auth_url).hostname),
+                         port=int(body["serverPort"]), secret=str(body["secret"]))
         except (KeyError, TypeError, ValueError):
             raise errors.ProtocolError("the Auth server's reply lacks serverPort or secret") from None
 

@@ -1,7 +1,7 @@
 """UFTP as an hpcfs backend: a pool of UFTPD sessions behind one persistent secret.
 
 - One persistent secret per backend.  A *keeper* session stays logged in and idle, because UFTPD forgets a
-  persistent secret as soon as its last session ends (/work/shared/reference/uftp.md §3).
+  persistent secret as soon as its last session ends (UFTPD 3.5, github.com/UNICORE-EU/uftpd).
 - Worker sessions, each with its keep-alive data connection, serve requests in parallel, up to
   ``capabilities.max_parallel`` and always below the server's per-user session limit.
 - ``530`` at login (the secret died) buys a new secret transparently; a session whose connection died is
@@ -13,7 +13,6 @@
   reaches past it asks the size first, because UFTPD announces ``b-a`` bytes even past the end of file and
   then never ends the transfer on a kept-alive data connection.
 """
-import collections
 import os
 import posixpath
 import random
@@ -21,6 +20,8 @@ import secrets
 import threading
 import time
 from typing import Callable, List, Optional, Union
+
+from cachetools import LRUCache
 
 from .. import errors, net
 from ..backend import Backend, Capabilities, Entry, UploadSession, normalize, read_exactly, split
@@ -168,9 +169,8 @@ class SizeHints:
     file that shrank ends its transfer early, one that grew is asked about when a read reaches past it."""
 
     def __init__(self, capacity: int = SIZE_HINTS):
-        self._sizes = collections.OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
+        self._sizes: LRUCache = LRUCache(maxsize=capacity)
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe
 
     def get(self, path) -> Optional[int]:
         with self._lock:
@@ -179,9 +179,6 @@ class SizeHints:
     def set(self, path, size: int):
         with self._lock:
             self._sizes[path] = size
-            self._sizes.move_to_end(path)
-            while len(self._sizes) > self._capacity:
-                self._sizes.popitem(last=False)
 
     def drop(self, path):
         with self._lock:

@@ -2,7 +2,7 @@
 
 Every parser returns a value or raises :class:`hpcfs.errors.ProtocolError`; nothing else escapes, whatever
 the server sends (tests/test_uftp_parsers.py fuzzes them).  Formats follow UFTPD 3.5.x
-(/work/shared/reference/uftp.md §4, §5.7):
+(``lib/FileInfo.py`` of github.com/UNICORE-EU/uftpd):
 
 - ``STAT`` entry lines: ``-rw- 11 1795418396000 hello.txt`` (access string of the session user, size,
   mtime in milliseconds since the epoch, name; split on the first three spaces, names may hold spaces);

@@ -1,7 +1,7 @@
 """One UFTP control session and its keep-alive data connection.
 
 A session is used by one thread at a time (the backend's pool hands it out).  It logs in with a secret
-from the Auth server, then speaks UFTPD's FTP dialect (/work/shared/reference/uftp.md §4-5):
+from the Auth server, then speaks UFTPD's FTP dialect (UFTPD 3.5, github.com/UNICORE-EU/uftpd):
 
 - Replies end in ``\\n``; multi-line replies run from ``NNN-`` to ``NNN ``.
 - UFTPD flushes every reply line on its own and leaves Nagle on, so each line after the first waits for

@@ -1,6 +1,7 @@
 """A local, wire-faithful DPhi Space EM API server (``hpcfs serve em``).
 
-It mimics what /work/shared/reference/em-api.md records of the real Django REST Framework service:
+It mimics the real Django REST Framework service as DPhi Space's public EM API documentation describes
+it (dphi-space.github.io/public-documentation/em-api/api-specs):
 ``POST /auth/`` and ``/auth/refresh`` hand out HS256 JWTs (simplejwt bodies), every ``/em/*`` request
 needs ``Authorization: Bearer``, success bodies are ``{"message", "data"}`` envelopes and errors
 ``{"error", "message"}`` (auth failures DRF's ``{"detail"}``, Django's own 400/500 pages are HTML).
@@ -24,7 +25,6 @@ their path: ``files/list``, ``pvc/list``, ``auth``, ``refresh``; kinds in ``comm
 :attr:`log` (one entry per request: kind such as ``files/list``, detail = the volume it named),
 :attr:`statuses`, :meth:`revoke_tokens` and :meth:`write_out_of_band` (a pod writing into a volume).
 """
-import base64
 import collections
 import hashlib
 import hmac
@@ -39,10 +39,11 @@ import time
 import uuid
 from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
+import jwt
 import multipart
 from urllib.parse import parse_qs, quote
 
-from .common import (
+from ..common import (
     DEFAULT_HOST,
     Knobs,
     OutsideRoot,
@@ -107,14 +108,6 @@ def _size_text(limit: int) -> str:
 
 
 # -- JWT (HS256, simplejwt claims) ----------------------------------------------------------------------
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 class TokenSigner:
     """Issues and checks access/refresh JWTs; :meth:`rotate` invalidates every token handed out."""
 
@@ -129,25 +122,19 @@ class TokenSigner:
         now = time.time()
         claims = {"token_type": token_type, "exp": round(now + self.lifetimes[token_type], 3),
                   "iat": int(now), "jti": uuid.uuid4().hex, "user_id": user}
-        header = _b64encode(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-        signing_input = f"{header}.{_b64encode(json.dumps(claims).encode())}"
-        return f"{signing_input}.{_b64encode(self._sign(signing_input))}"
+        return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def user_of(self, token: str, token_type: str) -> Optional[str]:
         """The user a valid, unexpired token of this type was issued to; None otherwise."""
         try:
-            signing_input, signature = token.rsplit(".", 1)
-            if not hmac.compare_digest(_b64decode(signature), self._sign(signing_input)):
-                return None
-            claims = json.loads(_b64decode(signing_input.split(".", 1)[1]))
-        except (ValueError, IndexError):
+            # ``exp`` is checked below to the millisecond (PyJWT truncates it to whole seconds): tests
+            # give tokens sub-second lifetimes
+            claims = jwt.decode(token, self._secret, algorithms=["HS256"], options={"verify_exp": False})
+        except jwt.PyJWTError:
             return None
         if claims.get("token_type") != token_type or claims.get("exp", 0) <= time.time():
             return None
         return claims.get("user_id")
-
-    def _sign(self, signing_input: str) -> bytes:
-        return hmac.new(self._secret, signing_input.encode(), hashlib.sha256).digest()
 
 
 # -- request bodies -------------------------------------------------------------------------------------
@@ -194,10 +181,10 @@ class _ChunkReader:
 
     def read(self, size: int = -1) -> bytes:
         while not self._pending:
-            self._pending = next(self._chunks, None)
-            if self._pending is None:
-                self._pending = b""
+            chunk = next(self._chunks, None)
+            if chunk is None:
                 return b""
+            self._pending = chunk
         size = len(self._pending) if size < 0 else size
         piece, self._pending = self._pending[:size], self._pending[size:]
         return piece
@@ -207,7 +194,7 @@ def parse_form(request: Request, max_parts: int) -> Tuple[Dict[str, str], List["
     """Query, form, JSON or multipart fields merged (body wins), as DRF's parsers accept all of them."""
     fields = {key: values[-1] for key, values in request.query.items()}
     content_type = request.headers.get("Content-Type", "")
-    files = []
+    files: List[multipart.MultipartPart] = []
     if content_type.startswith("multipart/form-data"):
         body_fields, files = parse_multipart(request, max_parts)
         fields.update(body_fields)
@@ -296,8 +283,9 @@ class EMServer:
         self.api, self.max_upload, self.max_files = api, max_upload, max_files
         self.knobs = Knobs()
         self.log = RequestLog()
-        self.statuses = collections.Counter()  # HTTP status -> count
-        self.names_seen = collections.Counter()  # every pod_name/pvc_name value any request carried
+        self.statuses: collections.Counter[int] = collections.Counter()  # HTTP status -> count
+        # every pod_name/pvc_name value any request carried
+        self.names_seen: collections.Counter[str] = collections.Counter()
         self.tokens = TokenSigner(access_lifetime, refresh_lifetime)
         self._hash_salt = secrets.token_bytes(16)  # like PYTHONHASHSEED: hashes change across restarts
         self._lock = threading.Lock()
@@ -374,7 +362,7 @@ class EMServer:
         query_method = "GET" if self.api == "v1" else "POST"  # the 2026 client moved these to POST
         self.app.route("POST", "/auth")(self._login)
         self.app.route("POST", "/auth/refresh")(self._refresh)
-        protected = [
+        protected: List[tuple] = [  # (method, path, handler[, body limit])
             (query_method, "/em/files/list", self._list_files),
             ("POST", "/em/files/uplink", self._uplink, lambda: self.max_upload + UPLINK_OVERHEAD),
             ("GET", "/em/files/downlink", self._downlink),
@@ -493,7 +481,7 @@ class EMServer:
             if entry.is_symlink():
                 continue
             info = entry.stat()
-            node = {"type": "directory" if entry.is_dir() else "file", "name": entry.name,
+            node: Dict[str, object] = {"type": "directory" if entry.is_dir() else "file", "name": entry.name,
                     "size": str(info.st_size), "time": time.strftime("%Y-%m-%d-%H-%M", time.gmtime(info.st_mtime))}
             if entry.is_dir():
                 node["contents"] = self._tree(entry.path)

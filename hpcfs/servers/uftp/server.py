@@ -3,7 +3,8 @@
 The real pieces are a Java Auth server that pushes ``key=value ... END`` transfer requests into UFTPD's
 command port, and UFTPD, which then serves an FTP-like session per login.  Here both run in one process,
 and the REST endpoint creates jobs through the same command handler the command port uses.  Behaviour,
-reply texts and quirks follow /work/shared/reference/uftp.md; sessions live in ``uftp_session``.
+reply texts and quirks follow UFTPD 3.5.3 and the UNICORE Auth server (github.com/UNICORE-EU/uftpd,
+github.com/UNICORE-EU/uftp); sessions live in ``session``.
 """
 import base64
 import binascii
@@ -17,9 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from . import common
-from .uftp_session import Session, UFTPError
-from .uftp_wire import ControlConnection
+from .. import common
+from .session import Session, UFTPError
+from .wire import ControlConnection
 
 VERSION = "3.5.3"
 DEFAULTS = {  # live settings, changeable by tests through knobs.extra
@@ -369,7 +370,7 @@ class UFTPServer:
             if credential in self.tokens:
                 return self.tokens[credential]
             if self.authorized_keys and credential.count(".") == 2:
-                from .uftp_jwt import verify_ssh_jwt
+                from .ssh_jwt import verify_ssh_jwt
 
                 return verify_ssh_jwt(credential, self.authorized_keys)
         return None

@@ -19,9 +19,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, TextIO
 
-from .common import OutsideRoot, check_link_target, open_for_writing
-from .firecrest_s3 import ObjectStore
-from .firecrest_shell import ApiError, RemoteShell
+from ..common import OutsideRoot, check_link_target, open_for_writing
+from .s3 import ObjectStore
+from .shell import ApiError, RemoteShell
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from .common import (DEFAULT_HOST, Knobs, OutsideRoot, Request, RequestLog, Response, RestApp, RestServer,
+from ..common import (DEFAULT_HOST, Knobs, OutsideRoot, Request, RequestLog, Response, RestApp, RestServer,
                      _RestHandler, confine, run_until_interrupted, temporary_directory)
 
 DEFAULT_PORT = 5000  # flux-restful-api's own port; FirecREST and EM use 8000
@@ -140,9 +140,11 @@ class JobRunner:
             timer = threading.Timer(job.runtime, self._time_out, args=(job,))
             timer.daemon = True
             timer.start()
-        for line in iter(process.stdout.readline, b""):
+        output = process.stdout
+        assert output is not None  # started with stdout=PIPE
+        for line in iter(output.readline, b""):
             self._append(job, line.decode("utf-8", "replace"))
-        process.stdout.close()
+        output.close()
         status = process.wait()
         self._finish(job, status if status >= 0 else 128 - status, job.exception_type)
 
@@ -216,7 +218,7 @@ class TokenIssuer:
 
     def accepts(self, header: str) -> bool:
         claims = self._claims(header, require=["exp", "sub"])
-        return bool(claims) and claims.get("sub") == self.user
+        return claims is not None and claims.get("sub") == self.user
 
     def _claims(self, header: str, require=()) -> Optional[dict]:
         scheme, _, credential = (header or "").partition(" ")
@@ -309,7 +311,7 @@ class FluxServer:
             self.app.route(method, pattern)(handler)
 
     def _token(self, request: Request) -> Response:
-        token = self.issuer.exchange(request.headers.get("Authorization")) if self.issuer else None
+        token = self.issuer.exchange(request.headers.get("Authorization", "")) if self.issuer else None
         if token is None:
             return Response.json({"Message": "Denied"}, 400)
         return Response.json({"access_token": token, "token_type": "bearer"})
@@ -346,7 +348,7 @@ class FluxServer:
     def _stream(self, request: Request) -> None:
         """Chunked text until the job ends (an unknown id: an empty body, as upstream swallows the error)."""
         job = self.runner.get(request.params["jobid"])
-        handler = request.handler
+        handler = request.responder
         handler.send_response(200)
         handler.send_header("Content-Type", "text/plain; charset=utf-8")
         handler.send_header("Transfer-Encoding", "chunked")

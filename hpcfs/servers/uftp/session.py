@@ -1,8 +1,8 @@
 """One UFTP (UFTPD 3.5.x compatible) FTP session: the command table, paths, ranges and transfers.
 
-Reply texts, codes and quirks follow the real UFTPD (see /work/shared/reference/uftp.md §4-5 and the wire
-transcript).  The served root is the session's "/": every path the client sees is a virtual absolute path,
-and every local path goes through ``common.confine``.
+Reply texts, codes and quirks follow the real UFTPD 3.5.3 (github.com/UNICORE-EU/uftpd; compared with
+it by tests/test_differential_uftp.py).  The served root is the session's "/": every path the client sees
+is a virtual absolute path, and every local path goes through ``common.confine``.
 """
 import errno
 import hashlib
@@ -13,8 +13,8 @@ import sys
 import tarfile
 import time
 
-from .common import OutsideRoot, confine, open_for_writing, peer_uid
-from .uftp_wire import (MULTI_STREAM_BLOCK, DroppedConnection, MultiStreamData, PlainData, close_socket,
+from ..common import OutsideRoot, confine, open_for_writing, peer_uid
+from .wire import (MULTI_STREAM_BLOCK, DroppedConnection, MultiStreamData, PlainData, close_socket,
                         data_stream, ls_line, mlst_facts, stat_line)
 
 NOT_ACCESSIBLE = "Directory/file does not exist or cannot be accessed!"

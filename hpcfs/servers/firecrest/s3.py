@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, Optional
 from urllib.parse import quote, urlencode
 from xml.etree import ElementTree
 
-from .common import Request, Response, RestApp
+from ..common import Request, Response, RestApp
 
 SIGNATURE = "X-Amz-Signature"
 
@@ -116,7 +116,7 @@ class ObjectStore:
         if upload is None:
             return _xml_error(404, "NoSuchUpload", "The specified multipart upload does not exist.")
         try:
-            listed = [(int(part.findtext("{*}PartNumber") or part.findtext("PartNumber")),
+            listed = [(int(part.findtext("{*}PartNumber") or part.findtext("PartNumber") or ""),
                        (part.findtext("{*}ETag") or part.findtext("ETag") or "").strip('"'))
                       for part in ElementTree.fromstring(body).iter() if part.tag.endswith("Part")]
         except (ElementTree.ParseError, TypeError, ValueError):
@@ -134,9 +134,9 @@ class ObjectStore:
         for local, _ in parts.values():
             os.unlink(local)
         self._install(upload["bucket"], upload["key"], target)
-        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<CompleteMultipartUploadResult><Bucket>{upload["bucket"]}'
-                f'</Bucket><Key>{upload["key"]}</Key></CompleteMultipartUploadResult>')
-        return Response(200, body.encode(), {"Content-Type": "application/xml"})
+        reply = (f'<?xml version="1.0" encoding="UTF-8"?>\n<CompleteMultipartUploadResult><Bucket>{upload["bucket"]}'
+                 f'</Bucket><Key>{upload["key"]}</Key></CompleteMultipartUploadResult>')
+        return Response(200, reply.encode(), {"Content-Type": "application/xml"})
 
 
 def build_app(store: ObjectStore, knobs, log, max_part_size: Callable[[], int]) -> RestApp:

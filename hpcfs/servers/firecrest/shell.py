@@ -1,7 +1,7 @@
 """What FirecREST v2 runs over SSH for each ``ops`` endpoint, emulated on a local directory.
 
 The real server wraps ``ls``, ``stat``, ``base64``, ``mkdir``... in ``timeout 5`` and turns the exit status
-and stderr into HTTP errors by substring (see /work/shared/reference/firecrest.md §2-3).  This module
+and stderr into HTTP errors by substring (github.com/eth-cscs/firecrest-v2, 2.5.x).  This module
 reproduces the commands' output and their coreutils error messages, so the same mapping gives the same
 status codes, and keeps the real server's defects: the output cap with its deadlock, the hang on an
 empty upload, paths with ``'`` breaking the shell quoting, names octal-escaped by a C locale.
@@ -15,9 +15,9 @@ import shlex
 import shutil
 import stat as stat_module
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence, TypeVar
 
-from .common import OutsideRoot, check_link_target, confine, open_for_writing
+from ..common import OutsideRoot, check_link_target, confine, open_for_writing
 
 SSH_WINDOW = 2 * 1024 * 1024  # output beyond the cap by more than this deadlocks the SSH channel
 FILE_LINE = re.compile(
@@ -284,13 +284,11 @@ class RemoteShell:
     def head_tail(self, path: str, which: str, count: Optional[int], lines: bool, skip: bool) -> str:
         """``head``/``tail`` by lines or bytes; ``skip`` is ``--bytes=-N`` for head, ``+N`` (1-based) for tail."""
         data = self._read(path, which)
-        pieces = data.splitlines(keepends=True) if lines else data
         count = 10 if count is None else count
-        if which == "head":
-            chosen = pieces[:max(len(pieces) - count, 0)] if skip else pieces[:count]
+        if lines:
+            output = b"".join(_head_or_tail(data.splitlines(keepends=True), which, count, skip))
         else:
-            chosen = pieces[max(count - 1, 0):] if skip else pieces[max(len(pieces) - count, 0):]
-        output = b"".join(chosen) if lines else chosen
+            output = bytes(_head_or_tail(data, which, count, skip))
         return self.deliver(output, timed_out()).decode("utf-8", "replace")
 
     # -- writing --------------------------------------------------------------------------------------
@@ -370,3 +368,13 @@ class RemoteShell:
                 os.unlink(local)
         except PermissionError:
             raise command_error(1, f"rm: cannot remove '{path}': Permission denied") from None
+
+
+Piece = TypeVar("Piece")
+
+
+def _head_or_tail(pieces: Sequence[Piece], which: str, count: int, skip: bool) -> Sequence[Piece]:
+    """The lines or bytes ``head``/``tail`` print: the first or last ``count``, or all but those (``skip``)."""
+    if which == "head":
+        return pieces[:max(len(pieces) - count, 0)] if skip else pieces[:count]
+    return pieces[max(count - 1, 0):] if skip else pieces[max(len(pieces) - count, 0):]

@@ -1,7 +1,7 @@
 """A local FirecREST v2 server (``hpcfs serve firecrest``) that behaves like the real 2.5.x one.
 
 Same paths, bodies, status codes, headers and error shape as the server's OpenAPI document
-(/work/shared/specs/firecrest-v2-openapi.json) for the status, filesystem ``ops``/``transfer`` and job
+(eth-cscs.github.io/firecrest-v2/openapi) for the status, filesystem ``ops``/``transfer`` and job
 endpoints; JWT bearer auth with an embedded client-credentials token endpoint (``POST /token``); an S3
 staging area on a second port for ``transfer/upload|download``.  The served directory is the system's
 ``/`` (one file system of type ``users``); job logs go to ``{work_dir}/{user}`` as on a real cluster.
@@ -26,17 +26,18 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Dict, Optional, Tuple
+import socketserver
+from typing import Callable, Dict, List, Optional, Tuple, Type, cast
 
-from .common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, PrivateDirectory, Request, RequestLog, Response,
+from ..common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, PrivateDirectory, Request, RequestLog, Response,
                      RestApp, RestServer, add_latency_argument, add_secret_file_argument, credential_lines,
                      generated_account, naming_ports, read_private_file, run_until_interrupted, self_signed_certificate,
                      temporary_directory)
-from .firecrest_auth import TokenIssuer, TokenRejected
-from .firecrest_jobs import (Scheduler, copy, delete, egress_script, file_script, ingress_script, move,
+from .auth import TokenIssuer, TokenRejected
+from .jobs import (Scheduler, copy, delete, egress_script, file_script, ingress_script, move,
                              template)
-from .firecrest_s3 import ObjectStore, build_app
-from .firecrest_shell import ApiError, RemoteShell, command_error
+from .s3 import ObjectStore, build_app
+from .shell import ApiError, RemoteShell, command_error
 
 APP_VERSION = "2.5.6"
 MIB = 1024 * 1024
@@ -93,7 +94,7 @@ def _is_uuid(value: Optional[str]) -> bool:
 class _FirecrestApp(RestApp):
     """FastAPI's behaviour around the routes: paths lowercased, FirecREST's error shape for 404/405."""
 
-    def dispatch(self, request: Request) -> Response:
+    def dispatch(self, request: Request) -> Optional[Response]:
         request.path = request.path.lower()
         response = super().dispatch(request)
         if response is not None and response.status in (404, 405) and response.body.startswith(b'{"detail"'):
@@ -131,7 +132,8 @@ class FirecrestServer:
         self.scheduler = Scheduler(self.shell, self.knob, self.system)
         self._sessions = 0
         self._sessions_lock = threading.Lock()
-        self.observers = []  # callables (request, response) seeing every API exchange, e.g. to validate it
+        # callables (request, response) seeing every API exchange, e.g. to validate it
+        self.observers: List[Callable[[Request, Optional[Response]], None]] = []
         try:
             self.api = RestServer(self._build_api(), host, port)
             try:
@@ -144,7 +146,8 @@ class FirecrestServer:
             self.stop_partial()
             raise
         for server in (self.api, self.s3):
-            server.httpd.RequestHandlerClass.disable_nagle_algorithm = True  # a reply is several writes
+            handler_class = cast(Type[socketserver.StreamRequestHandler], server.httpd.RequestHandlerClass)
+            handler_class.disable_nagle_algorithm = True  # a reply is several writes
             _ignore_disconnects(server.httpd)
         self.cert_file = self._serve_tls() if tls else None
         self.store.public_url = self.s3.url
@@ -263,7 +266,7 @@ class FirecrestServer:
 
         return run
 
-    def _guarded(self, handler, request: Request, user: str) -> Optional[Response]:
+    def _guarded(self, handler, request: Request, user: Optional[str]) -> Optional[Response]:
         if not request.path.startswith(SSH_BACKED) or "system_name" not in request.params:
             return handler(request, user)
         if request.params["system_name"] != self.system:
@@ -610,7 +613,7 @@ def _multipart_file(request: Request) -> Tuple[str, bytes]:
     content_type = email.message.Message()
     content_type["content-type"] = request.headers.get("Content-Type", "")
     boundary = content_type.get_param("boundary")
-    if not boundary:
+    if not boundary or not isinstance(boundary, str):
         raise _Validation("body", "file")
     for part in request.body.split(b"--" + boundary.encode())[1:]:
         head, _, content = part.partition(b"\r\n\r\n")

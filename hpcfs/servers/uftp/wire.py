@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 try:
     from cryptography.hazmat.decrepit.ciphers.algorithms import Blowfish
 except ImportError:  # cryptography < 43
-    Blowfish = algorithms.Blowfish
+    from cryptography.hazmat.primitives.ciphers.algorithms import Blowfish
 
 FRAME = struct.Struct(">HHIII")  # JPARSS multi-stream header: magic, stream index, seq, block size, chunk
 FRAME_MAGIC = 0xCEBF

@@ -1,0 +1,72 @@
+"""The package keeps its layers: one HTTP transport (hpcfs/net) and one JWT library (PyJWT).
+
+These read the source (with ``ast``, so comments and strings do not count): a second transport or a
+hand-written JWT would drift from the first, as the five copies before them did."""
+import ast
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import hpcfs
+
+PACKAGE = Path(hpcfs.__file__).parent
+HTTP_LIBRARIES = ("requests", "urllib3")
+# the local servers are test peers, free to use what the real servers' stacks use
+MAY_USE_HTTP_LIBRARIES = (PACKAGE / "net", PACKAGE / "servers")
+
+
+def _modules() -> Iterator[Tuple[Path, ast.Module]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path, ast.parse(path.read_text(), str(path))
+
+
+def _imported(tree: ast.Module) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+
+
+def test_only_net_and_the_servers_import_requests_or_urllib3():
+    offenders: List[str] = []
+    for path, tree in _modules():
+        if any(path.is_relative_to(allowed) for allowed in MAY_USE_HTTP_LIBRARIES):
+            continue
+        offenders += [f"{path.relative_to(PACKAGE.parent)}: {name}" for name in _imported(tree)
+                      if name.split(".")[0] in HTTP_LIBRARIES]
+    assert not offenders, offenders
+
+
+def test_no_module_encodes_or_decodes_a_jwt_by_hand():
+    """base64url is how JWT segments are written; PyJWT does that (hpcfs.uftp.auth uses its
+    ``base64url_encode`` for the one signature ssh-agent makes)."""
+    offenders = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("urlsafe_b64encode", "urlsafe_b64decode"):
+                offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_bounded_maps_are_cachetools_caches():
+    """An LRU written by hand on an OrderedDict (``move_to_end``, ``popitem(last=False)``) is cachetools'
+    job; only the
+    block cache keeps one, because it also demotes blocks a reader has consumed (cachetools has no
+    demotion)."""
+    hand_written = PACKAGE / "core" / "blocks.py"
+    offenders = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and path != hand_written
+                    and (node.func.attr == "move_to_end"
+                         or (node.func.attr == "popitem" and any(k.arg == "last" for k in node.keywords)))):
+                offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_the_source_cites_nothing_outside_the_repository():
+    """A reader of the repository cannot follow a path on the machine it was written on: cite the upstream
+    project or a docs/ page instead."""
+    offenders = [f"{path.relative_to(PACKAGE.parent)}" for path in sorted(PACKAGE.rglob("*.py"))
+                 if "/work/" in path.read_text()]
+    assert not offenders, offenders
