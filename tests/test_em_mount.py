@@ -4,11 +4,12 @@ no download, and a file a pod writes shows up once the cache period has passed."
 import os
 import shutil
 import subprocess
-import sys
+from pathlib import Path
 import time
 
 import pytest
 
+import mounting
 from fixtures_em import VOLUMES
 
 pytestmark = [
@@ -19,25 +20,15 @@ pytestmark = [
 TTL = 1.0  # seconds for listings, attributes and negative answers, so out-of-band changes show quickly
 
 
-def hpcfs(*args, env=None, check=True):
-    return subprocess.run([sys.executable, "-m", "hpcfs", *args], env=env, capture_output=True, text=True,
-                          timeout=45, check=check)
-
-
 def lists_of(handle, volume):
     return sum(1 for kind, detail in handle.log.entries if kind == "files/list" and detail == volume)
 
 
 @pytest.fixture
 def mounted(em_server, tmp_path):
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    env = {**os.environ, **em_server.env, "XDG_STATE_HOME": str(tmp_path / "state")}
-    options = f"listing_ttl={TTL},attr_ttl={TTL},negative_ttl={TTL}"
-    hpcfs("mount", em_server.plain_url("/"), str(mountpoint), "-o", options, env=env)
-    yield mountpoint
-    if hpcfs("umount", str(mountpoint), env=env, check=False).returncode:
-        hpcfs("umount", "--lazy", str(mountpoint), env=env, check=False)
+    options = [f"listing_ttl={TTL},attr_ttl={TTL},negative_ttl={TTL}"]
+    with mounting.mounted(em_server.plain_url("/"), tmp_path / "mnt", env=em_server.env, options=options) as path:
+        yield Path(path)
     assert em_server.server.names_seen.keys() <= set(VOLUMES)
 
 
