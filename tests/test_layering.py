@@ -37,11 +37,17 @@ def test_only_net_and_the_servers_import_requests_or_urllib3():
     assert not offenders, offenders
 
 
+# base64url that is not a JWT: where and why
+NOT_JWT = {"hpcfs/firecrest/streamer.py": "a streamer job's coordinates are base64url JSON (FirecREST's format)"}
+
+
 def test_no_module_encodes_or_decodes_a_jwt_by_hand():
     """base64url is how JWT segments are written; PyJWT does that (hpcfs.uftp.auth uses its
     ``base64url_encode`` for the one signature ssh-agent makes)."""
     offenders = []
     for path, tree in _modules():
+        if path.relative_to(PACKAGE.parent).as_posix() in NOT_JWT:
+            continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in ("urlsafe_b64encode", "urlsafe_b64decode"):
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
