@@ -123,6 +123,10 @@ class RemoteTree:
             return b""
         return self.files.read(self.remote_path(path), entry, offset, size)
 
+    def reads_ranges(self, entry) -> bool:
+        """Whether this file version is read in ranges (through blocks), not fetched whole."""
+        return self._ranged(entry)
+
     def upload(self, path, source, size, replaced_mode=None):
         """Send a whole file.  Where the server renames instantly it goes to a hidden partial name first
         and is renamed onto ``path`` only once complete, so a failed upload never replaces or creates

@@ -21,7 +21,7 @@ import posixpath
 import threading
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, List, Optional
+from typing import BinaryIO, Callable, Dict, List, Optional
 
 from cachetools import TTLCache
 
@@ -84,7 +84,7 @@ class FirecrestBackend(Backend):
             chmod=True, symlinks=True, set_mtime=False, eventual_listing=False,
             extra={"max_ops_file_size": self.max_ops, "staging": "s3" if self.staging else None},
         )
-        self._staged = {}
+        self._staged: Dict[str, _StagedCopy] = {}
         self._staged_lock = threading.Lock()
         # path -> size of a file last seen here, for the no-staging check; as long-lived as the core's attributes
         self._sizes: TTLCache = TTLCache(SIZE_HINTS, SIZE_HINT_TTL)
@@ -139,14 +139,14 @@ class FirecrestBackend(Backend):
         if size is None:
             size = self.stat(path).size
         limit = self.capabilities.max_whole_read
-        if size > limit:
+        if limit is not None and size > limit:
             raise errors.TooLarge(
                 f"{size} bytes is above the direct-download limit of FirecREST system '{self.client.system}' "
                 f"({limit} bytes, from its max_ops_file_size {self.max_ops}), and the system offers no staging "
                 "(no data_transfer) for larger files", path)
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
-        pieces = []
+        pieces: List[bytes] = []
         self.read_pieces(path, offset, length, max(length, 1), pieces.append)
         return pieces[0] if pieces else b""
 
