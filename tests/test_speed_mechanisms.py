@@ -4,11 +4,13 @@ import gc
 import hashlib
 import importlib.util
 import os
+import select
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import fs
@@ -302,3 +304,40 @@ def test_a_streamed_range_is_received_into_one_reused_buffer(uftp_server):
         tree.close()
     assert digest.hexdigest() == sha256(data[1000:])
     assert len(buffers) == 1, f"{len(buffers)} buffers for one transfer"
+
+
+def test_a_stream_waits_in_poll_only_when_the_socket_is_drained(uftp_server, monkeypatch):
+    """With a slow consumer the socket always holds bytes: every receive finds them without polling (a
+    socket with a timeout polls before each recv, and the loop used to poll both connections as well)."""
+    data = os.urandom(16 << 20)
+    put(uftp_server, "big.bin", data)
+    tree = open_tree(uftp_server.url("/"))
+    polls, digest = [], hashlib.sha256()
+    real_poll = select.poll
+
+    class CountingPoll:
+        def __init__(self):
+            self._poll = real_poll()
+
+        def register(self, *arguments):
+            self._poll.register(*arguments)
+
+        def unregister(self, *arguments):
+            self._poll.unregister(*arguments)
+
+        def poll(self, *arguments):
+            polls.append(1)
+            return self._poll.poll(*arguments)
+
+    def slow_write(view):
+        digest.update(view)
+        time.sleep(0.05)  # a slow disk: the next bytes are waiting by the time we come back
+
+    try:
+        tree.backend.stream_range("/big.bin", 0, 1, lambda view: None)  # session and data connection ready
+        monkeypatch.setattr("hpcfs.uftp.session.select.poll", CountingPoll)
+        tree.backend.stream_range("/big.bin", 0, len(data), slow_write)
+    finally:
+        tree.close()
+    assert digest.hexdigest() == sha256(data)
+    assert len(polls) <= 4, f"{len(polls)} polls for 16 pieces of 1 MiB"
