@@ -37,6 +37,8 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 HPCFS = REPO / ".venv" / "bin" / "hpcfs"
+# The venvs are shared by several checkouts: hpcfs commands run this checkout's code, not the installed one.
+HPCFS_CODE = {"PYTHONPATH": str(REPO)}
 PEER_VENV = REPO / ".venv-pyunicore"  # pyuftp (and pyunicore 2.x), as scripts/install makes it
 FUSE_DRIVER_VENV = REPO / ".venv-pyunicore137"  # the last pyunicore with a FUSE driver
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -327,6 +329,11 @@ def run_timed(argv, limit: float, env=None, stdout=subprocess.DEVNULL, stderr=No
     return elapsed
 
 
+def env_for(client: str, env: Dict[str, str]) -> Dict[str, str]:
+    """``env`` for a row's client: hpcfs runs this checkout's code, the official clients their own venv."""
+    return {**env, **HPCFS_CODE} if client.startswith("hpcfs") else env
+
+
 def run_hashed(argv, limit: float, expected: str, env=None, stderr=None, cwd=None) -> float:
     """``run_timed`` with the command's stdout piped through ``sha256sum`` (on the other core, while it
     runs): a read whose bytes differ from ``expected`` is Failed, whatever its speed."""
@@ -450,7 +457,8 @@ class HpcfsPeer(Peer):
         for option in self.options:
             argv += ["-o", option]
         state = ctx.scratch / "state"
-        env = {**ctx.site.uftp_env("hpcfs"), "XDG_STATE_HOME": str(state), "XDG_CACHE_HOME": str(state / "cache")}
+        env = {**ctx.site.uftp_env("hpcfs"), "XDG_STATE_HOME": str(state), "XDG_CACHE_HOME": str(state / "cache"),
+               **HPCFS_CODE}
         return argv, env
 
 
@@ -866,7 +874,7 @@ def real_uftpd_rows(ctx: Context, results: Results):
             "hpcfs cp": lambda out: [str(HPCFS), "cp", "uftp://" + server_path.split("://", 1)[1], str(out)],
         }
         for client, argv in copies.items():
-            results.put(REAL_ROW, client, 0, timed_checked_copy(ctx, argv, client_env, expected))
+            results.put(REAL_ROW, client, 0, timed_checked_copy(ctx, argv, env_for(client, client_env), expected))
             if client == "pyuftp cp":
                 pyuftp_data_phase(ctx, results)
         results.put(REAL_ROW, "hpcfs mount (cat)", 0, mounted_real_copy(ctx, env, client_env, directory, expected))
@@ -909,7 +917,7 @@ def mounted_real_copy(ctx: Context, env, client_env, directory: Path, expected: 
     url = f"uftp://{env['UFTP_AUTH_URL'].split('://', 1)[1]}:{directory}"
     argv = [str(HPCFS), "mount", "--foreground", url, str(ctx.mountpoint)]
     try:
-        with mount_process(argv, client_env, ctx.mountpoint, ctx.logs / "hpcfs-real-uftpd.log"):
+        with mount_process(argv, {**client_env, **HPCFS_CODE}, ctx.mountpoint, ctx.logs / "hpcfs-real-uftpd.log"):
             return timed_checked_copy(ctx, lambda out: ["cp", str(ctx.mountpoint / "big.bin"), str(out)], None,
                                       expected)
     except Failed as exc:
@@ -964,7 +972,8 @@ def real_firecrest_rows(ctx: Context, results: Results):
             "hpcfs cp": lambda out: [str(HPCFS), "cp", f"{url}/big.bin", str(out)],
         }
         for client, argv in downloads.items():
-            results.put(FIRECREST_ROW_DOWN, client, 0, timed_checked_copy(ctx, argv, client_env, expected, size))
+            outcome = timed_checked_copy(ctx, argv, env_for(client, client_env), expected, size)
+            results.put(FIRECREST_ROW_DOWN, client, 0, outcome)
         uploads = {
             "pyfirecrest upload": lambda name: [python, "-c", PYFIRECREST_COPY, system, "upload",
                                                 f"{directory}/{name}", str(source)],
@@ -972,8 +981,8 @@ def real_firecrest_rows(ctx: Context, results: Results):
         }
         for client, argv in uploads.items():
             name = f"up-{client.split()[0]}.bin"
-            results.put(FIRECREST_ROW_UP, client, 0, timed_checked_upload(argv(name), client_env, directory / name,
-                                                                           expected, size))
+            outcome = timed_checked_upload(argv(name), env_for(client, client_env), directory / name, expected, size)
+            results.put(FIRECREST_ROW_UP, client, 0, outcome)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         source.unlink(missing_ok=True)
