@@ -341,8 +341,9 @@ def run_hashed(argv, limit: float, expected: str, env=None, stderr=None, cwd=Non
     try:
         seconds = run_timed(argv, limit, env=env, stdout=digest.stdin, stderr=stderr, cwd=cwd)
     finally:
-        digest.stdin.close()
-        got = digest.communicate(timeout=limit)[0].split()[0].decode()
+        digest.stdin.close()  # our copy: sha256sum ends once the reader's copy is closed too
+        got = digest.stdout.read().split()[0].decode()
+        digest.wait(timeout=limit)
     if got != expected:
         raise Failed("the bytes read differ from the file (sha256)")
     return seconds
