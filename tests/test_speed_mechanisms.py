@@ -331,7 +331,7 @@ def test_a_stream_waits_in_poll_only_when_the_socket_is_drained(uftp_server, mon
 
     def slow_write(view):
         digest.update(view)
-        time.sleep(0.05)  # a slow disk: the next bytes are waiting by the time we come back
+        time.sleep(0.1)  # a slow disk: the next bytes are waiting by the time we come back
 
     try:
         tree.backend.stream_range("/big.bin", 0, 1, lambda view: None)  # session and data connection ready
@@ -340,4 +340,6 @@ def test_a_stream_waits_in_poll_only_when_the_socket_is_drained(uftp_server, mon
     finally:
         tree.close()
     assert digest.hexdigest() == sha256(data)
-    assert len(polls) <= 4, f"{len(polls)} polls for 16 pieces of 1 MiB"
+    # before: at least one poll per receive, so two or more per piece; now fewer than one per piece even when
+    # a loaded machine's server falls behind now and then
+    assert len(polls) < 16, f"{len(polls)} polls for 16 pieces of 1 MiB"

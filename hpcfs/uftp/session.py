@@ -407,12 +407,14 @@ class ControlSession:
                         buffer = memoryview(bytearray(min(chunk, count - received)))
         finally:
             data.settimeout(self.timeout)
-        if filled:
-            consume(buffer[:filled])
         final = final or self.read_reply()
         if final.code != 226:
             raise transfer_error(final, path) if not final.ok else errors.ProtocolError(
                 f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
+        # The short last piece only now: after a failure it is not handed over, so a retry resumes at a
+        # piece boundary (handing it over first put every later block of a read_pieces run off by its length).
+        if filled:
+            consume(buffer[:filled])
         return received
 
     def _await_data(self, poller, final: Optional[Reply], path) -> bool:
