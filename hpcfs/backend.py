@@ -21,6 +21,7 @@ import posixpath
 import stat as stat_module
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, List, Optional, Tuple
+from typing import Union
 
 from . import errors
 
@@ -169,6 +170,13 @@ class Backend:
             deliver(piece)
             if len(piece) < min(piece_size, end - start):
                 return
+
+    def stream_range(self, path: str, offset: int, length: int,
+                     write: Callable[[Union[bytes, memoryview]], None]) -> None:
+        """Bytes ``[offset, offset+length)`` handed to ``write`` in order (fewer only at end of file); a
+        piece may be a view of a buffer reused for the next one, so ``write`` uses it before it returns.
+        ``hpcfs cp`` downloads through this, one range per session; UFTP overrides it."""
+        self.read_pieces(path, offset, length, 1 << 20, write)
 
     def read_whole(self, path: str, sink: BinaryIO) -> None:
         """Write the whole file into ``sink``."""

@@ -32,6 +32,10 @@ from .core.files import FileStream
 from .targets import Trees
 
 CHUNK = 1 << 20
+# A big download from a server with ranged reads is fetched in ranges side by side, one per session:
+# about two ranges per session, within these bounds (one transfer's fixed cost is paid per range).
+PARALLEL_DOWNLOAD_MIN = 16 << 20
+PARALLEL_RANGE_MIN, PARALLEL_RANGE_MAX = 8 << 20, 64 << 20
 # A resumable upload above this size goes out in parts one after the other, so a kept partial upload is
 # always a prefix of the source.
 UPLOAD_PIECE = 4 << 20
@@ -160,13 +164,14 @@ class LocalSide(Side):
 
     def resume_offset(self, job: Job) -> Optional[int]:
         """None when the destination is complete (same size), else where to continue: the kept partial's
-        length, or that of a shorter file under the real name (another tool's interrupted download)."""
+        length up to its first hole, or that of a shorter file under the real name (another tool's
+        interrupted download)."""
         existing = self.stat(job.destination)
         if existing is not None and not existing.is_dir and existing.size == job.size:
             return None
         kept = self.stat(self.partial(job.destination))
         if kept is not None and kept.size <= job.size:
-            return kept.size
+            return _written_prefix(self.partial(job.destination))
         if existing is not None and not existing.is_dir and existing.size < job.size:
             return existing.size
         return 0
@@ -178,7 +183,11 @@ class LocalSide(Side):
                 os.replace(path, partial)
             with open(partial, "r+b" if offset else "wb") as handle:
                 handle.seek(offset)
-                _write_all(reader, handle, meter, stop)
+                remote_file = _ranged_remote_file(reader)
+                if remote_file is not None and size - offset >= PARALLEL_DOWNLOAD_MIN:
+                    _download_in_ranges(remote_file, handle.fileno(), offset, size, meter, stop)
+                else:
+                    _write_all(reader, handle, meter, stop)
             os.replace(partial, path)
         except errors.HpcfsError:
             raise
@@ -195,6 +204,83 @@ def _write_all(reader, handle, meter, stop):
             return
         handle.write(data)
         meter.advance(len(data))
+
+
+def _ranged_remote_file(reader):
+    """The RemoteFile behind ``reader`` when it is read in ranges (a big file on UFTP or FirecREST), else None."""
+    handle = getattr(reader, "handle", None)
+    if handle is None or handle.entry is None or handle.dirty:
+        return None
+    return handle if handle.tree.reads_ranges(handle.entry) else None
+
+
+def _download_in_ranges(remote_file, fd: int, start: int, size: int, meter, stop: threading.Event) -> None:
+    """Bytes ``[start, size)`` of ``remote_file`` written to ``fd``, in ranges fetched side by side (one
+    streamed transfer each, as many at a time as the backend has sessions), each piece written where it
+    belongs straight from the receive buffer: no block cache, no copy between buffers.  On any failure
+    the file is cut back to the prefix complete so far, which ``resume`` continues; a process killed
+    outright leaves later ranges after a hole, and ``resume`` continues at the first hole."""
+    tree = remote_file.tree
+    sessions = max(1, tree.capabilities.max_parallel)
+    length = min(PARALLEL_RANGE_MAX, max(PARALLEL_RANGE_MIN, -(-(size - start) // (2 * sessions))))
+    spans = [_Span(begin, min(begin + length, size)) for begin in range(start, size, length)]
+    remote, failed = tree.remote_path(remote_file.path), threading.Event()
+
+    def fetch(span: _Span) -> None:
+        def write(view: memoryview) -> None:
+            if stop.is_set() or failed.is_set():
+                raise Cancelled()
+            _pwrite_all(fd, view, span.written)
+            span.written += len(view)
+            meter.advance(len(view))
+
+        tree.backend.stream_range(remote, span.written, span.end - span.written, write)
+        if span.written != span.end:
+            raise errors.HpcfsError("the file became shorter on the server during the copy", remote_file.path)
+
+    pool = ThreadPoolExecutor(max_workers=sessions, thread_name_prefix="hpcfs-range")
+    try:
+        for future in [pool.submit(fetch, span) for span in spans]:
+            future.result()
+    except BaseException:
+        failed.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        os.ftruncate(fd, _complete_prefix(spans, start))
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+@dataclass
+class _Span:
+    """A range of a parallel download and how far it is written."""
+    written: int
+    end: int
+
+
+def _complete_prefix(spans, start: int) -> int:
+    prefix = start
+    for span in spans:
+        prefix = span.written
+        if span.written < span.end:
+            break
+    return prefix
+
+
+def _pwrite_all(fd: int, view: memoryview, position: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
+
+
+def _written_prefix(path: str) -> int:
+    """The length of a kept partial download up to its first hole: where a parallel download killed
+    outright (no chance to cut the file back) wrote nothing yet, before ranges it did write."""
+    with open(path, "rb") as kept:
+        try:
+            return os.lseek(kept.fileno(), 0, os.SEEK_HOLE)
+        except OSError:  # no SEEK_HOLE here: the whole length
+            return os.fstat(kept.fileno()).st_size
 
 
 def _local_error(exc: OSError, path: str, partial: str) -> errors.HpcfsError:

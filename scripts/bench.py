@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -36,6 +37,8 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 HPCFS = REPO / ".venv" / "bin" / "hpcfs"
+# The venvs are shared by several checkouts: hpcfs commands run this checkout's code, not the installed one.
+HPCFS_CODE = {"PYTHONPATH": str(REPO)}
 PEER_VENV = REPO / ".venv-pyunicore"  # pyuftp (and pyunicore 2.x), as scripts/install makes it
 FUSE_DRIVER_VENV = REPO / ".venv-pyunicore137"  # the last pyunicore with a FUSE driver
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -75,6 +78,10 @@ class DataSet:
         self.big = self.root / "big.bin"
         self.tree = self.root / "tree"
         self.small = self.root / "small"
+
+    @functools.cached_property
+    def big_sha256(self) -> str:
+        return sha256_of(self.big)
 
     def ensure(self):
         stamp = self.root / ".complete"
@@ -322,6 +329,26 @@ def run_timed(argv, limit: float, env=None, stdout=subprocess.DEVNULL, stderr=No
     return elapsed
 
 
+def env_for(client: str, env: Dict[str, str]) -> Dict[str, str]:
+    """``env`` for a row's client: hpcfs runs this checkout's code, the official clients their own venv."""
+    return {**env, **HPCFS_CODE} if client.startswith("hpcfs") else env
+
+
+def run_hashed(argv, limit: float, expected: str, env=None, stderr=None, cwd=None) -> float:
+    """``run_timed`` with the command's stdout piped through ``sha256sum`` (on the other core, while it
+    runs): a read whose bytes differ from ``expected`` is Failed, whatever its speed."""
+    digest = subprocess.Popen(["sha256sum"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        seconds = run_timed(argv, limit, env=env, stdout=digest.stdin, stderr=stderr, cwd=cwd)
+    finally:
+        digest.stdin.close()  # our copy: sha256sum ends once the reader's copy is closed too
+        got = digest.stdout.read().split()[0].decode()
+        digest.wait(timeout=limit)
+    if got != expected:
+        raise Failed("the bytes read differ from the file (sha256)")
+    return seconds
+
+
 @dataclass
 class Mounted:
     path: Path
@@ -431,7 +458,8 @@ class HpcfsPeer(Peer):
         for option in self.options:
             argv += ["-o", option]
         state = ctx.scratch / "state"
-        env = {**ctx.site.uftp_env("hpcfs"), "XDG_STATE_HOME": str(state), "XDG_CACHE_HOME": str(state / "cache")}
+        env = {**ctx.site.uftp_env("hpcfs"), "XDG_STATE_HOME": str(state), "XDG_CACHE_HOME": str(state / "cache"),
+               **HPCFS_CODE}
         return argv, env
 
 
@@ -570,8 +598,8 @@ def seq_read(mount, ctx, peer, window):
     size = ctx.data.sizes.big
     report = ctx.scratch / "dd.err"
     with open(report, "wb") as err:
-        seconds = run_timed(["dd", f"if={mount.path / 'big.bin'}", "of=/dev/null", "bs=1M"], peer.limit("seq-read"),
-                            stderr=err)
+        seconds = run_hashed(["dd", f"if={mount.path / 'big.bin'}", "bs=1M"], peer.limit("seq-read"),
+                             ctx.data.big_sha256, stderr=err)
     copied = re.search(r"^(\d+) bytes", report.read_text(), re.M)
     if not copied or int(copied.group(1)) != size:
         raise Failed(f"dd read {copied.group(1) if copied else 'no'} bytes of {size:,}")
@@ -713,8 +741,10 @@ ROW_LABELS = {
     "cp-r-out": "cp -r of 4 KiB files out of the mount",
     "real-uftpd-read": "real UFTPD 3.5: copy of the big file to local disk, sha256 checked (loopback)",
     "lines": "Python: iterate the lines of a 1 MiB text file (loopback)",
+    "real-firecrest-download": "real FirecREST cluster-s3: download to local disk, sha256 checked (loopback)",
+    "real-firecrest-upload": "real FirecREST cluster-s3: upload from local disk, sha256 checked (loopback)",
 }
-PROCESS_WORKLOADS = ("real-uftpd", "lines")  # rows outside the mount/RTT loop, run once on loopback
+PROCESS_WORKLOADS = ("real-uftpd", "real-firecrest", "lines")  # rows outside the mount/RTT loop, run once on loopback
 
 
 # pyuftp unchanged, with a stopwatch around its data phase (UFTP.copy_data: the bytes of one transfer).
@@ -742,15 +772,16 @@ def pyuftp_transfer(ctx, direction) -> Outcome:
     url = ctx.site.auth_url
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **ctx.site.uftp_env("pyuftp")}
     if direction == "read":
-        arguments = ["cp", "-P", f"{url}:/big.bin", "/dev/null"]
+        arguments = ["cp", "-P", f"{url}:/big.bin", "-"]  # to stdout, through sha256sum as every mount's dd
     else:
         arguments = ["cp", "-P", str(ctx.data.big), f"{url}:/{ctx.data.incoming('pyuftp').name}/big.bin"]
     window = ctx.site.requests()
     stderr = ctx.scratch / "pyuftp.err"
     try:
         with open(stderr, "wb") as err:
-            seconds = run_timed([str(PEER_VENV / "bin" / "python"), "-c", PYUFTP_TIMED, *arguments], 240,
-                                env=env, cwd=ctx.scratch, stderr=err)
+            argv = [str(PEER_VENV / "bin" / "python"), "-c", PYUFTP_TIMED, *arguments]
+            seconds = (run_hashed(argv, 240, ctx.data.big_sha256, env=env, cwd=ctx.scratch, stderr=err)
+                       if direction == "read" else run_timed(argv, 240, env=env, cwd=ctx.scratch, stderr=err))
         if direction == "write":
             problem = compare_paths(ctx.data.big, ctx.data.root / "in-pyuftp" / "big.bin")
             if problem:
@@ -808,13 +839,14 @@ def peers_bin() -> Optional[Path]:
     return next((path for path in candidates if (path / "real-uftpd").exists()), None)
 
 
-def real_uftpd_env() -> Optional[Dict[str, str]]:
-    """The running real UFTPD's settings (``real-uftpd env``), or None when it is not running here."""
+def real_peer_env(peer: str) -> Optional[Dict[str, str]]:
+    """A running real server's settings (``real-uftpd env``, ``real-firecrest env``), or None when it is
+    not running here."""
     kit = peers_bin()
-    if kit is None or subprocess.run([str(kit / "real-uftpd"), "status"], capture_output=True).returncode:
+    if kit is None or subprocess.run([str(kit / peer), "status"], capture_output=True).returncode:
         return None
-    exported = subprocess.run([str(kit / "real-uftpd"), "env"], capture_output=True, text=True, check=True).stdout
-    return dict(re.findall(r"^export (\w+)=(.*)$", exported, re.M))
+    exported = subprocess.run([str(kit / peer), "env"], capture_output=True, text=True, check=True).stdout
+    return {name: value.replace("\\ ", " ") for name, value in re.findall(r"^export (\w+)=(.*)$", exported, re.M)}
 
 
 def sha256_of(path: Path) -> str:
@@ -824,7 +856,7 @@ def sha256_of(path: Path) -> str:
 def real_uftpd_rows(ctx: Context, results: Results):
     """The big file copied from the real UFTPD to local disk by hpcfs's mount (``cat``), ``hpcfs cp`` and
     ``pyuftp cp``, one after the other in one run, each copy's sha256 checked after its timed run."""
-    env = real_uftpd_env()
+    env = real_peer_env("real-uftpd")
     if env is None:
         print("real UFTPD not running (../shared/peers/bin/real-uftpd start): its rows are skipped")
         return
@@ -843,7 +875,7 @@ def real_uftpd_rows(ctx: Context, results: Results):
             "hpcfs cp": lambda out: [str(HPCFS), "cp", "uftp://" + server_path.split("://", 1)[1], str(out)],
         }
         for client, argv in copies.items():
-            results.put(REAL_ROW, client, 0, timed_checked_copy(ctx, argv, client_env, expected))
+            results.put(REAL_ROW, client, 0, timed_checked_copy(ctx, argv, env_for(client, client_env), expected))
             if client == "pyuftp cp":
                 pyuftp_data_phase(ctx, results)
         results.put(REAL_ROW, "hpcfs mount (cat)", 0, mounted_real_copy(ctx, env, client_env, directory, expected))
@@ -864,20 +896,20 @@ def pyuftp_data_phase(ctx: Context, results: Results):
     results.put(REAL_ROW, "pyuftp cp (data phase)", 0, outcome)
 
 
-def timed_checked_copy(ctx: Context, argv, env, expected: str) -> Outcome:
+def timed_checked_copy(ctx: Context, argv, env, expected: str, size: Optional[int] = None) -> Outcome:
     """Run a copy to local disk (its stderr kept in real-copy.err); its rate, once its bytes are checked."""
     out = ctx.scratch / "real-copy.bin"
     out.unlink(missing_ok=True)
     try:
         with open(ctx.scratch / "real-copy.err", "wb") as err:
-            seconds = run_timed(argv(out), 240, env=env, cwd=ctx.scratch, stderr=err)
+            seconds = run_timed(argv(out), 600 if size else 240, env=env, cwd=ctx.scratch, stderr=err)
         if sha256_of(out) != expected:
             raise Failed("the copy's sha256 differs from the source's")
     except Failed as exc:
         return Outcome.failed(str(exc))
     finally:
         out.unlink(missing_ok=True)
-    outcome = rate(ctx.data.sizes.big, seconds)
+    outcome = rate(size or ctx.data.sizes.big, seconds)
     outcome.detail = f"{seconds:.2f} s, whole command (a mount: on the mounted tree), sha256 checked"
     return outcome
 
@@ -886,11 +918,87 @@ def mounted_real_copy(ctx: Context, env, client_env, directory: Path, expected: 
     url = f"uftp://{env['UFTP_AUTH_URL'].split('://', 1)[1]}:{directory}"
     argv = [str(HPCFS), "mount", "--foreground", url, str(ctx.mountpoint)]
     try:
-        with mount_process(argv, client_env, ctx.mountpoint, ctx.logs / "hpcfs-real-uftpd.log"):
+        with mount_process(argv, {**client_env, **HPCFS_CODE}, ctx.mountpoint, ctx.logs / "hpcfs-real-uftpd.log"):
             return timed_checked_copy(ctx, lambda out: ["cp", str(ctx.mountpoint / "big.bin"), str(out)], None,
                                       expected)
     except Failed as exc:
         return Outcome.failed(str(exc))
+
+
+# -- against the real FirecREST (../shared/peers), system cluster-s3 (staged transfers through S3) -------------
+FIRECREST_ROW_DOWN, FIRECREST_ROW_UP = "real-firecrest-download", "real-firecrest-upload"
+FIRECREST_SIZE = 256 * MIB  # staging is slow (tens of seconds per file): the big file's first 256 MiB at most
+FIRECREST_VENV = REPO / ".venv-pyfirecrest"
+FIRECREST_CONNECTION = ("FIRECREST_URL", "AUTH_TOKEN_URL", "FIRECREST_CLIENT_ID", "FIRECREST_CLIENT_SECRET")
+PYFIRECREST_COPY = """
+import os, sys
+import firecrest
+from firecrest.v2 import Firecrest
+system, direction, remote, local = sys.argv[1:]
+auth = firecrest.ClientCredentialsAuth(os.environ["FIRECREST_CLIENT_ID"], os.environ["FIRECREST_CLIENT_SECRET"],
+                                       os.environ["AUTH_TOKEN_URL"])
+client = Firecrest(os.environ["FIRECREST_URL"], auth)
+if direction == "download":
+    client.download(system, remote, local, blocking=True)
+else:
+    client.upload(system, local, os.path.dirname(remote), os.path.basename(remote), blocking=True)
+"""
+
+
+def real_firecrest_rows(ctx: Context, results: Results):
+    """A file of up to 256 MiB downloaded from and uploaded to the real FirecREST's staged system by
+    pyfirecrest (``Firecrest.download``/``upload``, blocking) and by ``hpcfs cp``, one after the other;
+    every copy's sha256 checked after its timed run (an upload: the file on the cluster's disk)."""
+    env = real_peer_env("real-firecrest")
+    if env is None:
+        print("real FirecREST not running (../shared/peers/bin/real-firecrest start): its rows are skipped")
+        return
+    system = env["FIRECREST_SYSTEM_S3"]
+    directory = Path(env["FIRECREST_FS_ROOT"]) / f"hpcfs-bench-{os.getpid()}"
+    directory.mkdir(mode=0o755)
+    size = min(ctx.data.sizes.big, FIRECREST_SIZE)
+    source = ctx.scratch / "firecrest-source.bin"
+    try:
+        with open(ctx.data.big, "rb") as big, open(source, "wb") as out:
+            out.write(big.read(size))
+        shutil.copyfile(source, directory / "big.bin")
+        expected = sha256_of(source)
+        client_env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                      **{name: env[name] for name in FIRECREST_CONNECTION}}
+        python = str(FIRECREST_VENV / "bin" / "python")
+        remote = f"{directory}/big.bin"
+        url = f"firecrest://{system}{directory}"
+        downloads = {
+            "pyfirecrest download": lambda out: [python, "-c", PYFIRECREST_COPY, system, "download", remote, str(out)],
+            "hpcfs cp": lambda out: [str(HPCFS), "cp", f"{url}/big.bin", str(out)],
+        }
+        for client, argv in downloads.items():
+            outcome = timed_checked_copy(ctx, argv, env_for(client, client_env), expected, size)
+            results.put(FIRECREST_ROW_DOWN, client, 0, outcome)
+        uploads = {
+            "pyfirecrest upload": lambda name: [python, "-c", PYFIRECREST_COPY, system, "upload",
+                                                f"{directory}/{name}", str(source)],
+            "hpcfs cp": lambda name: [str(HPCFS), "cp", str(source), f"{url}/{name}"],
+        }
+        for client, argv in uploads.items():
+            name = f"up-{client.split()[0]}.bin"
+            outcome = timed_checked_upload(argv(name), env_for(client, client_env), directory / name, expected, size)
+            results.put(FIRECREST_ROW_UP, client, 0, outcome)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        source.unlink(missing_ok=True)
+
+
+def timed_checked_upload(argv, env, landed: Path, expected: str, size: int) -> Outcome:
+    try:
+        seconds = run_timed(argv, 600, env=env)
+        if not landed.exists() or sha256_of(landed) != expected:
+            raise Failed("the uploaded file's sha256 differs from the source's")
+    except Failed as exc:
+        return Outcome.failed(str(exc))
+    outcome = rate(size, seconds)
+    outcome.detail = f"{seconds:.2f} s, whole command, sha256 checked on the cluster's disk"
+    return outcome
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -979,6 +1087,10 @@ def targets(results: Results, sizes: Sizes) -> List[Target]:
     found += [ratio_of(results, REAL_ROW, ours, theirs, required, f"real UFTPD: {ours} vs {theirs}")
               for ours, theirs, required in (("hpcfs mount (cat)", "pyuftp cp (data phase)", 1.0),
                                              ("hpcfs cp", "pyuftp cp", 1.3))]
+    found.append(ratio_of(results, FIRECREST_ROW_DOWN, "hpcfs cp", "pyfirecrest download", 1.0,
+                          "real FirecREST cluster-s3 download: hpcfs cp vs pyfirecrest"))
+    found.append(ratio_of(results, FIRECREST_ROW_UP, "hpcfs cp", "pyfirecrest upload", 1.0,
+                          "real FirecREST cluster-s3 upload: hpcfs cp vs pyfirecrest"))
     for rtt in RTTS:
         write, read = value("write", hp, rtt), value("seq-read", hp, rtt)
         if write is not None and read is not None:
@@ -1164,6 +1276,8 @@ def main(argv=None):
             line_iteration_rows(ctx, results)
         if "real-uftpd" in workloads:
             real_uftpd_rows(ctx, results)
+        if "real-firecrest" in workloads:
+            real_firecrest_rows(ctx, results)
         facts = machine_facts()
         facts["ran as"] = ("root: every row (so hpcfs mounts raise their kernel readahead and get 1 MiB FUSE "
                            "requests)" if os.geteuid() == 0 else

@@ -4,20 +4,23 @@ import gc
 import hashlib
 import importlib.util
 import os
+import select
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import fs
-import fsspec
 import pytest
 
 from hpcfs.core import open_tree
 from hpcfs.core.files import PYTHON_FILE_BUFFER
 from hpcfs.frontends.fsspec import HpcfsFileSystem
+from hpcfs.targets import resolve
+from hpcfs.transfer import copy_paths
 
 REPO = Path(__file__).resolve().parents[1]
 LINES = b"".join(b"line %06d of a text file\n" % number for number in range(40_000))  # ~1 MiB
@@ -78,12 +81,11 @@ def test_random_small_reads_through_a_python_file_stay_small(uftp_server, monkey
     data = os.urandom(16 << 20)
     path = put(uftp_server, "random.bin", data)
     offsets = [(number * 7_919_993) % (len(data) - 4096) for number in range(1, 51)]
-    with fs.open_fs(uftp_server.url("/")) as filesystem:
-        with filesystem.openbin(path) as source:
-            reads = count_core_reads(filesystem.remote, monkeypatch)
-            for offset in offsets:
-                source.seek(offset)
-                assert source.read(4096) == data[offset : offset + 4096]
+    with fs.open_fs(uftp_server.url("/")) as filesystem, filesystem.openbin(path) as source:
+        reads = count_core_reads(filesystem.remote, monkeypatch)
+        for offset in offsets:
+            source.seek(offset)
+            assert source.read(4096) == data[offset : offset + 4096]
     assert sum(size for _, size in reads) <= len(offsets) * PYTHON_FILE_BUFFER
 
 
@@ -152,7 +154,7 @@ def test_bench_refuses_a_scratch_directory_others_can_write_or_do_not_own(tmp_pa
 def test_bench_sshd_keeps_strict_modes_and_makes_fresh_keys_in_a_private_directory(tmp_path):
     bench = load_bench()
     client_keys = []
-    for run in range(2):
+    for _run in range(2):
         run_dir = Path(tempfile.mkdtemp(prefix="hpcfs-bench-run-"))
         sshd = bench.Sshd(run_dir, tmp_path).start()
         try:
@@ -249,3 +251,95 @@ def test_firecrest_readahead_streams_each_run_of_blocks_with_one_ranged_get(fire
     ranged_gets = firecrest_server.log.total("GET /{bucket}/{key:path}")
     # 24 blocks: one GET each before; now runs of readahead / 4 = 2 blocks at least, plus the ramp-up
     assert 1 <= ranged_gets <= 24 // 2 + 4, firecrest_server.log.snapshot()
+
+
+# -- hpcfs cp downloads: ranges side by side, straight from the receive buffer to the disk ----------------------
+def download(server, path: str, destination: Path, monkeypatch, resume: bool = False) -> None:
+    """What ``hpcfs cp [--resume] URL DESTINATION`` does, in this process (credentials from the environment)."""
+    for name, value in server.env.items():
+        monkeypatch.setenv(name, value)
+    copy_paths([resolve(server.plain_url(path), local_ok=True)], resolve(str(destination), local_ok=True),
+               resume=resume)
+
+
+def test_cp_downloads_a_big_file_in_a_few_long_ranged_transfers(uftp_server, tmp_path, monkeypatch):
+    data = os.urandom(48 << 20)
+    put(uftp_server, "big.bin", data)
+    uftp_server.log.reset()
+    download(uftp_server, "/big.bin", tmp_path / "big.bin", monkeypatch)
+    assert sha256((tmp_path / "big.bin").read_bytes()) == sha256(data)
+    # ranges of max(8 MiB, size / (2 x sessions)): 6 transfers; through the block cache's ramp-up, twice that
+    assert uftp_server.log.total("RETR") <= 48 // 8, uftp_server.log.snapshot()
+    assert not list(tmp_path.glob(".*")), "a partial file was left behind"
+
+
+def test_resume_continues_a_partial_download_at_its_first_hole(uftp_server, tmp_path, monkeypatch):
+    """A parallel download killed outright leaves later ranges written after unwritten ones: resuming at
+    the partial's length would keep the zeros of the hole."""
+    data = os.urandom(24 << 20)
+    put(uftp_server, "big.bin", data)
+    partial = tmp_path / ".big.bin.hpcfs-partial"
+    with open(partial, "wb") as kept:
+        kept.write(data[: 4 << 20])
+        kept.seek(16 << 20)
+        kept.write(data[16 << 20 : 20 << 20])  # a range that finished while the one before it had not
+    download(uftp_server, "/big.bin", tmp_path / "big.bin", monkeypatch, resume=True)
+    assert sha256((tmp_path / "big.bin").read_bytes()) == sha256(data)
+    assert not list(tmp_path.glob(".*")), "a partial file was left behind"
+
+
+def test_a_streamed_range_is_received_into_one_reused_buffer(uftp_server):
+    data = os.urandom(20 << 20)
+    put(uftp_server, "big.bin", data)
+    tree = open_tree(uftp_server.url("/"))
+    buffers, digest = set(), hashlib.sha256()
+
+    def write(view):
+        buffers.add(id(view.obj))
+        digest.update(view)
+
+    try:
+        tree.backend.stream_range("/big.bin", 1000, len(data) - 1000, write)
+    finally:
+        tree.close()
+    assert digest.hexdigest() == sha256(data[1000:])
+    assert len(buffers) == 1, f"{len(buffers)} buffers for one transfer"
+
+
+def test_a_stream_waits_in_poll_only_when_the_socket_is_drained(uftp_server, monkeypatch):
+    """With a slow consumer the socket always holds bytes: every receive finds them without polling (a
+    socket with a timeout polls before each recv, and the loop used to poll both connections as well)."""
+    data = os.urandom(16 << 20)
+    put(uftp_server, "big.bin", data)
+    tree = open_tree(uftp_server.url("/"))
+    polls, digest = [], hashlib.sha256()
+    real_poll = select.poll
+
+    class CountingPoll:
+        def __init__(self):
+            self._poll = real_poll()
+
+        def register(self, *arguments):
+            self._poll.register(*arguments)
+
+        def unregister(self, *arguments):
+            self._poll.unregister(*arguments)
+
+        def poll(self, *arguments):
+            polls.append(1)
+            return self._poll.poll(*arguments)
+
+    def slow_write(view):
+        digest.update(view)
+        time.sleep(0.1)  # a slow disk: the next bytes are waiting by the time we come back
+
+    try:
+        tree.backend.stream_range("/big.bin", 0, 1, lambda view: None)  # session and data connection ready
+        monkeypatch.setattr("hpcfs.uftp.session.select.poll", CountingPoll)
+        tree.backend.stream_range("/big.bin", 0, len(data), slow_write)
+    finally:
+        tree.close()
+    assert digest.hexdigest() == sha256(data)
+    # before: at least one poll per receive, so two or more per piece; now fewer than one per piece even when
+    # a loaded machine's server falls behind now and then
+    assert len(polls) < 16, f"{len(polls)} polls for 16 pieces of 1 MiB"

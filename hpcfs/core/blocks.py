@@ -17,6 +17,7 @@ import ctypes.util
 import functools
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import List, Tuple
 
 from .. import errors
 
@@ -134,7 +135,8 @@ class BlockCache:
     def _fetch(self, path, token, size, indices) -> list:
         """Futures of the blocks ``indices``; the missing ones are fetched in runs of consecutive blocks,
         one streamed ``read_pieces`` per run of up to ``run_blocks``."""
-        futures, missing = [], []
+        futures: List[Future] = []
+        missing: List[Tuple[int, Future]] = []
         with self._lock:
             for index in indices:
                 key = (path, token, index)

@@ -7,6 +7,7 @@ known-missing paths for ``negative_ttl``; the tree's own writes invalidate exact
 cachetools caches are not thread-safe, so one lock guards all three maps.
 """
 import threading
+from typing import Optional
 
 from cachetools import TLRUCache, TTLCache
 
@@ -19,8 +20,8 @@ class MetadataCache:
     def __init__(self, ttl: float = 30.0, negative_ttl: float = 5.0, maxsize: int = 200_000):
         self._lock = threading.Lock()
         self._entries = TLRUCache(maxsize, _expiry(ttl)) if ttl > 0 else None
-        self._listings = TTLCache(max(maxsize // 10, 16), ttl) if ttl > 0 else None
-        self._missing = TTLCache(maxsize, negative_ttl) if negative_ttl > 0 else None
+        self._listings: Optional[TTLCache] = TTLCache(max(maxsize // 10, 16), ttl) if ttl > 0 else None
+        self._missing: Optional[TTLCache] = TTLCache(maxsize, negative_ttl) if negative_ttl > 0 else None
 
     def lookup(self, path):
         """The cached Entry, ``MISSING`` when known absent, or None when the server must be asked."""

@@ -126,6 +126,10 @@ class RemoteTree:
             return b""
         return self.files.read(self.remote_path(path), entry, offset, size)
 
+    def reads_ranges(self, entry) -> bool:
+        """Whether this file version is read in ranges (through blocks), not fetched whole."""
+        return self._ranged(entry)
+
     def upload(self, path: str, source: BinaryIO, size: int, publish_mode: Optional[int] = None,
                partial: Optional[str] = None, resume_from: int = 0, in_order: bool = False) -> None:
         """Send a whole file through the uploader (:mod:`hpcfs.core.upload`: a failed upload never replaces

@@ -27,7 +27,7 @@ import threading
 import uuid
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Dict, List, Optional
+from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 
 from cachetools import TTLCache
 
@@ -480,10 +480,16 @@ REQUIRED = (("api_url", "FIRECREST_URL", "API URL"), ("token_url", "AUTH_TOKEN_U
             ("client_secret", "FIRECREST_CLIENT_SECRET", "client secret"))
 
 
-def _require_settings(settings: FirecrestOptions) -> None:
+def _required_settings(settings: FirecrestOptions) -> Tuple[str, str, str, str]:
+    """API URL, token URL, client id and secret, in that order, or one line saying which is missing."""
+    values = []
     for name, env, what in REQUIRED:
-        if not getattr(settings, name):
+        value = getattr(settings, name)
+        if not value:
             raise errors.UsageError(f"FirecREST {what} missing: set {env} (or the {name}= option)")
+        values.append(str(value))
+    api_url, token_url, client_id, client_secret = values
+    return api_url, token_url, client_id, client_secret
 
 
 def _refuse_for_streamer_job(path: str):
@@ -492,16 +498,14 @@ def _refuse_for_streamer_job(path: str):
                                  "letters, digits and / . _ + , : @ % = ~ - are safe", path)
 
 
-
 def backend_from_url(url: ParsedURL, settings: FirecrestOptions):
     """``(FirecrestBackend, root)`` for ``firecrest://SYSTEM/path``; asks ``/status/systems`` for the limits."""
     if not url.host:
         raise errors.UsageError("firecrest:// URL without a system name (expected firecrest://SYSTEM/path)")
-    _require_settings(settings)
+    api_url, token_url, client_id, client_secret = _required_settings(settings)
     session = net.new_session(settings.verify, settings.ca_file, pool_size=max(8, 2 * settings.parallel))
-    auth = ClientCredentials(settings.token_url, settings.client_id, settings.client_secret, session,
-                             settings.timeout)
-    client = FirecrestClient(settings.api_url, url.host.lower(), auth, session, settings.timeout)
+    auth = ClientCredentials(token_url, client_id, client_secret, session, settings.timeout)
+    client = FirecrestClient(api_url, url.host.lower(), auth, session, settings.timeout)
     tz = _timezone(settings.tz) if settings.tz else None
     with client.operation():  # the system list and its limits are server data too
         systems = client.systems()

@@ -19,15 +19,15 @@ import random
 import secrets
 import threading
 import time
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 from cachetools import LRUCache
 
 from .. import errors, net
 from ..backend import Backend, Capabilities, Entry, UploadSession, normalize, read_exactly, split
-from .auth import AuthClient, BasicCredential, BearerCredential, SSHKeyCredential, read_token
+from .auth import AuthClient, BasicCredential, BearerCredential, Grant, SSHKeyCredential, read_token
+from .listing import Features, facts_kind, facts_mode, is_child_name, parse_mlst_reply, parse_stat_reply
 from .options import UFTPOptions
-from .listing import facts_kind, facts_mode, is_child_name, parse_mlst_reply, parse_stat_reply
 from .session import ControlSession, SecretRejected, SessionLost
 
 DEFAULT_SESSIONS = 4
@@ -65,16 +65,23 @@ class SessionPool:
         self._live = 0  # sessions idle or handed out (the keeper not counted)
         self._closed = False
         self._renew_lock = threading.Lock()
-        self._current = (None, 0)  # (grant, generation), replaced as one so readers see a matching pair
+        # (grant, generation), replaced as one so readers see a matching pair
+        self._current: Tuple[Optional[Grant], int] = (None, 0)
         self._keeper: Optional[ControlSession] = None
-        self.features = None
+        self.features: Optional[Features] = None
         self.version = ""
         retry_while_busy(lambda: self._renew(0))
 
     @property
     def server(self) -> str:
-        grant = self._current[0]
+        grant, _ = self._grant()
         return f"{grant.host}:{grant.port}"
+
+    def _grant(self) -> Tuple[Grant, int]:
+        grant, generation = self._current
+        if grant is None:  # only before the first authentication, which __init__ completes
+            raise errors.AuthenticationFailed("not authenticated yet")
+        return grant, generation
 
     # -- the secret -------------------------------------------------------------------------------------
     def _renew(self, generation: int):
@@ -97,7 +104,7 @@ class SessionPool:
 
     def _login(self) -> ControlSession:
         for attempt in range(2):
-            grant, generation = self._current
+            grant, generation = self._grant()
             try:
                 return ControlSession(grant.host, grant.port, grant.secret, timeout=self.timeout,
                                       features=self.features)
@@ -105,6 +112,7 @@ class SessionPool:
                 if attempt:
                     raise errors.AuthenticationFailed("UFTPD refused a freshly issued secret") from None
                 self._renew(generation)
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     # -- lending sessions -------------------------------------------------------------------------------
     def acquire(self) -> ControlSession:
@@ -349,18 +357,31 @@ class UFTPBackend(Backend):
                     deliver: Callable[[bytes], None]) -> None:
         """One ``RANG``+``RETR`` for the whole range, each piece delivered as it arrives: a run of readahead
         blocks costs two commands and one round trip instead of two and one per block."""
+        self._retrieve_range(path, offset, length, deliver,
+                             lambda session, remote, start, count, forward: session.retrieve_pieces(
+                                 remote, start, count, piece_size, forward))
+
+    def stream_range(self, path: str, offset: int, length: int, write: Callable[[memoryview], None]) -> None:
+        """One ``RANG``+``RETR`` for the whole range into one reused buffer (``ControlSession.retrieve_stream``):
+        ``write`` must use each view before it returns."""
+        self._retrieve_range(path, offset, length, write,
+                             lambda session, remote, start, count, forward: session.retrieve_stream(
+                                 remote, start, count, forward))
+
+    def _retrieve_range(self, path: str, offset: int, length: int, consume: Callable, transfer: Callable) -> None:
+        """Run ``transfer(session, remote, start, count, forward)`` over ``[offset, offset+length)`` clamped
+        to the file's size; a retry on another session resumes after the bytes already consumed."""
         path, remote = self._remote(path)
-        position, end = offset, offset + length  # a retry resumes after the pieces already delivered
+        position, end = offset, offset + length
 
         def forward(piece):
             nonlocal position
-            deliver(piece)
+            consume(piece)
             position += len(piece)
 
         def operation(session):
             stop = self._clamped_end(session, remote, path, end)
-            if stop > position and session.retrieve_pieces(remote, position, stop - position, piece_size,
-                                                           forward) < stop - position:
+            if stop > position and transfer(session, remote, position, stop - position, forward) < stop - position:
                 self._sizes.drop(path)  # it shrank
 
         self._run(operation)
@@ -467,7 +488,7 @@ class UFTPBackend(Backend):
             "base_dir": self.base_dir,
             "uftpd": self._pool.server,
             "server_version": self._pool.version or self._info.get("uftpdServerVersion", ""),
-            "features": list(self._pool.features.lines),
+            "features": list(self._pool.features.lines if self._pool.features else ()),
             "session_limit": self.session_limit,
             "sessions": self.capabilities.max_parallel,
         }

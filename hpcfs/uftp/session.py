@@ -21,7 +21,7 @@ import logging
 import re
 import select
 import socket
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Deque, Iterable, List, Optional
 
 from .. import errors
 from .listing import Features, Reply, banner_version, ends_reply, passive_address, reply_code, transfer_size
@@ -100,12 +100,13 @@ class ControlSession:
     def __init__(self, host: str, port: int, secret: str, *, timeout: float, features: Optional[Features] = None):
         self.timeout = timeout
         self.broken = False
-        self._lines = collections.deque()  # complete reply lines received but not yet consumed
+        self._lines: Deque[bytes] = collections.deque()  # complete reply lines received but not yet consumed
         self._partial = b""  # the start of a line still arriving
         self._data: Optional[socket.socket] = None
         self._keep_alive_on = False
         self._sendfile_asked = False
         self._range_armed = False  # a RANG is still in force (the transfer it was for failed)
+        self._ready: dict = {}  # what the last poll during a transfer found readable
         self._sock = self._connect(host, port)
         try:
             self.version = banner_version(self.expect(self.read_reply(), 220).lines[0])
@@ -248,16 +249,23 @@ class ControlSession:
             raise self._lost(f"UFTPD refused to set up the data connection: {refused.lines[0][:80]!r}")
         self._keep_alive_on = self._keep_alive_on or keep_alive
 
+    @property
+    def _open_data(self) -> socket.socket:
+        """The data connection of the transfer under way (``_ensure_data`` opened it)."""
+        if self._data is None:
+            raise self._lost("no data connection for the transfer")
+        return self._data
+
     def _close_data(self):
         if self._data is not None:
             _close(self._data)
             self._data = None
 
     # -- transfers --------------------------------------------------------------------------------------
-    def retrieve(self, path: str, offset: int, length: int) -> bytes:
+    def retrieve(self, path: str, offset: int, length: int) -> bytes | bytearray:
         """Bytes ``[offset, offset+length)``, which the caller has clamped to the file's size.  Fewer come
         back only if the file shrank meanwhile; the session is then given up."""
-        pieces = []
+        pieces: List[bytearray] = []
         self.retrieve_pieces(path, offset, length, length, pieces.append)  # one piece: filled in place
         return pieces[0] if pieces else b""
 
@@ -266,6 +274,17 @@ class ControlSession:
         """Bytes ``[offset, offset+length)`` in one transfer, handed to ``deliver`` as each ``piece_size``
         piece completes, each in its own buffer (the block cache keeps it without a copy).  Returns the
         bytes received; fewer only if the file shrank meanwhile (the session is then given up)."""
+        return self._retrieve_range(path, offset, length, lambda view: deliver(_owned(view)), piece_size,
+                                    fresh_buffers=True)
+
+    def retrieve_stream(self, path: str, offset: int, length: int, write: Callable[[memoryview], object]) -> int:
+        """Bytes ``[offset, offset+length)`` in one transfer, received into one reused ``CHUNK`` buffer
+        whose contents ``write`` must use before it returns (``hpcfs cp`` writes it to disk): no buffer
+        is allocated, zero-filled or copied per piece."""
+        return self._retrieve_range(path, offset, length, write, CHUNK)
+
+    def _retrieve_range(self, path: str, offset: int, length: int, consume: Callable[[memoryview], object],
+                        chunk: int, fresh_buffers: bool = False) -> int:
         self._ensure_data()
         self._range_armed = True
         start = self._start_transfer([f"RANG {offset} {offset + length}", f"RETR {path}"], path)
@@ -273,8 +292,7 @@ class ControlSession:
             announced = transfer_size(start)
             if announced != length:
                 raise errors.ProtocolError(f"UFTPD announced {announced} bytes for a range of {length}", path)
-            received = self._receive(length, lambda view: deliver(_owned(view)), piece_size, path,
-                                     fresh_buffers=True)
+            received = self._receive(length, consume, chunk, path, fresh_buffers=fresh_buffers)
         self._after_transfer(received == length)
         return received
 
@@ -347,34 +365,37 @@ class ControlSession:
             self._close_data()
 
     def _receive(self, count: int, consume: Callable[[memoryview], object], chunk: int, path,
-                 buffer: Optional[bytearray] = None, fresh_buffers: bool = False) -> int:
+                 fresh_buffers: bool = False) -> int:
         """Read ``count`` bytes from the data connection into buffers of ``chunk`` bytes handed to
         ``consume`` (one reused buffer, or with ``fresh_buffers`` a new one per chunk that ``consume`` may
         keep), watching the control connection: a reply before the last byte means the server stopped
         early (the file shrank) or failed.  Returns the bytes received."""
-        buffer = memoryview(buffer if buffer is not None else bytearray(max(1, min(count, chunk))))
+        buffer = memoryview(bytearray(max(1, min(count, chunk))))
+        data = self._open_data
         received = filled = 0
         final = None
         poller = select.poll()
-        poller.register(self._data, select.POLLIN)
+        poller.register(data, select.POLLIN)
         poller.register(self._sock, select.POLLIN)
-        while received < count:
-            if final is None and self._lines:
-                final = self._early_reply(poller, path)
-                continue
-            wait = self.timeout if final is None else min(DRAIN_GRACE, self.timeout)
-            events = dict(poller.poll(1000 * wait))
-            if not events:
-                if final is None:
-                    raise errors.TimedOut(f"transfer stalled for {self.timeout:g} s", path)
-                break  # the server ended early and nothing more is coming
-            if self._data.fileno() in events:
+        # Non-blocking while bytes keep coming: one recv_into per buffer-full of what has arrived, and a
+        # poll only once the socket is drained (a socket with a timeout polls before every recv).
+        data.setblocking(False)
+        try:
+            while received < count:
+                if final is None and self._lines:
+                    final = self._early_reply(poller, path)
+                    continue
                 want = min(len(buffer) - filled, count - received)
                 try:
-                    got = self._data.recv_into(buffer[filled:filled + want])
+                    got = data.recv_into(buffer[filled:filled + want])
+                except BlockingIOError:
+                    if not self._await_data(poller, final, path):
+                        break  # the server ended early and nothing more is coming
+                    if final is None and self._sock.fileno() in self._ready:
+                        final = self._early_reply(poller, path)
+                    continue
                 except OSError as exc:
                     raise SessionLost(f"data connection failed: {_reason(exc)}", path) from None
-                _quickack(self._data)
                 if not got:
                     break
                 filled += got
@@ -384,17 +405,29 @@ class ControlSession:
                     filled = 0
                     if fresh_buffers and received < count:
                         buffer = memoryview(bytearray(min(chunk, count - received)))
-            elif final is None:
-                final = self._early_reply(poller, path)
+        finally:
+            data.settimeout(self.timeout)
         final = final or self.read_reply()
         if final.code != 226:
             raise transfer_error(final, path) if not final.ok else errors.ProtocolError(
                 f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
-        # Only now is a short last chunk the file's end rather than a cut: handing it on earlier would let
-        # a retry, which resumes after what was consumed, deliver the rest as misaligned pieces.
+        # The short last piece only now: after a failure it is not handed over, so a retry resumes at a
+        # piece boundary (handing it over first put every later block of a read_pieces run off by its length).
         if filled:
             consume(buffer[:filled])
         return received
+
+    def _await_data(self, poller, final: Optional[Reply], path) -> bool:
+        """Wait until the data or the control connection has something (``self._ready``); False once the
+        server has ended the transfer and nothing more arrives within the grace period."""
+        _quickack(self._open_data)  # drained: the sender may be waiting for our ACK
+        wait = self.timeout if final is None else min(DRAIN_GRACE, self.timeout)
+        self._ready = dict(poller.poll(1000 * wait))
+        if self._ready:
+            return True
+        if final is None:
+            raise errors.TimedOut(f"transfer stalled for {self.timeout:g} s", path)
+        return False
 
     def _early_reply(self, poller, path) -> Reply:
         """A reply during a transfer: a ``226`` (data may still be in flight), or the server's failure."""
@@ -408,7 +441,7 @@ class ControlSession:
         sent = 0
         try:
             for chunk in chunks:
-                self._data.sendall(chunk)
+                self._open_data.sendall(chunk)
                 sent += len(chunk)
         except OSError as exc:
             # The server stopped reading; its reply on the control connection says why.
@@ -449,7 +482,8 @@ class ControlSession:
 
 def _owned(view: memoryview) -> bytearray:
     """The buffer behind ``view`` when the view covers all of it, else a copy of the part received."""
-    return view.obj if len(view) == len(view.obj) else bytearray(view)
+    whole = view.obj
+    return whole if isinstance(whole, bytearray) and len(view) == len(whole) else bytearray(view)
 
 
 def _quickack(sock):
