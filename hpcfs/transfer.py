@@ -209,7 +209,7 @@ def _write_all(reader, handle, meter, stop):
 def _ranged_remote_file(reader):
     """The RemoteFile behind ``reader`` when it is read in ranges (a big file on UFTP or FirecREST), else None."""
     handle = getattr(reader, "handle", None)
-    if handle is None or handle.entry is None or handle.dirty:
+    if handle is None or handle.entry is None or handle.unpublished_entry() is not None:
         return None
     return handle if handle.tree.reads_ranges(handle.entry) else None
 
