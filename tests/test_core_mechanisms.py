@@ -429,14 +429,15 @@ def test_a_presigned_url_that_expired_mid_read_is_staged_again(firecrest_server)
         handle.write(data)
     backend, root = open_backend(firecrest_server.url("/"))
     backend.recheck = 600.0  # trust the staged copy: only the URL's expiry may cause a second staging
-    firecrest_server.knobs.extra["staging_ttl"] = 1
+    # 3 s: long enough that the URL of the second staging outlives its reads on a loaded machine
+    firecrest_server.knobs.extra["staging_ttl"] = 3
     stagings = "POST /filesystem/{system_name}/transfer/download"
     tree = RemoteTree(backend, root, CoreOptions(block_size=BLOCK, readahead=BLOCK, cache_size=4 * BLOCK))
     try:
         handle = tree.open("/big.bin")
         first = handle.read(0, 2 * BLOCK)
         staged_before = firecrest_server.log.total(stagings)
-        time.sleep(2.5)  # the URL (issued to the second, valid 1 s) has expired
+        time.sleep(4.5)  # the URL (issued to the second, valid 3 s) has expired
         rest = b"".join(handle.read(offset, BLOCK) for offset in range(2 * BLOCK, len(data), BLOCK))
     finally:
         tree.close()
