@@ -11,13 +11,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import fs
 import pytest
 
 from hpcfs.core import open_tree
-from hpcfs.core.files import PYTHON_FILE_BUFFER
+from hpcfs.core.files import PYTHON_FILE_BUFFER, FileStream
 from hpcfs.frontends.fsspec import HpcfsFileSystem
 from hpcfs.targets import resolve
 from hpcfs.transfer import copy_paths
@@ -343,3 +344,60 @@ def test_a_stream_waits_in_poll_only_when_the_socket_is_drained(uftp_server, mon
     # before: at least one poll per receive, so two or more per piece (32 here); now about one per piece at
     # most, even when a loaded machine's server falls behind now and then
     assert len(polls) <= 24, f"{len(polls)} polls for 16 pieces of 1 MiB"
+
+
+# -- copies: a block is received once and copied once into the reader's buffer ----------------------------------
+def receive_pieces(tree, path: str, size: int, piece: int) -> list:
+    pieces: list = []
+    tree.backend.read_pieces(path, 0, size, piece, pieces.append)
+    return pieces
+
+
+def test_readahead_blocks_are_received_straight_into_their_own_objects(uftp_server):
+    """Each full block is one blocking receive into a new bytes object: no zero-filled buffer first (on a
+    machine with little memory bandwidth, zero-filling a block cost as much as receiving it)."""
+    data = os.urandom(16 << 20)
+    put(uftp_server, "big.bin", data)
+    tree = open_tree(uftp_server.url("/"))
+    try:
+        pieces = receive_pieces(tree, "/big.bin", len(data), 2 << 20)
+    finally:
+        tree.close()
+    assert sha256(b"".join(pieces)) == sha256(data)
+    assert [type(piece) for piece in pieces] == [bytes] * 8
+
+
+def test_blocks_slower_than_one_receive_still_arrive_exactly(uftp_server):
+    """A block that takes longer than one blocking receive may wait (a slow link) is finished by the loop
+    that watches both connections, with its bytes in order."""
+    data = os.urandom(4 << 20)
+    put(uftp_server, "slow.bin", data)
+    uftp_server.knobs.extra["data_chunk_latency"] = 0.4  # per 1 MiB: each 2 MiB block spans two waits
+    tree = open_tree(uftp_server.url("/"))
+    try:
+        pieces = receive_pieces(tree, "/slow.bin", len(data), 2 << 20)
+    finally:
+        tree.close()
+    assert [len(piece) for piece in pieces] == [2 << 20, 2 << 20]
+    assert sha256(b"".join(pieces)) == sha256(data)
+
+
+def test_reading_cached_blocks_into_a_buffer_copies_them_once(uftp_server):
+    """``readinto`` (BufferedReader, and FUSE's buffer in a mount) copies the cached blocks straight into
+    the caller's buffer: no joined bytes object of the read's size is made on the way."""
+    data = os.urandom(8 << 20)
+    put(uftp_server, "big.bin", data)
+    tree = open_tree(uftp_server.url("/"), block_size="2M", readahead="8M", cache_size="32M")
+    try:
+        handle = tree.open("/big.bin")
+        scan(handle, 1 << 20)  # every block cached
+        stream, buffer, digest = FileStream(handle), memoryview(bytearray(1 << 20)), hashlib.sha256()
+        tracemalloc.start()
+        while count := stream.readinto(buffer):
+            digest.update(buffer[:count])
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    finally:
+        tree.close()
+    assert digest.hexdigest() == sha256(data)
+    assert peak < 256 << 10, f"{peak} bytes allocated to read cached blocks into a buffer"

@@ -82,30 +82,42 @@ class BlockCache:
             max_workers=workers, thread_name_prefix="hpcfs-block"
         )
 
-    def read(self, path, entry, pattern, offset, size):
+    def read(self, path, entry, pattern, offset, size) -> bytes:
         """``size`` bytes at ``offset`` of the file version ``entry`` (short at end of file)."""
+        return b"".join(self._views(path, entry, pattern, offset, size))  # the one copy
+
+    def read_into(self, path, entry, pattern, offset, dest: memoryview) -> int:
+        """Like :meth:`read`, copying straight into ``dest`` (FUSE's buffer, a Python reader's): the blocks'
+        bytes are copied once, not joined first.  Returns the byte count."""
+        position = 0
+        for view in self._views(path, entry, pattern, offset, len(dest)):
+            dest[position:position + len(view)] = view
+            position += len(view)
+        return position
+
+    def _views(self, path, entry, pattern, offset, size) -> List[memoryview]:
+        """Views of the blocks' bytes covering the read, valid as long as the caller holds them."""
         end = min(offset + size, entry.size)
         if offset >= end:
-            return b""
+            return []
         window = pattern.update(offset, size, self.block_size, self.max_blocks_ahead)
         first, last = offset // self.block_size, (end - 1) // self.block_size
         token = entry.change_token
         if window == 0 and not self._all_cached(path, token, first, last):
-            return bytes(self.backend.read_range(path, offset, end - offset))
+            return [memoryview(self.backend.read_range(path, offset, end - offset))]
         futures = self._fetch(path, token, entry.size, range(first, last + 1))
         self._read_ahead(path, token, entry.size, last + 1, min(last + window, (entry.size - 1) // self.block_size))
-        pieces = []
+        views = []
         for index, future in zip(range(first, last + 1), futures):
             data = self._result(path, token, index, future)
             start = max(offset - index * self.block_size, 0)
             stop = min(end - index * self.block_size, len(data))
-            pieces.append(memoryview(data)[start:stop])  # views: the join below is the only copy
+            views.append(memoryview(data)[start:stop])
             if window and stop == len(data):
                 self._mark_consumed((path, token, index))
-        result = b"".join(pieces)
-        if len(result) != end - offset:  # the file shrank on the server since we listed it
+        if sum(map(len, views)) != end - offset:  # the file shrank on the server since we listed it
             self.forget(path)
-        return result
+        return views
 
     def forget(self, path):
         """Drop every block of ``path`` (after a write, a rename or a short read)."""

@@ -55,14 +55,28 @@ class RemoteFile:
     def size(self):
         return self._size
 
-    def read(self, offset, size):
+    def read(self, offset: int, size: int) -> bytes:
         if self._spool_fd is not None:
             return os.pread(self._spool_fd, size, offset)
-        if self.entry is None:
+        if not self._readable_version(offset, size):
             return b""
+        return self.tree.read_data(self.path, self.entry, self.pattern, offset, size)
+
+    def read_into(self, offset: int, dest: memoryview) -> int:
+        """:meth:`read` into ``dest`` (FUSE's buffer, a Python reader's), without an intermediate copy."""
+        if self._spool_fd is not None:
+            return os.preadv(self._spool_fd, [dest], offset)
+        if not self._readable_version(offset, len(dest)):
+            return 0
+        return self.tree.read_data_into(self.path, self.entry, self.pattern, offset, dest)
+
+    def _readable_version(self, offset: int, size: int) -> bool:
+        """Whether there is a server version to read; refreshes it first if it may have grown."""
+        if self.entry is None:
+            return False
         if offset + size > self.entry.size and self._may_have_grown():
             self.entry = self.tree.stat(self.path)  # through the cache, which keeps it for entry.ttl
-        return self.tree.read_data(self.path, self.entry, self.pattern, offset, size)
+        return True
 
     def _may_have_grown(self) -> bool:
         """A file the backend marked short-lived (a running job's output) may have grown since it was
@@ -378,10 +392,9 @@ class FileStream(io.RawIOBase):
     def readinto(self, buffer):
         if not self._readable:
             raise io.UnsupportedOperation("not open for reading")
-        data = self.handle.read(self._position, len(buffer))
-        buffer[: len(data)] = data
-        self._position += len(data)
-        return len(data)
+        count = self.handle.read_into(self._position, memoryview(buffer).cast("B"))
+        self._position += count
+        return count
 
     def readall(self):
         chunks = []

@@ -126,6 +126,14 @@ class RemoteTree:
             return b""
         return self.files.read(self.remote_path(path), entry, offset, size)
 
+    def read_data_into(self, path, entry, pattern, offset, dest: memoryview) -> int:
+        """:meth:`read_data` into ``dest``; returns the byte count."""
+        if self._ranged(entry):
+            return self.blocks.read_into(self.remote_path(path), entry, pattern, offset, dest)
+        data = self.read_data(path, entry, pattern, offset, len(dest))
+        dest[:len(data)] = data
+        return len(data)
+
     def reads_ranges(self, entry) -> bool:
         """Whether this file version is read in ranges (through blocks), not fetched whole."""
         return self._ranged(entry)

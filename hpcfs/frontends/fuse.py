@@ -5,6 +5,7 @@ Every callback maps a path (relative to the mount) to a RemoteTree call.  Errors
 bug, logged once and reported as EIO.  Attribute and entry timeouts given to the kernel match the core's
 metadata cache, so the kernel does not ask more often than the cache could answer anyway.
 """
+import ctypes
 import ctypes.util
 import errno
 import functools
@@ -112,7 +113,13 @@ class HpcfsOperations(fuse.Operations):
 
     @_translate
     def read(self, path, size, offset, fh):
+        """mfusepy's read, which returns bytes (so the operations work under any mfusepy FUSE); a mount
+        calls :meth:`read_into` instead (:class:`KernelBufferFUSE`)."""
         return self.handles[fh].read(offset, size)
+
+    @_translate
+    def read_into(self, dest: memoryview, offset: int, fh: int) -> int:
+        return self.handles[fh].read_into(offset, dest)
 
     @_translate
     def write(self, path, data, offset, fh):
@@ -221,6 +228,17 @@ class HpcfsOperations(fuse.Operations):
         }
 
 
+class KernelBufferFUSE(fuse.FUSE):
+    """mfusepy's FUSE, except that a read is copied straight into the kernel's buffer: mfusepy's own read
+    callback takes bytes from the operations and copies them in (``memmove``), so every byte read was
+    copied twice in Python (joined out of the cached blocks, then moved), and at this class of machine's
+    memory bandwidth each pass over the data costs as much as receiving it."""
+
+    def read(self, path, buf, size, offset, fip):
+        dest = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")
+        return self.operations.read_into(dest, offset, fip.contents.fh)
+
+
 def mount(remote_tree, mountpoint: str, read_only: bool = False, fsname: str = "hpcfs",
           options: Optional[dict] = None) -> Optional[int]:
     """Mount ``remote_tree`` at ``mountpoint`` (an absolute path) in the foreground; returns when it is
@@ -274,7 +292,7 @@ def _serve_until_unmounted(operations, mountpoint: str, fuse_options: dict) -> O
 
     def serve():
         try:
-            fuse.FUSE(operations, mountpoint, foreground=True, nothreads=False, **fuse_options)
+            KernelBufferFUSE(operations, mountpoint, foreground=True, nothreads=False, **fuse_options)
         except BaseException as exc:  # handed to the main thread, which reports it
             failure.append(exc)
 

@@ -21,6 +21,7 @@ import logging
 import re
 import select
 import socket
+import struct
 from typing import Callable, Deque, Iterable, List, Optional
 
 from .. import errors
@@ -31,6 +32,9 @@ MAX_LINE = 1 << 20  # a reply line longer than this is not UFTPD talking
 MAX_REPLY = 64 << 20  # nor a multi-line reply (a listing of about a million names) longer than this
 CHUNK = 1 << 20  # data is moved in pieces of this size
 DRAIN_GRACE = 1.0  # after an early 226, how long to wait for data still in flight
+# The longest one blocking receive of a whole piece waits (SO_RCVTIMEO) before the receive loop takes over
+# and watches the control connection again: bounds how late a server's early end of a transfer is seen.
+PIECE_WAIT = struct.pack("ll", 0, 250_000)
 SENDFILE_ON = "OPTS SENDFILE_ENABLED true"
 
 log = logging.getLogger("hpcfs.uftp")
@@ -265,12 +269,12 @@ class ControlSession:
     def retrieve(self, path: str, offset: int, length: int) -> bytes | bytearray:
         """Bytes ``[offset, offset+length)``, which the caller has clamped to the file's size.  Fewer come
         back only if the file shrank meanwhile; the session is then given up."""
-        pieces: List[bytearray] = []
-        self.retrieve_pieces(path, offset, length, length, pieces.append)  # one piece: filled in place
+        pieces: List[bytes | bytearray] = []
+        self.retrieve_pieces(path, offset, length, length, pieces.append)  # one piece: received in place
         return pieces[0] if pieces else b""
 
     def retrieve_pieces(self, path: str, offset: int, length: int, piece_size: int,
-                        deliver: Callable[[bytearray], object]) -> int:
+                        deliver: Callable[[bytes | bytearray], object]) -> int:
         """Bytes ``[offset, offset+length)`` in one transfer, handed to ``deliver`` as each ``piece_size``
         piece completes, each in its own buffer (the block cache keeps it without a copy).  Returns the
         bytes received; fewer only if the file shrank meanwhile (the session is then given up)."""
@@ -370,24 +374,37 @@ class ControlSession:
         ``consume`` (one reused buffer, or with ``fresh_buffers`` a new one per chunk that ``consume`` may
         keep), watching the control connection: a reply before the last byte means the server stopped
         early (the file shrank) or failed.  Returns the bytes received."""
-        buffer = memoryview(bytearray(max(1, min(count, chunk))))
         data = self._open_data
         received = filled = 0
         final = None
+        buffer = None if fresh_buffers else memoryview(bytearray(max(1, min(count, chunk))))
         poller = select.poll()
         poller.register(data, select.POLLIN)
         poller.register(self._sock, select.POLLIN)
-        # Non-blocking while bytes keep coming: one recv_into per buffer-full of what has arrived, and a
-        # poll only once the socket is drained (a socket with a timeout polls before every recv).
-        data.setblocking(False)
+        # Blocking only for a whole piece at once (_receive_piece); otherwise non-blocking while bytes keep
+        # coming: one recv_into per buffer-full of what has arrived, and a poll only once the socket is
+        # drained (a socket with a timeout polls before every recv).
+        data.settimeout(None)
+        data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, PIECE_WAIT)
         try:
             while received < count:
                 if final is None and self._lines:
                     final = self._early_reply(poller, path)
                     continue
+                if buffer is None:  # fresh_buffers, at the start of a piece
+                    piece = _receive_piece(data, min(chunk, count - received), path)
+                    if len(piece) == min(chunk, count - received):
+                        consume(memoryview(piece))
+                        received += len(piece)
+                        continue
+                    buffer = memoryview(bytearray(min(chunk, count - received)))
+                    buffer[:len(piece)] = piece
+                    filled = len(piece)
+                    received += len(piece)
+                    continue
                 want = min(len(buffer) - filled, count - received)
                 try:
-                    got = data.recv_into(buffer[filled:filled + want])
+                    got = data.recv_into(buffer[filled:filled + want], 0, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     if not self._await_data(poller, final, path):
                         break  # the server ended early and nothing more is coming
@@ -403,8 +420,8 @@ class ControlSession:
                 if filled == len(buffer):
                     consume(buffer[:filled])
                     filled = 0
-                    if fresh_buffers and received < count:
-                        buffer = memoryview(bytearray(min(chunk, count - received)))
+                    if fresh_buffers:
+                        buffer = None
         finally:
             data.settimeout(self.timeout)
         final = final or self.read_reply()
@@ -413,7 +430,7 @@ class ControlSession:
                 f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
         # The short last piece only now: after a failure it is not handed over, so a retry resumes at a
         # piece boundary (handing it over first put every later block of a read_pieces run off by its length).
-        if filled:
+        if filled and buffer is not None:
             consume(buffer[:filled])
         return received
 
@@ -480,10 +497,24 @@ class ControlSession:
         self.broken = True
 
 
-def _owned(view: memoryview) -> bytearray:
+def _owned(view: memoryview) -> bytes | bytearray:
     """The buffer behind ``view`` when the view covers all of it, else a copy of the part received."""
     whole = view.obj
-    return whole if isinstance(whole, bytearray) and len(view) == len(whole) else bytearray(view)
+    return whole if isinstance(whole, (bytes, bytearray)) and len(view) == len(whole) else bytearray(view)
+
+
+def _receive_piece(data: socket.socket, size: int, path) -> bytes:
+    """Up to ``size`` bytes in one blocking ``recv(MSG_WAITALL)``: into a new, uninitialised bytes object,
+    so a block costs one copy (the kernel's), where ``recv_into`` needs a zero-filled buffer first (at this
+    machine's memory bandwidth, zero-filling a 2 MiB block cost as much as receiving it).  Fewer bytes come
+    back when ``PIECE_WAIT`` passes first (a slow link; the server ended early): the caller goes on
+    watching both connections."""
+    try:
+        return data.recv(size, socket.MSG_WAITALL)
+    except (BlockingIOError, InterruptedError):
+        return b""
+    except OSError as exc:
+        raise SessionLost(f"data connection failed: {_reason(exc)}", path) from None
 
 
 def _quickack(sock):
