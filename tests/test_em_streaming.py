@@ -8,6 +8,8 @@ import os
 import random
 import shutil
 import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -117,7 +119,7 @@ def test_a_version_forgotten_during_its_download_is_never_served_again(em_server
 def test_close_during_a_download_ends_its_worker_quietly(em_server, big, cache):
     entry = cache.backend.stat(PATH)
     assert cache.read(PATH, entry, 0, 64 * KIB) == big[: 64 * KIB]
-    workers = list(cache._pool._threads)
+    workers = [thread for thread in threading.enumerate() if thread.name == "hpcfs-wholefile"]
     cache.close()
     assert not os.path.exists(cache._dir)
     for worker in workers:
@@ -165,3 +167,20 @@ def test_head_of_a_big_file_in_a_mount_returns_before_its_download_ends(em_serve
         elapsed = time.monotonic() - started
     assert head == data[:100]
     assert elapsed < len(data) / RATE / 2, f"head took {elapsed:.1f} s"
+
+
+def test_a_script_that_reads_a_little_and_exits_does_not_wait_for_the_download(em_server, tmp_path):
+    """A program leaves its filesystem open at exit: the download behind its read must not hold it up."""
+    data = os.urandom(24 * MIB)  # 6 s at RATE
+    em_server.server.write_out_of_band("pod-a", "big", data)
+    em_server.knobs.extra["download_rate"] = RATE
+    script = ("import sys, fs\n"
+              "em = fs.open_fs(sys.argv[1])\n"
+              "handle = em.openbin('/pod-a/big')\n"
+              "sys.stdout.buffer.write(handle.read(100))\n")
+    started = time.monotonic()
+    head = subprocess.run([sys.executable, "-c", script, em_server.url()], capture_output=True, check=True,
+                          timeout=30).stdout
+    elapsed = time.monotonic() - started
+    assert head == data[:100]
+    assert elapsed < len(data) / RATE / 2, f"the script took {elapsed:.1f} s"

@@ -1,10 +1,10 @@
 """Read-through cache of whole files on local disk, for backends (or file sizes) without ranged reads.
 
-A file version (path + change token) is downloaded once with ``read_whole``, on a worker of a small pool,
-into a private temporary directory.  The local copy grows as the bytes arrive, and a reader of
-``[offset, offset+size)`` is served as soon as those bytes are on disk (or the download has ended: a short
-read at end of file), so the first 128 KiB of a 1 GiB file do not wait for the whole GiB.  Bytes go
-straight to disk; no reader ever sees a byte the download has not written yet.
+A file version (path + change token) is downloaded once with ``read_whole``, on a worker thread (at most
+``max_parallel`` downloads at a time), into a private temporary directory.  The local copy grows as the
+bytes arrive, and a reader of ``[offset, offset+size)`` is served as soon as those bytes are on disk (or
+the download has ended: a short read at end of file), so the first 128 KiB of a 1 GiB file do not wait for
+the whole GiB.  Bytes go straight to disk; no reader ever sees a byte the download has not written yet.
 
 Failure: a reader whose bytes are on disk is served; a reader waiting for bytes the download never wrote
 gets the download's own error.  The partial copy is dropped, so the next reader starts a new download.
@@ -21,7 +21,6 @@ import os
 import tempfile
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Callable, Dict, Optional, Tuple, Union
 
 from cachetools import LRUCache
@@ -123,9 +122,7 @@ class _Filling:
         self._stopped = False  # the cache closed: nobody needs it
 
     def write(self, data: Union[bytes, memoryview]) -> int:
-        with self._arrived:
-            if self._stopped or (self._dropped and not self._waiting):
-                raise _Abandoned()
+        self.require_readers()
         view = memoryview(data).cast("B")
         count = view.nbytes
         while view:  # unbuffered, so what is counted is on disk for every reader's own handle
@@ -134,6 +131,12 @@ class _Filling:
             self._written += count
             self._arrived.notify_all()
         return count
+
+    def require_readers(self) -> None:
+        """Raise :class:`_Abandoned` once nobody will read what comes next."""
+        with self._arrived:
+            if self._stopped or (self._dropped and not self._waiting):
+                raise _Abandoned()
 
     def join(self) -> None:
         """A reader will wait on this copy."""
@@ -186,8 +189,7 @@ class WholeFileCache:
         self._filling: Dict[Key, _Filling] = {}  # copies in _files whose download is still running
         self._lock = threading.Lock()
         self._closed = False
-        self._pool = ThreadPoolExecutor(max(1, backend.capabilities.max_parallel),
-                                        thread_name_prefix="hpcfs-wholefile")
+        self._slots = threading.BoundedSemaphore(max(1, backend.capabilities.max_parallel))
 
     def read(self, path: str, entry: Entry, offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset+size)`` of this file version, as soon as they are on local disk."""
@@ -208,8 +210,7 @@ class WholeFileCache:
             for (path, _), filling in self._filling.items():
                 filling.stop(path)
             self._files.clear()
-        # A worker may wait on the network for its next chunk; it ends at that chunk's write.
-        self._pool.shutdown(wait=False)
+        # A worker may still wait on the network for its next chunk: it ends at that chunk's write.
         try:
             os.rmdir(self._dir)
         except OSError:
@@ -235,13 +236,17 @@ class WholeFileCache:
         filling = _Filling(os.path.join(self._dir, uuid.uuid4().hex))
         self._files.add(key, (filling.local, listed_size))  # counted at its final size from the start
         self._filling[key] = filling
-        self._pool.submit(self._download, key, filling)
+        # A daemon thread: a program that exits with its filesystem still open must not wait for a download
+        # nobody reads any more (a pool's workers are joined at exit).
+        threading.Thread(target=self._download, args=(key, filling), name="hpcfs-wholefile", daemon=True).start()
         return filling
 
     def _download(self, key: Key, filling: _Filling) -> None:
         error: Optional[BaseException] = None
         try:
-            self.backend.read_whole(key[0], filling)
+            with self._slots:  # the downloads beyond max_parallel wait their turn here
+                filling.require_readers()
+                self.backend.read_whole(key[0], filling)
         except BaseException as exc:  # handed to the readers, whatever it is
             error = exc
         size = filling.close()
