@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 
 import pytest
 
@@ -116,6 +117,22 @@ def test_a_version_forgotten_during_its_download_is_never_served_again(em_server
     assert on_disk(cache) == [len(new)]  # the old download's copy is gone
 
 
+def test_memory_stays_flat_while_a_download_streams_to_disk(em_server, cache):
+    data = os.urandom(32 * MIB)
+    em_server.server.write_out_of_band("pod-a", "big", data)
+    entry = cache.backend.stat(PATH)
+    digest = hashlib.sha256()
+    tracemalloc.start()  # every thread's allocations: the reader's, the download's and the server's
+    try:
+        for offset in range(0, len(data), 256 * KIB):
+            digest.update(cache.read(PATH, entry, offset, 256 * KIB))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert digest.hexdigest() == sha256(data)
+    assert peak < 8 * MIB, f"{peak / MIB:.1f} MiB held while 32 MiB went through"
+
+
 def test_close_during_a_download_ends_its_worker_quietly(em_server, big, cache):
     entry = cache.backend.stat(PATH)
     assert cache.read(PATH, entry, 0, 64 * KIB) == big[: 64 * KIB]
@@ -156,7 +173,7 @@ def test_a_copy_evicted_while_filling_stops_its_download(em_server, cache, tmp_p
 @pytest.mark.skipif(not os.access("/dev/fuse", os.R_OK | os.W_OK) or not shutil.which("fusermount3"),
                     reason="needs /dev/fuse and fusermount3")
 def test_head_of_a_big_file_in_a_mount_returns_before_its_download_ends(em_server, tmp_path):
-    data = os.urandom(24 * MIB)  # 6 s at RATE
+    data = os.urandom(32 * MIB)  # 8 s at RATE
     em_server.server.write_out_of_band("pod-a", "big", data)
     with mounting.mounted(em_server.plain_url("/"), tmp_path / "mnt", env=em_server.env) as mountpoint:
         target = os.path.join(mountpoint, "pod-a", "big")
@@ -171,7 +188,7 @@ def test_head_of_a_big_file_in_a_mount_returns_before_its_download_ends(em_serve
 
 def test_a_script_that_reads_a_little_and_exits_does_not_wait_for_the_download(em_server, tmp_path):
     """A program leaves its filesystem open at exit: the download behind its read must not hold it up."""
-    data = os.urandom(24 * MIB)  # 6 s at RATE
+    data = os.urandom(32 * MIB)  # 8 s at RATE
     em_server.server.write_out_of_band("pod-a", "big", data)
     em_server.knobs.extra["download_rate"] = RATE
     script = ("import sys, fs\n"
