@@ -170,6 +170,21 @@ def test_a_copy_evicted_while_filling_stops_its_download(em_server, cache, tmp_p
         bounded.close()
 
 
+def test_a_copy_is_counted_at_the_size_it_turned_out_to_have(em_server, cache, tmp_path):
+    em_server.server.write_out_of_band("pod-a", "grown", os.urandom(8 * MIB))
+    listed = cache.backend.stat("/pod-a/grown")  # 8 MiB: more than the bound below
+    shrunk, small = os.urandom(MIB), os.urandom(256 * KIB)
+    em_server.server.write_out_of_band("pod-a", "grown", shrunk)  # changed since it was listed
+    em_server.server.write_out_of_band("pod-a", "small", small)
+    bounded = WholeFileCache(cache.backend, directory=str(tmp_path), max_bytes=MIB + 512 * KIB)
+    try:
+        assert bounded.read("/pod-a/grown", listed, 0, 8 * MIB) == shrunk
+        assert bounded.read("/pod-a/small", cache.backend.stat("/pod-a/small"), 0, MIB) == small
+        assert sorted(on_disk(bounded)) == [len(small), len(shrunk)]  # 1.25 MiB: both fit
+    finally:
+        bounded.close()
+
+
 @pytest.mark.skipif(not os.access("/dev/fuse", os.R_OK | os.W_OK) or not shutil.which("fusermount3"),
                     reason="needs /dev/fuse and fusermount3")
 def test_head_of_a_big_file_in_a_mount_returns_before_its_download_ends(em_server, tmp_path):
