@@ -19,7 +19,8 @@ get ``423 LOCKED``.  ``api="v1"`` follows the prose spec (``pod_name``, GET list
 2026 client (``pvc_name``, POST listings); the other method gets 405.
 
 Test hooks: :attr:`knobs` (common ones plus ``extra``: ``busy_time`` seconds each ``/em`` request
-holds the account lock, ``upload_delay`` seconds of the second hop, ``fail_responses`` HTML 500s to
+holds the account lock, ``upload_delay`` seconds of the second hop, ``download_rate`` bytes per second
+a download body is paced to (a slow link; 0 = as fast as the socket), ``fail_responses`` HTML 500s to
 give, ``garbage`` malformed replies such as ``{"files/list": "truncated-json"}`` -- routes by the end of
 their path: ``files/list``, ``pvc/list``, ``auth``, ``refresh``; kinds in ``common.GARBAGE_KINDS``),
 :attr:`log` (one entry per request: kind such as ``files/list``, detail = the volume it named),
@@ -71,6 +72,7 @@ UPLINK_OVERHEAD = 1 << 20  # multipart headers and form fields around an uplink'
 DEFAULT_VOLUME = "_default"  # the directory of the volume used when no pod name is given
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes (DNS-1123) label
 GIB = 1024**3
+PACED_CHUNK = 64 << 10  # bytes per chunk of a download paced by the ``download_rate`` knob
 
 DJANGO_400 = "<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Bad Request (400)</title>\n</head>\n" \
              "<body>\n  <h1>Bad Request (400)</h1><p></p>\n</body>\n</html>\n"
@@ -541,15 +543,27 @@ class EMServer:
             handler.send_header("Content-Disposition", content_disposition(os.path.basename(path)))
             handler.send_header("Transfer-Encoding", "chunked")
             handler.end_headers()
-            sent = 0
-            for chunk in iter(lambda: source.read(1 << 20), b""):
-                if limit is not None and sent + len(chunk) > limit:
-                    if limit > sent:  # (a zero-length chunk would end the body properly)
-                        handler.wfile.write(b"%x\r\n%s\r\n" % (limit - sent, chunk[: limit - sent]))
-                    handler.close_connection = True  # the transfer breaks off mid-stream
-                    return
-                handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                sent += len(chunk)
+            try:
+                self._send_chunks(handler, source, limit)
+            except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: nobody to answer
+                handler.close_connection = True
+
+    def _send_chunks(self, handler, source: BinaryIO, limit: Optional[int]):
+        """The body in chunks, paced by the ``download_rate`` knob, broken off after ``limit`` bytes if set."""
+        sent = 0
+        rate = float(self.knobs.extra.get("download_rate", 0))
+        # Paced bodies go in small chunks, so a client sees bytes arrive steadily rather than in bursts.
+        chunk_size = PACED_CHUNK if rate else 1 << 20
+        for chunk in iter(lambda: source.read(chunk_size), b""):
+            if limit is not None and sent + len(chunk) > limit:
+                if limit > sent:  # (a zero-length chunk would end the body properly)
+                    handler.wfile.write(b"%x\r\n%s\r\n" % (limit - sent, chunk[: limit - sent]))
+                handler.close_connection = True  # the transfer breaks off mid-stream
+                return
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+            if rate:
+                time.sleep(len(chunk) / rate)
         handler.wfile.write(b"0\r\n\r\n")
 
     def _delete(self, request: Request) -> Response:
@@ -632,6 +646,8 @@ def add_arguments(parser):
     add_latency_argument(parser)
     parser.add_argument("--busy-time", type=float, default=0.0, help="seconds each /em request holds the account")
     parser.add_argument("--upload-delay", type=float, default=0.0, help="extra seconds per uplink (second hop)")
+    parser.add_argument("--download-rate", type=int, default=0, metavar="BYTES",
+                        help="bytes per second each download body is paced to, as over a slow link (default: unpaced)")
     parser.add_argument("--tls", action="store_true", help="HTTPS with a self-signed certificate")
 
 
@@ -652,7 +668,8 @@ def serve(args):
             max_upload=args.max_upload, max_files=args.max_files, tls=args.tls,
         )
     server.knobs.latency = args.latency
-    server.knobs.extra.update(busy_time=args.busy_time, upload_delay=args.upload_delay)
+    server.knobs.extra.update(busy_time=args.busy_time, upload_delay=args.upload_delay,
+                              download_rate=args.download_rate)
     server.start()
     user = sorted(server.users)[0]
     query = f"?tls=1&verify={server.cert_file}" if args.tls else ""
