@@ -1373,7 +1373,9 @@ def random_reads_main(path, reference, count, seed):
     print(json.dumps({"seconds": seconds, "wrong": wrong}))
 
 
-RELAY_CHUNK = 64 * 1024  # largest chunk a relay reads and forwards at once
+# Largest chunk a relay reads and forwards at once, and its streams' buffer limit: 1 MiB rather than
+# asyncio's 64 KiB default makes the Python relay about five times faster (fewer chunks per byte).
+RELAY_CHUNK = 1 << 20
 
 
 async def _relay(reader, writer, delay: float, window: int):
@@ -1394,7 +1396,7 @@ async def _relay(reader, writer, delay: float, window: int):
     async def receive():
         nonlocal in_flight
         while True:
-            data = await reader.read(RELAY_CHUNK)
+            data = await reader.read(min(RELAY_CHUNK, window))  # a chunk always fits an empty window
             while in_flight + len(data) > window:
                 acknowledged.clear()
                 await acknowledged.wait()
@@ -1438,7 +1440,7 @@ async def _proxy(routes: Dict[int, int], delay: float, window: int):
             client_writer.close()
             return
         try:
-            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port, limit=RELAY_CHUNK)
         except OSError as exc:
             print(f"{route}: target refused ({exc.strerror})", flush=True)
             client_writer.close()
@@ -1453,7 +1455,8 @@ async def _proxy(routes: Dict[int, int], delay: float, window: int):
             for writer in (client_writer, server_writer):
                 writer.close()
 
-    servers = [await asyncio.start_server(functools.partial(connection, target), "127.0.0.1", listen)
+    servers = [await asyncio.start_server(functools.partial(connection, target), "127.0.0.1", listen,
+                                             limit=RELAY_CHUNK)
                for listen, target in routes.items()]
     await asyncio.gather(*(server.serve_forever() for server in servers))
 
