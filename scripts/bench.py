@@ -1396,7 +1396,10 @@ async def _relay(reader, writer, delay: float, window: int):
     async def receive():
         nonlocal in_flight
         while True:
-            data = await reader.read(min(RELAY_CHUNK, window))  # a chunk always fits an empty window
+            try:
+                data = await reader.read(min(RELAY_CHUNK, window))  # a chunk always fits an empty window
+            except ConnectionError:  # a reset ends this direction like an EOF: send() must not wait forever
+                data = b""
             while in_flight + len(data) > window:
                 acknowledged.clear()
                 await acknowledged.wait()

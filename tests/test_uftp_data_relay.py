@@ -5,6 +5,7 @@ import hashlib
 import os
 import re
 import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -191,5 +192,28 @@ def test_the_relay_serves_only_its_own_user(bench, tmp_path):
                 with accepted:
                     accepted.sendall(b"for you")
                     assert read_exactly(own, 7) == b"for you"
+        finally:
+            proxy.stop()
+
+
+def test_a_reset_connection_is_closed_through_to_the_target(bench, tmp_path):
+    """A client that resets its connection (as a killed mount does) ends the relayed one too: the target
+    reads the bytes sent before and then EOF, instead of a connection the relay holds open forever."""
+    with socket.create_server(("127.0.0.1", 0)) as target:
+        target.settimeout(10)
+        listen = bench.free_port()
+        proxy = bench.DelayProxy({listen: target.getsockname()[1]}, bench.DATA_RELAY_WINDOW, tmp_path, "relay",
+                                 delay_ms=1).start()
+        try:
+            target.accept()[0].close()  # the relay's own readiness probe (DelayProxy.start)
+            client = socket.create_connection(("127.0.0.1", listen), timeout=10)
+            accepted, _ = target.accept()
+            with accepted:
+                client.sendall(b"before the reset")
+                assert read_exactly(accepted, 16) == b"before the reset"
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()  # linger 0: an RST, not a FIN
+                accepted.settimeout(5)
+                assert accepted.recv(1) == b""
         finally:
             proxy.stop()
