@@ -92,7 +92,8 @@ def test_a_full_range_is_one_error_reply_and_the_session_goes_on(peer, data_port
 
 @pytest.mark.parametrize("settings", [{"data_port_range": (2000, 1999)}, {"data_port_range": (0, 10)},
                                       {"data_port_range": (65530, 65535), "advertised_data_port_offset": 64},
-                                      {"advertised_data_port_offset": -70000}])
+                                      {"data_port_range": (1024, 1087), "advertised_data_port_offset": -1024},
+                                      {"advertised_data_port_offset": 64}])
 def test_impossible_data_ports_are_refused_at_start(tmp_path, settings):
     with pytest.raises(ValueError, match="data_port_range|advertised_data_port_offset"):
         UFTPServer(str(tmp_path), {"u": "p"}, tls_dir=str(tmp_path), **settings)

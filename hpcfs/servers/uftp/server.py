@@ -383,8 +383,13 @@ class UFTPServer:
 
 
 def _check_data_ports(port_range: Optional[Tuple[int, int]], offset: int) -> None:
-    """Refuse a data port range (or its advertised shift) that names ports TCP does not have."""
-    lowest, highest = port_range or (1, 65535)
+    """Refuse a data port range (or its advertised shift) that names ports TCP does not have, and a shift of
+    ports nobody can know in advance (a relay must listen on the shifted ports before the server names them)."""
+    if port_range is None:
+        if offset:
+            raise ValueError("advertised_data_port_offset needs a data_port_range")
+        return
+    lowest, highest = port_range
     if not 0 < lowest <= highest <= 65535:
         raise ValueError(f"data_port_range {port_range} is not lowest:highest within 1..65535")
     if not 0 < lowest + offset <= highest + offset <= 65535:
