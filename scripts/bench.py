@@ -10,8 +10,8 @@ this script started is stopped on the way out.
 
     .venv/bin/python scripts/bench.py [--quick] [--peers hpcfs,sshfs,...] [--workloads seq-read,...]
 
-Internal helpers run as subprocesses of the same file: ``_proxy DELAY_MS WINDOW_BYTES LISTEN:TARGET...`` and
-``_randread FILE REFERENCE COUNT SEED``.
+Internal helpers run as subprocesses of the same file: ``_proxy DELAY_MS WINDOW_BYTES READY_FD LISTEN:TARGET...``
+and ``_randread FILE REFERENCE COUNT SEED``.
 """
 import argparse
 import asyncio
@@ -24,6 +24,7 @@ import platform
 import random
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -261,14 +262,24 @@ class DelayProxy:
         (port,) = self.routes
         return port
 
-    def start(self):
+    def start(self, limit: float = 20):
+        """Start the relay and wait until it listens on every port.  It says so on a pipe: a test connection
+        would be relayed, and the UFTP server could take it for the next client's data connection."""
         routes = [f"{listen}:{target}" for listen, target in self.routes.items()]
-        with open(self.logs / f"{self.name}.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, __file__, "_proxy", str(self.delay_ms), str(self.window), *routes],
-                stdout=log, stderr=log, start_new_session=True)
-        # The relay binds its listen ports in order: once the last one answers, all do.
-        wait_for_port(list(self.routes)[-1], self.process, f"the delay relay {self.name}")
+        log_path = self.logs / f"{self.name}.log"
+        ready, ready_for_child = os.pipe()
+        try:
+            with open(log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    [sys.executable, __file__, "_proxy", str(self.delay_ms), str(self.window), str(ready_for_child),
+                     *routes], stdout=log, stderr=log, start_new_session=True, pass_fds=(ready_for_child,))
+        finally:
+            os.close(ready_for_child)  # only the relay holds it now: its exit is an EOF here
+        with open(ready, "rb") as said:
+            answered = select.select([said], [], [], limit)[0]
+            if not answered or said.readline() != RELAY_READY:
+                stop_process(self.process)
+                raise RuntimeError(f"the delay relay {self.name} did not start within {limit:g} s (see {log_path})")
         return self
 
     def stop(self):
@@ -1376,6 +1387,7 @@ def random_reads_main(path, reference, count, seed):
 # Largest chunk a relay reads and forwards at once, and its streams' buffer limit: 1 MiB rather than
 # asyncio's 64 KiB default makes the Python relay about five times faster (fewer chunks per byte).
 RELAY_CHUNK = 1 << 20
+RELAY_READY = b"listening\n"  # what a relay writes to its readiness pipe once it listens on every port
 
 
 async def _relay(reader, writer, delay: float, window: int):
@@ -1429,7 +1441,7 @@ async def _relay(reader, writer, delay: float, window: int):
         receiving.cancel()
 
 
-async def _proxy(routes: Dict[int, int], delay: float, window: int):
+async def _proxy(routes: Dict[int, int], delay: float, window: int, ready_fd: int):
     """Relay each listen port to its target port on 127.0.0.1.  A connection from another local user is
     closed unserved: the UFTP server checks the user of each data connection, and through the relay it sees
     only the relay's, so the relay makes the same check for its own user."""
@@ -1461,14 +1473,17 @@ async def _proxy(routes: Dict[int, int], delay: float, window: int):
     servers = [await asyncio.start_server(functools.partial(connection, target), "127.0.0.1", listen,
                                              limit=RELAY_CHUNK)
                for listen, target in routes.items()]
+    os.write(ready_fd, RELAY_READY)
+    os.close(ready_fd)
     await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
-def proxy_main(delay_ms, window, *routes):
-    """``_proxy DELAY_MS WINDOW_BYTES LISTEN:TARGET...``: one relay process, one event loop for every route."""
+def proxy_main(delay_ms, window, ready_fd, *routes):
+    """``_proxy DELAY_MS WINDOW_BYTES READY_FD LISTEN:TARGET...``: one relay process, one event loop for every
+    route; it writes ``RELAY_READY`` to the file descriptor READY_FD once it listens on every port."""
     sys.path.insert(0, str(REPO))  # the relay checks its clients' user with hpcfs's own helper
     pairs = dict(tuple(int(port) for port in route.split(":")) for route in routes)
-    asyncio.run(_proxy(pairs, float(delay_ms) / 1000.0, int(window)))
+    asyncio.run(_proxy(pairs, float(delay_ms) / 1000.0, int(window), int(ready_fd)))
 
 
 if __name__ == "__main__":

@@ -179,8 +179,6 @@ def test_the_relay_serves_only_its_own_user(bench, tmp_path):
         listen = bench.free_port()
         proxy = bench.DelayProxy({listen: port}, bench.DATA_RELAY_WINDOW, tmp_path, "relay", delay_ms=1).start()
         try:
-            accepted, _ = target.accept()  # the relay's own readiness probe (DelayProxy.start)
-            accepted.close()
             stranger = subprocess.run(
                 ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c",
                  f"exec 3<>/dev/tcp/127.0.0.1/{listen}; cat <&3"], capture_output=True, timeout=20)
@@ -206,7 +204,6 @@ def test_a_reset_connection_is_closed_through_to_the_target(bench, tmp_path):
         proxy = bench.DelayProxy({listen: target.getsockname()[1]}, bench.DATA_RELAY_WINDOW, tmp_path, "relay",
                                  delay_ms=1).start()
         try:
-            target.accept()[0].close()  # the relay's own readiness probe (DelayProxy.start)
             client = socket.create_connection(("127.0.0.1", listen), timeout=10)
             accepted, _ = target.accept()
             with accepted:
@@ -216,5 +213,21 @@ def test_a_reset_connection_is_closed_through_to_the_target(bench, tmp_path):
                 client.close()  # linger 0: an RST, not a FIN
                 accepted.settimeout(5)
                 assert accepted.recv(1) == b""
+        finally:
+            proxy.stop()
+
+
+def test_a_relay_says_when_it_listens_and_never_probes_its_targets(bench, tmp_path):
+    """DelayProxy.start returns once the relay listens, without a test connection that the relay would pass on
+    (a UFTP server could take it for a client's data connection); a relay that cannot listen is an error."""
+    with socket.create_server(("127.0.0.1", 0)) as target:
+        target.settimeout(1)
+        listen = bench.free_port()
+        proxy = bench.DelayProxy({listen: target.getsockname()[1]}, 1 << 20, tmp_path, "relay", delay_ms=1).start()
+        try:
+            with pytest.raises(socket.timeout):
+                target.accept()
+            with pytest.raises(RuntimeError, match="did not start"):
+                bench.DelayProxy({listen: target.getsockname()[1]}, 1 << 20, tmp_path, "second", delay_ms=1).start()
         finally:
             proxy.stop()
