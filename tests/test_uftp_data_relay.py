@@ -16,7 +16,7 @@ import pytest
 from hpcfs.servers.uftp import UFTPServer
 from test_speed_mechanisms import load_bench
 from test_uftp_peers import auth_endpoint, peer, pyuftp  # noqa: F401 (fixture)
-from test_uftp_server import Wire, read_all, read_exactly, secret_for
+from test_uftp_server import read_all, read_exactly, session
 
 pytestmark = pytest.mark.timeout(60)
 RANGE = 4  # data ports in the server's range: fewer than the connections each test opens
@@ -45,10 +45,8 @@ def relay(bench, ports, logs: Path, delay_ms: float, window: int):
     return bench.DelayProxy({port + SHIFT: port for port in ports}, window, logs, "relay", delay_ms=delay_ms).start()
 
 
-def login(handle, base="/data/"):
-    wire = Wire(handle.server.listen_port)
-    assert wire.login(secret_for(handle.server, base)) == b"230 Login successful\n"
-    return wire
+def login(handle):
+    return session(handle.server, "/data/")
 
 
 def advertised_port(reply: bytes) -> int:
@@ -95,7 +93,7 @@ def test_a_full_range_is_one_error_reply_and_the_session_goes_on(peer, data_port
                                       {"data_port_range": (1024, 1087), "advertised_data_port_offset": -1024},
                                       {"advertised_data_port_offset": 64}])
 def test_impossible_data_ports_are_refused_at_start(tmp_path, settings):
-    with pytest.raises(ValueError, match="data_port_range|advertised_data_port_offset"):
+    with pytest.raises(ValueError, match=r"data_port_range|advertised_data_port_offset"):
         UFTPServer(str(tmp_path), {"u": "p"}, tls_dir=str(tmp_path), **settings)
 
 
