@@ -268,14 +268,15 @@ class DelayProxy:
         routes = [f"{listen}:{target}" for listen, target in self.routes.items()]
         log_path = self.logs / f"{self.name}.log"
         ready, ready_for_child = os.pipe()
-        try:
-            with open(log_path, "ab") as log:
-                self.process = subprocess.Popen(
-                    [sys.executable, __file__, "_proxy", str(self.delay_ms), str(self.window), str(ready_for_child),
-                     *routes], stdout=log, stderr=log, start_new_session=True, pass_fds=(ready_for_child,))
-        finally:
-            os.close(ready_for_child)  # only the relay holds it now: its exit is an EOF here
         with open(ready, "rb") as said:
+            try:
+                with open(log_path, "ab") as log:
+                    self.process = subprocess.Popen(
+                        [sys.executable, __file__, "_proxy", str(self.delay_ms), str(self.window),
+                         str(ready_for_child), *routes],
+                        stdout=log, stderr=log, start_new_session=True, pass_fds=(ready_for_child,))
+            finally:
+                os.close(ready_for_child)  # only the relay holds it now: its exit is an EOF here
             answered = select.select([said], [], [], limit)[0]
             if not answered or said.readline() != RELAY_READY:
                 stop_process(self.process)
