@@ -2,15 +2,16 @@
 
 Everything runs on this machine and binds 127.0.0.1.  The local UFTP server runs inside this process (its
 request log gives hpcfs's server request counts); a loopback OpenSSH sshd serves the same directory to the
-SFTP peers.  Every workload runs twice: on plain loopback and with 10 ms round trip injected, for UFTP by the
-server's latency knob, for sshd by a user-space delay proxy (``_proxy`` below) that holds every chunk 5 ms
-in each direction.  Each measurement gets a fresh mount; every command has a time limit; every mount is
-unmounted and every process this script started is stopped on the way out.
+SFTP peers.  Every workload runs twice: on plain loopback and with 10 ms round trip injected by user-space
+delay relays (``_proxy`` below) that hold every chunk 5 ms in each direction: one in front of sshd, one in
+front of the UFTP server's data ports; UFTP commands are delayed by the server's latency knob.  Each
+measurement gets a fresh mount; every command has a time limit; every mount is unmounted and every process
+this script started is stopped on the way out.
 
     .venv/bin/python scripts/bench.py [--quick] [--peers hpcfs,sshfs,...] [--workloads seq-read,...]
 
-Internal helpers run as subprocesses of the same file: ``_proxy LISTEN_PORT TARGET_PORT DELAY_MS`` and
-``_randread FILE REFERENCE COUNT SEED``.
+Internal helpers run as subprocesses of the same file: ``_proxy DELAY_MS WINDOW_BYTES READY_FD LISTEN:TARGET...``
+and ``_randread FILE REFERENCE COUNT SEED``.
 """
 import argparse
 import asyncio
@@ -23,6 +24,7 @@ import platform
 import random
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -45,6 +47,15 @@ SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 MB = 1_000_000  # rates are in MB/s of 10^6 bytes, as dd prints them
 MIB = 1 << 20
 RTTS = (0, 10)  # round trips in ms: loopback, then injected
+ONE_WAY_MS = 5  # the relays' delay in each direction: half of the injected round trip
+# Bytes a relay direction holds from arrival until its "acknowledgement" would be back (one more one-way
+# delay): a TCP window.  sshd's relay: generous, SSH's own 2 MiB channel window is what limits a channel.
+SSH_RELAY_WINDOW = 16 * (1 << 20)
+# UFTP data relay: Linux's default maximum TCP receive window (net.ipv4.tcp_rmem max, 6 MiB), so one long
+# RETR through it tops out near 6 MiB per 10 ms round trip (about 630 MB/s), as one TCP stream on a real
+# 10 ms link with default settings would.
+DATA_RELAY_WINDOW = 6 * (1 << 20)
+DATA_PORTS = 64  # the UFTP server's data port range (the real-uftpd kit gives UFTPD 64 too)
 PEER_NAMES = ("hpcfs", "sshfs", "rclone", "rclone-hashcheck", "pyuftp", "pyunicore-fuse")
 DOC_BEGIN, DOC_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
@@ -139,6 +150,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_block(count: int, attempts: int = 100) -> int:
+    """The first of ``count`` consecutive loopback ports that are all free now, drawn below the kernel's
+    ephemeral range (so an outgoing connection cannot take one before its server binds it)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+        ephemeral_low = int(handle.read().split()[0])
+    for _ in range(attempts):
+        first = random.randrange(10000, ephemeral_low - count)
+        if all(port_is_free(port) for port in range(first, first + count)):
+            return first
+    raise RuntimeError(f"found no {count} consecutive free ports below {ephemeral_low}")
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is free
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def wait_for_port(port: int, process: subprocess.Popen, what: str, limit: float = 20):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -216,19 +249,38 @@ class Sshd:
 
 
 class DelayProxy:
-    """``_proxy`` in a subprocess: a TCP relay to ``target`` holding every chunk ``delay_ms`` each way."""
+    """``_proxy`` in a subprocess: TCP relays from each listen port to its target port, holding every chunk
+    ``delay_ms`` each way with at most ``window`` bytes in flight per direction; it logs to ``NAME.log``."""
 
-    def __init__(self, target: int, delay_ms: float, logs: Path):
-        self.target, self.delay_ms, self.logs = target, delay_ms, logs
-        self.port = free_port()
-        self.process = None
+    def __init__(self, routes: Dict[int, int], window: int, logs: Path, name: str, delay_ms: float = ONE_WAY_MS):
+        self.routes, self.window, self.logs, self.name, self.delay_ms = routes, window, logs, name, delay_ms
+        self.process: Optional[subprocess.Popen] = None
 
-    def start(self):
-        with open(self.logs / "proxy.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, __file__, "_proxy", str(self.port), str(self.target), str(self.delay_ms)],
-                stdout=log, stderr=log, start_new_session=True)
-        wait_for_port(self.port, self.process, "the delay proxy")
+    @property
+    def port(self) -> int:
+        """The listen port of a relay with one route."""
+        (port,) = self.routes
+        return port
+
+    def start(self, limit: float = 20):
+        """Start the relay and wait until it listens on every port.  It says so on a pipe: a test connection
+        would be relayed, and the UFTP server could take it for the next client's data connection."""
+        routes = [f"{listen}:{target}" for listen, target in self.routes.items()]
+        log_path = self.logs / f"{self.name}.log"
+        ready, ready_for_child = os.pipe()
+        with open(ready, "rb") as said:
+            try:
+                with open(log_path, "ab") as log:
+                    self.process = subprocess.Popen(
+                        [sys.executable, __file__, "_proxy", str(self.delay_ms), str(self.window),
+                         str(ready_for_child), *routes],
+                        stdout=log, stderr=log, start_new_session=True, pass_fds=(ready_for_child,))
+            finally:
+                os.close(ready_for_child)  # only the relay holds it now: its exit is an EOF here
+            answered = select.select([said], [], [], limit)[0]
+            if not answered or said.readline() != RELAY_READY:
+                stop_process(self.process)
+                raise RuntimeError(f"the delay relay {self.name} did not start within {limit:g} s (see {log_path})")
         return self
 
     def stop(self):
@@ -236,8 +288,12 @@ class DelayProxy:
 
 
 class Site:
-    """The servers of one run: UFTP in this process, sshd and its delay proxy in subprocesses.  Each client
-    gets its own UFTP user, so one peer's leaked sessions never count against another's session limit."""
+    """The servers of one run: UFTP in this process, sshd and the delay relays in subprocesses.  Each client
+    gets its own UFTP user, so one peer's leaked sessions never count against another's session limit.
+
+    The UFTP server's data listeners use a fixed port range; the data relay listens on the same range
+    shifted by ``DATA_PORTS`` and forwards each port to its partner.  At 10 ms the server advertises the
+    shifted ports in its 227/229 replies, so every UFTP client's data connections go through the relay."""
 
     CLIENTS = ("hpcfs", "pyuftp", "pyunicore")
 
@@ -248,31 +304,36 @@ class Site:
         self.passwords = {name: secrets.token_urlsafe(12) for name in self.CLIENTS}
         tls = run_dir / "tls"
         tls.mkdir(mode=0o700)
-        self.uftp = UFTPServer(str(data.root), dict(self.passwords), tls_dir=str(tls))
+        first = free_port_block(2 * DATA_PORTS)
+        self.data_ports = range(first, first + DATA_PORTS)
+        self.uftp = UFTPServer(str(data.root), dict(self.passwords), tls_dir=str(tls),
+                               data_port_range=(self.data_ports[0], self.data_ports[-1]))
         self.sshd = Sshd(run_dir, logs)
-        self.proxy = None
+        self.proxy = DelayProxy({free_port(): self.sshd.port}, SSH_RELAY_WINDOW, logs, "proxy")
+        relayed = {port + DATA_PORTS: port for port in self.data_ports}
+        self.data_relay = DelayProxy(relayed, DATA_RELAY_WINDOW, logs, "data-relay")
         self.ssh_config = None
         self.rtt = 0
-        self.logs = logs
 
     def start(self):
         self.uftp.start()
         self.sshd.start()
-        self.proxy = DelayProxy(self.sshd.port, 5, self.logs).start()
+        self.proxy.start()
         self.ssh_config = self.sshd.client_config({0: self.sshd.port, 10: self.proxy.port})
+        self.data_relay.start()
         return self
 
     def stop(self):
-        for stop in (self.proxy.stop if self.proxy else None, self.sshd.stop, self.uftp.stop):
-            if stop is not None:
-                with contextlib.suppress(Exception):
-                    stop()
+        for stop in (self.proxy.stop, self.data_relay.stop, self.sshd.stop, self.uftp.stop):
+            with contextlib.suppress(Exception):
+                stop()
 
     def set_rtt(self, rtt_ms: int):
-        """UFTP: every command reply (control channel and Auth REST) waits one full round trip.  SSH: the
-        proxy's 5 ms each way are used instead of the direct port."""
+        """UFTP: every command reply (control channel and Auth REST) waits one full round trip, and data
+        connections go through the data relay.  SSH: the proxy is used instead of the direct port."""
         self.rtt = rtt_ms
         self.uftp.knobs.latency = rtt_ms / 1000.0
+        self.uftp.knobs.extra["advertised_data_port_offset"] = DATA_PORTS if rtt_ms else 0
 
     @property
     def auth_url(self):
@@ -338,6 +399,7 @@ def run_hashed(argv, limit: float, expected: str, env=None, stderr=None, cwd=Non
     """``run_timed`` with the command's stdout piped through ``sha256sum`` (on the other core, while it
     runs): a read whose bytes differ from ``expected`` is Failed, whatever its speed."""
     digest = subprocess.Popen(["sha256sum"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert digest.stdin is not None and digest.stdout is not None  # both are pipes
     try:
         seconds = run_timed(argv, limit, env=env, stdout=digest.stdin, stderr=stderr, cwd=cwd)
     finally:
@@ -568,7 +630,8 @@ def describe_requests(made) -> str:
 def listing_counts(made, tree_files):
     """``(listing requests, requests naming one file of the tree)``; pyunicore sends paths without the
     leading slash."""
-    listings = sum(1 for kind, detail in made if (kind == "STAT" and detail.startswith("N ")) or kind in ("LIST", "MLSD"))
+    listings = sum(1 for kind, detail in made
+                   if (kind == "STAT" and detail.startswith("N ")) or kind in ("LIST", "MLSD"))
     per_file = sum(1 for _, detail in made if "/" + detail.split(" ")[-1].lstrip("/") in tree_files)
     return listings, per_file
 
@@ -620,7 +683,8 @@ def random_read(mount, ctx, peer, window):
     if report["wrong"]:
         return {"random-read": Outcome.failed(f"{report['wrong']:,} of {count:,} reads returned wrong bytes")}
     per_second = count / report["seconds"]
-    outcome = Outcome(per_second, f"{per_second:,.0f} reads/s", f"{count:,}/{count:,} correct, {report['seconds']:.2f} s")
+    outcome = Outcome(per_second, f"{per_second:,.0f} reads/s",
+                      f"{count:,}/{count:,} correct, {report['seconds']:.2f} s")
     if peer.protocol == "uftp":
         outcome.requests = describe_requests(window.made())
     return {"random-read": outcome}
@@ -1178,8 +1242,12 @@ def commands_used(ctx: Context) -> List[str]:
         shown = " ".join(str(a) for a in argv)
         names = " ".join(sorted(k for k in env if k.startswith(("UFTP", "HPCFS"))))
         lines.append(f"{peer.label}: `{shown}`" + (f" (with {names} in the environment)" if names else ""))
-    lines.append(f"at RTT 10 ms the UFTP commands are the same (the server's latency knob is set); sshfs uses the "
-                 f"host alias `bench-rtt10` and rclone `port={ctx.site.proxy.port}`, the delay proxy")
+    ports = ctx.site.data_ports
+    lines.append(f"at RTT 10 ms the UFTP commands are the same: the server's latency knob is set, and its "
+                 f"227/229 replies name the data relay's ports {ports[0] + DATA_PORTS}-{ports[-1] + DATA_PORTS} "
+                 f"instead of its own data ports {ports[0]}-{ports[-1]}, so every UFTP client's data goes through "
+                 f"the relay; sshfs uses the host alias `bench-rtt10` and rclone `port={ctx.site.proxy.port}`, "
+                 "the delay proxy")
     return lines
 
 
@@ -1283,8 +1351,8 @@ def main(argv=None):
                            "requests)" if os.geteuid() == 0 else
                            f"uid {os.geteuid()}, not root: every row (hpcfs mounts get the kernel's 128 KiB "
                            "FUSE requests)")
-        facts["load"] = ("1-minute load average %.2f before the run, %.2f after (other work on the machine "
-                         "shows up here)" % (load_before[0], os.getloadavg()[0]))
+        facts["load"] = (f"1-minute load average {load_before[0]:.2f} before the run, {os.getloadavg()[0]:.2f} "
+                         "after (other work on the machine shows up here)")
         report = markdown(results, facts, ctx, rtts, time.monotonic() - started)
     finally:
         unmount(ctx.mountpoint)
@@ -1317,16 +1385,39 @@ def random_reads_main(path, reference, count, seed):
     print(json.dumps({"seconds": seconds, "wrong": wrong}))
 
 
-async def _relay(reader, writer, delay):
-    """Forward chunks in order, each no earlier than ``delay`` after it arrived; at most 16 MiB queued
-    (a generous TCP window: SSH's own 2 MiB channel window is what limits a single channel)."""
+# Largest chunk a relay reads and forwards at once, and its streams' buffer limit: 1 MiB rather than
+# asyncio's 64 KiB default makes the Python relay about five times faster (fewer chunks per byte).
+RELAY_CHUNK = 1 << 20
+RELAY_READY = b"listening\n"  # what a relay writes to its readiness pipe once it listens on every port
+
+
+async def _relay(reader, writer, delay: float, window: int):
+    """Forward chunks in order, each ``delay`` after it entered the relay.  A chunk enters only while fewer
+    than ``window`` bytes are in flight, and stays counted until its acknowledgement would be back (one more
+    ``delay`` after it was forwarded), as bytes in a TCP window do: one connection moves at most
+    ``window`` per ``2 * delay``, like one TCP stream on a link of that round trip."""
     loop = asyncio.get_running_loop()
-    queue = asyncio.Queue(maxsize=256)
+    queue: asyncio.Queue = asyncio.Queue()
+    in_flight = 0
+    acknowledged = asyncio.Event()
+
+    def acknowledge(size: int):
+        nonlocal in_flight
+        in_flight -= size
+        acknowledged.set()
 
     async def receive():
+        nonlocal in_flight
         while True:
-            data = await reader.read(64 * 1024)
-            await queue.put((loop.time() + delay, data))
+            try:
+                data = await reader.read(min(RELAY_CHUNK, window))  # a chunk always fits an empty window
+            except ConnectionError:  # a reset ends this direction like an EOF: send() must not wait forever
+                data = b""
+            while in_flight + len(data) > window:
+                acknowledged.clear()
+                await acknowledged.wait()
+            in_flight += len(data)
+            queue.put_nowait((loop.time() + delay, data))
             if not data:
                 return
 
@@ -1342,6 +1433,7 @@ async def _relay(reader, writer, delay):
                 return
             writer.write(data)
             await writer.drain()
+            loop.call_later(delay, acknowledge, len(data))
 
     receiving = asyncio.ensure_future(receive())
     try:
@@ -1350,29 +1442,49 @@ async def _relay(reader, writer, delay):
         receiving.cancel()
 
 
-async def _proxy(listen_port, target_port, delay):
-    async def connection(client_reader, client_writer):
-        try:
-            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        except OSError:
+async def _proxy(routes: Dict[int, int], delay: float, window: int, ready_fd: int):
+    """Relay each listen port to its target port on 127.0.0.1.  A connection from another local user is
+    closed unserved: the UFTP server checks the user of each data connection, and through the relay it sees
+    only the relay's, so the relay makes the same check for its own user."""
+    from hpcfs.servers.common import peer_uid
+
+    async def connection(target_port, client_reader, client_writer):
+        route = f"{client_writer.get_extra_info('sockname')[1]} -> {target_port}"
+        uid = peer_uid(client_writer.get_extra_info("socket"))
+        if uid != os.geteuid():
+            print(f"{route}: refused a connection of uid {uid}", flush=True)
             client_writer.close()
             return
+        try:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port, limit=RELAY_CHUNK)
+        except OSError as exc:
+            print(f"{route}: target refused ({exc.strerror})", flush=True)
+            client_writer.close()
+            return
+        print(f"{route}: relaying", flush=True)
         for writer in (client_writer, server_writer):
             writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            await asyncio.gather(_relay(client_reader, server_writer, delay), _relay(server_reader, client_writer, delay),
-                                 return_exceptions=True)
+            await asyncio.gather(_relay(client_reader, server_writer, delay, window),
+                                 _relay(server_reader, client_writer, delay, window), return_exceptions=True)
         finally:
             for writer in (client_writer, server_writer):
                 writer.close()
 
-    server = await asyncio.start_server(connection, "127.0.0.1", listen_port)
-    async with server:
-        await server.serve_forever()
+    servers = [await asyncio.start_server(functools.partial(connection, target), "127.0.0.1", listen,
+                                             limit=RELAY_CHUNK)
+               for listen, target in routes.items()]
+    os.write(ready_fd, RELAY_READY)
+    os.close(ready_fd)
+    await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
-def proxy_main(listen_port, target_port, delay_ms):
-    asyncio.run(_proxy(int(listen_port), int(target_port), float(delay_ms) / 1000.0))
+def proxy_main(delay_ms, window, ready_fd, *routes):
+    """``_proxy DELAY_MS WINDOW_BYTES READY_FD LISTEN:TARGET...``: one relay process, one event loop for every
+    route; it writes ``RELAY_READY`` to the file descriptor READY_FD once it listens on every port."""
+    sys.path.insert(0, str(REPO))  # the relay checks its clients' user with hpcfs's own helper
+    pairs = dict(tuple(int(port) for port in route.split(":")) for route in routes)
+    asyncio.run(_proxy(pairs, float(delay_ms) / 1000.0, int(window), int(ready_fd)))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import string
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .. import common
 from .session import Session, UFTPError
@@ -30,6 +30,11 @@ DEFAULTS = {  # live settings, changeable by tests through knobs.extra
     "max_streams": 4,  # cap for NOOP n
     "data_accept_timeout": 30.0,  # a PASV/EPSV listener waits this long; then the session ends
     "data_chunk_latency": 0.0,  # seconds slept after each data chunk
+    # (lowest, highest) ports for PASV/EPSV listeners, as UFTPD's PORT_RANGE=lo:hi; None: any free port
+    "data_port_range": None,
+    # 227/229 replies name the listener's port plus this: a relay in front of the data ports listens there
+    # (scripts/bench.py delays data that way); 0 names the listener itself
+    "advertised_data_port_offset": 0,
 }
 
 
@@ -89,6 +94,7 @@ class UFTPServer:
             self.knobs.extra.setdefault(name, settings.pop(name, value))
         if settings:
             raise TypeError(f"unknown settings: {', '.join(settings)}")
+        _check_data_ports(self.setting("data_port_range"), self.setting("advertised_data_port_offset"))
         self.log = log or common.RequestLog()
         self.jobs: Dict[str, TransferJob] = {}
         self.user_counts: Dict[str, int] = {}
@@ -374,6 +380,21 @@ class UFTPServer:
 
                 return verify_ssh_jwt(credential, self.authorized_keys)
         return None
+
+
+def _check_data_ports(port_range: Optional[Tuple[int, int]], offset: int) -> None:
+    """Refuse a data port range (or its advertised shift) that names ports TCP does not have, and a shift of
+    ports nobody can know in advance (a relay must listen on the shifted ports before the server names them)."""
+    if port_range is None:
+        if offset:
+            raise ValueError("advertised_data_port_offset needs a data_port_range")
+        return
+    lowest, highest = port_range
+    if not 0 < lowest <= highest <= 65535:
+        raise ValueError(f"data_port_range {port_range} is not lowest:highest within 1..65535")
+    if not 0 < lowest + offset <= highest + offset <= 65535:
+        raise ValueError(f"advertised_data_port_offset {offset} moves data ports {lowest}..{highest} "
+                         "outside 1..65535")
 
 
 def _transfer_request(user, secret, body, client_ip):

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import posixpath
+import random
 import socket
 import sys
 import tarfile
@@ -359,8 +360,8 @@ class Session:
         if len(self.connectors) == self.num_streams:
             self.close_data()
         my_ip = self.control.local_ip()
-        with socket.create_server((my_ip, 0)) as listener:
-            port = listener.getsockname()[1]
+        with self.data_listener(my_ip) as listener:
+            port = listener.getsockname()[1] + self.server.setting("advertised_data_port_offset")
             if extended:
                 self.reply(f"229 Entering Extended Passive Mode (|||{port}|)")
             else:
@@ -370,6 +371,23 @@ class Session:
         if len(self.connectors) == self.num_streams:
             streams = [data_stream(s, self.job.key, self.job.algo, self.job.compress) for s in self.connectors]
             self.data = streams[0] if self.num_streams == 1 else MultiStreamData(streams)
+
+    def data_listener(self, host: str) -> socket.socket:
+        """A listener for one data connection: any free port, or with ``data_port_range`` the first free one
+        from a random port of the range on, wrapping around (UFTPD's ``setup_data_server_socket``)."""
+        port_range = self.server.setting("data_port_range")
+        if port_range is None:
+            return socket.create_server((host, 0))
+        lowest, highest = port_range
+        count = highest - lowest + 1
+        first = random.randrange(count)
+        for step in range(count):
+            try:
+                return socket.create_server((host, lowest + (first + step) % count))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise UFTPError(f"Cannot set up data connection - no free ports in range {lowest}:{highest}")
 
     def accept_own_data_connection(self, listener):
         """The connection from this session's client to ``listener``.  Another host is refused as UFTPD does
