@@ -394,6 +394,7 @@ class ControlSession:
                 if buffer is None:  # fresh_buffers, at the start of a piece
                     piece = _receive_piece(data, min(chunk, count - received), path)
                     if len(piece) == min(chunk, count - received):
+                        _quickack(data)  # as when the loop drains the socket: the sender may wait for our ACK
                         consume(memoryview(piece))
                         received += len(piece)
                         continue
