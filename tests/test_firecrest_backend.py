@@ -156,6 +156,29 @@ def test_staging_waits_for_the_object_not_the_scheduler(firecrest_server, backen
     assert 3 <= firecrest_server.log.total(fc.STAGED_GET) - 1 <= 6  # the looks, bounded, and the one read
 
 
+def test_readers_go_on_while_one_rechecks_the_staged_version(firecrest_server, backend):
+    data = os.urandom(4 * MIB)
+    write_local(firecrest_server, "/steady.bin", data)
+    assert backend.read_range("/steady.bin", 0, 1) == data[:1]  # staged
+    backend.recheck = 0.2
+    time.sleep(0.3)
+    firecrest_server.knobs.extra["command_latency"] = 1.5  # the re-check's ops/stat takes 1.5 s
+    firecrest_server.log.reset()
+    started, finished = time.monotonic(), {}
+
+    def read(offset):
+        finished[offset] = backend.read_range("/steady.bin", offset, MIB), time.monotonic() - started
+
+    readers = [threading.Thread(target=read, args=(offset,)) for offset in range(0, len(data), MIB)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(30)
+    assert sha256(b"".join(finished[offset][0] for offset in sorted(finished))) == sha256(data)
+    assert firecrest_server.log.total(fc.STAT) == 1  # one reader re-checked the version ...
+    assert sum(seconds < 0.75 for _, seconds in finished.values()) == 3  # ... the others did not wait for it
+
+
 def test_a_file_changed_before_its_staging_job_ran_is_an_error_not_a_prefix(firecrest_server, backend):
     firecrest_server.knobs.extra["queue_delay"] = 0.3
     first, second = os.urandom(6 * MIB), os.urandom(7 * MIB)

@@ -203,28 +203,50 @@ class FirecrestBackend(Backend):
 
     def _staged_copy(self, path: str) -> _StagedCopy:
         """The staging URL of the current version of ``path``: one staging job per version.  A version
-        seen less than ``recheck`` seconds ago (the caller's own stat before reading) is not asked again."""
-        with self._stage_locks[hash(path) % STAGE_LOCKS]:
-            with self._staged_lock:
-                copy = self._staged.get(path)
-            now = time.monotonic()
-            if copy and now - copy.checked < self.recheck:
-                return copy
-            entry = self._seen_within(path, self.recheck) or self.stat(path)
-            if entry.kind == DIRECTORY:
-                raise errors.IsADirectory("is a directory", path)
-            if copy and copy.token == entry.change_token:
-                copy.checked = now
-                return copy
-            _refuse_mangled(path)
-            job, url = self.client.transfer_download(path, self.account)
-            self._await_staged(job, url, entry, path)
-            copy = _StagedCopy(url, entry.change_token, time.monotonic())
-            with self._staged_lock:
-                if len(self._staged) >= 1024:
-                    self._staged.clear()
-                self._staged[path] = copy
+        seen less than ``recheck`` seconds ago (the caller's own stat before reading) is not asked again.
+        While one reader re-checks a staged version, the others go on reading it rather than wait for the
+        check (an ``ops/stat`` over SSH, or a whole staging job when the file changed)."""
+        lock = self._stage_locks[hash(path) % STAGE_LOCKS]
+        copy = self._fresh_copy(path, self.recheck)
+        if copy:
             return copy
+        copy = self._fresh_copy(path, float("inf"))
+        if copy is None:
+            lock.acquire()
+        elif not lock.acquire(blocking=False):
+            return copy
+        try:
+            return self._current_copy(path)
+        finally:
+            lock.release()
+
+    def _fresh_copy(self, path: str, seconds: float) -> Optional[_StagedCopy]:
+        """The staged copy of ``path`` if it was checked in the last ``seconds``."""
+        with self._staged_lock:
+            copy = self._staged.get(path)
+        return copy if copy and time.monotonic() - copy.checked < seconds else None
+
+    def _current_copy(self, path: str) -> _StagedCopy:
+        """Under the path's staging lock: check the staged copy against the file, stage it if it changed."""
+        copy = self._fresh_copy(path, float("inf"))
+        now = time.monotonic()
+        if copy and now - copy.checked < self.recheck:  # checked by the reader that held the lock before
+            return copy
+        entry = self._seen_within(path, self.recheck) or self.stat(path)
+        if entry.kind == DIRECTORY:
+            raise errors.IsADirectory("is a directory", path)
+        if copy and copy.token == entry.change_token:
+            copy.checked = now
+            return copy
+        _refuse_mangled(path)
+        job, url = self.client.transfer_download(path, self.account)
+        self._await_staged(job, url, entry, path)
+        copy = _StagedCopy(url, entry.change_token, time.monotonic())
+        with self._staged_lock:
+            if len(self._staged) >= 1024:
+                self._staged.clear()
+            self._staged[path] = copy
+        return copy
 
     def _forget(self, *paths: str):
         with self._staged_lock:

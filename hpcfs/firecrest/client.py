@@ -20,9 +20,11 @@ from .listing import malformed_data
 
 TERMINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
                    "PREEMPTED", "TIMEOUT")
-# Job polling: the scheduler's answer costs the cluster an SSH command (about 1 s on the real server)
-FIRST_JOB_POLL, FIRST_SIGN_POLL, LAST_POLL = 0.01, 0.2, 2.0  # seconds between polls, doubling up to the last
-SCHEDULER_EVERY = 3  # with a cheaper sign of the job's end, the scheduler is asked at every 3rd poll only
+# Job polling: the scheduler's answer costs the cluster an SSH command (about 1 s on the real server).
+# Seconds between polls, doubling from the first to the last: (first, last) for the scheduler alone, and
+# for a cheap sign of the job's end (a look at the object store), which asks the scheduler only now and then.
+JOB_POLLS, SIGN_POLLS = (0.01, 2.0), (0.2, 1.0)
+SCHEDULER_EVERY = 5  # with a sign to look at, the scheduler is asked at every 5th poll only (a failed job)
 QUOTE_REFUSAL = "FirecREST cannot address paths containing ' (the server's shell quoting breaks)"
 # remote stderr, as the message of an error body, that says more than the status code
 MESSAGE_ERRORS = (
@@ -192,8 +194,7 @@ class FirecrestClient:
         costs the cluster an SSH command): False when it said so first."""
         job_id = job["jobId"]
         first_seen_deadline = time.monotonic() + visibility_grace
-        # quick first polls (a short job), then back off to one poll every 2 s; a cheap sign starts later
-        delay, every = (FIRST_SIGN_POLL, SCHEDULER_EVERY) if work_done else (FIRST_JOB_POLL, 1)
+        (delay, last), every = (SIGN_POLLS, SCHEDULER_EVERY) if work_done else (JOB_POLLS, 1)
         for poll in itertools.count(1):
             if work_done is not None and work_done():
                 return False
@@ -207,7 +208,7 @@ class FirecrestClient:
             if time.monotonic() + delay > deadline:
                 raise errors.TimedOut(f"transfer job {job_id} did not finish in time")
             time.sleep(delay)
-            delay = min(delay * 2, LAST_POLL)
+            delay = min(delay * 2, last)
         raise AssertionError("unreachable: the polls never end")
 
     def job_info(self, job: dict) -> dict:
