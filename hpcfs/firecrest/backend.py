@@ -6,8 +6,9 @@ Mapping (FirecREST v2 API: eth-cscs.github.io/firecrest-v2/openapi):
   ``stat`` = ``ops/stat`` (not dereferenced).
 * ``read_whole`` = one ``ops/download`` for files the server can base64 under its output cap
   (``floor((max_ops_file_size-1)/4)*3`` bytes); ``read_range`` = one ``transfer/download`` staging job per
-  file version, then HTTP ``Range`` GETs on the presigned URL.  The URL is cached per path with the
-  file's change token, which is checked again at most every ``recheck`` seconds.
+  file version, awaited by looking for its object (S3 shows it only whole), then HTTP ``Range`` GETs on
+  the presigned URL.  The URL is cached per path with the file's change token, which is checked again at
+  most every ``recheck`` seconds.
 * uploads (``begin_upload``) = one ``ops/upload`` up to ``max_ops_file_size``, else a staged multipart
   ``transfer/upload`` whose ingress job is awaited, so the file is in place when the commit returns.  An
   empty file times out on the server (408) although it is created: the call waits only briefly, then

@@ -24,7 +24,7 @@ TERMINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", 
 # Seconds between polls, doubling from the first to the last: (first, last) for the scheduler alone, and
 # for a cheap sign of the job's end (a look at the object store), which asks the scheduler only now and then.
 JOB_POLLS, SIGN_POLLS = (0.01, 2.0), (0.2, 1.0)
-SCHEDULER_EVERY = 5  # with a sign to look at, the scheduler is asked at every 5th poll only (a failed job)
+SCHEDULER_EVERY = 8  # with a sign to look at, the scheduler is asked at every 8th poll only (a failed job)
 QUOTE_REFUSAL = "FirecREST cannot address paths containing ' (the server's shell quoting breaks)"
 # remote stderr, as the message of an error body, that says more than the status code
 MESSAGE_ERRORS = (
