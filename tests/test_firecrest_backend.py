@@ -209,7 +209,7 @@ def test_a_staging_job_that_fails_is_reported_from_its_log(firecrest_server, bac
     started = time.monotonic()
     with pytest.raises(errors.HpcfsError, match="file_not_found"):
         backend.read_range("/gone.bin", 0, MIB)
-    assert time.monotonic() - started < 20  # the scheduler is asked after about 5 s of looks, then every 8 s
+    assert time.monotonic() - started < 20  # the scheduler is asked after 5 s of looks, then every 5 s
     assert firecrest_server.log.total(JOB_POLL) >= 1 and firecrest_server.log.total(VIEW) >= 1
 
 
