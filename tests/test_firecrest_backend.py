@@ -179,6 +179,29 @@ def test_readers_go_on_while_one_rechecks_the_staged_version(firecrest_server, b
     assert sum(seconds < 0.75 for _, seconds in finished.values()) == 3  # ... the others did not wait for it
 
 
+def test_readers_wait_for_the_new_version_once_the_recheck_finds_a_change(firecrest_server, backend):
+    write_local(firecrest_server, "/changing.bin", os.urandom(4 * MIB))
+    backend.read_range("/changing.bin", 0, 1)  # the first version, staged
+    backend.recheck = 0.2
+    time.sleep(0.3)
+    changed = os.urandom(4 * MIB + 1)
+    write_local(firecrest_server, "/changing.bin", changed)
+    firecrest_server.knobs.extra["queue_delay"] = 1.0  # staging the new version takes a second
+    got = {}
+
+    def read(offset):
+        got[offset] = backend.read_range("/changing.bin", offset, MIB)
+
+    readers = [threading.Thread(target=read, args=(offset,)) for offset in range(0, 4 * MIB, MIB)]
+    for reader in readers:
+        reader.start()
+        time.sleep(0.05)  # the first finds the change and stages it; the others come while it does
+    for reader in readers:
+        reader.join(30)
+    assert {offset: sha256(data) for offset, data in got.items()} == {
+        offset: sha256(changed[offset:offset + MIB]) for offset in range(0, 4 * MIB, MIB)}
+
+
 def test_a_file_changed_before_its_staging_job_ran_is_an_error_not_a_prefix(firecrest_server, backend):
     firecrest_server.knobs.extra["queue_delay"] = 0.3
     first, second = os.urandom(6 * MIB), os.urandom(7 * MIB)

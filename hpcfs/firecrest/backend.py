@@ -239,6 +239,8 @@ class FirecrestBackend(Backend):
         if copy and copy.token == entry.change_token:
             copy.checked = now
             return copy
+        with self._staged_lock:  # changed: readers now wait for the new version, never read the old one
+            self._staged.pop(path, None)
         _refuse_mangled(path)
         job, url = self.client.transfer_download(path, self.account)
         self._await_staged(job, url, entry, path)
