@@ -71,6 +71,9 @@ class Capabilities:
     ranged_writes: bool = False
     rename: str = "instant"  # "instant", "job" (slow but server-side) or "none"
     max_parallel: int = 4  # requests the server accepts at once from this client
+    # `hpcfs cp` fetches a big file in ranges side by side; False: in one stream (a FirecREST staged object:
+    # one GET is one version and no slower than ranges, each of which the store may serve by a whole pass)
+    parallel_copy: bool = True
     max_whole_read: Optional[int] = None  # read_whole refuses files larger than this
     max_upload: Optional[int] = None  # largest file one upload may send (EFBIG above)
     chmod: bool = False

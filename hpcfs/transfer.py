@@ -222,7 +222,7 @@ def _download_in_ranges(remote_file, fd: int, start: int, size: int, meter, stop
     outright leaves later ranges after a hole, and ``resume`` continues at the first hole."""
     tree = remote_file.tree
     sessions = max(1, tree.capabilities.max_parallel)
-    length = min(PARALLEL_RANGE_MAX, max(PARALLEL_RANGE_MIN, -(-(size - start) // (2 * sessions))))
+    length = _range_length(sessions, size - start) if tree.capabilities.parallel_copy else size - start
     spans = [_Span(begin, min(begin + length, size)) for begin in range(start, size, length)]
     remote, failed = tree.remote_path(remote_file.path), threading.Event()
 
@@ -249,6 +249,11 @@ def _download_in_ranges(remote_file, fd: int, start: int, size: int, meter, stop
         raise
     finally:
         pool.shutdown(wait=True)
+
+
+def _range_length(sessions: int, remaining: int) -> int:
+    """Two ranges per session, within bounds: the last ranges end close together."""
+    return min(PARALLEL_RANGE_MAX, max(PARALLEL_RANGE_MIN, -(-remaining // (2 * sessions))))
 
 
 @dataclass

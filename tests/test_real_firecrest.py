@@ -8,11 +8,13 @@ everyone.  hpcfs must refuse such reads at once (EFBIG) and never hammer the ser
 import errno
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import fs
 import pytest
@@ -121,3 +123,36 @@ def test_a_burst_of_too_large_reads_leaves_the_server_healthy(cluster, real_fire
     assert {code for code, _ in outcomes} == {errno.EFBIG}
     assert max(elapsed for _, elapsed in outcomes) < 10
     assert all(system_health(real_firecrest_env, real_firecrest_env["FIRECREST_SYSTEM"]).values())
+
+
+def test_cp_from_the_staged_system_waits_for_the_object_and_gets_it_once(real_firecrest_env, tmp_path):
+    """``hpcfs cp`` of a staged file on the real server (its S3 is moto, which reads a whole object for every
+    ranged GET): one ``ops/stat``, the staging job's end seen from its object rather than by polling the
+    scheduler (each poll an SSH command on the cluster), the object fetched in one GET."""
+    state = Path(real_firecrest_env["FIRECREST_FS_ROOT"]).parent  # the peer's own logs and fake Slurm's jobs
+    served = Path(real_firecrest_env["FIRECREST_FS_ROOT"]) / f"real-staged-cp-{secrets.token_hex(4)}"
+    name = f"copy-{secrets.token_hex(4)}.bin"
+    data = os.urandom(20 * MIB)
+    served.mkdir()
+    (served / name).write_bytes(data)
+    api_log, s3_log = state / "api.log", state / "moto.log"
+    api_start, s3_start = api_log.stat().st_size, s3_log.stat().st_size
+    try:
+        hpcfs("cp", f"firecrest://{real_firecrest_env['FIRECREST_SYSTEM_S3']}{served}/{name}", str(tmp_path / name),
+              env={variable: real_firecrest_env[variable] for variable in CONNECTION})
+        assert sha256((tmp_path / name).read_bytes()) == sha256(data)
+    finally:
+        shutil.rmtree(served, ignore_errors=True)
+    api, s3 = _appended(api_log, api_start), _appended(s3_log, s3_start)
+    job_id = next(script.stem.split("_")[1] for script in (state / "jobs").glob("job_*.sh")
+                  if f"{served}/{name}" in script.read_text(errors="replace"))
+    assert len(re.findall(rf"GET /filesystem/\S+/ops/stat\?path=\S*{re.escape(name)}", api)) == 1
+    assert len(re.findall(rf"GET /compute/\S+/jobs/{job_id}\?", api)) <= 2
+    # the look that found the object, then the one GET
+    assert len(re.findall(rf'"GET /\S+/{re.escape(name)}\?\S* HTTP/1.1" 206', s3)) == 2
+
+
+def _appended(log: Path, start: int) -> str:
+    with open(log, "rb") as handle:
+        handle.seek(start)
+        return handle.read().decode(errors="replace")

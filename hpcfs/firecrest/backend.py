@@ -6,8 +6,9 @@ Mapping (FirecREST v2 API: eth-cscs.github.io/firecrest-v2/openapi):
   ``stat`` = ``ops/stat`` (not dereferenced).
 * ``read_whole`` = one ``ops/download`` for files the server can base64 under its output cap
   (``floor((max_ops_file_size-1)/4)*3`` bytes); ``read_range`` = one ``transfer/download`` staging job per
-  file version, then HTTP ``Range`` GETs on the presigned URL.  The URL is cached per path with the
-  file's change token, which is checked again at most every ``recheck`` seconds.
+  file version, awaited by looking for its object (S3 shows it only whole), then HTTP ``Range`` GETs on
+  the presigned URL.  The URL is cached per path with the file's change token, which is checked again at
+  most every ``recheck`` seconds.
 * uploads (``begin_upload``) = one ``ops/upload`` up to ``max_ops_file_size``, else a staged multipart
   ``transfer/upload`` whose ingress job is awaited, so the file is in place when the commit returns.  An
   empty file times out on the server (408) although it is created: the call waits only briefly, then
@@ -43,8 +44,8 @@ from .listing import decode_name, entry_from_file, entry_from_stat
 JOB_MANGLED = "&<>'\""  # the job templates HTML-escape these, so jobs would act on another path
 STREAMER_JOB_SAFE = re.compile(r"[A-Za-z0-9/._+,:@%=~-]+")  # the streamer job script does not quote its path
 STAGE_LOCKS = 64
-SIZE_HINTS = 4096
-SIZE_HINT_TTL = 30.0
+SEEN_ENTRIES = 4096
+SEEN_TTL = 30.0  # as long-lived as the core's attributes
 
 
 @dataclass
@@ -91,15 +92,17 @@ class FirecrestBackend(Backend):
         self.file_systems = [fs.get("path") for fs in system_info.get("fileSystems") or []]
         self.capabilities = Capabilities(
             ranged_reads=self.staging, ranged_writes=False, rename="job", max_parallel=max_parallel,
+            parallel_copy=False,  # one staged object: one GET copies one version, no re-check of it midway
             max_whole_read=None if self.streamer else self.direct_read_limit,
             max_upload=None if self.staging or self.streamer else self.max_ops,
             chmod=True, symlinks=True, set_mtime=False,
         )
         self._staged: Dict[str, _StagedCopy] = {}
         self._staged_lock = threading.Lock()
-        # path -> size of a file last seen here, for the no-staging check; as long-lived as the core's attributes
-        self._sizes: TTLCache = TTLCache(SIZE_HINTS, SIZE_HINT_TTL)
-        self._sizes_lock = threading.Lock()
+        # path -> (entry, when) of a file last listed or stat'ed here: its size for the no-staging check, its
+        # version for staging when just seen (the caller stat'ed it a moment ago: no second ops/stat)
+        self._seen: TTLCache = TTLCache(SEEN_ENTRIES, SEEN_TTL)
+        self._seen_lock = threading.Lock()
         self._stage_locks = [threading.Lock() for _ in range(STAGE_LOCKS)]
 
     # -- metadata -------------------------------------------------------------------------------------
@@ -112,21 +115,28 @@ class FirecrestBackend(Backend):
                     raise errors.NotADirectory("not a directory", path)
                 target = self.client.ls(path.rstrip("/") + "/")  # a link: list what it points to
                 entries = [entry_from_file(item, self.tz) for item in target]
-        self._remember_sizes(path, entries)
+        self._remember(path, entries)
         return entries
 
     def stat(self, path: str) -> Entry:
         with self.client.operation(path):
             name = "" if path == "/" else posixpath.basename(path)
             entry = entry_from_stat(name, self.client.stat(path))
-        self._remember_sizes(posixpath.dirname(path), [entry])
+        self._remember(posixpath.dirname(path), [entry])
         return entry
 
-    def _remember_sizes(self, directory: str, entries: List[Entry]):
-        with self._sizes_lock:
+    def _remember(self, directory: str, entries: List[Entry]):
+        now = time.monotonic()
+        with self._seen_lock:
             for entry in entries:
-                if entry.kind == FILE:  # a link's own size says nothing about what it points to
-                    self._sizes[posixpath.join(directory, entry.name)] = entry.size
+                if entry.kind == FILE:  # a link's own attributes say nothing about what it points to
+                    self._seen[posixpath.join(directory, entry.name)] = (entry, now)
+
+    def _seen_within(self, path: str, seconds: float) -> Optional[Entry]:
+        """The entry of ``path`` if this backend listed or stat'ed it in the last ``seconds``."""
+        with self._seen_lock:
+            entry, when = self._seen.get(path, (None, 0.0))
+        return entry if time.monotonic() - when < seconds else None
 
     # -- reading --------------------------------------------------------------------------------------
     def read_whole(self, path: str, sink: BinaryIO) -> None:
@@ -148,9 +158,7 @@ class FirecrestBackend(Backend):
 
     def _size_hint(self, path: str) -> int:
         """The size this backend just listed or stat'ed (callers look before they read), else asks."""
-        with self._sizes_lock:
-            size = self._sizes.get(path)
-        return self.stat(path).size if size is None else size
+        return (self._seen_within(path, SEEN_TTL) or self.stat(path)).size
 
     def _refuse_above_download_limit(self, path: str):
         """Without staging, ``ops/download`` is the only way out, and for a file above its limit the server
@@ -195,36 +203,61 @@ class FirecrestBackend(Backend):
                         raise
 
     def _staged_copy(self, path: str) -> _StagedCopy:
-        """The staging URL of the current version of ``path``: one staging job per version."""
-        with self._stage_locks[hash(path) % STAGE_LOCKS]:
-            with self._staged_lock:
-                copy = self._staged.get(path)
-            now = time.monotonic()
-            if copy and now - copy.checked < self.recheck:
-                return copy
-            entry = self.stat(path)
-            if entry.kind == DIRECTORY:
-                raise errors.IsADirectory("is a directory", path)
-            if copy and copy.token == entry.change_token:
-                copy.checked = now
-                return copy
-            _refuse_mangled(path)
-            job, url = self.client.transfer_download(path, self.account)
-            self._finish(job, "successfully", path)
-            copy = _StagedCopy(url, entry.change_token, time.monotonic())
-            with self._staged_lock:
-                if len(self._staged) >= 1024:
-                    self._staged.clear()
-                self._staged[path] = copy
+        """The staging URL of the current version of ``path``: one staging job per version.  A version
+        seen less than ``recheck`` seconds ago (the caller's own stat before reading) is not asked again.
+        While one reader re-checks a staged version, the others go on reading it rather than wait for the
+        check (an ``ops/stat`` over SSH, or a whole staging job when the file changed)."""
+        lock = self._stage_locks[hash(path) % STAGE_LOCKS]
+        copy = self._fresh_copy(path, self.recheck)
+        if copy:
             return copy
+        copy = self._fresh_copy(path, float("inf"))
+        if copy is None:
+            lock.acquire()
+        elif not lock.acquire(blocking=False):
+            return copy
+        try:
+            return self._current_copy(path)
+        finally:
+            lock.release()
+
+    def _fresh_copy(self, path: str, seconds: float) -> Optional[_StagedCopy]:
+        """The staged copy of ``path`` if it was checked in the last ``seconds``."""
+        with self._staged_lock:
+            copy = self._staged.get(path)
+        return copy if copy and time.monotonic() - copy.checked < seconds else None
+
+    def _current_copy(self, path: str) -> _StagedCopy:
+        """Under the path's staging lock: check the staged copy against the file, stage it if it changed."""
+        copy = self._fresh_copy(path, float("inf"))
+        now = time.monotonic()
+        if copy and now - copy.checked < self.recheck:  # checked by the reader that held the lock before
+            return copy
+        entry = self._seen_within(path, self.recheck) or self.stat(path)
+        if entry.kind == DIRECTORY:
+            raise errors.IsADirectory("is a directory", path)
+        if copy and copy.token == entry.change_token:
+            copy.checked = now
+            return copy
+        with self._staged_lock:  # changed: readers now wait for the new version, never read the old one
+            self._staged.pop(path, None)
+        _refuse_mangled(path)
+        job, url = self.client.transfer_download(path, self.account)
+        self._await_staged(job, url, entry, path)
+        copy = _StagedCopy(url, entry.change_token, time.monotonic())
+        with self._staged_lock:
+            if len(self._staged) >= 1024:
+                self._staged.clear()
+            self._staged[path] = copy
+        return copy
 
     def _forget(self, *paths: str):
         with self._staged_lock:
             for path in paths:
                 self._staged.pop(path, None)
-        with self._sizes_lock:
+        with self._seen_lock:
             for path in paths:
-                self._sizes.pop(path, None)
+                self._seen.pop(path, None)
 
     # -- writing --------------------------------------------------------------------------------------
     def write_whole(self, path: str, source: BinaryIO, size: int) -> None:
@@ -309,11 +342,36 @@ class FirecrestBackend(Backend):
 
     def _finish(self, job: dict, marker: str, path: str):
         """Wait for a transfer job, then read its output log: the scheduler's state alone can lie."""
+        self._wait(job)
+        self._check_log(job, marker, path)
+
+    def _await_staged(self, job: dict, url: str, entry: Entry, path: str):
+        """Wait for a staging job by looking for its object, which appears only whole: sooner than the
+        scheduler says the job ended, and a look costs the staging area little where asking the scheduler
+        costs the cluster an SSH command.  The log says why only when the job ends without the object.
+        An object of another size than ``entry`` is a later version than the reader asked for: the reader
+        would get a prefix or a mix of two versions, so it gets an error instead."""
+        staged_size: Optional[int] = None
+
+        def object_there() -> bool:
+            nonlocal staged_size
+            staged_size = self.client.staged_object_size(url)
+            return staged_size is not None
+
+        if self._wait(job, object_there):
+            self._check_log(job, "successfully", path)
+        elif entry.kind == FILE and staged_size != entry.size:  # a link's own size is not its target's
+            raise errors.HpcfsError(f"the file changed on the server while it was staged ({entry.size} bytes "
+                                    f"when looked at, {staged_size} staged): read it again", path)
+
+    def _wait(self, job: dict, work_done: Optional[Callable[[], bool]] = None) -> bool:
         try:
-            self.client.wait_for_job(job, time.monotonic() + self.job_timeout)
+            return self.client.wait_for_job(job, time.monotonic() + self.job_timeout, work_done=work_done)
         except errors.TimedOut:
             self.client.cancel_job(job)
             raise
+
+    def _check_log(self, job: dict, marker: str, path: str):
         logs = job["logs"]
         if marker in self.client.view(logs["outputLog"]):
             return
