@@ -71,8 +71,10 @@ class Capabilities:
     ranged_writes: bool = False
     rename: str = "instant"  # "instant", "job" (slow but server-side) or "none"
     max_parallel: int = 4  # requests the server accepts at once from this client
-    # `hpcfs cp` fetches a big file in ranges side by side; False: in one stream (a FirecREST staged object:
-    # one GET is one version and no slower than ranges, each of which the store may serve by a whole pass)
+    # `hpcfs cp` fetches a big file in ranges side by side; False: in one stream.  FirecREST's staged object
+    # is fetched with one GET: the staging store of the real FirecREST peer (moto) reads the whole object for
+    # every ranged GET, so 16 ranges of 256 MiB took 4.7 s against 0.5 s for one GET (docs/benchmarks.md);
+    # a store that serves ranges natively might gain from them, which nobody has measured here yet.
     parallel_copy: bool = True
     max_whole_read: Optional[int] = None  # read_whole refuses files larger than this
     max_upload: Optional[int] = None  # largest file one upload may send (EFBIG above)
