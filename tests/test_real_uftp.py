@@ -6,7 +6,9 @@ import stat
 
 import pytest
 
+from hpcfs.urls import open_backend
 from mounting import mounted, sh, sha256_file, write_random
+from test_uftp_client import data_connection_survives_a_missing_path
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -102,3 +104,20 @@ def test_directory_times_survive_attribute_changes_of_spaced_names(real_uftpd_en
     assert (int(directory.st_mtime), stat.S_IMODE(directory.st_mode)) == (1_100_000_000, 0o700)
     assert (int(spaced.st_mtime), stat.S_IMODE(spaced.st_mode)) == (1_000_000_000, 0o604)
     assert os.listdir(os.path.join(served, "dir one")) == ["x y.txt"]
+
+
+def test_a_failed_mlst_drops_the_data_connection_as_uftpd_does(real_uftpd_env, uftp_area, monkeypatch):
+    """What the local server mirrors, on the real UFTPD: MLST of a missing path closes the session's data
+    connection, and hpcfs opens a new one for the next transfer."""
+    for name, value in real_uftpd_env.items():
+        monkeypatch.setenv(name, value)
+    served, url = uftp_area
+    data = os.urandom(5000)
+    with open(os.path.join(served, "f.bin"), "wb") as sink:
+        sink.write(data)
+    os.chmod(os.path.join(served, "f.bin"), 0o644)
+    backend, _ = open_backend(url)
+    try:
+        data_connection_survives_a_missing_path(backend, "/f.bin", data)
+    finally:
+        backend.close()

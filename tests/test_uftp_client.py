@@ -600,3 +600,22 @@ class TestUFTPFS(FSTestCases, unittest.TestCase):
                             f"?ca_file={self.server.cert_file}")
         assert type(opened).__module__ == "hpcfs.frontends.pyfs"  # our opener, not pyunicore's
         return opened
+
+
+def data_connection_survives_a_missing_path(backend, path: str, data: bytes) -> None:
+    """On one session: a transfer (its data connection is kept), MLST of a missing path, another transfer.
+    UFTPD drops the data connection when MLST fails; the session must not send the next transfer over it
+    (before, the second RETR went to a connection the server had closed, and failed with UFTPD's
+    "'NoneType' object has no attribute ..." whenever its EOF had not arrived yet: any link with latency)."""
+    remote = backend._remote(path)[1]
+    session = backend._pool.acquire()
+    try:
+        assert bytes(session.retrieve(remote, 0, 1000)) == data[:1000]
+        assert not session.command(f"MLST {remote}.missing").ok
+        assert bytes(session.retrieve(remote, 1000, 1000)) == data[1000:2000]
+    finally:
+        backend._pool.release(session)
+
+
+def test_a_failed_mlst_drops_the_data_connection_as_uftpd_does(uftp_server, backend, big_file):
+    data_connection_survives_a_missing_path(backend, "/big.bin", big_file)

@@ -31,6 +31,9 @@ QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 MAX_LINE = 1 << 20  # a reply line longer than this is not UFTPD talking
 MAX_REPLY = 64 << 20  # nor a multi-line reply (a listing of about a million names) longer than this
 CHUNK = 1 << 20  # data is moved in pieces of this size
+# Commands after whose failure UFTPD closes the session's data connection (Session.py: a missing path for
+# MLST, LIST or MLSD raises with ACTION_CLOSE_DATA)
+CLOSES_DATA_ON_FAILURE = frozenset({"MLST", "LIST", "MLSD"})
 DRAIN_GRACE = 1.0  # after an early 226, how long to wait for data still in flight
 # The longest one blocking receive of a whole piece waits (SO_RCVTIMEO) before the receive loop takes over
 # and watches the control connection again: bounds how late a server's early end of a transfer is seen.
@@ -182,13 +185,18 @@ class ControlSession:
         return Reply(code, tuple(lines))
 
     def command(self, command: str) -> Reply:
-        self.send(command)
-        return self.read_reply()
+        return self.batch(command)[0]
 
     def batch(self, *commands: str) -> List[Reply]:
         """Send commands together and read one reply each."""
         self.send(*commands)
-        return [self.read_reply() for _ in commands]
+        replies = [self.read_reply() for _ in commands]
+        if any(not reply.ok and command.split(" ", 1)[0] in CLOSES_DATA_ON_FAILURE
+               for command, reply in zip(commands, replies)):
+            # UFTPD has dropped the data connection: a transfer on ours would reach nobody.  Its EOF may
+            # not have arrived yet (a link with latency), so the pool's idle check cannot be relied on.
+            self._close_data()
+        return replies
 
     def _read_line(self) -> str:
         while not self._lines:
