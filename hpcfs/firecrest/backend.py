@@ -207,11 +207,10 @@ class FirecrestBackend(Backend):
         seen less than ``recheck`` seconds ago (the caller's own stat before reading) is not asked again.
         While one reader re-checks a staged version, the others go on reading it rather than wait for the
         check (an ``ops/stat`` over SSH, or a whole staging job when the file changed)."""
-        lock = self._stage_locks[hash(path) % STAGE_LOCKS]
-        copy = self._fresh_copy(path, self.recheck)
-        if copy:
+        copy = self._staged_of(path)
+        if copy and time.monotonic() - copy.checked < self.recheck:
             return copy
-        copy = self._fresh_copy(path, float("inf"))
+        lock = self._stage_locks[hash(path) % STAGE_LOCKS]
         if copy is None:
             lock.acquire()
         elif not lock.acquire(blocking=False):
@@ -221,15 +220,13 @@ class FirecrestBackend(Backend):
         finally:
             lock.release()
 
-    def _fresh_copy(self, path: str, seconds: float) -> Optional[_StagedCopy]:
-        """The staged copy of ``path`` if it was checked in the last ``seconds``."""
+    def _staged_of(self, path: str) -> Optional[_StagedCopy]:
         with self._staged_lock:
-            copy = self._staged.get(path)
-        return copy if copy and time.monotonic() - copy.checked < seconds else None
+            return self._staged.get(path)
 
     def _current_copy(self, path: str) -> _StagedCopy:
         """Under the path's staging lock: check the staged copy against the file, stage it if it changed."""
-        copy = self._fresh_copy(path, float("inf"))
+        copy = self._staged_of(path)
         now = time.monotonic()
         if copy and now - copy.checked < self.recheck:  # checked by the reader that held the lock before
             return copy

@@ -113,8 +113,8 @@ class HpcfsOperations(fuse.Operations):
 
     @_translate
     def read(self, path, size, offset, fh):
-        """mfusepy's read, which returns bytes (so the operations work under any mfusepy FUSE); a mount
-        calls :meth:`read_into` instead (:class:`KernelBufferFUSE`)."""
+        """mfusepy's read, which returns bytes.  mfusepy registers the kernel's read callback only for
+        operations that define ``read``; a mount's :class:`KernelBufferFUSE` then calls :meth:`read_into`."""
         return self.handles[fh].read(offset, size)
 
     @_translate

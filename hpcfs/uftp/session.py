@@ -256,6 +256,7 @@ class ControlSession:
         except OSError as exc:
             raise self._lost(f"cannot open the data connection to {host}:{port}: {_reason(exc)}") from None
         self._data.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, PIECE_WAIT)  # bounds _receive_piece
         refused = next((reply for reply in preliminaries if not reply.ok), None)
         if refused is not None:
             raise self._lost(f"UFTPD refused to set up the data connection: {refused.lines[0][:80]!r}")
@@ -392,8 +393,7 @@ class ControlSession:
         # Blocking only for a whole piece at once (_receive_piece); otherwise non-blocking while bytes keep
         # coming: one recv_into per buffer-full of what has arrived, and a poll only once the socket is
         # drained (a socket with a timeout polls before every recv).
-        data.settimeout(None)
-        data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, PIECE_WAIT)
+        data.settimeout(None)  # SO_RCVTIMEO, set once per connection, bounds the blocking receive
         try:
             while received < count:
                 if final is None and self._lines:
@@ -439,7 +439,8 @@ class ControlSession:
                 f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
         # The short last piece only now: after a failure it is not handed over, so a retry resumes at a
         # piece boundary (handing it over first put every later block of a read_pieces run off by its length).
-        if filled and buffer is not None:
+        if filled:
+            assert buffer is not None  # filled counts bytes in the buffer of the piece under way
             consume(buffer[:filled])
         return received
 
