@@ -6,9 +6,9 @@ import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 JWTKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey]
+JWT_KEY_CLASSES = (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)
 KEY_TYPES = ("ssh-rsa", "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
 
 
@@ -35,17 +35,20 @@ def _jwt_keys(authorized_keys_path: str) -> Iterator[Tuple[JWTKey, str]]:
             yield key, "EdDSA"
 
 
-def load_authorized_keys(path: str) -> List[PublicKeyTypes]:
-    """Public keys from an authorized_keys file; option prefixes and unknown lines are skipped."""
-    keys: List[PublicKeyTypes] = []
+def load_authorized_keys(path: str) -> List[JWTKey]:
+    """The keys of an authorized_keys file that can sign a JWT; option prefixes, unknown lines and other
+    kinds of key (DSA, post-quantum hybrids: no JWS algorithm) are skipped."""
+    keys: List[JWTKey] = []
     with open(path) as handle:
         for line in handle:
             fields = line.split()
             for index, word in enumerate(fields[:-1]):
                 if word in KEY_TYPES:
                     try:
-                        keys.append(serialization.load_ssh_public_key(f"{word} {fields[index + 1]}".encode()))
+                        key = serialization.load_ssh_public_key(f"{word} {fields[index + 1]}".encode())
                     except (ValueError, UnsupportedAlgorithm):
-                        pass
+                        break
+                    if isinstance(key, JWT_KEY_CLASSES):
+                        keys.append(key)
                     break
     return keys
