@@ -137,8 +137,8 @@ def _mount_in_background(args, target, mountpoint):
     a command) is fetched once, here, and never appears in the child's arguments or environment."""
     ready_read, ready_write = os.pipe()
     target_read, target_write = os.pipe()
-    command = [sys.executable, "-m", "hpcfs", "mount", "--foreground", "--ready-fd", str(ready_write),
-               "--target-fd", str(target_read), args.url, mountpoint]
+    command = hpcfs_command("mount", "--foreground", "--ready-fd", str(ready_write),
+                            "--target-fd", str(target_read), args.url, mountpoint)
     for option in args.options:
         command += ["-o", option]
     if args.read_only:
@@ -171,6 +171,25 @@ def _mount_in_background(args, target, mountpoint):
     if child.poll() is None:
         child.terminate()
     raise errors.HpcfsError(_last_error_line(log_path) or f"mount did not come up; see {log_path}")
+
+
+# What ``-P`` does, for Pythons before 3.11: drop the working directory ('' first on sys.path) before hpcfs is
+# imported, then run it as ``-m`` would (argv[0] "-m" while loading, as hpcfs/__init__.py expects).
+UNSHADOWED_MAIN = """import runpy, sys
+if sys.path[:1] == [""]:
+    del sys.path[0]
+sys.argv[0] = "-m"
+runpy.run_module("hpcfs", run_name="__main__", alter_sys=True)
+"""
+
+
+def hpcfs_command(*args: str, safe_path_option: bool = sys.version_info >= (3, 11)) -> "list[str]":
+    """hpcfs run again by this interpreter.  ``python -m`` puts the working directory first on sys.path, so
+    a folder named hpcfs there (the clone, a mountpoint) would shadow the package in the child; ``-P``
+    (Python 3.11+) leaves it out, older Pythons run :data:`UNSHADOWED_MAIN`."""
+    if safe_path_option:
+        return [sys.executable, "-P", "-m", "hpcfs", *args]
+    return [sys.executable, "-c", UNSHADOWED_MAIN, *args]
 
 
 def _received_target(fd):

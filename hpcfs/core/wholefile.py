@@ -13,14 +13,19 @@ A copy forgotten (its file changed) or evicted while it is being filled leaves t
 readers start a new download.  Its download goes on only while readers that came before still wait on
 it, and stops at its next write once none does.  ``close`` stops every download at its next write.
 
+The directory of copies is private (``mkdtemp``: 0700) and goes with the cache: at ``close``, when the cache
+is collected, or at interpreter exit for a cache nobody closed (fsspec keeps its filesystems to the end).
+
 Disk use is bounded by ``max_bytes`` (least recently used copies go first; a copy being filled counts at
 the file's listed size; a file larger than the bound is still served, then dropped when the next one
 arrives).
 """
 import os
+import shutil
 import tempfile
 import threading
 import uuid
+import weakref
 from typing import BinaryIO, Callable, Dict, Optional, Tuple, Union
 
 from cachetools import LRUCache
@@ -185,6 +190,7 @@ class WholeFileCache:
         self.backend = backend
         self.max_bytes = max_bytes
         self._dir = tempfile.mkdtemp(prefix="hpcfs-files-", dir=directory)
+        self._remove_dir = weakref.finalize(self, _remove_directory, self._dir, os.getpid())
         self._files = LocalCopies(max_bytes, self._copy_dropped)
         self._filling: Dict[Key, _Filling] = {}  # copies in _files whose download is still running
         self._lock = threading.Lock()
@@ -210,11 +216,9 @@ class WholeFileCache:
             for (path, _), filling in self._filling.items():
                 filling.stop(path)
             self._files.clear()
-        # A worker may still wait on the network for its next chunk: it ends at that chunk's write.
-        try:
-            os.rmdir(self._dir)
-        except OSError:
-            pass
+        # A worker may still wait on the network for its next chunk: it ends at that chunk's write, into a
+        # file already gone.
+        self._remove_dir()
 
     def _open_copy(self, key: Key, listed_size: int) -> Tuple[BinaryIO, Optional[_Filling]]:
         """A handle on the local copy (downloading it if needed) and the download still filling it, if any.
@@ -270,3 +274,10 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _remove_directory(path: str, owner_pid: int) -> None:
+    """Remove the copies of the process that made them: a forked child runs the same exit hooks, and its
+    parent still reads from them."""
+    if os.getpid() == owner_pid:
+        shutil.rmtree(path, ignore_errors=True)
