@@ -4,30 +4,42 @@ Files are copied by several threads at once; each remote read goes through the c
 large file already keeps several ranged requests in flight.  Uploads hand the source file straight to the
 backend (no spool copy).
 
-Nothing under the real name is ever partial: a download is written to a hidden ``.NAME.hpcfs-partial``
-next to its destination and renamed when complete, and so is an upload where the server renames
-instantly (UFTP).  A failed or interrupted copy keeps its partial file, and ``resume`` continues it:
-a download from its length, an upload (where the server writes at an offset) from the kept prefix once
-its last block matches the source.  ``resume`` also skips files whose destination already has the
-source's size.  Copying a file onto itself is refused before anything is opened (as GNU cp does);
-symbolic links inside a local tree are copied as links, or skipped with a warning where the destination
-has none, unless ``dereference`` follows them (with loop detection).
+Nothing under the real name is ever partial: a download is written to a new hidden
+``.NAME.hpcfs-partial-RANDOM`` next to its destination (created exclusively, never through a symbolic
+link, mode 0600) and renamed when complete; an upload where the server renames instantly (UFTP) goes to
+``.NAME.hpcfs-partial``.  Long names are cut and hashed so a partial name fits NAME_MAX.  A failed or
+interrupted copy keeps its partial file, and ``resume`` continues it: a download from its length (only a
+partial that is ours: a regular file of our uid, one link, no group or other bits), an upload (where the
+server writes at an offset) from the kept prefix once its last block matches the source.  ``resume`` also
+skips files whose destination already has the source's size.  Copying a file onto itself is refused
+before anything is opened (as GNU cp does).
+
+Modes are kept as ``cp`` without ``-p`` keeps them: the source's permission bits less the umask, never
+wider than the source; a private file gets its mode before its bytes reach a name others can open, where
+the server allows.  Symbolic links inside a tree are copied as links, or skipped with a warning where the
+destination has none; ``dereference`` follows local ones (with loop detection).  A listing that shows links
+as what they point to (UFTP) is checked for loops by its content.  Special files (FIFOs, sockets, devices)
+are skipped with a warning.  One file's failure does not stop the others: each is named on its own line.
 """
 import errno
+import hashlib
+import io
 import os
 import posixpath
+import re
+import secrets
 import shutil
 import stat
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
 from . import errors
-from .backend import normalize, read_exactly
+from .backend import SYMLINK, normalize, read_exactly
 from .core.files import FileStream
 from .targets import Trees
 
@@ -48,13 +60,31 @@ LOCAL_ERRORS = {
 }
 
 
+NAME_MAX = 255  # bytes in one file name, on Linux and on the servers hpcfs talks to
+PARTIAL_MARK = ".hpcfs-partial"
+LOCAL_PARTIAL_SUFFIX = 16  # hex digits that make a local partial name unguessable
+OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO swapped in never blocks an open
+
+
 @dataclass
 class Item:
     name: str
     is_dir: bool
     size: int
     link: Optional[str] = None  # the target of a symbolic link that is copied as a link
-    identity: Optional[tuple] = None  # (st_dev, st_ino) of a local file: finds symbolic link loops
+    # what tells directories apart: (st_dev, st_ino) locally; the listed (mtime, size) where a server lists
+    # links as what they point to
+    identity: Optional[tuple] = None
+    mode: int = 0o644  # permission bits
+    special: bool = False  # a FIFO, socket or device: never copied
+
+
+@dataclass
+class Kept:
+    """A partial download of ours that ``resume`` continues: its name and an open descriptor on it."""
+    path: str
+    fd: int
+    under_real_name: bool = False  # another tool's shorter file under the destination's own name
 
 
 @dataclass
@@ -64,19 +94,43 @@ class Job:
     destination: str
     size: int
     link: Optional[str] = None  # make a symbolic link with this target instead of copying bytes
+    mode: int = 0o644  # the permission bits the copy gets (the source's, less the umask)
+    kept: Optional[Kept] = None  # set by ``LocalSide.resume_offset``
 
 
 class Cancelled(Exception):
-    """Another copy failed or the user pressed Ctrl-C: stop at the next chunk."""
+    """The user pressed Ctrl-C (or the copy is being torn down): stop at the next chunk."""
 
 
-_warning_lock = threading.Lock()  # copies run in threads: one warning line must not cut into another
+_output_lock = threading.Lock()  # copies run in threads: one line must not cut into another
 
 
 def warn(text: str) -> None:
-    with _warning_lock:
-        sys.stderr.write(f"hpcfs: warning: {text}\n")
+    say(f"warning: {text}")
+
+
+def say(text: str) -> None:
+    with _output_lock:
+        sys.stderr.write(f"hpcfs: {text}\n")
         sys.stderr.flush()
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it: called once, before any copy thread runs)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def partial_stem(name: str) -> str:
+    """The destination's name as it appears in its partial names: whole where the partial name fits
+    NAME_MAX, else cut and followed by a hash of the whole name (two long names sharing a start differ)."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    room = NAME_MAX - len(f".{PARTIAL_MARK}-") - LOCAL_PARTIAL_SUFFIX - 1  # the leading dot
+    if len(encoded) <= room:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    return encoded[:room - len(digest) - 1].decode("utf-8", "ignore") + "~" + digest
 
 
 class Side:
@@ -86,18 +140,52 @@ class Side:
     dirname: Callable[[str], str]
     basename: Callable[..., Any]  # os.path.basename or posixpath.basename (overloaded for any path-like)
 
+    def __init__(self) -> None:
+        self.umask = current_umask()
+        self._directory_modes: List[Tuple[str, int]] = []  # new directories whose mode is set last
+
+    def copy_mode(self, source_mode: int) -> int:
+        """The permission bits a copy gets, as ``cp`` without ``-p``: the source's less the umask."""
+        return source_mode & 0o777 & ~self.umask
+
     def partial(self, path: str) -> str:
-        """Where a copy to ``path`` is written until it is complete."""
-        return self.join(self.dirname(path), f".{self.basename(path)}.hpcfs-partial")
+        """Where an upload to ``path`` is written until it is complete (a fixed name: ``resume`` finds it)."""
+        return self.join(self.dirname(path), f".{partial_stem(self.basename(path))}{PARTIAL_MARK}")
+
+    def directory_key(self, item: Item, path: str) -> Optional[tuple]:
+        """What identifies directory ``path`` on the way down (a loop meets it again); None: nothing does."""
+        return item.identity
+
+    def make_directory(self, path: str, source_mode: int) -> None:
+        """Create ``path`` (an existing directory is kept as it is, as cp does), writable by us while the
+        copy fills it and never wider than its source; its own mode is set by ``finish_directories``."""
+        wanted = self.copy_mode(source_mode)
+        if self._create_directory(path, wanted | 0o700) and wanted != wanted | 0o700:
+            self._directory_modes.append((path, wanted))
+
+    def finish_directories(self) -> None:
+        """Directories whose source lacked an owner bit get exactly the source's mode, deepest first."""
+        for path, mode in reversed(self._directory_modes):
+            self._set_mode(path, mode)
+
+    def _create_directory(self, path: str, mode: int) -> bool:
+        raise NotImplementedError
+
+    def _set_mode(self, path: str, mode: int) -> None:
+        raise NotImplementedError
 
 
 class LocalSide(Side):
     join = staticmethod(os.path.join)
     basename = staticmethod(os.path.basename)
     has_symlinks = True
+    can_dereference = True  # -L follows links of a local tree
 
     def __init__(self, dereference: bool = False):
+        super().__init__()
         self.dereference = dereference
+        self._partials: Dict[str, Dict[str, List[str]]] = {}  # directory -> stem -> partial names (resume)
+        self._partials_lock = threading.Lock()
 
     @staticmethod
     def dirname(path: str) -> str:
@@ -134,7 +222,9 @@ class LocalSide(Side):
 
     @staticmethod
     def _item(name: str, status: os.stat_result) -> Item:
-        return Item(name, stat.S_ISDIR(status.st_mode), status.st_size, identity=(status.st_dev, status.st_ino))
+        kind = stat.S_IFMT(status.st_mode)
+        return Item(name, kind == stat.S_IFDIR, status.st_size, identity=(status.st_dev, status.st_ino),
+                    mode=status.st_mode & 0o777, special=kind not in (stat.S_IFDIR, stat.S_IFREG))
 
     def same(self, path: str, other: str) -> bool:
         try:
@@ -146,8 +236,22 @@ class LocalSide(Side):
         real, top = os.path.realpath(path), os.path.realpath(directory)
         return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
-    def mkdir(self, path):
-        os.makedirs(path, exist_ok=True)
+    def _create_directory(self, path: str, mode: int) -> bool:
+        """A new directory (True), or an existing real one; a symbolic link there is not followed: it
+        could lead the copy anywhere another user chose."""
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise errors.AlreadyExists("exists and is not a directory (a symbolic link is not followed)",
+                                           path) from None
+            return False
+        if mode != 0o700:
+            os.chmod(path, mode)
+        return True
+
+    def _set_mode(self, path: str, mode: int) -> None:
+        os.chmod(path, mode, follow_symlinks=False)
 
     def check_size(self, path, size, reading):
         """Local files have no size limit."""
@@ -158,41 +262,125 @@ class LocalSide(Side):
         os.symlink(target, path)
 
     def open_read(self, path, offset=0):
-        handle = open(path, "rb")
+        """``path`` opened for reading, only if it is a regular file (a FIFO put there since the listing
+        would block the copy forever)."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise errors.HpcfsError("not a regular file any more; skipped", path)
+        os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
         handle.seek(offset)
         return handle
 
+    # -- partial downloads ------------------------------------------------------------------------------
+    def _fresh_partial(self, path: str) -> str:
+        stem = partial_stem(os.path.basename(path))
+        return os.path.join(self.dirname(path), f".{stem}{PARTIAL_MARK}-{secrets.token_hex(LOCAL_PARTIAL_SUFFIX // 2)}")
+
+    def _kept_partials(self, path: str) -> List[str]:
+        """The partial downloads next to ``path`` that carry its name (one listing per directory)."""
+        directory = self.dirname(path)
+        with self._partials_lock:
+            if directory not in self._partials:
+                self._partials[directory] = _partials_by_stem(directory)
+            return self._partials[directory].get(partial_stem(os.path.basename(path)), [])
+
     def resume_offset(self, job: Job) -> Optional[int]:
-        """None when the destination is complete (same size), else where to continue: the kept partial's
-        length up to its first hole, or that of a shorter file under the real name (another tool's
-        interrupted download)."""
+        """None when the destination is complete (same size), else where to continue: the longest kept
+        partial of ours up to its first hole, or the length of a shorter file of ours under the real name
+        (another tool's interrupted download); ``job.kept`` then holds it open."""
         existing = self.stat(job.destination)
         if existing is not None and not existing.is_dir and existing.size == job.size:
             return None
-        kept = self.stat(self.partial(job.destination))
-        if kept is not None and kept.size <= job.size:
-            return _written_prefix(self.partial(job.destination))
+        directory = self.dirname(job.destination)
+        candidates = [Kept(os.path.join(directory, name), -1) for name in self._kept_partials(job.destination)]
         if existing is not None and not existing.is_dir and existing.size < job.size:
-            return existing.size
-        return 0
+            candidates.append(Kept(job.destination, -1, under_real_name=True))
+        best, offset = None, 0
+        for candidate in candidates:
+            candidate.fd = _claim(candidate.path, private=not candidate.under_real_name)
+            if candidate.fd < 0:
+                continue
+            length = _written_prefix(candidate.fd)
+            if offset < length <= job.size:
+                if best is not None:
+                    os.close(best.fd)
+                best, offset = candidate, length
+            else:
+                os.close(candidate.fd)
+        job.kept = best
+        return offset
 
-    def receive(self, path, reader, offset, size, meter, stop):
-        partial = self.partial(path)
+    def receive(self, job, reader, offset, meter, stop):
+        partial, fd = self._open_partial(job, offset)
         try:
-            if offset and not os.path.exists(partial):  # the shorter file under the real name is the partial
-                os.replace(path, partial)
-            with open(partial, "r+b" if offset else "wb") as handle:
+            with os.fdopen(fd, "r+b") as handle:
                 handle.seek(offset)
                 remote_file = _ranged_remote_file(reader)
-                if remote_file is not None and size - offset >= PARALLEL_DOWNLOAD_MIN:
-                    _download_in_ranges(remote_file, handle.fileno(), offset, size, meter, stop)
+                if remote_file is not None and job.size - offset >= PARALLEL_DOWNLOAD_MIN:
+                    _download_in_ranges(remote_file, handle.fileno(), offset, job.size, meter, stop)
                 else:
                     _write_all(reader, handle, meter, stop)
-            os.replace(partial, path)
+                handle.flush()
+                os.fchmod(handle.fileno(), job.mode)  # the final mode, as the bytes appear under the real name
+            os.replace(partial, job.destination)
         except errors.HpcfsError:
             raise
         except OSError as exc:  # a local failure: name the destination and what is kept of it
-            raise _local_error(exc, path, partial) from None
+            raise _local_error(exc, job.destination, partial) from None
+
+    def _open_partial(self, job: Job, offset: int) -> Tuple[str, int]:
+        """The partial file a download writes and a descriptor on it: the kept one when continuing, else
+        a new one under an unguessable name, created exclusively (nothing planted there is opened), mode
+        0600 until it is complete."""
+        kept, job.kept = job.kept, None
+        if offset and kept is not None:
+            if not kept.under_real_name:
+                return kept.path, kept.fd
+            return self._take_over(kept, self._fresh_partial(job.destination)), kept.fd
+        partial = self._fresh_partial(job.destination)
+        return partial, os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | OPEN_FLAGS, 0o600)
+
+    @staticmethod
+    def _take_over(kept: Kept, partial: str) -> str:
+        """Move another tool's shorter copy from the real name to a partial name, private while it grows;
+        refused if what was moved is not the file checked (swapped meanwhile)."""
+        os.rename(kept.path, partial)
+        if not os.path.samestat(os.lstat(partial), os.fstat(kept.fd)):
+            os.close(kept.fd)
+            raise errors.HpcfsError(f"the kept copy was replaced during the copy; it is now {partial}", kept.path)
+        os.fchmod(kept.fd, 0o600)
+        return partial
+
+
+def _partials_by_stem(directory: str) -> Dict[str, List[str]]:
+    """Partial download names in ``directory`` by the stem of the destination they belong to."""
+    pattern = re.compile(rf"\.(.*){re.escape(PARTIAL_MARK)}-[0-9a-f]{{{LOCAL_PARTIAL_SUFFIX}}}\Z", re.DOTALL)
+    found: Dict[str, List[str]] = {}
+    for name in os.listdir(directory):
+        match = pattern.match(name)
+        if match:
+            found.setdefault(match.group(1), []).append(name)
+    return found
+
+
+def _claim(path: str, private: bool) -> int:
+    """A descriptor on ``path`` if it is a copy of ours to continue, else -1: a regular file (no symbolic
+    link is followed) that we own with one link (no hard link to a file elsewhere), and for a partial no
+    group or other bits (ours are 0600; one another user prepared, or a wider one, is not continued)."""
+    try:
+        fd = os.open(path, os.O_RDWR | OPEN_FLAGS)
+    except OSError:
+        return -1
+    status = os.fstat(fd)
+    ours = (stat.S_ISREG(status.st_mode) and status.st_uid == os.geteuid() and status.st_nlink == 1
+            and not (private and status.st_mode & 0o077))
+    if not ours:
+        os.close(fd)
+        return -1
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _write_all(reader, handle, meter, stop):
@@ -278,14 +466,13 @@ def _pwrite_all(fd: int, view: memoryview, position: int) -> None:
         view, position = view[written:], position + written
 
 
-def _written_prefix(path: str) -> int:
+def _written_prefix(fd: int) -> int:
     """The length of a kept partial download up to its first hole: where a parallel download killed
     outright (no chance to cut the file back) wrote nothing yet, before ranges it did write."""
-    with open(path, "rb") as kept:
-        try:
-            return os.lseek(kept.fileno(), 0, os.SEEK_HOLE)
-        except OSError:  # no SEEK_HOLE here: the whole length
-            return os.fstat(kept.fileno()).st_size
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE)
+    except OSError:  # no SEEK_HOLE here: the whole length
+        return os.fstat(fd).st_size
 
 
 def _local_error(exc: OSError, path: str, partial: str) -> errors.HpcfsError:
@@ -299,11 +486,17 @@ def _local_error(exc: OSError, path: str, partial: str) -> errors.HpcfsError:
 class RemoteSide(Side):
     join = staticmethod(posixpath.join)
     basename = staticmethod(posixpath.basename)
+    can_dereference = False  # a remote link is copied as a link or skipped
 
     def __init__(self, remote_tree):
+        super().__init__()
         self.remote_tree = remote_tree
         capabilities = remote_tree.capabilities
         self.has_symlinks = capabilities.symlinks
+        # A server without links in its listing may still have them and list them as what they point to
+        # (UFTPD's STAT follows them): its directories are told apart by what the listing shows.
+        self.listing_follows_links = not capabilities.symlinks
+        self.chmod = capabilities.chmod
         # Uploads go to a partial name where renaming is instant; they continue where writing at an offset works.
         self.renames_instantly = capabilities.rename == "instant"
         self.resumable = self.renames_instantly and capabilities.ranged_writes
@@ -313,14 +506,38 @@ class RemoteSide(Side):
         return posixpath.dirname(path.rstrip("/")) or "/"
 
     def stat(self, path):
+        """What ``path`` names; a symbolic link given as an argument is copied as what it points to."""
         try:
             entry = self.remote_tree.stat(path)
         except errors.NotFound:
             return None
-        return Item(entry.name, entry.is_dir, entry.size)
+        return self._item(entry)
 
     def listdir(self, path):
-        return [Item(e.name, e.is_dir, e.size) for e in sorted(self.remote_tree.listdir(path), key=lambda e: e.name)]
+        return [self._child(path, entry) for entry in sorted(self.remote_tree.listdir(path), key=lambda e: e.name)]
+
+    def _child(self, directory: str, entry) -> Item:
+        """A listed entry; a symbolic link as itself (its target asked for where the listing lacks it)."""
+        if entry.kind != SYMLINK:
+            return self._item(entry)
+        target = entry.target
+        if target is None:
+            target = self.remote_tree.readlink(posixpath.join(directory, entry.name))
+        return Item(entry.name, False, 0, link=target)
+
+    def _item(self, entry) -> Item:
+        identity = (entry.mtime, entry.size) if self.listing_follows_links and entry.is_dir else None
+        return Item(entry.name, entry.is_dir, entry.size, identity=identity, mode=entry.mode & 0o777)
+
+    def directory_key(self, item: Item, path: str) -> Optional[tuple]:
+        """Where the listing follows links a directory has no identity of its own: a directory that lists
+        exactly like one on the way down to it (names, kinds, sizes, times) is taken for the same one, met
+        again through a link.  An identical nested copy down to the second of every time is taken for one
+        too, and skipped with the same warning."""
+        if item.identity is None:
+            return None
+        children = self.listdir(path)  # listed once: the tree caches it for the walk that follows
+        return item.identity, tuple((child.name, child.is_dir, child.size, child.identity) for child in children)
 
     def same(self, path: str, other: str) -> bool:
         return normalize(path) == normalize(other)
@@ -329,9 +546,21 @@ class RemoteSide(Side):
         path, directory = normalize(path), normalize(directory)
         return path == directory or path.startswith(directory.rstrip("/") + "/")
 
-    def mkdir(self, path):
-        if self.stat(path) is None:
-            self.remote_tree.mkdir(path)
+    def _create_directory(self, path: str, mode: int) -> bool:
+        """A new directory (True) given ``mode`` before anything goes into it, or an existing one."""
+        existing = self.stat(path)
+        if existing is not None:
+            if not existing.is_dir:
+                raise errors.AlreadyExists("exists and is not a directory", path)
+            return False
+        self.remote_tree.mkdir(path)
+        if self.chmod:
+            self.remote_tree.chmod(path, mode)
+        return True
+
+    def _set_mode(self, path: str, mode: int) -> None:
+        if self.chmod:
+            self.remote_tree.chmod(path, mode)
 
     def check_size(self, path, size, reading):
         """Refuse a file the server cannot send or take (a FirecREST system without staging) before any
@@ -377,14 +606,33 @@ class RemoteSide(Side):
         kept = _read_at(self, self.partial(job.destination), start, end - start)
         return kept == _read_at(job.source_side, job.source, start, end - start)
 
-    def receive(self, path, reader, offset, size, meter, stop):
+    def receive(self, job, reader, offset, meter, stop):
         """Upload through the core's one uploader.  Where the server renames instantly, the bytes go to
-        the fixed partial name ``resume`` looks for; where it also writes at an offset, a file above one
-        part goes in order (an interruption leaves a prefix, kept for ``resume``)."""
+        the fixed partial name ``resume`` looks for, which gets the copy's mode before the rename (a
+        private file's before its first byte); where it also writes at an offset, a file above one part
+        goes in order (an interruption leaves a prefix, kept for ``resume``).  Elsewhere the bytes go to
+        the real name, whose mode is set after them (and before them when it exists: narrowed first)."""
         source = CountingReader(reader, meter, stop)
-        resumable = self.resumable and (offset > 0 or size > UPLOAD_PIECE)
-        self.remote_tree.upload(path, source, size, partial=self.partial(path) if self.renames_instantly else None,
+        resumable = self.resumable and (offset > 0 or job.size > UPLOAD_PIECE)
+        partial = self.partial(job.destination) if self.renames_instantly else None
+        mode = job.mode if self.chmod else None
+        if mode is not None and mode & 0o044 != 0o044:  # others must not read what goes out
+            self._narrow_before_upload(partial or job.destination, mode, create=partial is not None and not offset)
+        self.remote_tree.upload(job.destination, source, job.size, publish_mode=mode, partial=partial,
                                 resume_from=offset, in_order=resumable)
+        if mode is not None and partial is None:
+            self.remote_tree.chmod(job.destination, mode)
+
+    def _narrow_before_upload(self, path: str, mode: int, create: bool) -> None:
+        """Give ``path`` the private ``mode`` before any byte goes into it: created empty first where the
+        upload goes to a partial name (the upload keeps the mode of the file it fills; a file someone else
+        put there cannot be changed, and the copy stops before sending anything)."""
+        backend, remote = self.remote_tree.backend, self.remote_tree.remote_path(path)
+        if create:
+            backend.write_whole(remote, io.BytesIO(b""), 0)
+        elif self.stat(path) is None:
+            return
+        backend.chmod(remote, mode)
 
 
 def _read_at(side, path: str, offset: int, size: int) -> bytes:
@@ -445,9 +693,21 @@ def copy_paths(sources, destination, recursive=False, resume=False, parallel=4, 
             dest_side.check_size(job.destination, job.size, reading=False)
         meter = Progress(len(jobs), sum(job.size for job in jobs), enabled=progress)
         try:
-            _run_copies(jobs, dest_side, resume, meter, parallel)
+            failures = _run_copies(jobs, dest_side, resume, meter, parallel)
+            dest_side.finish_directories()
         finally:  # also before an error message: it must start on a line of its own
             meter.finish()
+        _report_failures(failures, len(jobs))
+
+
+def _report_failures(failures: List[OSError], total: int) -> None:
+    """One failure is the command's error; several get a line each, then one that counts them."""
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        for failure in failures:
+            say(" ".join(str(failure).split()))
+        raise errors.HpcfsError(f"{len(failures)} of {total} files could not be copied")
 
 
 def _destination_is_directory(dest_side, destination, source_count: int) -> bool:
@@ -474,56 +734,72 @@ def _plan_source(side, source, dest_side, destination, into_directory, recursive
     target_display = dest_side.join(destination.display, name) if into_directory else destination.display
     if side is dest_side and side.same(source.path, target_path):
         raise errors.HpcfsError(f"'{source.display}' and '{target_display}' are the same file")
+    if item.special:
+        warn(f"skipping non-regular file '{source.display}'")
+        return []
     if not item.is_dir:
-        return [Job(side, source.path, target_path, item.size)]
+        return [Job(side, source.path, target_path, item.size, mode=dest_side.copy_mode(item.mode))]
     if not recursive:
         raise errors.IsADirectory("is a directory (use -r)", source.display)
     if side is dest_side and side.inside(target_path, source.path):
         raise errors.HpcfsError(f"cannot copy a directory, '{source.display}', into itself, '{target_display}'")
-    return _plan_tree(side, source.path, dest_side, target_path, {item.identity})
+    return _plan_tree(side, item, source.path, dest_side, target_path, {})
 
 
-def _plan_tree(side, source_dir, dest_side, dest_dir, ancestors):
-    """Create the destination directories now; return the copies to do.  ``ancestors`` are the identities
-    of the directories on the way down, so a symbolic link back to one of them is not followed again."""
-    dest_side.mkdir(dest_dir)
+def _plan_tree(side, item, source_dir, dest_side, dest_dir, ancestors):
+    """Create the destination directories now; return the copies to do.  ``ancestors`` maps what
+    identifies each directory on the way down to its path, so a symbolic link back to one of them is not
+    followed again."""
+    key = side.directory_key(item, source_dir)
+    if key is not None and key in ancestors:
+        warn(f"skipping '{source_dir}': a symbolic link loop (it leads back to '{ancestors[key]}', a directory "
+             "being copied)")
+        return []
+    dest_side.make_directory(dest_dir, item.mode)
+    below = {**ancestors, key: source_dir} if key is not None else ancestors
     jobs = []
-    for item in side.listdir(source_dir):
-        src = side.join(source_dir, item.name)
-        dst = dest_side.join(dest_dir, item.name)
-        if item.link is not None:
-            jobs += _plan_link(side, item, src, dest_side, dst)
-        elif item.is_dir and item.identity is not None and item.identity in ancestors:
-            warn(f"skipping '{src}': a symbolic link loop (it leads back to a directory being copied)")
-        elif item.is_dir:
-            jobs += _plan_tree(side, src, dest_side, dst, ancestors | {item.identity})
+    for child in side.listdir(source_dir):
+        src = side.join(source_dir, child.name)
+        dst = dest_side.join(dest_dir, child.name)
+        if child.link is not None:
+            jobs += _plan_link(side, child, src, dest_side, dst)
+        elif child.special:
+            warn(f"skipping non-regular file '{src}'")
+        elif child.is_dir:
+            jobs += _plan_tree(side, child, src, dest_side, dst, below)
         elif side is dest_side and side.same(src, dst):
             raise errors.HpcfsError(f"'{src}' and '{dst}' are the same file")
         else:
-            jobs.append(Job(side, src, dst, item.size))
+            jobs.append(Job(side, src, dst, child.size, mode=dest_side.copy_mode(child.mode)))
     return jobs
 
 
 def _plan_link(side, item, src, dest_side, dst):
     if dest_side.has_symlinks:
         return [Job(side, src, dst, 0, link=item.link)]
-    warn(f"skipping symbolic link '{src}': the destination has no symbolic links (-L copies what it points to)")
+    hint = " (-L copies what it points to)" if side.can_dereference else ""
+    warn(f"skipping symbolic link '{src}': the destination has no symbolic links{hint}")
     return []
 
 
-def _run_copies(jobs, dest_side, resume, meter, parallel):
-    """Copy ``parallel`` files at a time; the first failure (or Ctrl-C) stops the others at their next chunk."""
+def _run_copies(jobs, dest_side, resume, meter, parallel) -> List[OSError]:
+    """Copy ``parallel`` files at a time; the failures, once every other file is copied.  Ctrl-C (or a
+    bug) stops the others at their next chunk."""
     stop = threading.Event()
+    failures: List[OSError] = []
     pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="hpcfs-cp")
     try:
-        futures = [pool.submit(_copy_file, job, dest_side, resume, meter, stop) for job in jobs]
-        for future in futures:
-            future.result()
+        for future in [pool.submit(_copy_file, job, dest_side, resume, meter, stop) for job in jobs]:
+            try:
+                future.result()
+            except OSError as failure:  # this file's: the others go on
+                failures.append(failure)
     except BaseException:
         stop.set()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    return failures
 
 
 def _copy_file(job, dest_side, resume, meter, stop):
@@ -531,16 +807,20 @@ def _copy_file(job, dest_side, resume, meter, stop):
         dest_side.make_link(job.link, job.destination)
         meter.advance(0, file_done=True)
         return
-    offset = dest_side.resume_offset(job) if resume else 0
-    if offset is None:
-        meter.skip(job.size, file_done=True)
-        return
-    meter.skip(offset)
-    reader = job.source_side.open_read(job.source, offset)
     try:
-        dest_side.receive(job.destination, reader, offset, job.size, meter, stop)
+        offset = dest_side.resume_offset(job) if resume else 0
+        if offset is None:
+            meter.skip(job.size, file_done=True)
+            return
+        meter.skip(offset)
+        reader = job.source_side.open_read(job.source, offset)
+        try:
+            dest_side.receive(job, reader, offset, meter, stop)
+        finally:
+            reader.close()
     finally:
-        reader.close()
+        if job.kept is not None:  # claimed for resume but not continued (the source could not be read)
+            os.close(job.kept.fd)
     meter.advance(0, file_done=True)
 
 

@@ -279,8 +279,8 @@ def test_resume_continues_a_partial_download_at_its_first_hole(uftp_server, tmp_
     the partial's length would keep the zeros of the hole."""
     data = os.urandom(24 << 20)
     put(uftp_server, "big.bin", data)
-    partial = tmp_path / ".big.bin.hpcfs-partial"
-    with open(partial, "wb") as kept:
+    partial = tmp_path / ".big.bin.hpcfs-partial-0123456789abcdef"  # a partial of ours: mode 0600
+    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as kept:
         kept.write(data[: 4 << 20])
         kept.seek(16 << 20)
         kept.write(data[16 << 20 : 20 << 20])  # a range that finished while the one before it had not
