@@ -203,6 +203,12 @@ class Backend:
         return WholeUpload(self, path, size)
 
     # -- namespace --------------------------------------------------------------------------------------
+    def check_name(self, path: str) -> None:
+        """Raise :class:`errors.InvalidPath` (EINVAL) if the server cannot create ``path`` under its exact
+        name.  The core asks before it creates, spools or sends anything for a new name (a file, a
+        directory, a rename's or link's target), so such a name fails at ``open``/``mkdir``, not later at
+        ``close`` where shells ignore the error.  The default takes every name ``normalize`` passes."""
+
     def mkdir(self, path: str) -> None:
         raise NotImplementedError
 

@@ -9,9 +9,17 @@ server renames instantly.  If
 the upload fails, or a write into the spool failed (local disk full), nothing is published, the spool is
 kept and the error says where: written data is never lost and a truncated file never replaces a good one.
 Two writers of one file each have their own spool; the last one to close wins, as with NFS.
+
+Commit points: the server's file changes only when a complete new version is committed.  fsync and the
+last release commit; so does a flush (the close of one descriptor), except while a file opened ``O_TRUNC``
+over an existing one is still empty: shells and ``dd`` close a duplicate descriptor before their first
+write, and committing the empty file then would lose the old version if the writes that follow fail.  A
+commit that failed was reported to its caller; the release after it does not upload again behind the
+caller's back, it only logs where the spool is kept.
 """
 import errno
 import io
+import logging
 import math
 import os
 import tempfile
@@ -23,6 +31,8 @@ from .. import errors
 from ..backend import FILE, Entry
 from .blocks import ReadPattern
 from .upload import Upload, Uploader
+
+log = logging.getLogger("hpcfs.core")
 
 
 class RemoteFile:
@@ -44,6 +54,9 @@ class RemoteFile:
         self._write_lock = threading.Lock()
         self._stream = None
         self._spool_failure: Optional[OSError] = None  # a write the spool could not take: never publish then
+        self._commit_failure: Optional[OSError] = None  # the last commit failed and said so to its caller
+        # Opened O_TRUNC over a file the server has: the old version stays until new content is committed.
+        self._replacing = writable and truncate and entry is not None
         if writable and (truncate or entry is None):
             self._size = 0
             self._open_spool(copy_existing=False)
@@ -113,27 +126,24 @@ class RemoteFile:
         self._size = size
         self._changed()
 
-    def flush(self):
-        """Send the spool if anything changed since the last flush."""
+    def flush(self) -> None:
+        """The close of one descriptor (FUSE flush, Python flush and close): a commit point, except for a
+        file opened ``O_TRUNC`` over an existing one that is still empty (see the module's docstring)."""
+        if self._replacing and self._size == 0:
+            return
+        self.commit()
+
+    def commit(self) -> None:
+        """Send the spool if anything changed since the last commit (fsync, flush, the last release)."""
         with self._lock:
             if not self._dirty:
                 return
-            if self._spool_failure is not None:
-                raise self._incomplete_spool_error(self._spool_failure)
-            replaced_mode = self.entry.mode if self.entry is not None else None
             try:
-                if self._stream is not None and self._stream.finish(self._spool_fd, self._size, replaced_mode):
-                    self._stream = None  # later writes go out as a whole upload
-                    self.tree.uploaded(self.path, self._size)
-                else:
-                    self._end_streaming()
-                    with open(self._spool_path, "rb") as source:
-                        self.tree.upload(self.path, source, self._size, replaced_mode)
-            except errors.HpcfsError as exc:
-                raise type(exc)(
-                    f"upload failed ({exc.strerror}); the written data is kept in {self._spool_path}",
-                    self.path,
-                ) from exc
+                self._publish()
+            except OSError as exc:
+                self._commit_failure = exc
+                raise
+            self._commit_failure = None
             self._dirty = False
             mode, mtime, self._pending_mode, self._pending_mtime = self._pending_mode, self._pending_mtime, None, None
             if mode is not None:
@@ -143,9 +153,15 @@ class RemoteFile:
             self.entry = self.tree.stat_cached(self.path) or self.entry
 
     def release(self):
-        """Flush and close; the spool is deleted only once its data is on the server."""
+        """Commit and close; the spool is deleted only once its data is on the server.  After a commit that
+        failed (and said so) the spool is kept and the server keeps its version: nothing is sent later
+        that the writer was told had failed."""
         try:
-            self.flush()
+            if self._commit_failure is None:
+                self.commit()
+            elif self._dirty:
+                log.warning("%s: not uploaded again at release, as its failed close or fsync reported: %s",
+                            self.path, self._commit_failure.strerror)
         finally:
             if self._spool_fd is not None:
                 os.close(self._spool_fd)
@@ -182,6 +198,26 @@ class RemoteFile:
         return True
 
     # -- internals ------------------------------------------------------------------------------------
+    def _publish(self) -> None:
+        """One upload of the spool (or the end of the streamed one); a failure names the spool."""
+        if self._spool_failure is not None:
+            raise self._incomplete_spool_error(self._spool_failure)
+        assert self._spool_fd is not None and self._spool_path is not None  # a changed file has its spool
+        # The mode the new version gets before it appears: a pending chmod or create mode, else the old one's.
+        mode = self._pending_mode if self._pending_mode is not None else self.entry.mode if self.entry else None
+        try:
+            if self._stream is not None and self._stream.finish(self._spool_fd, self._size, mode):
+                self._stream = None  # later writes go out as a whole upload
+                self.tree.uploaded(self.path, self._size)
+            else:
+                self._end_streaming()
+                with open(self._spool_path, "rb") as source:
+                    self.tree.upload(self.path, source, self._size, mode)
+        except errors.HpcfsError as exc:
+            raise type(exc)(
+                f"upload failed ({exc.strerror}); the written data is kept in {self._spool_path}", self.path,
+            ) from exc
+
     def _changed(self):
         self._dirty = True
         self._modified = time.time()
@@ -379,6 +415,7 @@ class FileStream(io.RawIOBase):
         self._readable = readable
         self._append = append
         self._position = handle.size if append else 0
+        self._released = False
 
     def readable(self):
         return self._readable
@@ -432,11 +469,13 @@ class FileStream(io.RawIOBase):
         return size
 
     def flush(self):
-        if not self.closed and self.handle.writable:
+        if not self.closed and self.handle.writable and not self._released:
             self.handle.flush()
 
     def close(self):
         if not self.closed:
+            # The release commits; the flush IOBase.close makes afterwards must not send a failed one again.
+            self._released = True
             try:
                 self.handle.release()
             finally:

@@ -102,6 +102,7 @@ class RemoteTree:
             # A file another handle here is still writing exists for this process, though not on the server.
             if not create and self._writer(path) is None:
                 raise
+            self._check_new_name(path)
             self._require_directory(split(path)[0])
             entry = None
         else:
@@ -147,6 +148,7 @@ class RemoteTree:
         limit = self.capabilities.max_upload
         if limit is not None and size > limit:
             raise errors.TooLarge(f"file of {size} bytes exceeds the server's upload limit of {limit}", path)
+        self._check_new_name(path)
         self.uploader.send(self.remote_path(path), source, size, publish_mode,
                            partial=self.remote_path(partial) if partial else None, resume_from=resume_from,
                            in_order=in_order)
@@ -192,6 +194,7 @@ class RemoteTree:
         self._require_writable(path)
         if self.exists(path):
             raise errors.AlreadyExists("file exists", path)
+        self._check_new_name(path)
         self._require_directory(split(path)[0])
         self.backend.mkdir(self.remote_path(path))
         self.meta.put(path, Entry(name=split(path)[1], kind=DIRECTORY, mtime=time.time(), mode=0o755))
@@ -223,6 +226,7 @@ class RemoteTree:
         if self.capabilities.rename == "none":
             raise errors.NotSupported("the server cannot rename", src)
         entry = self.stat(src)
+        self._check_new_name(dst)
         self.backend.rename(self.remote_path(src), self.remote_path(dst))
         for path in (src, dst):
             self.meta.invalidate(path)
@@ -262,6 +266,7 @@ class RemoteTree:
         self._require_writable(path)
         if not self.capabilities.symlinks:
             raise errors.NotSupported("the server has no symbolic links", path)
+        self._check_new_name(path)
         self.backend.symlink(target, self.remote_path(path))
         self.meta.invalidate(path)
         self.meta.invalidate_listing(split(path)[0])
@@ -281,6 +286,10 @@ class RemoteTree:
         if self.capabilities.read_only:
             raise errors.ReadOnly("read-only file system: nothing here can be written, created, renamed or "
                                   "deleted", path)
+
+    def _check_new_name(self, path: str) -> None:
+        """Refuse a name the server cannot take (EINVAL) before anything is spooled or sent for it."""
+        self.backend.check_name(self.remote_path(path))
 
     def remote_path(self, path):
         """The backend's path for a path in this tree."""

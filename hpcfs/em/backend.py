@@ -124,6 +124,11 @@ class VolumeListing:
         return sorted(p for p, e in self.entries.items() if e.is_dir and p.startswith(path + "/"))
 
 
+def _refuse_unstorable(name: str, where: str) -> None:
+    if not can_upload_name(name):
+        raise errors.InvalidPath("the EM API cannot store this file name (\\ or unprintable characters)", where)
+
+
 class EMBackend(Backend):
     """Volumes of one EM API account as one tree; every request goes through one serialized client."""
 
@@ -289,8 +294,7 @@ class EMBackend(Backend):
 
     def _check_upload(self, directory: str, name: str, size: int):
         where = posixpath.join(directory, name)
-        if not can_upload_name(name):
-            raise errors.InvalidPath("the EM API cannot store this file name (\\ or unprintable characters)", where)
+        _refuse_unstorable(name, where)
         if size > self.max_upload:
             raise errors.TooLarge(f"{size} bytes exceed the EM API's {self.max_upload} bytes per upload", where)
 
@@ -339,6 +343,9 @@ class EMBackend(Backend):
             self._listings.pop(volume, None)
 
     # -- namespace --------------------------------------------------------------------------------------
+    def check_name(self, path: str) -> None:
+        _refuse_unstorable(posixpath.basename(normalize(path)), path)
+
     def mkdir(self, path: str) -> None:
         parts = normalize(path).strip("/").split("/")
         if len(parts) == 1 and parts[0]:

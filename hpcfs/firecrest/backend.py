@@ -37,7 +37,7 @@ from ..backend import DIRECTORY, FILE, SYMLINK, Backend, Capabilities, Entry, Up
 from ..urls import ParsedURL
 from . import streamer
 from .auth import ClientCredentials
-from .client import FirecrestClient, StagingExpired, error_from_message
+from .client import QUOTE_REFUSAL, FirecrestClient, StagingExpired, error_from_message
 from .options import FirecrestOptions
 from .listing import decode_name, entry_from_file, entry_from_stat
 
@@ -379,6 +379,10 @@ class FirecrestBackend(Backend):
         raise error_from_message(500, f"transfer job {job['jobId']} failed: error message:{reason}", path)
 
     # -- namespace ------------------------------------------------------------------------------------
+    def check_name(self, path: str) -> None:
+        if "'" in path:
+            raise errors.InvalidPath(QUOTE_REFUSAL, path)
+
     def mkdir(self, path: str) -> None:
         with self.client.operation(path):
             self.client.mkdir(path)

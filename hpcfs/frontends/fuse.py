@@ -37,6 +37,17 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _UTIME_NOW, _UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 
 
+def _create_mode(mode: int) -> Optional[int]:
+    """The permission bits a new file gets after its upload (``mode`` is already masked by the creator's
+    umask), or None for the server's default.  A mode that keeps every bit of the usual default 0644 and
+    adds no x bit is left to the server, so the common case costs no chmod and a stricter server default
+    (a site umask 077) is never widened; a narrower mode (umask 077: 0600) or an executable is applied."""
+    mode &= 0o7777
+    if mode & 0o111 or (mode & 0o644) != 0o644:
+        return mode
+    return None
+
+
 def _translate(method):
     """One place owns error translation: core errors pass with their errno, anything else is EIO."""
 
@@ -104,10 +115,9 @@ class HpcfsOperations(fuse.Operations):
     @_translate
     def create(self, path, mode, flags=0):
         self._check_writable(True)
-        # New executables keep their x bits; other new files get the server's default mode.
         handle = self.remote_tree.open(
             path, writable=True, truncate=True, create=True, exclusive=bool(flags & os.O_EXCL),
-            create_mode=mode & 0o7777 if mode & 0o111 else None,
+            create_mode=_create_mode(mode),
         )
         return self._register(handle)
 
@@ -135,13 +145,15 @@ class HpcfsOperations(fuse.Operations):
 
     @_translate
     def flush(self, path, fh):
-        handle = self.handles.get(fh)
-        if handle is not None and handle.writable:
+        handle = self._writable_handle(fh)
+        if handle is not None:
             handle.flush()
 
     @_translate
     def fsync(self, path, datasync, fh):
-        self.flush(path, fh)
+        handle = self._writable_handle(fh)
+        if handle is not None:
+            handle.commit()  # an explicit commit point, even for a file still empty after O_TRUNC
 
     @_translate
     def release(self, path, fh):
@@ -207,6 +219,10 @@ class HpcfsOperations(fuse.Operations):
             fh = next(self._next_handle)
             self.handles[fh] = handle
         return fh
+
+    def _writable_handle(self, fh):
+        handle = self.handles.get(fh)
+        return handle if handle is not None and handle.writable else None
 
     def _check_writable(self, writing):
         if writing and self.read_only:
