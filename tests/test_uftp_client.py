@@ -368,8 +368,8 @@ def test_server_session_limit_caps_the_pool(tmp_path):
     try:
         url = f"uftp://u:p@127.0.0.1:{server.auth_port}/rest/auth/TEST:/?ca_file={server.cert_file}"
         opened, _ = open_backend(url, sessions="8")
-        assert opened.capabilities.max_parallel == 2  # keeper + 2 workers + one reconnect < 4
-        assert opened.describe()["session_limit"] == 4
+        assert opened.capabilities.max_parallel == 1  # the budget, 4 - 2, holds the keeper and one worker
+        assert opened.describe()["session_limit"] == 4 and opened.describe()["session_budget"] == 2
         opened.close()
     finally:
         server.stop()

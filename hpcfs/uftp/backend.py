@@ -35,6 +35,12 @@ DEFAULT_TIMEOUT = 30.0
 LARGE_WRITE = 8 << 20  # an upload above this sends pieces in parallel
 PIECE = 4 << 20  # size of those pieces
 BUSY_WAIT = 10.0  # how long "500 Too many active sessions" is retried (UFTPD reaps every 5 s)
+# UFTPD's cleanup thread reaps ended sessions every 5 s (UFTPD.py ``cleanup``): a session counts against the
+# limit for up to 5 s after it ended, so its slot waits that long and a second more for a loaded server.
+REAP_GRACE = 6.0
+SECRET_LIFETIME = 300.0  # UFTPD counts a secret nobody logged in with until it expires (``_REQUEST_LIFETIME``)
+UFTPD_LIMIT = 16  # UFTPD's MAX_CONNECTIONS by default, when the Auth server does not say
+SESSION_MARGIN = 2  # sessions of the limit left to the user's other tools (uftp, pyuftp, another machine)
 SIZE_HINTS = 4096
 
 
@@ -53,16 +59,22 @@ def retry_while_busy(action):
 
 
 class SessionPool:
-    """Logged-in sessions sharing one persistent secret, plus the keeper that keeps the secret alive."""
+    """Logged-in sessions sharing one persistent secret, plus the keeper that keeps the secret alive.
 
-    def __init__(self, auth: AuthClient, base_dir: str, size: int, timeout: float):
+    Every session holds a slot of ``budget`` (the sessions this user's hpcfs processes on this machine share;
+    the pool closes it): the keeper's and the first worker's are taken together before the first
+    authentication, waiting for them up to ``timeout``; a further worker logs in only on a slot free at once,
+    else the pool makes do with the sessions it has.  ``what`` names the sessions in log lines."""
+
+    def __init__(self, auth: AuthClient, base_dir: str, size: int, timeout: float, budget: net.SlotBudget,
+                 what: str):
         self._auth = auth
         self._base_dir = base_dir
         self.size = size
         self.timeout = timeout
         self._cond = threading.Condition()
         self._idle: List[ControlSession] = []
-        self._live = 0  # sessions idle or handed out (the keeper not counted)
+        self._live = 0  # sessions idle or handed out, or logging in (the keeper not counted)
         self._closed = False
         self._renew_lock = threading.Lock()
         # (grant, generation), replaced as one so readers see a matching pair
@@ -70,7 +82,17 @@ class SessionPool:
         self._keeper: Optional[ControlSession] = None
         self.features: Optional[Features] = None
         self.version = ""
-        retry_while_busy(lambda: self._renew(0))
+        self._budget = budget
+        self._keeper_slot: Optional[net.Slot] = None
+        self._worker_slots: List[net.Slot] = []  # one per live worker, plus spare ones for the next logins
+        try:
+            # both at once: pools each holding a keeper slot while waiting for a worker slot would wait forever
+            self._keeper_slot, first = budget.wait(2, time.monotonic() + timeout, what)
+            self._worker_slots.append(first)
+            retry_while_busy(lambda: self._renew(0))
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def server(self) -> str:
@@ -90,17 +112,26 @@ class SessionPool:
             if generation != self._current[1]:
                 return
             grant = self._auth.authenticate(self._base_dir)
-            try:
-                keeper = ControlSession(grant.host, grant.port, grant.secret, timeout=self.timeout,
-                                        features=self.features)
-            except SessionLost:
-                raise errors.NotFound("UFTPD ended the session right after login: is the base directory "
-                                      "missing or not accessible?", self._base_dir) from None
+            keeper = self._log_keeper_in(grant)
             old, self._keeper = self._keeper, keeper
             self.features, self.version = keeper.features, keeper.version
             self._current = (grant, generation + 1)
         if old is not None:
             old.close()
+
+    def _log_keeper_in(self, grant: Grant) -> ControlSession:
+        """The keeper's login with a fresh secret, retried while UFTPD is busy rather than authenticating
+        anew: a secret nobody used counts against the limit until it expires."""
+        try:
+            return retry_while_busy(lambda: ControlSession(grant.host, grant.port, grant.secret,
+                                                           timeout=self.timeout, features=self.features))
+        except SessionLost:  # logged in, so the secret is used and UFTPD reaps the session
+            raise errors.NotFound("UFTPD ended the session right after login: is the base directory "
+                                  "missing or not accessible?", self._base_dir) from None
+        except BaseException:
+            if self._keeper_slot is not None:
+                self._keeper_slot.keep_busy(SECRET_LIFETIME)
+            raise
 
     def _login(self) -> ControlSession:
         for attempt in range(2):
@@ -138,13 +169,28 @@ class SessionPool:
                     session = self._idle.pop()
                     if session.idle_and_sound():
                         return session
-                    self._live -= 1
                     session.close()
-                if self._live < self.size:
+                    self._dropped()
+                if self._live < self.size and self._slot_for_login():
                     self._live += 1
                     return None
-                # Every session in use comes back: each of its socket operations is bounded by the timeout.
+                # Every session in use comes back: each of its socket operations is bounded by the timeout.  A
+                # pool with no slot to spare has one in use: the first worker's slot is kept till close.
                 self._cond.wait()
+
+    def _slot_for_login(self) -> bool:
+        """Whether a slot backs one more login (lock held): a spare one of the pool's, else one the budget
+        has free at once; only the first two were worth waiting for."""
+        if self._live >= len(self._worker_slots):
+            self._worker_slots += self._budget.take()
+        return self._live < len(self._worker_slots)
+
+    def _dropped(self):
+        """One worker fewer (lock held).  Its slot goes back to the budget, cooling while UFTPD still counts
+        the session, except the last worker slot of an open pool, kept for the next login."""
+        self._live -= 1
+        if self._closed or len(self._worker_slots) > 1:
+            self._worker_slots.pop().release()
 
     def release(self, session: ControlSession):
         with self._cond:
@@ -157,18 +203,27 @@ class SessionPool:
 
     def _forget(self):
         with self._cond:
-            self._live -= 1
+            self._dropped()
             self._cond.notify()
 
     def close(self):
+        """Close the idle sessions and the keeper, then give back their slots and the spare ones; a session
+        still lent out gives back its slot when it is returned."""
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
-            self._live -= len(idle)
             self._cond.notify_all()
         for session in idle + [self._keeper]:
             if session is not None:
                 session.close()
+        with self._cond:
+            for _ in idle:
+                self._dropped()
+            while len(self._worker_slots) > self._live:
+                self._worker_slots.pop().release()
+        if self._keeper_slot is not None:
+            self._keeper_slot.release()
+        self._budget.close()
 
 
 class SizeHints:
@@ -197,20 +252,31 @@ class UFTPBackend(Backend):
     """A UFTP tree: ``/`` is the base directory the secret was issued for."""
 
     def __init__(self, auth: AuthClient, base_dir: str = "/", *, sessions: Optional[int] = None,
-                 timeout: float = DEFAULT_TIMEOUT, large_write: int = LARGE_WRITE, piece_size: int = PIECE):
+                 max_sessions: Optional[int] = None, timeout: float = DEFAULT_TIMEOUT,
+                 large_write: int = LARGE_WRITE, piece_size: int = PIECE):
         self.base_dir = normalize(base_dir)
         self._auth = auth
         self._info = auth.server_info()
         self.session_limit = _positive_int(self._info.get("sessionLimit"))
-        workers = sessions or DEFAULT_SESSIONS
-        if self.session_limit:  # keep the keeper and one reconnect below the server's per-user limit
-            workers = max(1, min(workers, self.session_limit - 2))
+        # sessions of this user's hpcfs processes on this machine together, the keepers included
+        self.session_budget = max_sessions or max(2, (self.session_limit or UFTPD_LIMIT) - SESSION_MARGIN)
+        if self.session_budget < 2:
+            raise errors.UsageError("max_sessions must be at least 2: the keeper session and one for data")
+        workers = max(1, min(sessions or DEFAULT_SESSIONS, self.session_budget - 1))
         self.capabilities = Capabilities(ranged_reads=True, ranged_writes=True, rename="instant",
                                          max_parallel=workers, chmod=True, set_mtime=True, symlinks=False)
         self.large_write = large_write
         self.piece_size = piece_size
         self._sizes = SizeHints()
-        self._pool = SessionPool(auth, self.base_dir, workers, timeout)
+        self._pool = self._new_pool(workers, timeout)
+
+    def _new_pool(self, workers: int, timeout: float) -> SessionPool:
+        """The pool, on the budget UFTPD counts by: the remote login (the Auth server's ``uid``) on this
+        server."""
+        user = str(self._info.get("uid") or getattr(self._auth.credential, "user", "") or "")
+        budget = net.SlotBudget(f"uftp {self._auth.auth_url} {user}", self.session_budget, grace=REAP_GRACE)
+        what = f"UFTP sessions of {user or 'this account'} at {net.server_of(self._auth.auth_url)}"
+        return SessionPool(self._auth, self.base_dir, workers, timeout, budget, what)
 
     def __repr__(self):
         return f"<UFTPBackend {self._auth.auth_url}:{self.base_dir}>"
@@ -219,13 +285,18 @@ class UFTPBackend(Backend):
     def _remote(self, path: str):
         """``(normalized path, server path)``; refuses names UFTPD's line protocol would mangle."""
         path = normalize(path)
+        self.check_name(path)
+        if path == "/":
+            return path, self.base_dir
+        return path, self.base_dir.rstrip("/") + path
+
+    def check_name(self, path: str) -> None:
+        """UFTPD reads each command as one line and strips it, so a line break would end the command
+        early (or inject another) and white space at the end of a name would be dropped."""
         if "\n" in path or "\r" in path:
             raise errors.InvalidPath("names with line breaks cannot be sent over UFTP", path)
         if path[-1].isspace():
             raise errors.InvalidPath("UFTPD strips white space from the end of a name", path)
-        if path == "/":
-            return path, self.base_dir
-        return path, self.base_dir.rstrip("/") + path
 
     def _run(self, operation: Callable[[ControlSession], object], retry: Union[bool, Callable[[], bool]] = True):
         """``operation`` on a pooled session.  If the session dies under it, an idempotent operation is
@@ -490,6 +561,7 @@ class UFTPBackend(Backend):
             "server_version": self._pool.version or self._info.get("uftpdServerVersion", ""),
             "features": list(self._pool.features.lines if self._pool.features else ()),
             "session_limit": self.session_limit,
+            "session_budget": self.session_budget,
             "sessions": self.capabilities.max_parallel,
         }
 
@@ -553,7 +625,8 @@ def backend_from_url(parsed, settings: UFTPOptions):
     verify = net.parse_verify(settings.verify, settings.ca_file)
     auth = AuthClient(auth_url, make_credential(parsed, settings), verify=verify, timeout=settings.timeout)
     try:
-        return UFTPBackend(auth, base_dir, sessions=settings.parallel, timeout=settings.timeout), "/"
+        return UFTPBackend(auth, base_dir, sessions=settings.parallel, max_sessions=settings.max_sessions,
+                           timeout=settings.timeout), "/"
     except BaseException:
         auth.close()
         raise

@@ -98,6 +98,7 @@ class UFTPServer:
         self.log = log or common.RequestLog()
         self.jobs: Dict[str, TransferJob] = {}
         self.user_counts: Dict[str, int] = {}
+        self.user_peaks: Dict[str, int] = {}  # the most each user's count ever reached, for tests
         self._lock = threading.Lock()
         self._controls = set()
         self._stopping = threading.Event()
@@ -187,10 +188,11 @@ class UFTPServer:
         )
         with self._lock:
             if self.user_counts.get(user, 0) >= limit:
+                self.log.record("too-many", user)
                 raise ValueError(f"Too many active sessions for '{user}' - server limit is {limit}")
             if job.secret in self.jobs:
                 raise ValueError("Duplicate secret - this is not allowed.")
-            self.user_counts[user] = self.user_counts.get(user, 0) + 1
+            self._count_one_more(user)
             self.jobs[job.secret] = job
 
     def _claim(self, secret, peer_ip):
@@ -210,11 +212,17 @@ class UFTPServer:
                 if not job.persistent:
                     raise LoginRefused("500 Session for these credentials is already running")
                 if self.user_counts[job.user] + 1 > limit:
+                    self.log.record("too-many", job.user)
                     raise LoginRefused(too_many)
-                self.user_counts[job.user] += 1
+                self._count_one_more(job.user)
             slot = threading.Event()
             job.sessions.append(slot)
         return job, slot
+
+    def _count_one_more(self, user):
+        """One more job or session of ``user`` (the lock held), and the peak it reaches."""
+        count = self.user_counts[user] = self.user_counts.get(user, 0) + 1
+        self.user_peaks[user] = max(self.user_peaks.get(user, 0), count)
 
     def _cleanup_loop(self):
         while not self._stopping.wait(self.setting("cleanup_interval")):
