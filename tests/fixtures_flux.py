@@ -1,8 +1,9 @@
 """pytest fixtures for the local Flux RESTful API server (``hpcfs serve flux``).
 
-``flux_server`` runs in single-user mode (no authentication); ``make_flux_server(auth=True)`` starts one in
-multi-user mode with the credentials in :data:`CREDENTIALS`, which reach clients only through the
-environment (:attr:`FluxServerHandle.env`).  ``handle.run(command)`` submits a job and waits for its end.
+``flux_server`` runs in single-user mode (no credentials; it serves only the test's own local user);
+``make_flux_server(auth=True)`` starts one in multi-user mode with the credentials in :data:`CREDENTIALS`,
+which reach clients only through the environment (:attr:`FluxServerHandle.env`).  ``handle.run(command)``
+submits a job and waits for its end.
 """
 import time
 

@@ -12,6 +12,7 @@ import errno
 import getpass
 import http.client
 import http.server
+import io
 import json
 import os
 import re
@@ -140,7 +141,28 @@ def peer_uid(connection: socket.socket) -> Optional[int]:
             rows = [line.split() for line in handle.readlines()[1:]]
     except OSError:
         return None
-    return next((int(row[7]) for row in rows if row[1] == theirs and row[2] == ours), None)
+    # A socket its owner has closed (TIME_WAIT, or orphaned while it sends its FIN) keeps its row with inode
+    # 0 and uid 0: no owner at all, never root's.  Every live socket has an inode.
+    return next((int(row[7]) for row in rows if row[1] == theirs and row[2] == ours and row[9] != "0"), None)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is at the other end of a connection: a local user (``uid``, from the socket table) or, where that
+    is unknown (another host, a socket already closed), just the address."""
+
+    uid: Optional[int]
+    host: str
+
+    @property
+    def key(self) -> str:
+        """What a share of the connections is counted by: one local user, or one address."""
+        return f"uid {self.uid}" if self.uid is not None else f"host {self.host}"
+
+    @property
+    def is_owner(self) -> bool:
+        """The server's own user (the kernel's word for it, not anything the client sent)."""
+        return self.uid == os.geteuid()
 
 
 def _proc_net_address(family: int, host: str, port: int) -> str:
@@ -316,8 +338,25 @@ def self_signed_certificate(directory: str, hostname: str = "localhost") -> Tupl
 
 
 # -- REST ----------------------------------------------------------------------------------------------
+@dataclass
+class ConnectionLimits:
+    """How long a client may take over a request and how many connections it may hold, so that another local
+    user who opens connections and sends nothing cannot use up a server's threads and descriptors.  Read
+    live: a change applies to the next connection or request."""
+
+    header_timeout: float = 60.0  # seconds for a TLS handshake, or for a request line and its headers in all
+    body_timeout: float = 60.0  # longest silence while a body is read or a reply is written
+    max_per_peer: int = 64  # connections of one local user (the socket's owner), or of one other address
+    max_connections: int = 256  # connections of everyone but the server's own user, together
+
+
 class BodyTooLarge(Exception):
     """A request body longer than its route accepts; answered 413 without reading it."""
+
+
+class ClientGone(ConnectionError):
+    """The client stopped sending a body it announced (it left, or was silent beyond the body timeout):
+    nobody is left to answer, and where the next request would start is unknown."""
 
 
 @dataclass
@@ -363,9 +402,12 @@ class Request:
         remaining = 0 if source is None else self.content_length
         self.body_consumed = True
         while source is not None and remaining > 0:
-            chunk = source.read(min(size, remaining))
+            try:
+                chunk = source.read(min(size, remaining))
+            except OSError as exc:  # TimeoutError: silent beyond the body timeout
+                raise ClientGone(f"the body stopped arriving: {exc}") from exc
             if not chunk:
-                raise ConnectionError("the client closed the connection before the end of the body")
+                raise ClientGone("the client closed the connection before the end of the body")
             remaining -= len(chunk)
             yield chunk
 
@@ -526,20 +568,47 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
     server_version = "hpcfs-local"
     app: RestApp
 
+    server: "_ThreadingHTTPServer"
+    peer: Optional[Peer]
+
     def log_message(self, *args):  # requests are counted, not printed
         pass
 
     def setup(self):
         super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
+        self.peer = self.server.peer_of(self.connection)
+        self.rfile.close()  # replaced by input under the server's clocks (closing drops its hold on the socket)
+        self.input = _TimedInput(self.connection, self.server.limits)
+        self.rfile = io.BufferedReader(self.input)
 
-    def finish(self):
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        super().finish()
+    def handle(self):
+        if self._handshake():
+            super().handle()
+
+    def _handshake(self) -> bool:
+        """A TLS connection's handshake, here in the connection's own thread under the header timeout: in
+        accept(), the server's one accepting thread, a client that never says hello would stop the server."""
+        if not isinstance(self.connection, ssl.SSLSocket):
+            return True
+        self.connection.settimeout(self.server.limits.header_timeout)
+        try:
+            self.connection.do_handshake()
+        except OSError:  # timed out, garbage, or gone: nobody to answer
+            return False
+        return True
+
+    def handle_one_request(self):
+        self.input.expect_headers()  # a TimeoutError in there closes the connection (BaseHTTPRequestHandler)
+        super().handle_one_request()
 
     def _handle(self):
+        self.input.expect_body()
+        try:
+            self._dispatch()
+        except ClientGone:
+            self.close_connection = True
+
+    def _dispatch(self):
         split = urlsplit(self.path)
         try:
             length = max(int(self.headers.get("Content-Length") or 0), 0)
@@ -558,6 +627,8 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
         )
         try:
             response = self.server.app.dispatch(request)
+        except ClientGone:
+            raise
         except BodyTooLarge as exc:
             self.server.app.log.record("too-large", f"{request.method} {request.path}")
             response = Response.json({"detail": f"Request body larger than {exc.args[0]} bytes"}, 413)
@@ -627,13 +698,99 @@ def send_file(handler, path: str, headers: Optional[Dict[str, str]] = None):
             remaining -= len(chunk)
 
 
+class _TimedInput(io.RawIOBase):
+    """A connection's input under the server's clocks: a request line and its headers must all be in within
+    ``header_timeout`` of the wait for them starting (a client sending a byte now and then gains nothing), and
+    a body may pause at most ``body_timeout`` per read.  Past either, reads raise TimeoutError."""
+
+    def __init__(self, connection: socket.socket, limits: ConnectionLimits):
+        self.connection, self.limits = connection, limits
+        self.deadline: Optional[float] = None
+
+    def readable(self) -> bool:
+        return True
+
+    def expect_headers(self):
+        self.deadline = time.monotonic() + self.limits.header_timeout
+
+    def expect_body(self):
+        self.deadline = None
+        self.connection.settimeout(self.limits.body_timeout)  # bounds each write of the reply too
+
+    def readinto(self, buffer) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request line and headers took too long")
+            self.connection.settimeout(left)
+        return self.connection.recv_into(buffer)
+
+
+_BUSY_BODY = b'{"detail": "Too many connections from you: close some and try again"}'
+_BUSY_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+               b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+
+
 class _ThreadingHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """One thread per admitted connection.  Admission happens in the accepting thread, from the kernel's
+    socket table: each local user (each other address) gets ``max_per_peer`` connections, everyone but the
+    server's own user ``max_connections`` together, so nobody can take the server from its owner."""
+
     app: "RestApp"  # set by RestServer, read by the handlers
-    connections: Set[socket.socket]
-    connections_lock: threading.Lock
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def __init__(self, address, handler):
+        super().__init__(address, handler)
+        self.limits = ConnectionLimits()
+        self.peers: Dict[socket.socket, Peer] = {}  # the admitted connections
+        self.connections_lock = threading.Lock()
+
+    @property
+    def connections(self) -> Set[socket.socket]:
+        with self.connections_lock:
+            return set(self.peers)
+
+    def peer_of(self, connection: socket.socket) -> Optional[Peer]:
+        with self.connections_lock:
+            return self.peers.get(connection)
+
+    def verify_request(self, request, client_address) -> bool:
+        peer = Peer(peer_uid(request), client_address[0])
+        with self.connections_lock:
+            admitted = self._has_room(peer)
+            if admitted:
+                self.peers[request] = peer
+        if not admitted:
+            self.app.log.record("connection-refused", peer.key)
+            _refuse(request)
+        return admitted
+
+    def _has_room(self, peer: Peer) -> bool:
+        same = sum(1 for other in self.peers.values() if other.key == peer.key)
+        others = sum(1 for other in self.peers.values() if not other.is_owner)
+        return same < self.limits.max_per_peer and (peer.is_owner or others < self.limits.max_connections)
+
+    def shutdown_request(self, request):
+        with self.connections_lock:
+            self.peers.pop(request, None)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that left is no server error
+            super().handle_error(request, client_address)
+
+
+def _refuse(connection: socket.socket):
+    """A 503 for a connection over its cap, without waiting: over TLS nothing (no handshake was made)."""
+    if isinstance(connection, ssl.SSLSocket):
+        return
+    connection.setblocking(False)
+    try:
+        connection.send(_BUSY_REPLY)
+    except OSError:
+        pass
 
 
 class RestServer:
@@ -644,16 +801,24 @@ class RestServer:
         with binding(host, port):
             self.httpd = _ThreadingHTTPServer((host, port), handler)
         self.httpd.app = app
-        self.httpd.connections, self.httpd.connections_lock = set(), threading.Lock()
+        self.host, self.port = self.httpd.server_address[:2]
+        self.scheme = "http"
         self.cert_file = None
         if tls_dir is not None:
             self.cert_file, key_file = self_signed_certificate(tls_dir)
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(self.cert_file, key_file)
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.host, self.port = self.httpd.server_address[:2]
-        self.scheme = "https" if tls_dir is not None else "http"
+            self.use_tls(context)
         self._thread = None
+
+    def use_tls(self, context: ssl.SSLContext):
+        """Serve HTTPS.  Each handshake happens in its connection's thread, under the header timeout."""
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
+        self.scheme = "https"
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        return self.httpd.limits
 
     @property
     def url(self):
@@ -671,9 +836,7 @@ class RestServer:
         """Stop as a killed process would: kept-alive client connections end too."""
         self.httpd.shutdown()
         self.httpd.server_close()
-        with self.httpd.connections_lock:
-            connections = list(self.httpd.connections)
-        for connection in connections:
+        for connection in self.httpd.connections:
             try:
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError:

@@ -70,6 +70,7 @@ MULTIPART_MEMORY = 8 << 20  # bytes of small parts kept in memory per request; l
 FORM_FIELDS = 16  # parts besides the files (pod_name, dest_path, ...) a form may carry
 UPLINK_OVERHEAD = 1 << 20  # multipart headers and form fields around an uplink's files
 DEFAULT_VOLUME = "_default"  # the directory of the volume used when no pod name is given
+QUOTABLE = re.compile(r"[\t \x21-\x7e]*")  # what a quoted string may hold: tab, space, visible ASCII
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes (DNS-1123) label
 GIB = 1024**3
 PACED_CHUNK = 64 << 10  # bytes per chunk of a download paced by the ``download_rate`` knob
@@ -219,12 +220,12 @@ def django_file_name(name: str) -> Optional[str]:
 
 
 def content_disposition(name: str) -> str:
-    """The header Django's FileResponse sends: a plain quoted name, or RFC 5987 for non-ASCII names."""
-    try:
-        name.encode("ascii")
-    except UnicodeEncodeError:
-        return f"attachment; filename*=utf-8''{quote(name)}"
-    return 'attachment; filename="{}"'.format(name.replace("\\", "\\\\").replace('"', r"\""))
+    """The header Django's FileResponse sends (``content_disposition_header``, Django 4.2+): a quoted name
+    where every character may stand in an RFC 9110 quoted string, else RFC 5987's ``filename*=utf-8''``
+    with the name percent-encoded, so no control character (a newline) can break the header."""
+    if QUOTABLE.fullmatch(name):
+        return 'attachment; filename="{}"'.format(name.replace("\\", "\\\\").replace('"', r"\""))
+    return f"attachment; filename*=utf-8''{quote(name)}"
 
 
 # -- the server -----------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import ssl
-import sys
 import tempfile
 import threading
 import time
@@ -148,7 +147,6 @@ class FirecrestServer:
         for server in (self.api, self.s3):
             handler_class = cast(Type[socketserver.StreamRequestHandler], server.httpd.RequestHandlerClass)
             handler_class.disable_nagle_algorithm = True  # a reply is several writes
-            _ignore_disconnects(server.httpd)
         self.cert_file = self._serve_tls() if tls else None
         self.store.public_url = self.s3.url
 
@@ -190,8 +188,7 @@ class FirecrestServer:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_file, key_file)
         for server in (self.api, self.s3):
-            server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
-            server.scheme = "https"
+            server.use_tls(context)
         return cert_file
 
     # -- request pipeline -------------------------------------------------------------------------------
@@ -548,17 +545,6 @@ class FirecrestServer:
             raise ApiError(404, "Job not found.")
         self.scheduler.cancel(job)
         return Response(204, b"", {})
-
-
-def _ignore_disconnects(httpd):
-    """A client that gave up on a hanging request (the empty upload) is no server error worth a traceback."""
-    default = httpd.handle_error
-
-    def handle_error(request, client_address):
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            default(request, client_address)
-
-    httpd.handle_error = handle_error
 
 
 # -- request parsing, as FastAPI and pydantic do it -------------------------------------------------------

@@ -3,19 +3,23 @@ flux-restful-api, with jobs run as local subprocesses instead of on a Flux insta
 
 Endpoints under ``/v1``: ``jobs`` (ids; ``details``/``detail`` for infos, ``listing`` for a list, ``limit``),
 ``jobs/search``, ``jobs/{id}`` (info, or ``null`` for an unknown id), ``jobs/{id}/output`` (``{"Output":
-[chunks]}``), ``jobs/{id}/output/stream`` (the chunks as they come, until the job ends; unauthenticated,
-as upstream), ``jobs/submit``, ``jobs/{id}/cancel``, ``nodes`` and ``token``.
+[chunks]}``), ``jobs/{id}/output/stream`` (the chunks as they come, until the job ends), ``jobs/submit``,
+``jobs/{id}/cancel``, ``nodes`` and ``token``.
 
-Single-user mode answers without authentication.  Multi-user mode (``--require-auth`` or
-``FLUX_REQUIRE_AUTH``) answers ``401`` with ``WWW-Authenticate: Bearer``; the client signs
-``{"user", "pass", "scope": "token"}`` with ``FLUX_SECRET_KEY`` (HS256) and exchanges it at ``POST
-/v1/token`` for a bearer token ``{"sub", "exp"}``; an invalid or expired bearer token is ``403``.
-Credentials come from ``FLUX_USER``, ``FLUX_TOKEN`` and ``FLUX_SECRET_KEY``, never from the command line,
-and are removed from the jobs' environment.  Requests are authenticated before their body is read, and
-bodies are capped (a submit is a few hundred bytes).
+Single-user mode asks for no credentials, but serves only the local user who started it: a connection
+whose socket belongs to another user (the kernel's socket table says whose) is answered ``403``, since a
+job runs as the server's user.  Multi-user mode (``--require-auth`` or ``FLUX_REQUIRE_AUTH``) answers
+``401`` with ``WWW-Authenticate: Bearer``; the client signs ``{"user", "pass", "scope": "token"}`` with
+``FLUX_SECRET_KEY`` (HS256) and exchanges it at ``POST /v1/token`` for a bearer token ``{"sub", "exp"}``;
+an invalid or expired bearer token is ``403``.  Unlike upstream, the output stream needs the token too (a
+job's output is the owner's).  Credentials come from ``FLUX_USER``, ``FLUX_TOKEN`` and ``FLUX_SECRET_KEY``,
+never from the command line; those generated for a run go to a 0600 file.  Requests are authenticated
+before their body is read, and bodies are capped (a submit is a few hundred bytes).
 
 Jobs: ``command`` is split like a shell would (``shlex``) but run without one, in ``--root`` or in
-``workdir`` below it, stdout and stderr interleaved line by line as Flux's ``guest.output`` does.
+``workdir`` below it, stdout and stderr interleaved line by line as Flux's ``guest.output`` does, with a
+login's minimal environment (``PATH``, ``HOME``, ``USER``, ``LOGNAME``, ``SHELL``, ``LANG``) plus the
+request's ``envars``: nothing of the server's own environment.
 States are Flux's names: ``SCHED`` until the process starts, ``RUN``, ``INACTIVE``; ``result`` is
 ``COMPLETED``, ``FAILED``, ``CANCELED`` or ``TIMEOUT`` (``runtime`` seconds), ``returncode`` the exit
 status (128 + signal for a killed job).  Job ids are Flux-style FLUIDs: milliseconds since the server
@@ -24,6 +28,7 @@ started, shifted left 24 bits, plus a sequence number, so a newer job has a larg
 import hmac
 import itertools
 import os
+import pwd
 import secrets
 import select
 import shlex
@@ -33,20 +38,25 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 import jwt
 
-from ..common import (DEFAULT_HOST, Knobs, OutsideRoot, Request, RequestLog, Response, RestApp, RestServer,
-                     _RestHandler, confine, run_until_interrupted, temporary_directory)
+from ..common import (DEFAULT_HOST, Knobs, OutsideRoot, Peer, PrivateDirectory, Request, RequestLog, Response,
+                     RestApp, RestServer, _RestHandler, confine, naming_ports, run_until_interrupted,
+                     temporary_directory)
 
 DEFAULT_PORT = 5000  # flux-restful-api's own port; FirecREST and EM use 8000
 MAX_BODY = 64 << 10  # a submit request is a few hundred bytes
-SECRET_VARIABLES = ("FLUX_TOKEN", "FLUX_SECRET_KEY")  # never handed to a job's environment
+JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # a login's default PATH
+CREDENTIAL_VARIABLES = {"user": "FLUX_USER", "token": "FLUX_TOKEN", "secret_key": "FLUX_SECRET_KEY"}
 NO_OUTPUT = {"Message": "The output does not exist yet, or the jobid is incorrect."}
 NOT_AUTHENTICATED = Response.json({"detail": "Not authenticated"}, 401, {"WWW-Authenticate": "Bearer"})
 INVALID_TOKEN = Response.json({"detail": "Could not validate credentials"}, 403)
+FOREIGN_USER = Response.json({"detail": "This single-user server serves only the local user who started it "
+                                        "(its jobs run as that user): start it with --require-auth to share it"},
+                             403)
 
 
 @dataclass
@@ -108,6 +118,7 @@ class JobRunner:
 
     def __init__(self, root: str):
         self.root = root
+        self.environment = job_environment()
         self.jobs: Dict[int, Job] = {}
         self._lock = threading.Lock()
         self._started = time.monotonic()
@@ -121,8 +132,7 @@ class JobRunner:
         job = Job(self._new_id(), command, cwd, runtime)
         with self._lock:
             self.jobs[job.id] = job
-        environment = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
-        environment.update({str(k): str(v) for k, v in envars.items()})
+        environment = dict(self.environment, **{str(k): str(v) for k, v in envars.items()})
         threading.Thread(target=self._run, args=(job, environment), name=f"flux-job-{job.id}", daemon=True).start()
         return job
 
@@ -199,6 +209,18 @@ class JobRunner:
             self.cancel(job)
 
 
+def job_environment() -> Dict[str, str]:
+    """What every job starts from: a login's minimal variables for the server's user.  Never the server's
+    own environment, which holds its credentials and whatever else its starter had exported."""
+    try:
+        account = pwd.getpwuid(os.geteuid())
+        name, home, shell = account.pw_name, account.pw_dir, account.pw_shell
+    except KeyError:  # a uid without a passwd entry (containers)
+        name, home, shell = str(os.geteuid()), "/", ""
+    return {"PATH": JOB_PATH, "HOME": home, "USER": name, "LOGNAME": name, "SHELL": shell or "/bin/sh",
+            "LANG": os.environ.get("LANG") or "C.UTF-8"}
+
+
 class TokenIssuer:
     """The multi-user mode's credentials: the shared user/token pair and the HS256 key for both JWTs."""
 
@@ -234,7 +256,7 @@ class _FluxHandler(_RestHandler):
     """Refuses a request before its body is read: unauthenticated, or a body larger than any the API takes."""
 
     def _handle(self):
-        refusal = self.server.app.refusal(self.command, urlsplit(self.path).path, self.headers)
+        refusal = self.server.app.refusal(self.command, urlsplit(self.path).path, self.headers, self.peer)
         if refusal is not None:
             self.close_connection = True  # the unread body must not be taken for the next request
             return self._send(refusal)
@@ -248,16 +270,18 @@ class _FluxApp(RestApp):
         super().__init__(server.knobs, server.log)
         self.server = server
 
-    def refusal(self, method: str, path: str, headers) -> Optional[Response]:
+    def refusal(self, method: str, path: str, headers, peer: Optional[Peer]) -> Optional[Response]:
+        issuer = self.server.issuer
+        if issuer is None and not (peer and peer.is_owner):
+            self.log.record("foreign-user", f"{method} {path} from {peer.key if peer else 'nobody known'}")
+            return FOREIGN_USER
         try:
             length = int(headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if not 0 <= length <= MAX_BODY:
             return Response.json({"detail": f"request body over {MAX_BODY} bytes"}, 413)
-        issuer = self.server.issuer
-        public = path.rstrip("/") == "/v1/token" or path.rstrip("/").endswith("/output/stream")
-        if issuer is None or public or not path.startswith("/v1/"):
+        if issuer is None or path.rstrip("/") == "/v1/token" or not path.startswith("/v1/"):
             return None
         header = headers.get("Authorization")
         if issuer.accepts(header):
@@ -268,7 +292,7 @@ class _FluxApp(RestApp):
 
 class FluxServer:
     """The Flux RESTful API on 127.0.0.1 in a background thread; ``start()`` returns self, ``stop()`` ends
-    it and its jobs.  ``issuer`` None is single-user mode (no authentication)."""
+    it and its jobs.  ``issuer`` None is single-user mode (no credentials; the server's own user only)."""
 
     def __init__(self, root: Optional[str] = None, host: str = DEFAULT_HOST, port: int = 0, *,
                  credentials: Optional[Dict[str, str]] = None, access_lifetime: float = 600 * 60):
@@ -283,7 +307,12 @@ class FluxServer:
         self.runner = JobRunner(self.root)
         self.app = _FluxApp(self)
         self._register_routes()
-        self.http = RestServer(self.app, host, port)
+        self.private = PrivateDirectory("hpcfs-flux-")  # credentials generated for a run; removed on stop
+        try:
+            self.http = RestServer(self.app, host, port)
+        except OSError:
+            self.private.remove()
+            raise
         self.http.httpd.RequestHandlerClass = type("Handler", (_FluxHandler,), {})
 
     def start(self) -> "FluxServer":
@@ -293,6 +322,7 @@ class FluxServer:
     def stop(self):
         self.runner.stop()
         self.http.stop()
+        self.private.remove()
 
     # -- routes -----------------------------------------------------------------------------------------
     def _register_routes(self):
@@ -456,27 +486,29 @@ def add_arguments(parser):
                         help="seconds a bearer token is valid (default 36000)")
 
 
-def _credentials() -> Dict[str, str]:
-    """The multi-user credentials from the environment, each generated for this run where unset."""
-    return {
-        "user": os.environ.get("FLUX_USER") or "flux",
-        "token": os.environ.get("FLUX_TOKEN") or secrets.token_urlsafe(16),
-        "secret_key": os.environ.get("FLUX_SECRET_KEY") or secrets.token_urlsafe(32),
-    }
+def _credentials() -> Tuple[Dict[str, str], List[str]]:
+    """The multi-user credentials from the environment, each generated for this run where unset, and the
+    keys of those generated."""
+    fresh = {"user": "flux", "token": secrets.token_urlsafe(16), "secret_key": secrets.token_urlsafe(32)}
+    generated = [key for key, name in CREDENTIAL_VARIABLES.items() if not os.environ.get(name)]
+    return {key: os.environ.get(name) or fresh[key] for key, name in CREDENTIAL_VARIABLES.items()}, generated
 
 
 def serve(args):
     multi_user = args.require_auth or _flag(os.environ.get("FLUX_REQUIRE_AUTH", ""))
-    credentials = _credentials() if multi_user else None
-    server = FluxServer(args.root, args.host, args.port, credentials=credentials,
-                        access_lifetime=args.access_lifetime).start()
+    credentials, generated = _credentials() if multi_user else (None, [])
+    with naming_ports({"--port": args.port}):
+        server = FluxServer(args.root, args.host, args.port, credentials=credentials,
+                            access_lifetime=args.access_lifetime).start()
     lines = [f"Flux RESTful API ({'multi' if multi_user else 'single'}-user mode) running jobs in {server.root} "
              f"at {server.http.url}/v1/",
              f"  connect: hpcfs mount flux://{server.http.host}:{server.http.port}/ MOUNTPOINT"]
-    generated = [name for name in ("FLUX_USER", "FLUX_TOKEN", "FLUX_SECRET_KEY") if not os.environ.get(name)]
-    if multi_user and generated:
-        values = {"FLUX_USER": credentials["user"], "FLUX_TOKEN": credentials["token"],
-                  "FLUX_SECRET_KEY": credentials["secret_key"]}
-        lines.append("  credentials for this run: export " + " ".join(f"{name}={values[name]}" for name in generated))
-    print("\n".join(lines), flush=True)
-    run_until_interrupted(server)
+    if not multi_user:
+        lines.append(f"  serving only local user {server.runner.environment['USER']} (uid {os.geteuid()}): "
+                     "--require-auth to share it")
+    elif generated and credentials is not None:  # printed, they would reach every reader of the log
+        path = server.private.write_secret(
+            "credentials", "".join(f"{CREDENTIAL_VARIABLES[key]}={credentials[key]}\n" for key in generated))
+        lines.append(f"  credentials for this run in {path} (mode 0600; removed when the server stops): "
+                     f"set -a; . {path}; set +a")
+    run_until_interrupted(server, "\n".join(lines))
