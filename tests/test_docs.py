@@ -89,13 +89,14 @@ def unmount_below(directory):
 @pytest.fixture(scope="session")
 def docs_venv():
     """A virtualenv made by ``HPCFS_VENV=DIR scripts/install`` plus the documented ``pip install`` lines,
-    built once and kept under /tmp while scripts/install, setup.cfg and those lines are unchanged (the
+    built once and kept under /tmp while scripts/install, its lock, setup.cfg and those lines are unchanged (the
     editable install points at this checkout, so its path is part of the key too)."""
     for page, command in DOCUMENTED_INSTALLS.items():
         assert command in (REPOSITORY / page).read_text(), f"{page} no longer says `{command}`"
     key = hashlib.sha256(b"\0".join([
         str(REPOSITORY).encode(), (REPOSITORY / "setup.cfg").read_bytes(),
-        (REPOSITORY / "scripts/install").read_bytes(), *map(str.encode, DOCUMENTED_INSTALLS.values()),
+        (REPOSITORY / "scripts/install").read_bytes(), (REPOSITORY / "requirements/runtime.txt").read_bytes(),
+        *map(str.encode, DOCUMENTED_INSTALLS.values()),
     ])).hexdigest()[:16]
     venv = Path(f"/tmp/hpcfs-docs-venv-{key}")
     with open(f"{venv}.lock", "w") as lock:  # parallel test runs build it once
