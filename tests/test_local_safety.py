@@ -11,10 +11,11 @@ import textwrap
 
 import pytest
 
-from hpcfs import targets
+from hpcfs import errors, targets, trusted
 from hpcfs.cli import hpcfs_command
 from hpcfs.frontends.fsspec import HpcfsFileSystem
 from hpcfs.mounts import is_mounted
+from hpcfs.uftp.auth import read_token
 from mounting import sha256_file, write_random
 from test_cli import cli, isolated, ok, one_line_error, private_file, uftp, write_config  # noqa: F401 (fixtures)
 
@@ -105,12 +106,28 @@ def test_the_checks_and_the_text_come_from_the_one_descriptor(tmp_path, monkeypa
         return fd
 
     monkeypatch.setattr(os, "open", open_then_swap)
-    config = targets.read_trusted(str(path))
+    config = trusted.read_trusted(str(path))
     monkeypatch.undo()
     assert "uftp://evil" in path.read_text()  # the swap happened
     assert config.text == "[myhpc]\nurl = uftp://good\n"
     assert stat.S_IMODE(config.status.st_mode) == 0o600
-    config.require(targets.HOLDS_CREDENTIALS, targets.OTHERS_MAY_ACCESS)  # the file read is the file checked
+    config.require(trusted.HOLDS_CREDENTIALS, trusted.OTHERS_MAY_ACCESS)  # the file read is the file checked
+
+
+def test_a_token_file_is_checked_where_the_backend_reads_it(tmp_path):
+    """``token=@FILE`` reaches the UFTP client from open_fs and fsspec too, not only through the CLI's
+    profile checks: the client reads it through the same checked descriptor."""
+    token = tmp_path / "token"
+    private_file(token, "secret-token\n")
+    assert read_token(f"@{token}") == "secret-token"
+    token.chmod(0o644)
+    with pytest.raises(errors.UsageError, match="other users may read or change it; run: chmod 600"):
+        read_token(f"@{token}")
+    link = tmp_path / "link"
+    link.symlink_to(token)
+    token.chmod(0o600)
+    with pytest.raises(errors.UsageError, match="is a symbolic link"):
+        read_token(f"@{link}")
 
 
 # -- hpcfs's own children -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import jwt
 from jwt.utils import base64url_encode
 
 from .. import errors, net
+from ..trusted import read_secret_file
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -269,8 +270,7 @@ def read_token(spec: str) -> str:
     if spec.startswith("@"):
         path = os.path.expanduser(spec[1:])
         try:
-            with open(path) as handle:
-                return handle.read().strip()
+            return read_secret_file(path)  # checked on the descriptor it is read from
         except OSError as exc:
             raise errors.UsageError(f"cannot read the token file {path}: {exc.strerror}") from None
     return spec
