@@ -60,6 +60,7 @@ LOCAL_ERRORS = {
 }
 
 
+LOOP_PERIODS = 3  # how many more times alike listings must repeat before a listing-only loop is believed
 NAME_MAX = 255  # bytes in one file name, on Linux and on the servers hpcfs talks to
 PARTIAL_MARK = ".hpcfs-partial"
 LOCAL_PARTIAL_SUFFIX = 16  # hex digits that make a local partial name unguessable
@@ -155,6 +156,11 @@ class Side:
     def directory_key(self, item: Item, path: str) -> Optional[tuple]:
         """What identifies directory ``path`` on the way down (a loop meets it again); None: nothing does."""
         return item.identity
+
+    def loops_back(self, path: str, ancestor: str, key: tuple) -> bool:
+        """Whether ``path``, whose key equals its ancestor's, is that ancestor met again through a link
+        (an identity of its own, such as an inode, says so for sure)."""
+        return True
 
     def make_directory(self, path: str, source_mode: int) -> None:
         """Create ``path`` (an existing directory is kept as it is, as cp does), writable by us while the
@@ -530,14 +536,29 @@ class RemoteSide(Side):
         return Item(entry.name, entry.is_dir, entry.size, identity=identity, mode=entry.mode & 0o777)
 
     def directory_key(self, item: Item, path: str) -> Optional[tuple]:
-        """Where the listing follows links a directory has no identity of its own: a directory that lists
-        exactly like one on the way down to it (names, kinds, sizes, times) is taken for the same one, met
-        again through a link.  An identical nested copy down to the second of every time is taken for one
-        too, and skipped with the same warning."""
+        """Where the listing follows links a directory has no identity of its own: what its listing shows
+        (names, kinds, sizes, times); a directory that lists exactly like one on the way down to it may be
+        the same one met again through a link (``loops_back`` decides)."""
         if item.identity is None:
             return None
         children = self.listdir(path)  # listed once: the tree caches it for the walk that follows
         return item.identity, tuple((child.name, child.is_dir, child.size, child.identity) for child in children)
+
+    def loops_back(self, path: str, ancestor: str, key: tuple) -> bool:
+        """Alike listings are only a hint: a link loop repeats the same way all the way down (until the
+        server's own ELOOP, 40 links deep), while a nested tree that happens to list alike (``mkdir -p
+        x/x/x`` in one second) ends.  So the repetition must hold for LOOP_PERIODS more periods."""
+        step = posixpath.relpath(path, ancestor)
+        probe = path
+        for _ in range(LOOP_PERIODS):
+            probe = posixpath.join(probe, step)
+            try:
+                item = self.stat(probe)
+            except errors.HpcfsError:  # too many levels of links for the server: a loop
+                return True
+            if item is None or not item.is_dir or self.directory_key(item, probe) != key:
+                return False
+        return True
 
     def same(self, path: str, other: str) -> bool:
         return normalize(path) == normalize(other)
@@ -751,7 +772,7 @@ def _plan_tree(side, item, source_dir, dest_side, dest_dir, ancestors):
     identifies each directory on the way down to its path, so a symbolic link back to one of them is not
     followed again."""
     key = side.directory_key(item, source_dir)
-    if key is not None and key in ancestors:
+    if key is not None and key in ancestors and side.loops_back(source_dir, ancestors[key], key):
         warn(f"skipping '{source_dir}': a symbolic link loop (it leads back to '{ancestors[key]}', a directory "
              "being copied)")
         return []

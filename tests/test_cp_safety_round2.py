@@ -135,6 +135,19 @@ def test_a_symlink_loop_in_a_uftp_tree_is_copied_once(cli, uftp, tmp_path):
     assert sorted(os.listdir(tmp_path / "copy" / "sub")) == ["f.bin"]
 
 
+def test_a_nested_tree_that_lists_alike_is_copied_whole(cli, uftp, tmp_path):
+    """``x/x/x/x`` made in one second lists alike at each level, as a loop would for a while; it ends,
+    so it is copied whole, with no loop warning."""
+    top = uftp.local("alike")
+    deepest = os.path.join(top, "x", "x", "x", "x")
+    os.makedirs(deepest)
+    for level in range(4, -1, -1):  # deepest first: making a child changes its parent's time
+        os.utime(os.path.join(top, *["x"] * level), (1_500_000_000, 1_500_000_000))
+    result = ok(cli("cp", "-r", uftp.url("alike"), str(tmp_path / "copy"), env=uftp.env))
+    assert "loop" not in result.stderr, result.stderr
+    assert os.path.isdir(tmp_path / "copy" / "x" / "x" / "x" / "x")
+
+
 # -- special files ------------------------------------------------------------------------------------------
 def test_a_fifo_in_a_local_tree_is_skipped(cli, uftp, tmp_path):
     top = tmp_path / "tree"
