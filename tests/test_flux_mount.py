@@ -17,7 +17,7 @@ pytestmark = [
     pytest.mark.skipif(not os.access("/dev/fuse", os.R_OK | os.W_OK) or not shutil.which("fusermount3"),
                        reason="needs /dev/fuse and fusermount3"),
 ]
-TICKS = 10  # lines the followed job prints, one per 0.2 s
+TICKS = 5  # lines the followed job prints, each once the test has seen the one before
 
 
 @pytest.fixture
@@ -41,31 +41,50 @@ def test_ls_cat_and_grep_show_the_jobs(flux_server, mount):
     assert json.loads(sh("cat", f"{mount}/nodes.json")) == {"nodes": [os.uname().nodename]}
 
 
-def test_tail_f_follows_a_running_job(flux_server, mount):
-    jobid = flux_server.submit(f"sh -c 'for i in $(seq {TICKS}); do echo tick $i; sleep 0.2; done'")
+def test_tail_f_follows_a_running_job(flux_server, mount, tmp_path):
+    """The job prints each line only after the test saw the one before through ``tail -f`` (a gate file
+    per line), so every line provably arrived while the job still ran, however slow the machine is."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    jobid = flux_server.submit(f"sh -c 'for i in $(seq {TICKS}); do echo tick $i; "
+                               f"while [ ! -e {gates}/$i ]; do sleep 0.05; done; done'")
     path = f"{mount}/jobs/{jobid}/output"
-    deadline = time.monotonic() + 10
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    tail = subprocess.Popen(["tail", "-n", "+1", "-f", path], stdout=subprocess.PIPE, bufsize=0)
-    received, arrival = b"", []
+    tail = None
     try:
-        deadline = time.monotonic() + 15
-        while received.count(b"\n") < TICKS:
-            ready, _, _ = select.select([tail.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, f"tail -f stopped following after {received!r}"
-            received += os.read(tail.stdout.fileno(), 4096)
-            arrival.append(time.monotonic())
+        wait_until(lambda: os.path.exists(path), f"{path} never appeared")
+        tail = subprocess.Popen(["tail", "-n", "+1", "-f", path], stdout=subprocess.PIPE, bufsize=0)
+        received = b""
+        for tick in range(1, TICKS + 1):
+            received = read_until(tail, received, f"tick {tick}\n".encode())
+            (gates / str(tick)).touch()  # only now may the job print the next line
     finally:
-        tail.kill()
-        tail.wait()
-    lines = received.decode().splitlines(keepends=True)
-    assert lines == [f"tick {i}\n" for i in range(1, TICKS + 1)]
-    assert arrival[-1] - arrival[0] > 0.6  # followed while the job ran, not read once at its end
+        for tick in range(1, TICKS + 1):  # a failed test must not leave the job waiting forever
+            (gates / str(tick)).touch()
+        if tail is not None:
+            tail.kill()
+            tail.wait()
+    expected = "".join(f"tick {i}\n" for i in range(1, TICKS + 1))
+    assert received.decode() == expected
     flux_server.wait(jobid)
     time.sleep(1.2)  # the kernel's attribute timeout (attr_ttl 1 s)
-    assert sh("cat", path) == "".join(lines) and os.path.getsize(path) == len("".join(lines))
+    assert sh("cat", path) == expected and os.path.getsize(path) == len(expected)
+
+
+def wait_until(condition, message: str, seconds: float = 60):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.1)
+
+
+def read_until(process, received: bytes, line: bytes, seconds: float = 60) -> bytes:
+    """What ``process`` printed so far, read until it ends with ``line`` (bounded: a stuck follower fails)."""
+    deadline = time.monotonic() + seconds
+    while not received.endswith(line):
+        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"tail -f stopped following after {received!r}"
+        received += os.read(process.stdout.fileno(), 4096)
+    return received
 
 
 def test_every_change_fails_with_erofs(flux_server, mount):
