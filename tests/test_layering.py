@@ -76,3 +76,31 @@ def test_the_source_cites_nothing_outside_the_repository():
     offenders = [f"{path.relative_to(PACKAGE.parent)}" for path in sorted(PACKAGE.rglob("*.py"))
                  if "/work/" in path.read_text()]
     assert not offenders, offenders
+
+
+# Waits outside hpcfs/net and hpcfs/servers, and why: each polls the local kernel for a mount coming up (no
+# server, nothing to pace).
+MAY_SLEEP = {"hpcfs/cli.py": "waits for the mount child's FUSE mount to appear",
+             "hpcfs/frontends/fuse.py": "waits for the kernel to show the mount before tuning its readahead"}
+
+
+def _sleeps(tree: ast.Module) -> Iterator[int]:
+    """Lines of ``time.sleep(...)`` (any ``x.sleep``) and of ``from time import sleep``."""
+    for node in ast.walk(tree):
+        called = isinstance(node, ast.Attribute) and node.attr == "sleep"
+        imported = isinstance(node, ast.ImportFrom) and any(alias.name == "sleep" for alias in node.names)
+        if called or imported:
+            yield node.lineno
+
+
+def test_only_net_waits_between_tries():
+    """Retries and polls wait by hpcfs/net's one pacer (bounds, growth, jitter in one place): a
+    ``time.sleep`` elsewhere is a loop of its own.  The local servers are the same exception as for
+    requests: they play slow or throttled peers on purpose."""
+    offenders = []
+    for path, tree in _modules():
+        name = path.relative_to(PACKAGE.parent).as_posix()
+        if any(path.is_relative_to(allowed) for allowed in MAY_USE_HTTP_LIBRARIES) or name in MAY_SLEEP:
+            continue
+        offenders += [f"{name}:{line}" for line in _sleeps(tree)]
+    assert not offenders, offenders

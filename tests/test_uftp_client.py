@@ -477,6 +477,7 @@ def test_bearer_token_literal_file_and_variable(tmp_path, monkeypatch):
     try:
         base = f"uftp://127.0.0.1:{server.auth_port}/rest/auth/TEST:/?ca_file={server.cert_file}"
         (tmp_path / "token").write_text("tok-123\n")
+        (tmp_path / "token").chmod(0o600)  # a token file others may read is refused (test_local_safety.py)
         monkeypatch.setenv("MY_TOKEN", "tok-123")
         for spec in ("tok-123", f"@{tmp_path}/token", "@@MY_TOKEN"):
             opened, _ = open_backend(base + "&token=" + spec)

@@ -12,7 +12,6 @@ import html
 import io
 import json
 import math
-import random
 import re
 import shutil
 import tempfile
@@ -135,6 +134,12 @@ class MultipartBody:
         remaining -= len(chunk)
         self._current = (source, remaining) if remaining else None
         return chunk
+
+
+def _busy_is_423(outcome: Union[net.Response, Exception]) -> net.Verdict:
+    """423 LOCKED: this account's one request slot is taken; anything else is the answer (or the error)."""
+    return net.Verdict.BACK_OFF if isinstance(outcome, net.Response) and outcome.status_code == 423 \
+        else net.Verdict.DONE
 
 
 class EMClient:
@@ -276,21 +281,17 @@ class EMClient:
     def _until_not_busy(self, send: Callable[[], net.Response], where: str) -> net.Response:
         """Retry ``423 LOCKED`` with exponential back-off and jitter, for at most ``busy_timeout`` seconds.
 
-        Not :mod:`hpcfs.net`'s policy: a 423 says this account's one request slot is taken (by another
-        client), not that the server is unhealthy, so it must neither pause nor trip the breaker for
-        others; and a replay rebuilds the streamed upload body, which ``net.send`` sends once."""
-        deadline = time.monotonic() + self.busy_timeout
-        pause = self.first_backoff
-        while True:
-            response = send()
-            if response.status_code != 423:
-                return response
+        Paced by :mod:`hpcfs.net`'s pacer outside ``net.send``'s server policy: a 423 says this account's one
+        request slot is taken (by another client), not that the server is unhealthy, so it must neither
+        pause nor trip the breaker for others; and a replay rebuilds the streamed upload body, which
+        ``net.send`` sends once."""
+        def stayed_busy(response: net.Response) -> net.Response:
             response.close()
-            wait = pause * random.uniform(0.5, 1.0)
-            if time.monotonic() + wait > deadline:
-                raise errors.Busy(f"the EM stayed busy (423 LOCKED) for {self.busy_timeout:g} s", where)
-            time.sleep(wait)
-            pause = min(pause * 2, self.max_backoff)
+            raise errors.Busy(f"the EM stayed busy (423 LOCKED) for {self.busy_timeout:g} s", where)
+
+        schedule = net.Schedule(self.first_backoff, growth=2.0, longest=self.max_backoff, jitter=0.5)
+        return net.retry(send, _busy_is_423, schedule, deadline=time.monotonic() + self.busy_timeout,
+                         discard=net.Response.close, exhausted=stayed_busy)
 
     @staticmethod
     def _failure(response: net.Response, where: str) -> errors.HpcfsError:

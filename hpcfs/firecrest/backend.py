@@ -191,16 +191,18 @@ class FirecrestBackend(Backend):
 
         if length <= 0:
             return
+
+        def read_staged():
+            self.client.staged_pieces(self._staged_copy(path).url, position, end - position, piece_size, forward)
+
+        def expired(outcome) -> net.Verdict:
+            if isinstance(outcome, StagingExpired):  # stage it again, once
+                self._forget(path)
+                return net.Verdict.AGAIN
+            return net.Verdict.DONE
+
         with self.client.operation(path):
-            for attempt in range(2):
-                copy = self._staged_copy(path)
-                try:
-                    self.client.staged_pieces(copy.url, position, end - position, piece_size, forward)
-                    return
-                except StagingExpired:
-                    self._forget(path)
-                    if attempt:
-                        raise
+            net.retry(read_staged, expired, attempts=2)
 
     def _staged_copy(self, path: str) -> _StagedCopy:
         """The staging URL of the current version of ``path``: one staging job per version.  A version
@@ -284,16 +286,15 @@ class FirecrestBackend(Backend):
             return
         except errors.TimedOut:
             pass
-        deadline = time.monotonic() + 10 * self.empty_upload_wait
-        while True:
+        def created() -> Optional[bool]:
             try:
-                if self.stat(path).size == 0:
-                    return
+                return True if self.stat(path).size == 0 else None
             except errors.NotFound:
-                pass
-            if time.monotonic() > deadline:
-                raise errors.TimedOut("the server did not create the empty file", path)
-            time.sleep(self.empty_upload_wait / 4)
+                return None
+
+        net.until(created, net.Schedule(self.empty_upload_wait / 4, growth=1.0),
+                  time.monotonic() + 10 * self.empty_upload_wait,
+                  lambda: errors.TimedOut("the server did not create the empty file", path))
 
     # -- streamer transfers ---------------------------------------------------------------------------
     def _stream_download(self, path: str, sink: BinaryIO):

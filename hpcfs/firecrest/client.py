@@ -20,10 +20,10 @@ from .listing import malformed_data
 TERMINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
                    "PREEMPTED", "TIMEOUT")
 # Job polling: the scheduler's answer costs the cluster an SSH command (about 1 s on the real server).
-# Seconds between polls as (first, growth, last): for the scheduler alone, and for a cheap sign of the job's
+# Seconds between polls (first, growth, last): for the scheduler alone, and for a cheap sign of the job's
 # end (a look at the object store: a short job, 64 MiB staged in 1.5-4 s, is seen within a quarter second
 # or so), which asks the scheduler only every SCHEDULER_INTERVAL seconds (to learn of a job that failed).
-JOB_POLLS, SIGN_POLLS = (0.01, 2.0, 2.0), (0.2, 1.25, 1.0)
+JOB_POLLS, SIGN_POLLS = net.Schedule(0.01, 2.0, 2.0), net.Schedule(0.2, 1.25, 1.0)
 SCHEDULER_INTERVAL = 5.0
 QUOTE_REFUSAL = "FirecREST cannot address paths containing ' (the server's shell quoting breaks)"
 # remote stderr, as the message of an error body, that says more than the status code
@@ -194,9 +194,11 @@ class FirecrestClient:
         answers costs the cluster an SSH command): False when it said so first."""
         job_id = job["jobId"]
         first_seen_deadline = time.monotonic() + visibility_grace
-        (delay, growth, last), interval = (SIGN_POLLS, SCHEDULER_INTERVAL) if work_done else (JOB_POLLS, 0.0)
+        schedule, interval = (SIGN_POLLS, SCHEDULER_INTERVAL) if work_done else (JOB_POLLS, 0.0)
         next_ask = time.monotonic() + interval
-        while True:
+
+        def ended() -> Optional[bool]:
+            nonlocal next_ask
             if work_done is not None and work_done():
                 return False
             if time.monotonic() >= next_ask:
@@ -207,10 +209,10 @@ class FirecrestClient:
                 except errors.NotFound:
                     if time.monotonic() > first_seen_deadline:
                         raise errors.NotFound(f"transfer job {job_id} never appeared in the scheduler") from None
-            if time.monotonic() + delay > deadline:
-                raise errors.TimedOut(f"transfer job {job_id} did not finish in time")
-            time.sleep(delay)
-            delay = min(delay * growth, last)
+            return None
+
+        return net.until(ended, schedule, deadline,
+                         lambda: errors.TimedOut(f"transfer job {job_id} did not finish in time"))
 
     def job_info(self, job: dict) -> dict:
         return self.request("GET", f"/compute/{self.system}/jobs/{job['jobId']}",

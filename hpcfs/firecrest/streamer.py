@@ -21,14 +21,13 @@ import contextlib
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator, List
+from typing import BinaryIO, Callable, Iterator, List, Optional
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from .. import errors
+from .. import errors, net
 
 CHUNK_SIZE = 5 * 1024 * 1024  # the server counts every message as one chunk against its inbound limit
 MAX_MESSAGE = int(CHUNK_SIZE * 1.25)  # as the server's own limit
@@ -63,19 +62,28 @@ def open_stream(coordinates: Coordinates, check_job: Callable[[], None], deadlin
     """A connection to the transfer's streamer server, once it listens.  ``check_job`` is called between
     sweeps and raises when the job has ended (it will never listen then)."""
     headers = {"Authorization": f"Bearer {coordinates.secret}"}
-    while True:
-        for ip in coordinates.ips:
-            for port in range(coordinates.first_port, coordinates.last_port + 1):
-                try:
-                    return connect(f"ws://{ip}:{port}", additional_headers=headers, max_size=MAX_MESSAGE,
-                                   open_timeout=timeout, close_timeout=timeout, ping_interval=None,
-                                   proxy=None, logger=WIRE_LOG)
-                except (OSError, InvalidStatus, InvalidHandshake, TimeoutError):
-                    continue  # not listening yet, or another transfer's server (403)
-        check_job()
-        if time.monotonic() > deadline:
-            raise errors.TimedOut("the streamer of the transfer job never accepted a connection", path)
-        time.sleep(SWEEP_PAUSE)
+
+    def sweep() -> Optional[ClientConnection]:
+        connection = _first_listening(coordinates, headers, timeout)
+        if connection is None:
+            check_job()
+        return connection
+
+    return net.until(sweep, net.Schedule(SWEEP_PAUSE, growth=1.0), deadline,
+                     lambda: errors.TimedOut("the streamer of the transfer job never accepted a connection", path))
+
+
+def _first_listening(coordinates: Coordinates, headers: dict, timeout: float) -> Optional[ClientConnection]:
+    """A connection to the first IP and port of the range that accepts ours, or None."""
+    for ip in coordinates.ips:
+        for port in range(coordinates.first_port, coordinates.last_port + 1):
+            try:
+                return connect(f"ws://{ip}:{port}", additional_headers=headers, max_size=MAX_MESSAGE,
+                               open_timeout=timeout, close_timeout=timeout, ping_interval=None,
+                               proxy=None, logger=WIRE_LOG)
+            except (OSError, InvalidStatus, InvalidHandshake, TimeoutError):
+                continue  # not listening yet, or another transfer's server (403)
+    return None
 
 
 def receive(connection: ClientConnection, sink: BinaryIO, timeout: float, path: str) -> int:

@@ -14,17 +14,17 @@ trees of the process:
   have acted on it; busy answers mean it did not), and a request that failed slowly (after
   ``slow`` seconds: the server is struggling) is repeated at most once.
 
-The loop is written out rather than built on tenacity or urllib3's ``Retry``: its decisions depend on state
-shared by all requests to a server (pause, breaker, slots), which those model per request only.  Renewing a
-refused token stays with each protocol (it knows its credentials).
+The loop is :mod:`.pacer`'s, as every transport's, rather than tenacity's or urllib3's ``Retry``: its
+decisions depend on state shared by all requests to a server (pause, breaker, slots), which those model per
+request only; :func:`send` classifies each outcome and keeps that state.  Renewing a refused token stays
+with each protocol (it knows its credentials).
 """
-import dataclasses
 import random
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -32,6 +32,7 @@ import urllib3
 
 from .. import errors
 from .errors import server_of, transport_error
+from .pacer import Schedule, Verdict, retry
 
 BUSY_STATUSES = (424, 429, 503)
 TIMEOUT_STATUS = 408
@@ -48,6 +49,11 @@ class Policy:
     slow: float = 5.0  # a failure after this long is repeated at most once
     breaker_threshold: int = 5
     breaker_cooldown: float = 10.0
+
+    @property
+    def schedule(self) -> Schedule:
+        """Back-off after busy answers: for one request's retries, and for the pause of its whole server."""
+        return Schedule(self.backoff, growth=2.0, longest=self.max_backoff, jitter=0.5)
 
 
 class ServerGuard:
@@ -103,8 +109,7 @@ class ServerGuard:
             self._open_until = 0.0
 
     def _backoff(self) -> float:
-        delay = min(self.policy.backoff * 2 ** (self._unhealthy_in_a_row - 1), self.policy.max_backoff)
-        return delay * random.uniform(0.5, 1.0)
+        return self.policy.schedule.pause(self._unhealthy_in_a_row - 1)
 
 
 _guards: Dict[Tuple[str, str, Optional[int]], ServerGuard] = {}
@@ -138,36 +143,43 @@ def send(session: requests.Session, method: str, url: str, *, idempotent: bool =
     response (the caller maps its status); raises hpcfs errors for failures below HTTP.  A request whose
     body is a stream (not ``replayable``) is sent once: a repeat would send what is left of it."""
     guard = guard_for(url)
-    policy = guard.policy if replayable else dataclasses.replace(guard.policy, attempts=1)
-    what = what or f"{method} {urlsplit(url).path}"
+    policy = guard.policy
     deadline = time.monotonic() + policy.deadline
+    started = 0.0
     slow_failures = 0
-    for attempt in range(1, policy.attempts + 1):
+
+    def attempt() -> requests.Response:
+        nonlocal started
         guard.admit(deadline, path)
-        last_try = attempt == policy.attempts
-        try:
-            with guard.slot():
-                started = time.monotonic()  # after waiting for a slot: only the server's time counts
-                response = session.request(method, url, timeout=timeout, **kwargs)
-        except requests.RequestException as exc:
+        with guard.slot():
+            started = time.monotonic()  # after waiting for a slot: only the server's time counts
+            return session.request(method, url, timeout=timeout, **kwargs)
+
+    def classify(outcome: Union[requests.Response, Exception]) -> Verdict:
+        nonlocal slow_failures
+        if isinstance(outcome, requests.RequestException):
             # A time-out is slow by definition (repeated once at most), yet no mark against the server's
             # health: callers set short time-outs on purpose.
-            slow_failures += isinstance(exc, requests.Timeout) or time.monotonic() - started >= policy.slow
-            if (last_try or not idempotent or slow_failures > 1 or _not_listening(exc)
-                    or not _wait_to_retry(policy, attempt, deadline)):
-                raise transport_error(exc, what, url, timeout, path) from None
-            continue
-        status = response.status_code
+            slow_failures += isinstance(outcome, requests.Timeout) or time.monotonic() - started >= policy.slow
+            harmless = idempotent and slow_failures <= 1 and not _not_listening(outcome)
+            return Verdict.BACK_OFF if harmless else Verdict.FAIL
+        if isinstance(outcome, Exception):  # the guard's own refusal (breaker open, pause too long)
+            return Verdict.FAIL
+        status = outcome.status_code
         if status not in BUSY_STATUSES + (TIMEOUT_STATUS,):
             guard.healthy()
-            return response
-        guard.unhealthy(started, _retry_after(response, policy))
+            return Verdict.DONE
+        guard.unhealthy(started, _retry_after(outcome, policy))
         slow_failures += status == TIMEOUT_STATUS or time.monotonic() - started >= policy.slow
-        if (last_try or slow_failures > 1 or (status == TIMEOUT_STATUS and not idempotent)
-                or not _wait_to_retry(policy, attempt, deadline)):
-            return response
-        response.close()
-    raise AssertionError("unreachable: the last try returns or raises")
+        if slow_failures > 1 or (status == TIMEOUT_STATUS and not idempotent):
+            return Verdict.FAIL
+        return Verdict.BACK_OFF
+
+    try:
+        return retry(attempt, classify, policy.schedule, deadline=deadline,
+                     attempts=policy.attempts if replayable else 1, discard=requests.Response.close)
+    except requests.RequestException as exc:
+        raise transport_error(exc, what or f"{method} {urlsplit(url).path}", url, timeout, path) from None
 
 
 def _not_listening(exc: requests.RequestException) -> bool:
@@ -175,16 +187,6 @@ def _not_listening(exc: requests.RequestException) -> bool:
     the server closed, which a retry on a new one cures)."""
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
-
-
-def _wait_to_retry(policy: Policy, attempt: int, deadline: float) -> bool:
-    """This request's own jittered exponential back-off (the server's pause comes on top, in ``admit``);
-    False when the retry would start after ``deadline``."""
-    delay = min(policy.backoff * 2 ** (attempt - 1), policy.max_backoff) * random.uniform(0.5, 1.0)
-    if time.monotonic() + delay > deadline:
-        return False
-    time.sleep(delay)
-    return True
 
 
 def _retry_after(response: requests.Response, policy: Policy) -> Optional[float]:

@@ -15,11 +15,10 @@
 """
 import os
 import posixpath
-import random
 import secrets
 import threading
 import time
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, TypeVar, Union
 
 from cachetools import LRUCache
 
@@ -42,20 +41,18 @@ SECRET_LIFETIME = 300.0  # UFTPD counts a secret nobody logged in with until it 
 UFTPD_LIMIT = 16  # UFTPD's MAX_CONNECTIONS by default, when the Auth server does not say
 SESSION_MARGIN = 2  # sessions of the limit left to the user's other tools (uftp, pyuftp, another machine)
 SIZE_HINTS = 4096
+T = TypeVar("T")
 
 
-def retry_while_busy(action):
-    """``action()``, retried with jittered backoff while UFTPD or its Auth server say there are too many
-    sessions: closed ones count until UFTPD reaps them, every 5 s."""
-    delay, deadline = 0.05, time.monotonic() + BUSY_WAIT
-    while True:
-        try:
-            return action()
-        except errors.Busy:
-            if time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 2.0)
+# "500 Too many active sessions" is retried with jittered back-off: closed sessions count until UFTPD reaps them
+BUSY_SCHEDULE = net.Schedule(0.05, growth=2.0, longest=2.0, jitter=0.5)
+
+
+def retry_while_busy(action: Callable[[], T]) -> T:
+    """``action()``, retried while UFTPD or its Auth server say there are too many sessions, for up to
+    ``BUSY_WAIT`` seconds."""
+    return net.retry(action, lambda outcome: net.Verdict.BACK_OFF if isinstance(outcome, errors.Busy)
+                     else net.Verdict.DONE, BUSY_SCHEDULE, deadline=time.monotonic() + BUSY_WAIT)
 
 
 class SessionPool:
