@@ -139,13 +139,19 @@ class ObjectStore:
         return Response(200, reply.encode(), {"Content-Type": "application/xml"})
 
 
+OBJECT_SERVED = "object served"  # in the request log: a GET that found its object
+
+
 def build_app(store: ObjectStore, knobs, log, max_part_size: Callable[[], int]) -> RestApp:
     """The object store's HTTP face, sharing the FirecREST server's knobs and request log."""
     app = RestApp(knobs, log)
 
     @app.route("GET", "/{bucket}/{key:path}")
     def get_object(request: Request) -> Response:
-        return store.check(request) or _serve_object(store, request)
+        response = store.check(request) or _serve_object(store, request)
+        if response.file_path is not None:  # the object was there (a look that found nothing is a 404)
+            log.record(OBJECT_SERVED, request.path)
+        return response
 
     @app.route("HEAD", "/{bucket}/{key:path}")
     def head_object(request: Request) -> Response:
