@@ -1,10 +1,11 @@
 """The protocols hpcfs speaks: one record per URL scheme, and everything else derived from it.
 
 URL parsing (``hpcfs/urls.py``), the PyFilesystem2 openers and the fsspec protocol names
-(``hpcfs/frontends``), the CLI's scheme lists and ``serve`` sub-commands, and the tests that run for every
-protocol all read this table; ``setup.cfg`` declares the same entry points (a test compares them).
-Modules are named by dotted strings, so importing this module loads no protocol code: a command pays only
-for the protocol whose URL it opens, and only ``hpcfs serve`` loads a server.
+(``hpcfs/frontends``; each scheme also as its unambiguous alias ``hpcfs+<scheme>``), the CLI's scheme lists
+and ``serve`` sub-commands, and the tests that run for every protocol all read this table; ``setup.cfg``
+declares the same entry points (a test compares them).  Modules are named by dotted strings, so importing
+this module loads no protocol code: a command pays only for the protocol whose URL it opens, and only
+``hpcfs serve`` loads a server.
 """
 import importlib
 from dataclasses import dataclass
@@ -43,6 +44,19 @@ class Protocol:
     def server_module(self) -> Any:
         return importlib.import_module(self.server)
 
+    @property
+    def alias(self) -> str:
+        """``hpcfs+<scheme>``: the scheme no other package registers (PyUNICORE has a ``uftp`` opener too)."""
+        return ALIAS_PREFIX + self.scheme
+
+    @property
+    def alias_opener(self) -> str:
+        """The PyFilesystem2 Opener class for :attr:`alias` in hpcfs.frontends.pyfs."""
+        return "Hpcfs" + self.opener
+
+
+ALIAS_PREFIX = "hpcfs+"
+
 
 PROTOCOLS: Tuple[Protocol, ...] = (
     Protocol("uftp", "UFTP", "hpcfs.uftp", "UFTPOptions", "hpcfs.servers.uftp", "UFTPOpener", service_end=":/"),
@@ -55,6 +69,12 @@ PROTOCOLS: Tuple[Protocol, ...] = (
 BY_SCHEME: Dict[str, Protocol] = {protocol.scheme: protocol for protocol in PROTOCOLS}
 SCHEMES: Tuple[str, ...] = tuple(BY_SCHEME)
 WRITABLE_SCHEMES: Tuple[str, ...] = tuple(protocol.scheme for protocol in PROTOCOLS if not protocol.read_only)
+ALIASES: Tuple[str, ...] = tuple(protocol.alias for protocol in PROTOCOLS)
+
+
+def canonical_scheme(scheme: str) -> str:
+    """The scheme an alias stands for (``hpcfs+uftp`` -> ``uftp``); any other scheme unchanged."""
+    return scheme[len(ALIAS_PREFIX):] if scheme.startswith(ALIAS_PREFIX) else scheme
 
 
 def protocol_for(scheme: str) -> Protocol:

@@ -11,7 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import UsageError
-from .registry import BY_SCHEME, protocol_for
+from .registry import BY_SCHEME, canonical_scheme, protocol_for
 
 
 @dataclass
@@ -33,7 +33,7 @@ def parse(url: str) -> ParsedURL:
     """Split ``scheme://[user[:password]@]host[:port][/path][?query]``; the password may contain ``@``."""
     if "://" not in url:
         raise UsageError(f"not a URL (expected SCHEME://...): {redact(url)}")
-    scheme = url.split("://", 1)[0].lower()
+    scheme = canonical_scheme(url.split("://", 1)[0].lower())  # hpcfs+uftp:// is uftp://
     if scheme not in BY_SCHEME:
         raise UsageError(f"unknown scheme '{scheme}' (known: {', '.join(sorted(BY_SCHEME))})")
     rest = url.split("://", 1)[1]

@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 
+from hpcfs.em.backend import MARKER as EM_MARKER
 from hpcfs.mounts import is_mounted
 from hpcfs.registry import PROTOCOLS
 
@@ -99,6 +100,12 @@ def tree_digests(top):
             path = os.path.join(directory, name)
             result[os.path.relpath(path, top)] = sha256_file(path)
     return result
+
+
+def served_digests(top):
+    """:func:`tree_digests` of a server's own disk as hpcfs shows it: without the marker files that keep EM
+    directories made by mkdir (hpcfs/em/backend.py), which no listing shows."""
+    return {path: digest for path, digest in tree_digests(top).items() if os.path.basename(path) != EM_MARKER}
 
 
 def write_random(path, size):

@@ -14,6 +14,7 @@ import pytest
 
 from fixtures_em import PASSWORD, VOLUMES
 from hpcfs import errors
+from hpcfs.em.backend import MARKER
 from hpcfs.urls import open_backend, parse
 
 pytestmark = pytest.mark.timeout(30)
@@ -191,20 +192,26 @@ def test_unseekable_sources_are_spooled(em_server, open_em):
 
 
 # -- namespace ------------------------------------------------------------------------------------------
-def test_mkdir_is_held_locally_until_a_file_lands(em_server, open_em):
+def test_mkdir_uploads_a_hidden_marker_so_the_directory_is_on_the_server(em_server, open_em):
     backend = open_em()
     backend.mkdir("/pod-a/empty")
     backend.mkdir("/pod-a/empty/inner")
     assert [e.name for e in backend.list("/pod-a")] == ["empty"]
     assert backend.stat("/pod-a/empty/inner").is_dir and backend.list("/pod-a/empty/inner") == []
-    assert not os.path.exists(os.path.join(em_server.root, "pod-a", "empty"))
+    assert disk(em_server, "pod-a", f"empty/inner/{MARKER}") == b""
+    assert open_em().list("/pod-a/empty/inner") == []  # another process: the directory, not its marker
     with pytest.raises(errors.AlreadyExists):
         backend.mkdir("/pod-a/empty")
     with pytest.raises(errors.NotFound):
         backend.mkdir("/pod-a/missing/child")
+    with pytest.raises(errors.InvalidPath):
+        write(backend, f"/pod-a/empty/{MARKER}", b"reserved")
     write(backend, "/pod-a/empty/inner/f.txt", b"landed")
     assert disk(em_server, "pod-a", "empty/inner/f.txt") == b"landed"
-    assert em_server.log.counts["files/uplink"] == 1 and em_server.log.counts["files/list"] == 1
+    assert em_server.log.counts["files/uplink"] == 3
+    backend.remove("/pod-a/empty/inner/f.txt")
+    backend.rmdir("/pod-a/empty/inner")  # empty but for its marker
+    assert not os.path.exists(os.path.join(em_server.root, "pod-a", "empty", "inner"))
 
 
 def test_mkdir_at_the_top_registers_a_volume_without_asking_the_server(em_server, open_em):
@@ -262,7 +269,7 @@ def test_rename_file_copies_then_deletes(em_server, open_em):
     assert backend.capabilities.rename == "job"
 
 
-def test_rename_directory_moves_every_file_and_held_directory(em_server, open_em):
+def test_rename_directory_moves_every_file_and_empty_directory(em_server, open_em):
     tree = {"d/a.txt": b"a", "d/sub/b.txt": b"b", "d/sub/deeper/c.txt": os.urandom(5000)}
     for path, data in tree.items():
         em_server.server.write_out_of_band("pod-a", path, data)
@@ -273,6 +280,7 @@ def test_rename_directory_moves_every_file_and_held_directory(em_server, open_em
         assert sha256(disk(em_server, "pod-a", "e" + path[1:])) == sha256(data)
     assert not os.path.exists(os.path.join(em_server.root, "pod-a", "d"))
     assert sorted(e.name for e in backend.list("/pod-a/e")) == ["a.txt", "only-here", "sub"]
+    assert disk(em_server, "pod-a", f"e/only-here/{MARKER}") == b""  # still there for the next process
     with pytest.raises(errors.NotFound):
         backend.stat("/pod-a/d")
     with pytest.raises(errors.InvalidPath):

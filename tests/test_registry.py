@@ -17,7 +17,7 @@ from fixtures_em import PASSWORD as EM_PASSWORD, USER as EM_USER
 from hpcfs.core import SECRET_NAMES, check_options, open_tree
 from hpcfs.em.options import EMOptions
 from hpcfs.errors import UsageError
-from hpcfs.registry import PROTOCOLS, SCHEMES
+from hpcfs.registry import ALIASES, PROTOCOLS, SCHEMES
 from hpcfs.uftp.options import UFTPOptions
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -33,8 +33,12 @@ def _entry_points(section: str) -> dict:
 
 
 def test_setup_cfg_entry_points_are_the_registrys():
-    assert _entry_points("fs.opener") == {p.scheme: f"hpcfs.frontends.pyfs:{p.opener}" for p in PROTOCOLS}
-    assert _entry_points("fsspec.specs") == {scheme: "hpcfs.frontends.fsspec:HpcfsFileSystem" for scheme in SCHEMES}
+    """Every scheme and its alias hpcfs+<scheme>, for both PyFilesystem2 and fsspec."""
+    openers = {name: f"hpcfs.frontends.pyfs:{opener}" for p in PROTOCOLS
+               for name, opener in ((p.scheme, p.opener), (p.alias, p.alias_opener))}
+    assert _entry_points("fs.opener") == openers
+    assert _entry_points("fsspec.specs") == {scheme: "hpcfs.frontends.fsspec:HpcfsFileSystem"
+                                             for scheme in SCHEMES + ALIASES}
     for scheme, target in _entry_points("fs.opener").items():
         module, _, name = target.partition(":")
         assert getattr(importlib.import_module(module), name).protocols == [scheme]

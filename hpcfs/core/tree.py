@@ -47,9 +47,9 @@ class RemoteTree:
         unpublished = writer.unpublished_entry() if writer is not None else None
         return unpublished or self._stat_server(path)
 
-    def _stat_server(self, path):
-        """Attributes of the version on the server (from the cache when fresh)."""
-        cached = self.meta.lookup(path)
+    def _stat_server(self, path, revalidate=False):
+        """Attributes of the version on the server (from the cache when fresh, unless ``revalidate``)."""
+        cached = None if revalidate else self.meta.lookup(path)
         if cached is MetadataCache.MISSING:
             raise errors.NotFound("no such file or directory", path)
         if cached is not None:
@@ -90,14 +90,17 @@ class RemoteTree:
 
     # -- files ----------------------------------------------------------------------------------------
     def open(self, path, writable=False, truncate=False, create=False, exclusive=False,
-             create_mode: Optional[int] = None):
+             create_mode: Optional[int] = None, revalidate=False):
         """Open a file; ``create`` makes it if missing, ``exclusive`` refuses an existing one.  A new file
-        gets ``create_mode`` (permission bits) after its upload, where the server has chmod."""
+        gets ``create_mode`` (permission bits) after its upload, where the server has chmod.  ``revalidate``
+        asks the server for the file's attributes instead of the cache (close-to-open consistency, as NFS
+        gives: the Python front ends read the server's current version; the block and whole-file caches are
+        keyed by version, so a changed file is fetched anew)."""
         path = normalize(path)
         if writable:
             self._require_writable(path)
         try:
-            entry = self._stat_server(path)
+            entry = self._stat_server(path, revalidate=revalidate)
         except errors.NotFound:
             # A file another handle here is still writing exists for this process, though not on the server.
             if not create and self._writer(path) is None:

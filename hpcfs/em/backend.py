@@ -10,11 +10,14 @@ The API has no per-path stat and no ranges: one ``files/list`` call returns a vo
 that listing serves every ``list``/``stat`` in the volume for ``listing_ttl`` seconds (pods change
 volumes behind our back, so it must expire).  Our own writes patch the cached listing, so they are
 visible at once without another listing.  Reads download whole files (``Entry.token`` carries the
-listing's size, time and hash for the core's whole-file cache).  The API cannot make an empty
-directory either: ``mkdir`` is held here until a file lands in it.  ``rename`` copies (download, upload,
+listing's size, time and hash for the core's whole-file cache).  The API keeps no directories of its
+own, only the path prefixes of files, so ``mkdir`` uploads an empty marker file (``MARKER``) into the new
+directory, as rclone and S3 tools do: the directory then exists on the server for every later process,
+and every listing leaves the marker out.  ``rename`` copies (download, upload,
 delete); ``rmdir`` checks emptiness on a fresh listing first because the server deletes recursively.
 """
 import datetime
+import io
 import ipaddress
 import logging
 import os
@@ -35,6 +38,7 @@ log = logging.getLogger("hpcfs.em")
 GIB = 1024**3
 DIR_MODE = 0o755
 LARGEST_SIZE = (1 << 63) - 1  # off_t
+MARKER = ".hpcfs-directory"  # the empty file that keeps a directory made by mkdir; never listed
 
 
 def _parse_time(text) -> float:
@@ -90,6 +94,8 @@ class VolumeListing:
     def _add_nodes(self, parent: str, nodes):
         for node in nodes:
             entry = _entry_from_node(node)
+            if entry.name == MARKER and not entry.is_dir:  # its directory is listed; the marker is not
+                continue
             path = posixpath.join(parent, entry.name)
             self.put(path, entry)
             if entry.is_dir:
@@ -127,6 +133,8 @@ class VolumeListing:
 def _refuse_unstorable(name: str, where: str) -> None:
     if not can_upload_name(name):
         raise errors.InvalidPath("the EM API cannot store this file name (\\ or unprintable characters)", where)
+    if name == MARKER:
+        raise errors.InvalidPath(f"{MARKER} is reserved: hpcfs marks directories made by mkdir with it", where)
 
 
 class EMBackend(Backend):
@@ -147,7 +155,6 @@ class EMBackend(Backend):
         self._listed: Set[str] = set()
         self._listed_at: Optional[float] = None
         self._listings: Dict[str, VolumeListing] = {}
-        self._held: Dict[str, Dict[str, float]] = {}  # volume -> {directory made by mkdir: its mtime}
         self._started = time.time()
 
     # -- the tree ---------------------------------------------------------------------------------------
@@ -191,38 +198,16 @@ class EMBackend(Backend):
             if cached is None or fresh or time.monotonic() - cached.fetched_at >= self.listing_ttl:
                 cached = VolumeListing(self.client.list_files(volume), time.monotonic(), f"/{volume}")
                 self._listings[volume] = cached
-                self._prune_held(volume, cached)
             return cached
 
-    def _prune_held(self, volume: str, listing: VolumeListing):
-        """Drop held directories the server now has, or whose parent has gone."""
-        held = self._held.get(volume, {})
-        for path in sorted(held, key=lambda p: p.count("/")):
-            parent = posixpath.dirname(path)
-            if path in listing.entries or (parent not in listing.children and parent not in held):
-                del held[path]
-
-    def _held_dirs(self, volume: str) -> Dict[str, float]:
-        return self._held.setdefault(volume, {})
-
     def _lookup(self, volume: str, relative: str, listing: Optional[VolumeListing] = None) -> Optional[Entry]:
-        """The entry at ``relative`` from the (given or cached) listing and the held directories."""
+        """The entry at ``relative`` from the given or cached listing."""
         with self._lock:
-            entry = (listing or self._listing(volume)).entries.get(relative)
-            held = self._held_dirs(volume)
-            if entry is None and relative in held:
-                return Entry(posixpath.basename(relative), DIRECTORY, 0, held[relative], DIR_MODE)
-            return entry
+            return (listing or self._listing(volume)).entries.get(relative)
 
     def _children(self, volume: str, relative: str, listing: Optional[VolumeListing] = None) -> Dict[str, Entry]:
         with self._lock:
-            listing = listing or self._listing(volume)
-            children = dict(listing.children.get(relative, {}))
-            for held in self._held_dirs(volume):
-                entry = self._lookup(volume, held, listing)
-                if posixpath.dirname(held) == relative and entry is not None and entry.name not in children:
-                    children[entry.name] = entry
-            return children
+            return dict((listing or self._listing(volume)).children.get(relative, {}))
 
     def _volume_entry(self, name: str) -> Entry:
         return Entry(name, DIRECTORY, 0, self._started, DIR_MODE)
@@ -326,17 +311,22 @@ class EMBackend(Backend):
 
     def _written(self, volume: str, relative: str, size: int):
         """Patch the cached listing with a file we uploaded; its directories now exist on the server."""
+        now = time.time()
+        self._patch(volume, relative, Entry(posixpath.basename(relative), FILE, size, now, 0o644,
+                                            token=f"{size}:written:{now!r}"))
+
+    def _patch(self, volume: str, relative: str, entry: Entry):
+        """Record what we put on the server in the cached listing; the volume exists there now."""
         with self._lock:
             self._made_here.discard(volume)
-            held = self._held_dirs(volume)
-            for directory in list(held):
-                if relative.startswith(directory + "/"):
-                    del held[directory]
             listing = self._listings.get(volume)
             if listing is not None:
-                now = time.time()
-                listing.put(relative, Entry(posixpath.basename(relative), FILE, size, now, 0o644,
-                                            token=f"{size}:written:{now!r}"))
+                listing.put(relative, entry)
+
+    def _place_marker(self, volume: str, relative: str):
+        """Make directory ``relative`` on the server: an empty ``MARKER`` file in it (listings leave it out)."""
+        self.client.upload(volume, relative, [(MARKER, io.BytesIO(), 0)])
+        self._patch(volume, relative, Entry(posixpath.basename(relative), DIRECTORY, 0, time.time(), DIR_MODE))
 
     def _forget_listing(self, volume: str):
         with self._lock:
@@ -354,8 +344,7 @@ class EMBackend(Backend):
         if volume is None or not relative or self._lookup(volume, relative) is not None:
             raise errors.AlreadyExists("exists", path)
         self._require_directory(volume, posixpath.dirname(relative), posixpath.dirname(path))
-        with self._lock:
-            self._held_dirs(volume)[relative] = time.time()
+        self._place_marker(volume, relative)
 
     def _make_volume(self, name: str, path: str):
         """A new top-level directory registers a pod name; the server creates the volume with its first file."""
@@ -388,8 +377,6 @@ class EMBackend(Backend):
             raise errors.PermissionDenied("the root of the tree cannot be removed", path)
         if not relative:
             return self._remove_volume(volume, path)
-        if self._remove_held(volume, relative, path):
-            return
         listing = self._listing(volume, fresh=True)  # the server deletes recursively: decide on fresh facts
         entry = self._lookup(volume, relative, listing)
         if entry is None:
@@ -401,17 +388,6 @@ class EMBackend(Backend):
         self.client.delete(volume, relative)
         self._dropped(volume, relative)
 
-    def _remove_held(self, volume: str, relative: str, path: str) -> bool:
-        """Remove a directory that exists only here; False if the server (may) have it."""
-        with self._lock:
-            held = self._held_dirs(volume)
-            if relative not in held or relative in self._listing(volume).entries:
-                return False
-            if self._children(volume, relative):
-                raise errors.DirectoryNotEmpty("directory not empty", path)
-            del held[relative]
-            return True
-
     def _remove_volume(self, volume: str, path: str):
         if self._children(volume, ""):
             raise errors.DirectoryNotEmpty("volume not empty", path)
@@ -421,7 +397,6 @@ class EMBackend(Backend):
             self._made_here.discard(volume)
             self._configured.discard(volume)
             self._listings.pop(volume, None)
-            self._held.pop(volume, None)
 
     def rename(self, src: str, dst: str) -> None:
         """Copy then delete: the API has no move.  Directories move file by file, in batched uploads."""
@@ -459,21 +434,15 @@ class EMBackend(Backend):
         with self._lock:
             listing = self._listing(src_volume, fresh=True)
             files = [(path, listing.entries[path]) for path in listing.files_below(src_rel)]
-            dirs = listing.dirs_below(src_rel) + [p for p in self._held_dirs(src_volume) if p.startswith(src_rel + "/")]
-            on_server = src_rel in listing.entries
+            dirs = listing.dirs_below(src_rel)
         for path, entry in files:
             self._check_upload(posixpath.dirname(moved(path)), entry.name, entry.size)
         self._copy_files(src_volume, files, dst_volume, moved)
-        with self._lock:
-            held = self._held_dirs(dst_volume)
-            for directory in [dst_rel] + [moved(d) for d in dirs]:  # empty ones can only be held here
-                if self._lookup(dst_volume, directory) is None:
-                    held[directory] = time.time()
-            for directory in [d for d in self._held_dirs(src_volume) if d == src_rel or d.startswith(src_rel + "/")]:
-                del self._held_dirs(src_volume)[directory]
-        if on_server:
-            self.client.delete(src_volume, src_rel)
-            self._dropped(src_volume, src_rel)
+        for directory in [dst_rel] + [moved(d) for d in dirs]:  # the copies made the others
+            if self._lookup(dst_volume, directory) is None:
+                self._place_marker(dst_volume, directory)
+        self.client.delete(src_volume, src_rel)
+        self._dropped(src_volume, src_rel)
 
     def _copy_files(self, src_volume: str, files: List[Tuple[str, Entry]], dst_volume: str, moved):
         """Download ``files`` to a local spool, then upload them, one batched call per target directory."""

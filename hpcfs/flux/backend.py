@@ -13,8 +13,9 @@ carry ``ttl=inf``, so the core keeps them for good.  A running job's output is f
 ``output/stream`` endpoint (the plain ``output`` endpoint of the real server waits for the job's end): a
 background reader appends what arrives, the file's size is what has arrived so far, and its entries carry
 a short ttl so ``tail -f`` through a mount sees it grow.  The job listing is kept ``listing_ttl`` seconds;
-a job id missing from it is answered NotFound without a request.  Everything that would change the tree
-is refused with EROFS (``Capabilities.read_only``).
+a job id missing from it is asked for directly (one ``GET /v1/jobs/<id>``), so a job submitted since the
+listing is found at once.  Everything that would change the tree is refused with EROFS
+(``Capabilities.read_only``).
 """
 import hashlib
 import ipaddress
@@ -203,9 +204,7 @@ class FluxBackend(Backend):
             known = self._infos.get(jobid)
             if known is not None and known.get("state") == FINISHED:
                 return known
-            listing_fresh = self._listing is not None and time.monotonic() - self._listed_at < self.listing_ttl
-            if known is None and listing_fresh:
-                raise errors.NotFound("no such job (not in the job listing)", where)
+            # An id the listing lacks is asked for all the same: a job submitted since is found at once.
             if known is not None and time.monotonic() - self._fetched[jobid] < self.live_ttl:
                 return known
         info = self.client.job(jobid)

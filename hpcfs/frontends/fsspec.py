@@ -13,12 +13,12 @@ from fsspec.spec import AbstractFileSystem
 from ..backend import normalize
 from ..core import open_tree
 from ..core.files import TreeLease, open_stream
-from ..registry import SCHEMES
+from ..registry import ALIASES, SCHEMES
 from ..urls import split_service
 
 
 class HpcfsFileSystem(AbstractFileSystem):
-    protocol = SCHEMES
+    protocol = SCHEMES + ALIASES
     root_marker = "/"
 
     def __init__(self, service_url, auto_mkdir=False, **options):
@@ -75,14 +75,15 @@ class HpcfsFileSystem(AbstractFileSystem):
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         path = self._strip_protocol(path)
         if "r" in mode and "+" not in mode:
-            return open_stream(self.remote.open(path), mode=mode, name=path, lease=self._lease)
+            return open_stream(self.remote.open(path, revalidate=True), mode=mode, name=path, lease=self._lease)
         self._make_parent(path)
-        handle = self.remote.open(path, writable=True, truncate="w" in mode, create=True, exclusive="x" in mode)
+        handle = self.remote.open(path, writable=True, truncate="w" in mode, create=True, exclusive="x" in mode,
+                                  revalidate="+" in mode)
         return open_stream(handle, mode=mode, readable="+" in mode, append="a" in mode, name=path, lease=self._lease)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         path = self._strip_protocol(path)
-        handle = self.remote.open(path)
+        handle = self.remote.open(path, revalidate=True)  # close-to-open: the server's current version
         size = handle.size
         start = 0 if start is None else (max(size + start, 0) if start < 0 else start)
         end = size if end is None else (max(size + end, 0) if end < 0 else min(end, size))

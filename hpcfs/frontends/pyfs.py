@@ -6,6 +6,8 @@ walking a tree costs one request per directory.
 """
 import contextlib
 import threading
+import warnings
+from typing import List
 
 import fs.errors
 import fs.subfs
@@ -19,7 +21,7 @@ from fs.permissions import Permissions
 from .. import errors
 from ..core.files import TreeLease, open_stream
 from ..core import RemoteTree, open_tree
-from ..registry import PROTOCOLS, SCHEMES
+from ..registry import ALIASES, PROTOCOLS, SCHEMES
 from ..urls import redact
 
 _TRANSLATION = [
@@ -116,6 +118,7 @@ class HpcfsFS(FS):
                 truncate=parsed.truncate,
                 create=parsed.create,
                 exclusive=parsed.exclusive,
+                revalidate=parsed.reading,  # close-to-open: a read sees the server's current version
             )
         return open_stream(
             handle, mode=parsed.to_platform_bin(), readable=parsed.reading, append=parsed.appending, name=path,
@@ -197,7 +200,7 @@ class HpcfsFS(FS):
 class HpcfsOpener(Opener):
     """Opens every hpcfs scheme: the URL says which protocol."""
 
-    protocols = list(SCHEMES)
+    protocols = list(SCHEMES + ALIASES)
 
     def open_fs(self, fs_url, parse_result, writeable, create, cwd):
         url = fs_url.split("!", 1)[0]
@@ -213,6 +216,16 @@ class HpcfsOpener(Opener):
         return filesystem
 
 
+def registered_openers(scheme: str) -> List[str]:
+    """Every fs.opener entry point for ``scheme`` as ``module:Class (distribution)``, in the order
+    PyFilesystem2 looks them up: ``open_fs`` uses the first (PyUNICORE registers ``uftp`` too)."""
+    with warnings.catch_warnings():  # fs.opener finds entry points with pkg_resources, so this does too
+        warnings.simplefilter("ignore")  # its "pkg_resources is deprecated" warning is fs's concern
+        import pkg_resources
+    return [f"{point.module_name}:{'.'.join(point.attrs)} ({point.dist.project_name if point.dist else '?'})"
+            for point in pkg_resources.iter_entry_points("fs.opener", scheme)]
+
+
 class ClosingSubFS(fs.subfs.SubFS):
     """A sub-directory view that closes the whole remote tree with it."""
 
@@ -221,8 +234,8 @@ class ClosingSubFS(fs.subfs.SubFS):
         super().close()
 
 
-# setup.cfg's fs.opener entry points name one class per scheme (PyFilesystem2 looks a class up by scheme):
-# these are generated from the registry, so a new protocol needs no class here.
-globals().update({protocol.opener: type(protocol.opener, (HpcfsOpener,),
-                                        {"protocols": [protocol.scheme], "__module__": __name__})
-                  for protocol in PROTOCOLS})
+# setup.cfg's fs.opener entry points name one class per scheme and per alias (PyFilesystem2 looks a class up
+# by scheme): these are generated from the registry, so a new protocol needs no class here.
+globals().update({name: type(name, (HpcfsOpener,), {"protocols": [scheme], "__module__": __name__})
+                  for protocol in PROTOCOLS
+                  for name, scheme in ((protocol.opener, protocol.scheme), (protocol.alias_opener, protocol.alias))})
