@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import re
 import shlex
 import signal
@@ -18,6 +19,7 @@ import sys
 import time
 import traceback
 import warnings
+from typing import Any, Callable
 
 from . import __version__, errors, exit_interrupted
 from .backend import normalize
@@ -27,6 +29,8 @@ from .mounts import is_mounted, unmount
 from .registry import PROTOCOLS, url_examples
 from .targets import Target, Trees, refuse_secret_options, resolve, tree_for
 from .transfer import copy_paths, format_size
+
+log = logging.getLogger(__name__)
 
 FUSE_OPTIONS = {
     "allow_other", "allow_root", "default_permissions", "direct_io", "kernel_cache", "auto_cache",
@@ -234,8 +238,10 @@ def _last_error_line(log_path):
 # -- file commands --------------------------------------------------------------------------------------
 def cmd_ls(args):
     """As ls(1): files named on the command line first, then each directory under a ``PATH:`` heading when
-    there is more than one to show; a missing path is reported and the others are still listed."""
-    failed = False
+    there is more than one to show; a missing path is reported and the others are still listed.  Exit
+    status as GNU ls: 2 when a path on the command line does not exist or may not be read, 1 when only
+    something below one (or the server: unreachable, a refused login, as for every command)."""
+    missing = failed = False
     files, directories = [], []
     with Trees() as trees:
         for path in args.paths:
@@ -243,38 +249,83 @@ def cmd_ls(args):
             try:
                 entry = trees.get(target).stat(target.path)
             except errors.HpcfsError as exc:
-                _report(_one_line(exc), args.verbose)
+                _report_failure(args, target.display, exc)
+                missing |= exc.standard
                 failed = True
                 continue
-            (directories if entry.is_dir else files).append((path, target, entry))
-        _print_entries(args, [entry for _, _, entry in files])
+            if not entry.name:  # the root of a tree: named as typed
+                entry = dataclasses.replace(entry, name=target.display)
+            (directories if entry.is_dir and not args.directory else files).append((path, target, entry))
+        _print_entries(args, _sorted(args, [entry for _, _, entry in files]))
         headings = args.recursive or len(files) + len(directories) > 1
         for index, (path, target, _) in enumerate(directories):
             if index or files:
                 print()
             failed |= _list_directory(args, trees.get(target), path, target.path, headings)
-    return 1 if failed else 0
+    return 2 if missing else 1 if failed else 0
 
 
 def _list_directory(args, remote_tree, shown: str, path: str, heading: bool) -> bool:
     """List one directory (and, with -R, those below it); True when some part could not be listed."""
     try:
-        entries = sorted(remote_tree.listdir(path), key=lambda e: e.name)
+        entries = remote_tree.listdir(path) + (_dot_entries(remote_tree, path) if args.all else [])
     except errors.HpcfsError as exc:
-        _report(_one_line(exc), args.verbose)
+        _report_failure(args, shown, exc)
         return True
-    visible = [entry for entry in entries if args.all or not entry.name.startswith(".")]
+    visible = _sorted(args, [entry for entry in entries
+                             if args.all or args.almost_all or not entry.name.startswith(".")])
     if heading:
         print(f"{shown}:")
+    if args.long:
+        blocks = _total_blocks(visible)
+        print(f"total {_human_size(blocks * 1024) if args.human_readable else blocks}")
     _print_entries(args, visible)
     failed = False
     if args.recursive:
         for entry in visible:
-            if entry.is_dir:
+            if entry.is_dir and entry.name not in (".", ".."):
                 print()
                 failed |= _list_directory(args, remote_tree, shown.rstrip("/") + "/" + entry.name,
                                           path.rstrip("/") + "/" + entry.name, True)
     return failed
+
+
+def _dot_entries(remote_tree, path: str) -> list:
+    """ls -a: the directory itself as ``.`` and its parent as ``..`` (the root is its own parent)."""
+    parent = posixpath.dirname(normalize(path))
+    return [dataclasses.replace(remote_tree.stat(path), name="."),
+            dataclasses.replace(remote_tree.stat(parent), name="..")]
+
+
+def _sorted(args, entries: list) -> list:
+    """By name, as ls(1) in the C locale; with -t newest first (ties by name)."""
+    by_name = sorted(entries, key=lambda entry: entry.name)
+    return sorted(by_name, key=lambda entry: -entry.mtime) if args.sort_by_time else by_name
+
+
+def _total_blocks(entries: list) -> int:
+    """ls -l's ``total``: GNU counts the 1 KiB blocks allocated; the servers report no allocation, so each
+    entry's size rounded up to whole KiB stands in (sparse files and directories differ from GNU's)."""
+    return sum(-(-entry.size // 1024) for entry in entries)
+
+
+def _each_target(args, trees: Trees, targets: "list[Target]", action: Callable[[Any, str], None]) -> int:
+    """``action(remote_tree, path)`` for every argument in turn; one that fails is reported and the others
+    still run, as coreutils' commands go on (exit status 1)."""
+    failed = False
+    for target in targets:
+        try:
+            action(trees.get(target), target.path)
+        except errors.HpcfsError as exc:
+            _report_failure(args, target.display, exc)
+            failed = True
+    return 1 if failed else 0
+
+
+def _report_failure(args, shown: "str | None", exc: OSError) -> None:
+    """One argument's failure in coreutils' words; the server's own text goes to the --verbose log."""
+    log.debug("%s: %s", shown, _one_line(exc))
+    _report(errors.gnu_message(args.command, shown, exc), args.verbose)
 
 
 def _print_entries(args, entries) -> None:
@@ -283,10 +334,15 @@ def _print_entries(args, entries) -> None:
 
 
 def cmd_stat(args):
-    target = resolve(args.path)
+    """As stat(1): one block for each path; one that cannot be read is reported, the others still shown."""
+    targets = [resolve(path) for path in args.paths]
     with Trees() as trees:
-        entry = trees.get(target).stat(target.path)
-    print(f"  File: {target.path}")
+        return _each_target(args, trees, targets, _print_status)
+
+
+def _print_status(remote_tree, path: str) -> None:
+    entry = remote_tree.stat(path)
+    print(f"  File: {path}")
     print(f"  Type: {'directory' if entry.is_dir else entry.kind}")
     print(f"  Size: {entry.size}")
     print(f"  Mode: {entry.mode:04o}")
@@ -295,21 +351,14 @@ def cmd_stat(args):
 
 def cmd_cat(args):
     """As cat(1): every readable file is printed; each one that is not is reported, and the exit status is 1."""
-    failed = False
+    targets = [resolve(path) for path in args.paths]
     with Trees() as trees:
-        for path in args.paths:
-            target = resolve(path)
-            try:
-                _copy_to_stdout(trees.get(target), path, target.path)
-            except errors.HpcfsError as exc:
-                _report(_one_line(exc), args.verbose)
-                failed = True
-    return 1 if failed else 0
+        return _each_target(args, trees, targets, _copy_to_stdout)
 
 
-def _copy_to_stdout(remote_tree, shown: str, path: str) -> None:
+def _copy_to_stdout(remote_tree, path: str) -> None:
     if remote_tree.stat(path).is_dir:
-        raise errors.IsADirectory("Is a directory", shown)
+        raise errors.IsADirectory("Is a directory", path)
     handle = remote_tree.open(path)
     try:
         offset, step = 0, remote_tree.options.block_size
@@ -322,13 +371,15 @@ def _copy_to_stdout(remote_tree, shown: str, path: str) -> None:
 
 
 def cmd_mkdir(args):
+    def make(remote_tree, path: str) -> None:
+        if args.parents:
+            _make_parents(remote_tree, path)
+        else:
+            remote_tree.mkdir(path)
+
     targets = [resolve(path) for path in args.paths]
     with Trees() as trees:
-        for target in targets:
-            if args.parents:
-                _make_parents(trees.get(target), target.path)
-            else:
-                trees.get(target).mkdir(target.path)
+        return _each_target(args, trees, targets, make)
 
 
 def _make_parents(remote_tree, path):
@@ -344,30 +395,31 @@ def _make_parents(remote_tree, path):
         if entry.is_dir:
             continue
         if depth == len(parts):
-            raise errors.AlreadyExists("cannot create directory: File exists", current)
-        raise errors.NotADirectory(f"cannot create directory {path}: Not a directory", current)
+            raise errors.AlreadyExists("File exists", current)
+        raise errors.NotADirectory("Not a directory", current)
 
 
 def cmd_rm(args):
+    def remove(remote_tree, path: str) -> None:
+        try:
+            is_directory = remote_tree.stat(path).is_dir
+        except errors.NotFound:
+            if args.force:  # rm -f: what is already gone is no error
+                return
+            raise
+        if not is_directory:
+            remote_tree.remove(path)
+        elif not args.recursive:
+            raise errors.IsADirectory("Is a directory (use -r)", path)
+        else:
+            _remove_tree(remote_tree, path)
+
     targets = [resolve(path) for path in args.paths]
     with Trees() as trees:
         for target in targets:  # refuse every root before removing anything, as rm --preserve-root does
             if args.recursive and is_tree_root(trees.get(target), target.path):
                 raise errors.PermissionDenied("refusing to remove the root of a tree", target.display)
-        for target in targets:
-            remote_tree = trees.get(target)
-            try:
-                is_directory = remote_tree.stat(target.path).is_dir
-            except errors.NotFound:
-                if args.force:  # rm -f: what is already gone is no error
-                    continue
-                raise
-            if is_directory:
-                if not args.recursive:
-                    raise errors.IsADirectory("is a directory (use -r)", target.path)
-                _remove_tree(remote_tree, target.path)
-            else:
-                remote_tree.remove(target.path)
+        return _each_target(args, trees, targets, remove)
 
 
 def _remove_tree(remote_tree, path):
@@ -392,11 +444,16 @@ def cmd_cp(args):
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
     try:
         copy_paths(
-            sources, destination, recursive=args.recursive, resume=args.resume,
+            sources, destination, recursive=args.recursive or args.archive, resume=args.resume,
             parallel=args.parallel, progress=show_progress, dereference=args.dereference,
+            no_clobber=args.no_clobber, preserve=args.preserve or args.archive,
         )
+    except errors.HpcfsError as exc:  # named by the path it gives (what was typed, or a file inside it)
+        _report_failure(args, None, exc)
+        return 1
     except KeyboardInterrupt:  # partial files are kept: say how to finish
-        again = ["hpcfs", "cp", "--resume"] + (["-r"] if args.recursive else []) + args.sources + [args.destination]
+        again = (["hpcfs", "cp", "--resume"] + (["-r"] if args.recursive or args.archive else [])
+                 + (["-p"] if args.preserve or args.archive else []) + args.sources + [args.destination])
         print(f"hpcfs: to continue: {shlex.join(again)}", file=sys.stderr)
         raise
 
@@ -424,6 +481,14 @@ def cmd_info(args):
     print(f"path: {target.path} ({'directory' if root.is_dir else root.kind})")
     for key, value in facts.items():
         print(f"{key}: {', '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}")
+    # Another package (PyUNICORE: uftp) may register the same PyFilesystem2 scheme: say whose open_fs gets.
+    from .frontends.pyfs import registered_openers
+    from .urls import parse
+    scheme = parse(target.url).scheme
+    openers = registered_openers(scheme)
+    print(f"open_fs {scheme}://: {openers[0] if openers else 'no opener installed'}"
+          + (f"; also registered: {', '.join(openers[1:])}; hpcfs+{scheme}:// always opens hpcfs"
+             if len(openers) > 1 else ""))
     print(
         f"limits: ranged reads {'yes' if caps.ranged_reads else 'no'}, "
         f"partial writes {'yes' if caps.ranged_writes else 'no'}, rename {caps.rename}, "
@@ -445,7 +510,8 @@ def _long_line(entry, human_readable: bool = False) -> str:
     )
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.mtime))
     size = _human_size(entry.size) if human_readable else str(entry.size)
-    return f"{kind}{bits} {size:>12} {stamp} {entry.name}"
+    owner = "-" if entry.uid is None else str(entry.uid)  # numeric, as ls -n: a remote uid has no local name
+    return f"{kind}{bits} {owner:>6} {size:>12} {stamp} {entry.name}"
 
 
 def _human_size(size: int) -> str:
@@ -602,8 +668,13 @@ def _add_file_commands(command):
     ls = command("ls", "list remote directories, as ls(1)", cmd_ls, add_help=False,
                  examples=("hpcfs ls -lh myhpc:/scratch", "hpcfs ls -R myhpc:/scratch/run1 myhpc:/scratch/run2"))
     ls.add_argument("paths", nargs="+", metavar="PATH", help=LOCATION)
-    ls.add_argument("-l", "--long", action="store_true", help="mode, size, time and name, one a line")
-    ls.add_argument("-a", "--all", action="store_true", help="include names that start with '.'")
+    ls.add_argument("-l", "--long", action="store_true",
+                    help="mode, owner (uid), size, time and name, one a line, after a 'total' of KiB")
+    ls.add_argument("-a", "--all", action="store_true", help="include names that start with '.', and '.' and '..'")
+    ls.add_argument("-A", "--almost-all", action="store_true", help="as -a, without '.' and '..'")
+    ls.add_argument("-d", "--directory", action="store_true", help="list directories themselves, not what they hold")
+    ls.add_argument("-t", dest="sort_by_time", action="store_true", help="newest first")
+    ls.add_argument("-1", dest="one_per_line", action="store_true", help="one name a line (always so here)")
     ls.add_argument("-h", "--human-readable", action="store_true", help="with -l: sizes as 1.5K, 234M, 2.0G")
     ls.add_argument("-R", "--recursive", action="store_true", help="list subdirectories too")
     ls.add_argument("--help", action="help", help="show this help and exit")
@@ -615,8 +686,12 @@ def _add_file_commands(command):
     cp.add_argument("destination", metavar="DEST",
                     help="local path, URL or PROFILE:/path; an existing directory receives the copies")
     cp.add_argument("-r", "-R", "--recursive", action="store_true", help="copy directories and what they hold")
+    cp.add_argument("-n", "--no-clobber", action="store_true", help="never overwrite a file that exists (no error)")
+    cp.add_argument("-p", "--preserve", action="store_true",
+                    help="keep the source's mode (no umask) and modification time, where the destination can")
+    cp.add_argument("-a", "--archive", action="store_true", help="as -r -p (symbolic links are copied as links anyway)")
     cp.add_argument("--resume", action="store_true",
-                    help="skip files the destination already has (same size); continue partial downloads")
+                    help="skip files the destination already has (same size, not older); continue partial copies")
     cp.add_argument("-L", "--dereference", action="store_true", help="follow symbolic links inside directories")
     cp.add_argument("-j", "--parallel", type=_positive, default=4, metavar="N", help="files copied at once (default 4)")
     progress = cp.add_mutually_exclusive_group()
@@ -640,7 +715,7 @@ def _add_file_commands(command):
 
     stat = command("stat", "show a remote path's type, size, mode and time", cmd_stat,
                    examples=("hpcfs stat myhpc:/scratch/run1.dat",))
-    stat.add_argument("path", metavar="PATH", help=LOCATION)
+    stat.add_argument("paths", nargs="+", metavar="PATH", help=LOCATION)
 
 
 def _positive(text):

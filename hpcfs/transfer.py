@@ -11,14 +11,16 @@ link, mode 0600) and renamed when complete; an upload where the server renames i
 interrupted copy keeps its partial file, and ``resume`` continues it: a download from its length (only a
 partial that is ours: a regular file of our uid, one link, no group or other bits), an upload (where the
 server writes at an offset) from the kept prefix once its last block matches the source.  ``resume`` also
-skips files whose destination already has the source's size.  Copying a file onto itself is refused
-before anything is opened (as GNU cp does).
+skips files whose destination already has the source's size and is no older (``is_complete``).
+``no_clobber`` (cp -n) leaves every existing destination alone; ``preserve`` (cp -p) keeps the source's mode
+and time.  Copying a file onto itself is refused before anything is opened (as GNU cp does).
 
 Modes are kept as ``cp`` without ``-p`` keeps them: the source's permission bits less the umask, never
 wider than the source; a private file gets its mode before its bytes reach a name others can open, where
 the server allows.  Symbolic links inside a tree are copied as links, or skipped with a warning where the
-destination has none; ``dereference`` follows local ones (with loop detection).  A listing that shows links
-as what they point to (UFTP) is checked for loops by its content.  Special files (FIFOs, sockets, devices)
+destination has none; ``dereference`` follows local ones (with loop detection; a dangling one fails the copy
+once the rest is done, as cp -L).  A listing that shows links as what they point to (UFTP) is checked for
+loops by its content.  Special files (FIFOs, sockets, devices)
 are skipped with a warning.  One file's failure does not stop the others: each is named on its own line.
 """
 import errno
@@ -60,6 +62,8 @@ LOCAL_ERRORS = {
 }
 
 
+MISSING_DESTINATION = f"{os.strerror(errno.ENOENT)} (the destination directory does not exist)"
+MTIME_WINDOW = 1.0  # seconds two times may differ and still be the same (rsync's --modify-window=1)
 LOOP_PERIODS = 3  # how many more times alike listings must repeat before a listing-only loop is believed
 NAME_MAX = 255  # bytes in one file name, on Linux and on the servers hpcfs talks to
 PARTIAL_MARK = ".hpcfs-partial"
@@ -78,6 +82,7 @@ class Item:
     identity: Optional[tuple] = None
     mode: int = 0o644  # permission bits
     special: bool = False  # a FIFO, socket or device: never copied
+    mtime: float = 0.0
 
 
 @dataclass
@@ -97,6 +102,23 @@ class Job:
     link: Optional[str] = None  # make a symbolic link with this target instead of copying bytes
     mode: int = 0o644  # the permission bits the copy gets (the source's, less the umask)
     kept: Optional[Kept] = None  # set by ``LocalSide.resume_offset``
+    mtime: float = 0.0  # the source's modification time
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What ``cp`` was asked to do with every file: ``--resume``, ``-n`` and ``-p``."""
+    resume: bool = False
+    no_clobber: bool = False  # -n: a destination that exists is never written (and no error)
+    preserve: bool = False  # -p: the source's mode (no umask) and modification time, where the destination can
+
+
+def is_complete(existing: Optional[Item], job: Job) -> bool:
+    """rsync's quick check for ``resume``: the same size and a time no older than the source's (a copy
+    made, or given the source's time by -p, after the source last changed); within MTIME_WINDOW, for
+    servers that keep whole seconds.  A source changed since, even to the same size, is copied again."""
+    return (existing is not None and not existing.is_dir and existing.size == job.size
+            and existing.mtime >= job.mtime - MTIME_WINDOW)
 
 
 class Cancelled(Exception):
@@ -192,6 +214,8 @@ class LocalSide(Side):
         self.dereference = dereference
         self._partials: Dict[str, Dict[str, List[str]]] = {}  # directory -> stem -> partial names (resume)
         self._partials_lock = threading.Lock()
+        # links -L could not follow: each fails the copy (exit status 1) once the rest is copied, as in cp -L
+        self.failures: List[OSError] = []
 
     @staticmethod
     def dirname(path: str) -> str:
@@ -222,15 +246,15 @@ class LocalSide(Side):
         try:
             return self._item(name, os.stat(path))
         except OSError as exc:  # dangling, or a loop of links (ELOOP)
-            warn(f"skipping '{path}': {os.strerror(exc.errno or errno.ELOOP).lower()} (a symbolic link that leads "
-                 "nowhere)")
+            self.failures.append(_local_error(exc, path))
             return None
 
     @staticmethod
     def _item(name: str, status: os.stat_result) -> Item:
         kind = stat.S_IFMT(status.st_mode)
         return Item(name, kind == stat.S_IFDIR, status.st_size, identity=(status.st_dev, status.st_ino),
-                    mode=status.st_mode & 0o777, special=kind not in (stat.S_IFDIR, stat.S_IFREG))
+                    mode=status.st_mode & 0o777, special=kind not in (stat.S_IFDIR, stat.S_IFREG),
+                    mtime=status.st_mtime)
 
     def same(self, path: str, other: str) -> bool:
         try:
@@ -261,6 +285,13 @@ class LocalSide(Side):
 
     def check_size(self, path, size, reading):
         """Local files have no size limit."""
+
+    def exists(self, path: str) -> bool:
+        """Anything at ``path``, a dangling symbolic link too (cp -n leaves it alone)."""
+        return os.path.lexists(path)
+
+    def set_mtime(self, path: str, mtime: float) -> None:
+        os.utime(path, (mtime, mtime), follow_symlinks=False)  # the copy just renamed there, never a link's target
 
     def make_link(self, target: str, path: str) -> None:
         if os.path.islink(path):  # copying again replaces the link, as cp -r does
@@ -293,11 +324,11 @@ class LocalSide(Side):
             return self._partials[directory].get(partial_stem(os.path.basename(path)), [])
 
     def resume_offset(self, job: Job) -> Optional[int]:
-        """None when the destination is complete (same size), else where to continue: the longest kept
+        """None when the destination is complete (``is_complete``), else where to continue: the longest kept
         partial of ours up to its first hole, or the length of a shorter file of ours under the real name
         (another tool's interrupted download); ``job.kept`` then holds it open."""
         existing = self.stat(job.destination)
-        if existing is not None and not existing.is_dir and existing.size == job.size:
+        if is_complete(existing, job):
             return None
         directory = self.dirname(job.destination)
         candidates = [Kept(os.path.join(directory, name), -1) for name in self._kept_partials(job.destination)]
@@ -330,7 +361,11 @@ class LocalSide(Side):
                     _write_all(reader, handle, meter, stop)
                 handle.flush()
                 os.fchmod(handle.fileno(), job.mode)  # the final mode, as the bytes appear under the real name
-            os.replace(partial, job.destination)
+                try:
+                    os.replace(partial, job.destination)
+                except OSError:
+                    os.fchmod(handle.fileno(), 0o600)  # kept private: --resume continues only such partials
+                    raise
         except errors.HpcfsError:
             raise
         except OSError as exc:  # a local failure: name the destination and what is kept of it
@@ -481,10 +516,10 @@ def _written_prefix(fd: int) -> int:
         return os.fstat(fd).st_size
 
 
-def _local_error(exc: OSError, path: str, partial: str) -> errors.HpcfsError:
+def _local_error(exc: OSError, path: str, partial: Optional[str] = None) -> errors.HpcfsError:
     error_class = LOCAL_ERRORS.get(exc.errno or 0, errors.HpcfsError)
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    if os.path.exists(partial):
+    if partial is not None and os.path.exists(partial):
         reason += f" (the partial copy is kept as {partial}; 'hpcfs cp --resume' continues it)"
     return error_class(reason, path)
 
@@ -533,7 +568,8 @@ class RemoteSide(Side):
 
     def _item(self, entry) -> Item:
         identity = (entry.mtime, entry.size) if self.listing_follows_links and entry.is_dir else None
-        return Item(entry.name, entry.is_dir, entry.size, identity=identity, mode=entry.mode & 0o777)
+        return Item(entry.name, entry.is_dir, entry.size, identity=identity, mode=entry.mode & 0o777,
+                    mtime=entry.mtime)
 
     def directory_key(self, item: Item, path: str) -> Optional[tuple]:
         """Where the listing follows links a directory has no identity of its own: what its listing shows
@@ -595,6 +631,13 @@ class RemoteSide(Side):
             raise errors.TooLarge(f"{format_size(size)} is above the largest file this server can take "
                                   f"({format_size(caps.max_upload)}); it offers no staging for larger files", path)
 
+    def exists(self, path: str) -> bool:
+        return self.stat(path) is not None
+
+    def set_mtime(self, path: str, mtime: float) -> None:
+        """Where the server keeps times that a client sets (else nothing: the tree ignores it)."""
+        self.remote_tree.set_mtime(path, mtime)
+
     def make_link(self, target: str, path: str) -> None:
         try:
             self.remote_tree.symlink(target, path)
@@ -607,10 +650,10 @@ class RemoteSide(Side):
         return stream
 
     def resume_offset(self, job: Job) -> Optional[int]:
-        """None when the destination is complete (same size); where the server writes at an offset, the
+        """None when the destination is complete (``is_complete``); where the server writes at an offset, the
         length of a kept partial upload whose last block matches the source; else 0 (sent again whole)."""
         existing = self.stat(job.destination)
-        if existing is not None and not existing.is_dir and existing.size == job.size:
+        if is_complete(existing, job):
             return None
         kept = self.stat(self.partial(job.destination)) if self.renames_instantly else None
         if not self.resumable:
@@ -693,7 +736,8 @@ class CountingReader:
 
 
 def copy_paths(sources, destination, recursive=False, resume=False, parallel=4, progress=False,
-               dereference=False):
+               dereference=False, no_clobber=False, preserve=False):
+    rules = Rules(resume=resume, no_clobber=no_clobber, preserve=preserve)
     with Trees() as trees:
         local = LocalSide(dereference)
         remote_sides = {}
@@ -705,6 +749,8 @@ def copy_paths(sources, destination, recursive=False, resume=False, parallel=4, 
             return remote_sides.setdefault(id(remote_tree), RemoteSide(remote_tree))
 
         dest_side = side_for(destination)
+        if preserve:  # cp -p: the source's permission bits as they are
+            dest_side.umask = 0
         into_directory = _destination_is_directory(dest_side, destination, len(sources))
         jobs = []
         for source in sources:
@@ -714,11 +760,11 @@ def copy_paths(sources, destination, recursive=False, resume=False, parallel=4, 
             dest_side.check_size(job.destination, job.size, reading=False)
         meter = Progress(len(jobs), sum(job.size for job in jobs), enabled=progress)
         try:
-            failures = _run_copies(jobs, dest_side, resume, meter, parallel)
+            failures = local.failures + _run_copies(jobs, dest_side, rules, meter, parallel)
             dest_side.finish_directories()
         finally:  # also before an error message: it must start on a line of its own
             meter.finish()
-        _report_failures(failures, len(jobs))
+        _report_failures(failures, len(jobs) + len(local.failures))
 
 
 def _report_failures(failures: List[OSError], total: int) -> None:
@@ -727,7 +773,7 @@ def _report_failures(failures: List[OSError], total: int) -> None:
         raise failures[0]
     if failures:
         for failure in failures:
-            say(" ".join(str(failure).split()))
+            say(errors.gnu_message("cp", None, failure))
         raise errors.HpcfsError(f"{len(failures)} of {total} files could not be copied")
 
 
@@ -739,10 +785,10 @@ def _destination_is_directory(dest_side, destination, source_count: int) -> bool
             raise errors.NotADirectory("copying several sources needs an existing directory", destination.display)
         return item.is_dir
     if source_count > 1 or destination.display.endswith("/"):
-        raise errors.NotFound("destination directory does not exist", destination.display)
+        raise errors.NotFound(MISSING_DESTINATION, destination.display)
     parent = dest_side.stat(dest_side.dirname(destination.path))
     if parent is None or not parent.is_dir:
-        raise errors.NotFound("destination directory does not exist", destination.display)
+        raise errors.NotFound(MISSING_DESTINATION, destination.display)
     return False
 
 
@@ -759,9 +805,9 @@ def _plan_source(side, source, dest_side, destination, into_directory, recursive
         warn(f"skipping non-regular file '{source.display}'")
         return []
     if not item.is_dir:
-        return [Job(side, source.path, target_path, item.size, mode=dest_side.copy_mode(item.mode))]
+        return [Job(side, source.path, target_path, item.size, mode=dest_side.copy_mode(item.mode), mtime=item.mtime)]
     if not recursive:
-        raise errors.IsADirectory("is a directory (use -r)", source.display)
+        raise errors.IsADirectory("Is a directory (use -r)", source.display)
     if side is dest_side and side.inside(target_path, source.path):
         raise errors.HpcfsError(f"cannot copy a directory, '{source.display}', into itself, '{target_display}'")
     return _plan_tree(side, item, source.path, dest_side, target_path, {})
@@ -791,7 +837,7 @@ def _plan_tree(side, item, source_dir, dest_side, dest_dir, ancestors):
         elif side is dest_side and side.same(src, dst):
             raise errors.HpcfsError(f"'{src}' and '{dst}' are the same file")
         else:
-            jobs.append(Job(side, src, dst, child.size, mode=dest_side.copy_mode(child.mode)))
+            jobs.append(Job(side, src, dst, child.size, mode=dest_side.copy_mode(child.mode), mtime=child.mtime))
     return jobs
 
 
@@ -803,14 +849,14 @@ def _plan_link(side, item, src, dest_side, dst):
     return []
 
 
-def _run_copies(jobs, dest_side, resume, meter, parallel) -> List[OSError]:
+def _run_copies(jobs, dest_side, rules: Rules, meter, parallel) -> List[OSError]:
     """Copy ``parallel`` files at a time; the failures, once every other file is copied.  Ctrl-C (or a
     bug) stops the others at their next chunk."""
     stop = threading.Event()
     failures: List[OSError] = []
     pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="hpcfs-cp")
     try:
-        for future in [pool.submit(_copy_file, job, dest_side, resume, meter, stop) for job in jobs]:
+        for future in [pool.submit(_copy_file, job, dest_side, rules, meter, stop) for job in jobs]:
             try:
                 future.result()
             except OSError as failure:  # this file's: the others go on
@@ -823,13 +869,16 @@ def _run_copies(jobs, dest_side, resume, meter, parallel) -> List[OSError]:
     return failures
 
 
-def _copy_file(job, dest_side, resume, meter, stop):
+def _copy_file(job, dest_side, rules: Rules, meter, stop):
+    if rules.no_clobber and dest_side.exists(job.destination):
+        meter.skip(job.size, file_done=True)
+        return
     if job.link is not None:
         dest_side.make_link(job.link, job.destination)
         meter.advance(0, file_done=True)
         return
     try:
-        offset = dest_side.resume_offset(job) if resume else 0
+        offset = dest_side.resume_offset(job) if rules.resume else 0
         if offset is None:
             meter.skip(job.size, file_done=True)
             return
@@ -839,6 +888,8 @@ def _copy_file(job, dest_side, resume, meter, stop):
             dest_side.receive(job, reader, offset, meter, stop)
         finally:
             reader.close()
+        if rules.preserve:
+            dest_side.set_mtime(job.destination, job.mtime)
     finally:
         if job.kept is not None:  # claimed for resume but not continued (the source could not be read)
             os.close(job.kept.fd)

@@ -6,12 +6,14 @@ the right path).  Bytes are compared by sha256.
 """
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 
 import pytest
 
+from hpcfs.transfer import MISSING_DESTINATION
 from mounting import small_tmpfs
 
 from mounting import HPCFS, sha256_file, tree_digests, write_random
@@ -127,10 +129,11 @@ def test_cp_recursive_skips_symbolic_links_with_a_warning_where_the_destination_
 
 def test_cp_recursive_dereference_follows_links_and_stops_at_loops_and_dangling_ones(cli, tmp_path, uftp):
     files = tree_with_links(tmp_path / "d")
-    result = ok(cli("cp", "-r", "-L", str(tmp_path / "d"), uftp.url(), env=uftp.env, timeout=60))
-    warnings = result.stderr.splitlines()
-    assert len(warnings) == 2, warnings
-    assert "dangling" in warnings[0] and "loop" in warnings[1] and "sub/loop" in warnings[1], warnings
+    result = cli("cp", "-r", "-L", str(tmp_path / "d"), uftp.url(), env=uftp.env, timeout=60)
+    assert result.returncode == 1, result.stderr  # the dangling link fails the copy, as in GNU cp -L
+    loop, dangling = result.stderr.splitlines()
+    assert "loop" in loop and "sub/loop" in loop, loop
+    assert dangling == f"hpcfs: cannot stat '{tmp_path / 'd' / 'dangling'}': No such file or directory", dangling
     assert tree_digests(uftp.local("d")) == {**files, "alias.bin": files["real.bin"]}
 
 
@@ -212,10 +215,55 @@ def test_a_full_local_disk_names_the_path_and_keeps_the_partial_download_for_res
     destination = small_disk / "big.bin"
     stderr = one_line_error(cli("cp", uftp.url("big.bin"), str(destination), env=uftp.env), 1)
     partial = kept_partial(small_disk, "big.bin")
-    assert stderr.startswith(f"hpcfs: {destination}: No space left on device"), stderr
+    assert stderr.startswith(f"hpcfs: '{destination}': No space left on device"), stderr
     assert f"kept as {partial}" in stderr and "--resume" in stderr, stderr
     assert os.listdir(small_disk) == [partial.name] and partial.stat().st_size > 0
     subprocess.run(["mount", "-o", "remount,size=8M", str(small_disk)], check=True)  # the user made room
+    ok(cli("cp", "--resume", uftp.url("big.bin"), str(destination), env=uftp.env))
+    assert sha256_file(destination) == sha256_file(uftp.local("big.bin")) and os.listdir(small_disk) == ["big.bin"]
+
+
+
+def test_a_parallel_download_that_fills_the_disk_keeps_only_its_complete_prefix(cli, uftp, tmp_path):
+    """Ranges fetched side by side stop at once when the disk fills: the kept partial is cut back to the
+    bytes complete from its start (no later range after a hole whose zeros a resume would keep)."""
+    write_random(uftp.local("big.bin"), 24 << 20)  # three 8 MiB ranges at once
+    with small_tmpfs(tmp_path / "small", "8M") as disk:
+        destination = disk / "big.bin"
+        stderr = one_line_error(cli("cp", uftp.url("big.bin"), str(destination), env=uftp.env), 1)
+        assert stderr.startswith(f"hpcfs: '{destination}': No space left on device"), stderr
+        partial = kept_partial(disk, "big.bin")
+        size = partial.stat().st_size
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            # no hole before its end (SEEK_HOLE in an empty file is ENXIO: the first range wrote nothing yet)
+            assert size < 8 << 20 and (size == 0 or os.lseek(fd, 0, os.SEEK_HOLE) == size)
+        finally:
+            os.close(fd)
+        with open(uftp.local("big.bin"), "rb") as source:
+            assert partial.read_bytes() == source.read(size)
+        subprocess.run(["mount", "-o", "remount,size=48M", str(disk)], check=True)
+        ok(cli("cp", "--resume", uftp.url("big.bin"), str(destination), env=uftp.env))
+        assert sha256_file(destination) == sha256_file(uftp.local("big.bin"))
+        # an empty partial (the first range had written nothing yet) has nothing to continue, and is left
+        assert sorted(set(os.listdir(disk)) - {"big.bin"}) == ([partial.name] if size == 0 else [])
+
+
+def test_resume_moves_a_shorter_file_off_the_real_name_before_it_grows(cli, uftp, small_disk):
+    """Another tool's interrupted download under the real name is continued under a private partial name:
+    a copy that fails again leaves nothing partial under the real name."""
+    write_random(uftp.local("big.bin"), 3 << 20)
+    destination = small_disk / "big.bin"
+    with open(uftp.local("big.bin"), "rb") as source:
+        destination.write_bytes(source.read(256 << 10))
+    destination.chmod(0o644)
+    stderr = one_line_error(cli("cp", "--resume", uftp.url("big.bin"), str(destination), env=uftp.env), 1)
+    assert stderr.startswith(f"hpcfs: '{destination}': No space left on device"), stderr
+    partial = kept_partial(small_disk, "big.bin")
+    assert os.listdir(small_disk) == [partial.name] and stat.S_IMODE(partial.stat().st_mode) == 0o600
+    with open(uftp.local("big.bin"), "rb") as source:
+        assert partial.read_bytes() == source.read(partial.stat().st_size)
+    subprocess.run(["mount", "-o", "remount,size=8M", str(small_disk)], check=True)
     ok(cli("cp", "--resume", uftp.url("big.bin"), str(destination), env=uftp.env))
     assert sha256_file(destination) == sha256_file(uftp.local("big.bin")) and os.listdir(small_disk) == ["big.bin"]
 
@@ -225,11 +273,11 @@ def test_a_missing_destination_directory_is_named_as_the_destination(cli, uftp, 
     local = write_random(tmp_path / "f.bin", 1000)
     missing = tmp_path / "nonexistent-dir" / "x.bin"
     stderr = one_line_error(cli("cp", uftp.url("x.bin"), str(missing), env=uftp.env), 1)
-    assert stderr == f"hpcfs: {missing}: destination directory does not exist"
+    assert stderr == f"hpcfs: cannot stat '{missing}': {MISSING_DESTINATION}"
     stderr = one_line_error(cli("cp", str(local), uftp.url("nodir/sub/"), env=uftp.env), 1)
-    assert stderr == f"hpcfs: {uftp.url('nodir/sub/')}: destination directory does not exist"
+    assert stderr == f"hpcfs: cannot stat '{uftp.url('nodir/sub/')}': {MISSING_DESTINATION}"
     stderr = one_line_error(cli("cp", str(local), uftp.url("nodir/sub"), env=uftp.env), 1)
-    assert stderr == f"hpcfs: {uftp.url('nodir/sub')}: destination directory does not exist"
+    assert stderr == f"hpcfs: cannot stat '{uftp.url('nodir/sub')}': {MISSING_DESTINATION}"
     assert os.listdir(uftp.local()) == ["x.bin"]
 
 

@@ -9,6 +9,7 @@ import stat
 
 from mounting import sha256_file, tree_digests, write_random
 from test_cli import cli, isolated, ok, uftp  # noqa: F401 (fixtures)
+from test_cli_safety import kept_partial
 
 
 def umask() -> int:
@@ -186,7 +187,104 @@ def test_a_failed_file_does_not_stop_the_others_and_each_failure_gets_a_line(cli
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 3 and lines[-1] == "hpcfs: 2 of 4 files could not be copied", result.stderr
     for line, name in zip(lines, ("b", "d")):
-        assert re.match(rf"hpcfs: {re.escape(str(tmp_path / 't' / name))}: Is a directory", line), line
+        assert re.match(rf"hpcfs: '{re.escape(str(tmp_path / 't' / name))}': Is a directory", line), line
     for name in ("a", "c"):
         assert sha256_file(tmp_path / "t" / name) == sha256_file(uftp.local(f"t/{name}"))
     assert len(hidden(tmp_path / "t")) == 2  # only the two failed copies are kept, for --resume
+
+
+# -- mutants of hpcfs/transfer.py the tests above let through (docs/testing.md, December 2026) -------------
+def test_resume_never_follows_a_symlink_planted_at_a_partial_name(cli, uftp, intruder, shared_dir, tmp_path):
+    victim = write_random(tmp_path / "victim", 5000)  # root's private file: ours by uid, one link, mode 0600
+    victim.chmod(0o600)
+    before = sha256_file(victim)
+    data = write_random(uftp.local("report"), 300_000)
+    planted = shared_dir / ".report.hpcfs-partial-0123456789abcdef"  # the pattern resume looks for
+    assert intruder(["ln", "-s", str(victim), str(planted)]).returncode == 0
+    ok(cli("cp", "--resume", uftp.url("report"), str(shared_dir / "report"), env=uftp.env))
+    assert sha256_file(victim) == before and os.path.getsize(victim) == 5000
+    result = shared_dir / "report"
+    assert stat.S_ISREG(os.lstat(result).st_mode) and sha256_file(result) == sha256_file(data)
+    assert os.path.islink(planted) and os.readlink(planted) == str(victim)
+
+
+def test_resume_never_continues_a_private_partial_of_another_user(cli, uftp, intruder, shared_dir):
+    data = write_random(uftp.local("report"), 300_000)
+    planted = shared_dir / ".report.hpcfs-partial-0123456789abcdef"
+    assert intruder(["sh", "-c", f"umask 077; head -c 1000 /dev/zero > {planted}"]).returncode == 0
+    assert mode_of(planted) == 0o600  # private like ours: only the owner tells it apart
+    ok(cli("cp", "--resume", uftp.url("report"), str(shared_dir / "report"), env=uftp.env))
+    assert sha256_file(shared_dir / "report") == sha256_file(data)
+    assert os.path.getsize(planted) == 1000
+
+
+def test_resume_never_continues_a_partial_of_ours_that_has_another_link_or_group_bits(cli, uftp, tmp_path):
+    data = write_random(uftp.local("report"), 300_000)
+    (tmp_path / "down").mkdir()
+    elsewhere = tmp_path / "elsewhere.bin"  # a file of ours that a hard link makes look like a partial
+    elsewhere.write_bytes(b"\1" * 1000)
+    elsewhere.chmod(0o600)
+    os.link(elsewhere, tmp_path / "down" / ".report.hpcfs-partial-0123456789abcdef")
+    shared = tmp_path / "down" / ".report.hpcfs-partial-fedcba9876543210"  # ours, but the group may write it
+    shared.write_bytes(b"\2" * 2000)
+    shared.chmod(0o660)
+    ok(cli("cp", "--resume", uftp.url("report"), str(tmp_path / "down" / "report"), env=uftp.env))
+    assert sha256_file(tmp_path / "down" / "report") == sha256_file(data)
+    assert elsewhere.read_bytes() == b"\1" * 1000 and os.lstat(elsewhere).st_nlink == 2
+    assert shared.read_bytes() == b"\2" * 2000
+
+
+def test_resume_never_keeps_more_bytes_than_the_source_has(cli, uftp, tmp_path):
+    data = write_random(uftp.local("report"), 300_000)
+    longer = tmp_path / "report"
+    longer.write_bytes(b"\3" * 400_000)  # an older, longer file under the real name: not "complete"
+    ok(cli("cp", "--resume", uftp.url("report"), str(longer), env=uftp.env))
+    assert sha256_file(longer) == sha256_file(data)
+    os.remove(longer)
+    kept = tmp_path / ".report.hpcfs-partial-0123456789abcdef"  # ours, but longer than the source now is
+    kept.write_bytes(b"\4" * 400_000)
+    kept.chmod(0o600)
+    ok(cli("cp", "--resume", uftp.url("report"), str(longer), env=uftp.env))
+    assert sha256_file(longer) == sha256_file(data)
+
+
+def test_copies_take_the_umask_and_directories_their_source_mode_last(cli, firecrest_server, tmp_path):
+    top = os.path.join(firecrest_server.root, "um")
+    os.makedirs(os.path.join(top, "ro"))
+    wide = write_random(os.path.join(top, "wide"), 2000)
+    os.chmod(wide, 0o666)
+    inner = write_random(os.path.join(top, "ro", "inner"), 2000)
+    os.chmod(inner, 0o644)
+    os.chmod(os.path.join(top, "ro"), 0o555)  # a read-only directory: filled first, then made read-only
+    os.chmod(top, 0o777)
+    url, env = firecrest_env_url(firecrest_server, "/um")
+    ok(cli("cp", "-r", url, str(tmp_path / "copy"), env=env, preexec_fn=lambda: os.umask(0o027)))
+    copy = tmp_path / "copy"
+    assert (mode_of(copy), mode_of(copy / "ro"), mode_of(copy / "wide"), mode_of(copy / "ro" / "inner")) == \
+        (0o750, 0o550, 0o640, 0o640)
+    assert sha256_file(copy / "ro" / "inner") == sha256_file(inner) and sha256_file(copy / "wide") == sha256_file(wide)
+
+
+def test_a_fifo_named_as_the_source_is_skipped(cli, uftp, tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    result = ok(cli("cp", str(tmp_path / "pipe"), uftp.url("/"), env=uftp.env, timeout=20))
+    assert result.stderr == f"hpcfs: warning: skipping non-regular file '{tmp_path / 'pipe'}'\n", result.stderr
+    assert os.listdir(uftp.local()) == []
+
+
+def test_a_partial_kept_after_a_failed_rename_is_resumed(cli, firecrest_server, tmp_path):
+    """The last step can fail too (a directory stands at the name): the complete partial, already given
+    the source's 0644, goes back to private, so --resume takes it up instead of downloading beside it."""
+    os.makedirs(os.path.join(firecrest_server.root, "tree"))
+    source = write_random(os.path.join(firecrest_server.root, "tree", "a.bin"), 100_000)
+    os.chmod(source, 0o644)
+    url, env = firecrest_env_url(firecrest_server, "/tree")
+    blocker = tmp_path / "copy" / "tree" / "a.bin"
+    blocker.mkdir(parents=True)
+    assert cli("cp", "-r", url, str(tmp_path / "copy"), env=env).returncode == 1
+    partial = kept_partial(blocker.parent, "a.bin")
+    assert stat.S_IMODE(partial.stat().st_mode) == 0o600
+    blocker.rmdir()
+    ok(cli("cp", "-r", "--resume", url, str(tmp_path / "copy"), env=env))
+    assert sha256_file(blocker) == sha256_file(source)
+    assert os.listdir(blocker.parent) == ["a.bin"]  # the partial was taken up, not left beside a new copy

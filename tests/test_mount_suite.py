@@ -275,7 +275,8 @@ def test_cli_cp_recursive_both_ways_and_ls_long(case, tmp_path):
     assert served_digests(os.path.join(case.served, "top")) == tree_digests(top)
     hpcfs("cp", "-r", f"{url}/top", str(tmp_path / "back"), env=target.env)
     assert tree_digests(tmp_path / "back") == tree_digests(top)
-    lines = hpcfs("ls", "-l", f"{url}/top/d00", env=target.env).stdout.splitlines()
-    sizes = {line.split()[-1]: int(line.split()[1]) for line in lines}
+    total, *lines = hpcfs("ls", "-l", f"{url}/top/d00", env=target.env).stdout.splitlines()
+    assert total.startswith("total ")
+    sizes = {line.split()[-1]: int(line.split()[2]) for line in lines}  # mode, owner, size, time, name
     assert sizes == {path.name: path.stat().st_size for path in (top / "d00").iterdir()}
     assert sha256_file(os.path.join(case.served, "top/d00/big.bin")) == sha256_file(top / "d00" / "big.bin")
