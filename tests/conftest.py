@@ -35,3 +35,14 @@ def _servers_start_healthy():
     yield
     with policy._guards_lock:
         policy._guards.clear()
+
+
+@pytest.fixture
+def close_cached_filesystems():
+    """fsspec keeps one instance per URL; close each test's (its server is gone afterwards)."""
+    yield
+    from hpcfs.frontends.fsspec import HpcfsFileSystem
+
+    for instance in list(HpcfsFileSystem._cache.values()):
+        instance.remote.close()
+    HpcfsFileSystem.clear_instance_cache()

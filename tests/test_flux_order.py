@@ -12,7 +12,6 @@ import fs
 import fsspec
 import pytest
 
-from hpcfs.frontends.fsspec import HpcfsFileSystem
 from mounting import mounted
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,12 +20,7 @@ CLIENT_BIN = REPO / ".venv-flux" / "bin"
 JOB = "GET /v1/jobs/{jobid}"
 
 
-@pytest.fixture(autouse=True)
-def close_cached_filesystems():
-    yield
-    for instance in list(HpcfsFileSystem._cache.values()):
-        instance.remote.close()
-    HpcfsFileSystem.clear_instance_cache()
+pytestmark = pytest.mark.usefixtures("close_cached_filesystems")  # tests/conftest.py
 
 
 @pytest.fixture

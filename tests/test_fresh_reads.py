@@ -8,7 +8,6 @@ import fs
 import fsspec
 import pytest
 
-from hpcfs.frontends.fsspec import HpcfsFileSystem
 from hpcfs.servers.firecrest.server import DOWNLOAD as FIRECREST_DOWNLOAD, STAT as FIRECREST_STAT
 
 # what one backend stat costs on each wire: UFTP sends MLST and STAT F in one batch, FirecREST one ops/stat
@@ -17,13 +16,7 @@ STAT_REQUEST = {"uftp": "MLST", "firecrest": FIRECREST_STAT}
 DATA_REQUEST = {"uftp": "RETR", "firecrest": FIRECREST_DOWNLOAD}
 
 
-@pytest.fixture(autouse=True)
-def close_cached_filesystems():
-    """fsspec keeps one instance per URL; close each test's (its server is gone afterwards)."""
-    yield
-    for instance in list(HpcfsFileSystem._cache.values()):
-        instance.remote.close()
-    HpcfsFileSystem.clear_instance_cache()
+pytestmark = pytest.mark.usefixtures("close_cached_filesystems")  # tests/conftest.py
 
 
 @pytest.fixture(params=sorted(STAT_REQUEST))

@@ -20,13 +20,7 @@ from hpcfs.registry import WRITABLE_SCHEMES
 PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (hpcfs/registry.py)
 
 
-@pytest.fixture(autouse=True)
-def close_cached_filesystems():
-    """fsspec keeps one instance per URL; close each test's (its server is gone afterwards)."""
-    yield
-    for instance in list(HpcfsFileSystem._cache.values()):
-        instance.remote.close()
-    HpcfsFileSystem.clear_instance_cache()
+pytestmark = pytest.mark.usefixtures("close_cached_filesystems")  # tests/conftest.py
 
 
 @pytest.fixture(params=PROTOCOLS)

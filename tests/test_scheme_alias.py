@@ -16,12 +16,7 @@ from hpcfs.frontends.pyfs import HpcfsFS
 from mounting import hpcfs
 
 
-@pytest.fixture(autouse=True)
-def close_cached_filesystems():
-    yield
-    for instance in list(HpcfsFileSystem._cache.values()):
-        instance.remote.close()
-    HpcfsFileSystem.clear_instance_cache()
+pytestmark = pytest.mark.usefixtures("close_cached_filesystems")  # tests/conftest.py
 
 
 @pytest.fixture
