@@ -1174,12 +1174,15 @@ PROCESS_SLACK = 8 << 20  # interpreter, thread stacks and allocator slack beyond
 def memory_bound_mib(label: str) -> float:
     """How far hpcfs's memory may grow above its RSS at mount, by design (docs/benchmarks.md): the block
     cache (blocks in flight included: they are in its index), two copies of each 1 MiB read request in
-    flight (the joined result and FUSE's reply buffer), and a fixed slack for the rest of the process."""
+    flight (the joined result and FUSE's reply buffer), one block per session (a slow block is moved once
+    into its full-size buffer), and a fixed slack for the rest of the process."""
     from hpcfs.core.options import CoreOptions
+    from hpcfs.uftp.backend import DEFAULT_SESSIONS
 
     values = dict(item.split("=", 1) for option in label.split(" -o ")[1:] for item in option.split(","))
     options = CoreOptions.from_strings(values)
-    return (options.cache_size + 2 * FUSE_REQUESTS_IN_FLIGHT * MIB + PROCESS_SLACK) / MIB
+    data = options.cache_size + 2 * FUSE_REQUESTS_IN_FLIGHT * MIB + DEFAULT_SESSIONS * options.block_size
+    return (data + PROCESS_SLACK) / MIB
 
 
 def memory_targets(results: Results) -> List[Target]:

@@ -71,7 +71,7 @@ class BlockCache:
         self.block_size = block_size
         self.max_blocks_ahead = max(1, readahead_max // block_size)
         self.max_blocks = max(2, max_bytes // block_size)
-        workers = workers or backend.capabilities.max_parallel
+        self.workers = workers = workers or backend.capabilities.max_parallel
         # Readahead goes out in runs of consecutive blocks, one request each: a full window is at most
         # RUNS_IN_FLIGHT runs, enough to keep several sessions busy while each request stays long (a
         # request's fixed cost, a UFTPD round trip or a staging-area GET, is paid per run, not per block).

@@ -27,6 +27,7 @@ started, shifted left 24 bits, plus a sequence number, so a newer job has a larg
 """
 import hmac
 import itertools
+import math
 import os
 import pwd
 import secrets
@@ -38,7 +39,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 import jwt
@@ -226,6 +227,7 @@ class TokenIssuer:
 
     def __init__(self, user: str, token: str, secret_key: str, lifetime: float):
         self.user, self._token, self._key, self.lifetime = user, token, secret_key, lifetime
+        self.clock: Callable[[], float] = time.time  # what "now" is for issuing and expiry; tests move it
 
     def exchange(self, header: str) -> Optional[str]:
         """A bearer token for a valid ``Bearer <JWT {user, pass, scope: token}>`` header, else None."""
@@ -236,7 +238,9 @@ class TokenIssuer:
         pass_ok = hmac.compare_digest(str(claims.get("pass", "")).encode(), self._token.encode())
         if not (user_ok and pass_ok):
             return None
-        return jwt.encode({"sub": self.user, "exp": int(time.time() + self.lifetime)}, self._key, "HS256")
+        # Rounded up: a token lives at least its lifetime (rounded down, a 1 s token could live 10 ms).
+        expires = math.ceil(self.clock() + self.lifetime)
+        return jwt.encode({"sub": self.user, "exp": expires}, self._key, "HS256")
 
     def accepts(self, header: str) -> bool:
         claims = self._claims(header, require=["exp", "sub"])
@@ -247,9 +251,13 @@ class TokenIssuer:
         if scheme.lower() != "bearer" or not credential:
             return None
         try:
-            return jwt.decode(credential.strip(), self._key, algorithms=["HS256"], options={"require": list(require)})
+            # Expiry is checked against self.clock below, not against PyJWT's own clock.
+            claims = jwt.decode(credential.strip(), self._key, algorithms=["HS256"],
+                                options={"require": list(require), "verify_exp": False})
         except jwt.PyJWTError:
             return None
+        expires = claims.get("exp", math.inf)
+        return claims if isinstance(expires, (int, float)) and expires > self.clock() else None
 
 
 class _FluxHandler(_RestHandler):
