@@ -85,6 +85,8 @@ class Capabilities:
     # How many levels below the root hold directories the user cannot remove through hpcfs (EM volumes: 1);
     # `hpcfs rm -r` refuses them as it refuses the root itself.
     fixed_levels: int = 0
+    # Hash algorithms (hashlib names) the server computes over a file itself: `checksum` sends no bytes.
+    checksums: Tuple[str, ...] = ()
 
     @property
     def publishes_by_rename(self) -> bool:
@@ -235,6 +237,11 @@ class Backend:
 
     def set_mtime(self, path: str, mtime: float) -> None:
         raise errors.NotSupported("setting times is not supported", path)
+
+    def checksum(self, path: str, algorithm: str) -> str:
+        """The hex digest the server computes for the file, for an ``algorithm`` in ``capabilities.checksums``
+        (a hashlib name).  TimedOut where the file is too big for the server to hash in time."""
+        raise errors.NotSupported(f"the server computes no {algorithm}", path)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def describe(self) -> dict:

@@ -40,6 +40,7 @@ FUSE_OPTIONS = {
 FSTAB_ONLY_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
                       "exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime", "noatime", "relatime"}
 MOUNT_WAIT_SECONDS = 60
+CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")  # hashlib names, as md5sum, sha1sum, ...
 
 
 def _is_fstab_only(name: str) -> bool:
@@ -359,15 +360,21 @@ def cmd_cat(args):
 def _copy_to_stdout(remote_tree, path: str) -> None:
     if remote_tree.stat(path).is_dir:
         raise errors.IsADirectory("Is a directory", path)
-    handle = remote_tree.open(path)
-    try:
-        offset, step = 0, remote_tree.options.block_size
-        while data := handle.read(offset, step):
-            sys.stdout.buffer.write(data)
-            offset += len(data)
-    finally:
-        handle.release()
+    for data in remote_tree.chunks(path):
+        sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+def cmd_sum(args):
+    """As sha256sum(1): ``DIGEST  PATH`` for every file; one that cannot be read is reported, the others
+    still summed (exit status 1).  The server computes the digest where it can: no bytes cross the network."""
+    targets = [resolve(path) for path in args.paths]
+
+    def print_digest(shown: str) -> Callable[[Any, str], None]:
+        return lambda remote_tree, path: print(f"{remote_tree.checksum(path, args.algorithm)}  {shown}", flush=True)
+
+    with Trees() as trees:
+        return max(_each_target(args, trees, [target], print_digest(target.display)) for target in targets)
 
 
 def cmd_mkdir(args):
@@ -712,6 +719,13 @@ def _add_file_commands(command):
     rm.add_argument("paths", nargs="+", metavar="PATH", help=LOCATION)
     rm.add_argument("-r", "-R", "--recursive", action="store_true", help="remove directories and what they hold")
     rm.add_argument("-f", "--force", action="store_true", help="a path that does not exist is no error")
+
+    checksum = command("sum", "print remote files' checksums, as sha256sum(1); computed by the server where it can",
+                       cmd_sum, examples=("hpcfs sum myhpc:/scratch/run1.dat",
+                                          "hpcfs sum -a md5 myhpc:/scratch/a.dat myhpc:/scratch/b.dat"))
+    checksum.add_argument("paths", nargs="+", metavar="PATH", help=LOCATION)
+    checksum.add_argument("-a", "--algorithm", choices=CHECKSUM_ALGORITHMS, default="sha256",
+                          help="the hash (default sha256); UFTP servers compute all four, FirecREST sha256")
 
     stat = command("stat", "show a remote path's type, size, mode and time", cmd_stat,
                    examples=("hpcfs stat myhpc:/scratch/run1.dat",))

@@ -23,7 +23,7 @@ from mounting import CREDENTIAL_VARIABLES, HPCFS, served_digests, sha256_file, t
 
 PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (hpcfs/registry.py)
 # The EM API has no mkdir: a directory exists once a file lands in it (hpcfs holds empty ones in memory).
-COMMANDS = ("mount", "umount", "ls", "cp", "cat", "stat", "rm", "mkdir", "serve", "info")
+COMMANDS = ("mount", "umount", "ls", "cp", "cat", "stat", "sum", "rm", "mkdir", "serve", "info")
 MOUNT_HELPER = os.path.join(os.path.dirname(sys.executable), "mount.hpcfs")
 
 

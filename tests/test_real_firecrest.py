@@ -156,3 +156,11 @@ def _appended(log: Path, start: int) -> str:
     with open(log, "rb") as handle:
         handle.seek(start)
         return handle.read().decode(errors="replace")
+
+
+def test_sum_is_firecrests_own_checksum_and_equals_the_files(cluster):
+    served, url, env = cluster
+    printed = hpcfs("sum", "-v", f"{url}/small.bin", f"{url}/big.bin", env=env)
+    expected = [f"{sha256(Path(served, name).read_bytes())}  {url}/{name}" for name in ("small.bin", "big.bin")]
+    assert printed.stdout.splitlines() == expected
+    assert "ops/checksum" in printed.stderr and "ops/download" not in printed.stderr, "no bytes sent"

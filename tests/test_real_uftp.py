@@ -1,4 +1,5 @@
 """hpcfs against the real UFTPD 3.5.3 (``../shared/peers``), for what only the real server shows."""
+import hashlib
 import os
 import secrets
 import shutil
@@ -7,7 +8,7 @@ import stat
 import pytest
 
 from hpcfs.urls import open_backend
-from mounting import mounted, sh, sha256_file, write_random
+from mounting import hpcfs, mounted, sh, sha256_file, write_random
 from test_uftp_client import data_connection_survives_a_missing_path
 
 pytestmark = pytest.mark.timeout(300)
@@ -121,3 +122,14 @@ def test_a_failed_mlst_drops_the_data_connection_as_uftpd_does(real_uftpd_env, u
         data_connection_survives_a_missing_path(backend, "/f.bin", data)
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha1", "sha256", "sha512"])
+def test_sum_is_uftpds_own_hash_and_equals_the_files(real_uftpd_env, uftp_area, algorithm):
+    served, url = uftp_area
+    write_random(os.path.join(served, "a b.bin"), (5 << 20) + 3)
+    env = {key: real_uftpd_env[key] for key in ("UFTP_PASSWORD", "HPCFS_CA_FILE")}
+    printed = hpcfs("sum", "-v", "-a", algorithm, f"{url}/a b.bin", env=env)
+    expected = hashlib.new(algorithm, open(os.path.join(served, "a b.bin"), "rb").read()).hexdigest()
+    assert printed.stdout == f"{expected}  {url}/a b.bin\n"
+    assert "HASH" in printed.stderr and "RETR" not in printed.stderr, "hashed on the server, no bytes sent"

@@ -5,12 +5,13 @@ front ends' calls into backend calls.  Paths here are absolute inside the tree t
 the URL's path); the backend sees them joined onto ``root``.
 """
 import dataclasses
+import hashlib
 import logging
 import posixpath
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Iterator, Optional
 
 from .. import errors
 from ..backend import DIRECTORY, FILE, Entry, normalize, split
@@ -120,6 +121,34 @@ class RemoteTree:
             with self._writers_lock:
                 self._writers.setdefault(path, set()).add(handle)
         return handle
+
+    def chunks(self, path, revalidate=False) -> Iterator[bytes]:
+        """The file's bytes from start to end, a block at a time (``cat``, digests)."""
+        handle = self.open(path, revalidate=revalidate)
+        try:
+            offset = 0
+            while data := handle.read(offset, self.options.block_size):
+                yield data
+                offset += len(data)
+        finally:
+            handle.release()
+
+    def checksum(self, path, algorithm: str) -> str:
+        """The hex digest (``algorithm``: a hashlib name) of the file's current content: the server's own where
+        it computes that algorithm, so no bytes cross the network; else from reading the bytes."""
+        path = normalize(path)
+        entry = self._stat_server(path, revalidate=True)
+        if entry.is_dir:
+            raise errors.IsADirectory("is a directory", path)
+        if algorithm in self.capabilities.checksums and self._writer(path) is None:
+            try:
+                return self.backend.checksum(self.remote_path(path), algorithm)
+            except errors.TimedOut as exc:  # too big to hash within the server's time limit, every time
+                log.info("%s: the server did not hash it in time (%s); reading the bytes instead", path, exc)
+        digest = hashlib.new(algorithm)
+        for data in self.chunks(path):
+            digest.update(data)
+        return digest.hexdigest()
 
     def read_data(self, path, entry, pattern, offset, size):
         """Bytes of one file version: through blocks where the backend has ranged reads and the file is

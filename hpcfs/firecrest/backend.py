@@ -95,7 +95,7 @@ class FirecrestBackend(Backend):
             parallel_copy=False,  # one staged object: one GET copies one version, no re-check of it midway
             max_whole_read=None if self.streamer else self.direct_read_limit,
             max_upload=None if self.staging or self.streamer else self.max_ops,
-            chmod=True, symlinks=True, set_mtime=False,
+            chmod=True, symlinks=True, set_mtime=False, checksums=("sha256",),  # ops/checksum: sha256sum
         )
         self._staged: Dict[str, _StagedCopy] = {}
         self._staged_lock = threading.Lock()
@@ -124,6 +124,10 @@ class FirecrestBackend(Backend):
             entry = entry_from_stat(name, self.client.stat(path))
         self._remember(posixpath.dirname(path), [entry])
         return entry
+
+    def checksum(self, path: str, algorithm: str) -> str:
+        with self.client.operation(path):
+            return self.client.checksum(path)
 
     def _remember(self, directory: str, entries: List[Entry]):
         now = time.monotonic()

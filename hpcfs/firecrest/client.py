@@ -119,6 +119,13 @@ class FirecrestClient:
         params = {"path": _addressable(path), "dereference": str(dereference).lower()}
         return self.request("GET", self._fs("ops", "stat"), path, params=params).json()["output"]
 
+    def checksum(self, path: str) -> str:
+        """The SHA-256 ``sha256sum`` gives on the cluster.  A file too big to hash within the server's command
+        timeout answers 408 every time, so a time-out is not repeated."""
+        params = {"path": _addressable(path)}
+        output = self.request("GET", self._fs("ops", "checksum"), path, params=params, idempotent=False).json()
+        return str(output["output"]["checksum"]).lower()
+
     def view(self, path: str) -> str:
         return self.request("GET", self._fs("ops", "view"), path, params={"path": _addressable(path)}).json()["output"]
 

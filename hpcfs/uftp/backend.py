@@ -30,6 +30,8 @@ from .options import UFTPOptions
 from .session import ControlSession, SecretRejected, SessionLost
 
 DEFAULT_SESSIONS = 4
+# hashlib's names for the algorithms of UFTPD's HASH command (FEAT: "HASH MD5*;SHA-1;SHA-256;SHA-512")
+UFTPD_HASHES = {"md5": "MD5", "sha1": "SHA-1", "sha256": "SHA-256", "sha512": "SHA-512"}
 DEFAULT_TIMEOUT = 30.0
 LARGE_WRITE = 8 << 20  # an upload above this sends pieces in parallel
 PIECE = 4 << 20  # size of those pieces
@@ -261,7 +263,8 @@ class UFTPBackend(Backend):
             raise errors.UsageError("max_sessions must be at least 2: the keeper session and one for data")
         workers = max(1, min(sessions or DEFAULT_SESSIONS, self.session_budget - 1))
         self.capabilities = Capabilities(ranged_reads=True, ranged_writes=True, rename="instant",
-                                         max_parallel=workers, chmod=True, set_mtime=True, symlinks=False)
+                                         max_parallel=workers, chmod=True, set_mtime=True, symlinks=False,
+                                         checksums=tuple(UFTPD_HASHES))
         self.large_write = large_write
         self.piece_size = piece_size
         self._sizes = SizeHints()
@@ -546,6 +549,10 @@ class UFTPBackend(Backend):
                 return
             sent += wanted - actual
         raise errors.HpcfsError("UFTPD did not keep the modification time it was sent", path)
+
+    def checksum(self, path: str, algorithm: str) -> str:
+        path, remote = self._remote(path)
+        return self._run(lambda session: session.hash(remote, UFTPD_HASHES[algorithm]))
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def describe(self) -> dict:

@@ -38,6 +38,7 @@ DRAIN_GRACE = 1.0  # after an early 226, how long to wait for data still in flig
 # The longest one blocking receive of a whole piece waits (SO_RCVTIMEO) before the receive loop takes over
 # and watches the control connection again: bounds how late a server's early end of a transfer is seen.
 PIECE_WAIT = struct.pack("ll", 0, 250_000)
+HASH_WAIT = 75.0  # seconds: UFTPD sends a "213-" line after each 30 s of hashing, checked once per buffer
 SENDFILE_ON = "OPTS SENDFILE_ENABLED true"
 
 log = logging.getLogger("hpcfs.uftp")
@@ -205,7 +206,7 @@ class ControlSession:
             try:
                 chunk = self._sock.recv(65536)
             except socket.timeout:
-                raise self._lost(f"no reply from UFTPD within {self.timeout:g} s", errors.TimedOut) from None
+                raise self._lost(f"no reply from UFTPD within {self._sock.gettimeout():g} s", errors.TimedOut) from None
             except OSError as exc:
                 raise self._lost(f"control connection failed: {_reason(exc)}") from None
             _quickack(self._sock)
@@ -227,6 +228,21 @@ class ControlSession:
     def _lost(self, message, kind=SessionLost):
         self.broken = True
         return kind(message)
+
+    def hash(self, path: str, algorithm: str) -> str:
+        """The hex digest UFTPD computes over the whole file with ``algorithm`` (its name: ``SHA-256``).  It
+        answers only when done, with a ``213-`` line after each 30 s of hashing, hence the longer wait."""
+        self._sock.settimeout(max(self.timeout, HASH_WAIT))
+        try:
+            *preliminaries, reply = self.batch(*self._range_reset(), f"OPTS HASH {algorithm}", f"HASH {path}")
+        finally:
+            self._sock.settimeout(self.timeout)
+        for preliminary in preliminaries:
+            self.expect(preliminary, 200, path=path)
+        fields = self.expect(reply, 213, path=path).lines[-1].split(" ", 4)  # 213 ALGO FIRST-LAST HEX PATH
+        if len(fields) < 4 or fields[1].upper() != algorithm.upper():
+            raise self._lost(f"unexpected HASH reply: {reply.lines[-1][:80]!r}", errors.ProtocolError)
+        return fields[3].lower()
 
     # -- data connection --------------------------------------------------------------------------------
     def _ensure_data(self):

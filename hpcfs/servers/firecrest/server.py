@@ -28,8 +28,8 @@ import uuid
 import socketserver
 from typing import Callable, Dict, List, Optional, Tuple, Type, cast
 
-from ..common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, PrivateDirectory, Request, RequestLog, Response,
-                     RestApp, RestServer, add_latency_argument, add_secret_file_argument, credential_lines,
+from ..common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, OutsideRoot, PrivateDirectory, Request, RequestLog,
+                     Response, RestApp, RestServer, add_latency_argument, add_secret_file_argument, credential_lines,
                      generated_account, naming_ports, read_private_file, run_until_interrupted, self_signed_certificate,
                      temporary_directory)
 from .auth import TokenIssuer, TokenRejected
@@ -45,6 +45,7 @@ DEFAULT_LIMITS = {
     "max_ops_file_size": 5 * MIB,  # output cap of every ops command and the ops/upload limit
     "max_part_size": 2 * 1024 * MIB,  # S3 multipart part size for transfer/upload
     "command_timeout": 5.0,  # `timeout 5` around every ops command (empty upload, output deadlock)
+    "hash_rate": 800 * MIB,  # bytes/s of `sha256sum` on the cluster: a file it cannot hash in time gets 408
     "max_sessions": 10,  # sshd MaxSessions: concurrent ops beyond this get 424
     "command_latency": 0.0,  # seconds each SSH-backed request holds its session (the exec itself)
     "busy_status": 424,  # status of the answers `knobs.busy_responses` injects (408, 424, 429 or 503)
@@ -381,7 +382,17 @@ class FirecrestServer:
         return Response.json({"output": self.shell.file_type(self._query_path(request))})
 
     def _checksum(self, request: Request, user) -> Response:
-        return Response.json({"output": self.shell.checksum(self._query_path(request))})
+        path = self._query_path(request)
+        if self._hash_seconds(path) > self.knob("command_timeout"):
+            raise self._busy_error(408)
+        return Response.json({"output": self.shell.checksum(path)})
+
+    def _hash_seconds(self, path: str) -> float:
+        """How long ``sha256sum`` would run on the cluster: the command timeout cuts big files off."""
+        try:
+            return os.path.getsize(self.shell.local(path, follow=True)) / self.knob("hash_rate")
+        except (OSError, OutsideRoot):
+            return 0.0  # sha256sum reports a missing file itself
 
     def _head(self, request: Request, user) -> Response:
         return self._head_tail(request, "head", "skipTrailing")
