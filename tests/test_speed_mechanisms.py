@@ -2,14 +2,10 @@
 and by measured memory, never by timings: speed is measured by scripts/bench."""
 import gc
 import hashlib
-import importlib.util
 import os
 import select
-import shutil
-import stat
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -126,50 +122,6 @@ def test_an_fsspec_file_reads_after_its_filesystem_is_closed(uftp_server):
     assert sha256(source.read()) == sha256(LINES)
     source.close()
     assert filesystem.remote.blocks._pool._shutdown
-
-
-# -- scripts/bench on a shared machine (issue 10) ------------------------------------------------------------
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_refuses_a_scratch_directory_others_can_write_or_do_not_own(tmp_path):
-    bench = load_bench()
-    planted = tmp_path / "planted"
-    planted.mkdir()
-    planted.chmod(0o777)
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir(mode=0o700)
-    (tmp_path / "link").symlink_to(elsewhere)
-    for path in (planted, tmp_path / "link"):
-        with pytest.raises(PermissionError, match="not a directory of yours"):
-            bench.private_directory(path)
-    bench.private_directory(tmp_path / "fresh")
-    assert stat.S_IMODE((tmp_path / "fresh").stat().st_mode) == 0o700
-
-
-@pytest.mark.skipif(not os.path.exists("/usr/sbin/sshd"), reason="OpenSSH server not installed")
-def test_bench_sshd_keeps_strict_modes_and_makes_fresh_keys_in_a_private_directory(tmp_path):
-    bench = load_bench()
-    client_keys = []
-    for _run in range(2):
-        run_dir = Path(tempfile.mkdtemp(prefix="hpcfs-bench-run-"))
-        sshd = bench.Sshd(run_dir, tmp_path).start()
-        try:
-            assert "StrictModes yes" in (sshd.dir / "sshd_config").read_text()
-            assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
-            login = subprocess.run(
-                ["ssh", "-F", str(sshd.client_config({0: sshd.port})), "bench-rtt0", "echo", "logged-in"],
-                capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
-            assert login.stdout == b"logged-in\n", login.stderr
-            client_keys.append((sshd.dir / "client_key.pub").read_text())
-        finally:
-            sshd.stop()
-            shutil.rmtree(run_dir)
-    assert client_keys[0] != client_keys[1], "a key was reused from an earlier run"
 
 
 # -- sequential reads: readahead in long streamed runs ---------------------------------------------------------

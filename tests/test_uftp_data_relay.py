@@ -1,4 +1,4 @@
-"""The local UFTP server's data port range and advertised port offset, and scripts/bench.py's delay relay in
+"""The local UFTP server's data port range and advertised port offset, and the bench's delay relay in
 front of those ports (issue 13: at 10 ms the bench delays UFTP data, not only commands).  Real server, real
 relay subprocess, real clients (hpcfs, pyuftp); the timings below are mechanism bounds, not speed figures."""
 import hashlib
@@ -13,8 +13,10 @@ from pathlib import Path
 import fs
 import pytest
 
+from benchmarks.ports import free_port, free_port_block
+from benchmarks.relay import DelayProxy
+from benchmarks.settings import DATA_RELAY_WINDOW
 from hpcfs.servers.uftp import UFTPServer
-from test_speed_mechanisms import load_bench
 from test_uftp_peers import auth_endpoint, peer, pyuftp  # noqa: F401 (fixture)
 from test_uftp_server import read_all, read_exactly, session
 
@@ -27,22 +29,17 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def bench():
-    return load_bench()
-
-
 @pytest.fixture
-def data_ports(bench, peer):  # noqa: F811 (the imported fixture)
+def data_ports(peer):  # noqa: F811 (the imported fixture)
     """The server's data ports: a fixed range, with nothing advertised elsewhere yet."""
-    first = bench.free_port_block(2 * RANGE)
+    first = free_port_block(2 * RANGE)
     peer.knobs.extra["data_port_range"] = (first, first + RANGE - 1)
     return range(first, first + RANGE)
 
 
-def relay(bench, ports, logs: Path, delay_ms: float, window: int):
-    """scripts/bench.py's relay from each port + SHIFT to its port, as the bench starts it."""
-    return bench.DelayProxy({port + SHIFT: port for port in ports}, window, logs, "relay", delay_ms=delay_ms).start()
+def relay(ports, logs: Path, delay_ms: float, window: int):
+    """The bench's relay (benchmarks/relay.py) from each port + SHIFT to its port, as the bench starts it."""
+    return DelayProxy({port + SHIFT: port for port in ports}, window, logs, "relay", delay_ms=delay_ms).start()
 
 
 def login(handle):
@@ -98,12 +95,12 @@ def test_impossible_data_ports_are_refused_at_start(tmp_path, settings):
 
 
 # -- through the bench's relay ---------------------------------------------------------------------------------
-def test_hpcfs_and_pyuftp_transfer_exact_bytes_through_the_relay(bench, peer, data_ports, tmp_path):  # noqa: F811
+def test_hpcfs_and_pyuftp_transfer_exact_bytes_through_the_relay(peer, data_ports, tmp_path):  # noqa: F811
     """hpcfs (EPSV, pooled keep-alive sessions) reads and writes, pyuftp (PASV) reads, all through the relay:
     the server advertises only the relay's ports, where nothing else listens."""
     peer.knobs.extra["advertised_data_port_offset"] = SHIFT
     big = (Path(peer.root) / "data" / "big.bin").read_bytes()
-    proxy = relay(bench, data_ports, tmp_path, delay_ms=5, window=bench.DATA_RELAY_WINDOW)
+    proxy = relay(data_ports, tmp_path, delay_ms=5, window=DATA_RELAY_WINDOW)
     try:
         with fs.open_fs(peer.url("/data")) as remote:
             assert sha256(remote.readbytes("/big.bin")) == sha256(big)
@@ -132,10 +129,10 @@ def first_byte_seconds(wire, port: int) -> float:
     return seconds
 
 
-def test_relayed_data_waits_the_one_way_delay(bench, peer, data_ports, tmp_path):  # noqa: F811
+def test_relayed_data_waits_the_one_way_delay(peer, data_ports, tmp_path):  # noqa: F811
     """The first byte of a RETR through a 50 ms relay comes no sooner than 50 ms after the command; straight
     from the server it comes well before (the command itself is not delayed here)."""
-    proxy = relay(bench, data_ports, tmp_path, delay_ms=50, window=bench.DATA_RELAY_WINDOW)
+    proxy = relay(data_ports, tmp_path, delay_ms=50, window=DATA_RELAY_WINDOW)
     try:
         wire = login(peer)
         direct = first_byte_seconds(wire, advertised_port(wire.one("EPSV")))
@@ -146,13 +143,13 @@ def test_relayed_data_waits_the_one_way_delay(bench, peer, data_ports, tmp_path)
     assert relayed >= 0.050 > direct
 
 
-def test_the_relay_window_allows_one_window_per_round_trip(bench, peer, data_ports, tmp_path):  # noqa: F811
+def test_the_relay_window_allows_one_window_per_round_trip(peer, data_ports, tmp_path):  # noqa: F811
     """1 MiB through a 128 KiB window and 20 ms each way: 8 windows, each acknowledged one round trip (40 ms)
     after it left, so at least 7 x 40 ms; a relay that only delayed (16 MiB window) takes about 20 ms."""
     window, delay = 128 << 10, 0.020
     (Path(peer.root) / "data" / "mib.bin").write_bytes(os.urandom(1 << 20))
     peer.knobs.extra["advertised_data_port_offset"] = SHIFT
-    proxy = relay(bench, data_ports, tmp_path, delay_ms=delay * 1000, window=window)
+    proxy = relay(data_ports, tmp_path, delay_ms=delay * 1000, window=window)
     try:
         wire = login(peer)
         with socket.create_connection(("127.0.0.1", advertised_port(wire.one("EPSV"))), timeout=10) as data:
@@ -168,14 +165,14 @@ def test_the_relay_window_allows_one_window_per_round_trip(bench, peer, data_por
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another local user")
-def test_the_relay_serves_only_its_own_user(bench, tmp_path):
+def test_the_relay_serves_only_its_own_user(tmp_path):
     """The server checks each data connection's local user; behind the relay it sees the relay's, so the
     relay must refuse other users itself: nobody's connection is closed before it reaches the target."""
     with socket.create_server(("127.0.0.1", 0)) as target:
         target.settimeout(2)
         port = target.getsockname()[1]
-        listen = bench.free_port()
-        proxy = bench.DelayProxy({listen: port}, bench.DATA_RELAY_WINDOW, tmp_path, "relay", delay_ms=1).start()
+        listen = free_port()
+        proxy = DelayProxy({listen: port}, DATA_RELAY_WINDOW, tmp_path, "relay", delay_ms=1).start()
         try:
             stranger = subprocess.run(
                 ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c",
@@ -193,13 +190,13 @@ def test_the_relay_serves_only_its_own_user(bench, tmp_path):
             proxy.stop()
 
 
-def test_a_reset_connection_is_closed_through_to_the_target(bench, tmp_path):
+def test_a_reset_connection_is_closed_through_to_the_target(tmp_path):
     """A client that resets its connection (as a killed mount does) ends the relayed one too: the target
     reads the bytes sent before and then EOF, instead of a connection the relay holds open forever."""
     with socket.create_server(("127.0.0.1", 0)) as target:
         target.settimeout(10)
-        listen = bench.free_port()
-        proxy = bench.DelayProxy({listen: target.getsockname()[1]}, bench.DATA_RELAY_WINDOW, tmp_path, "relay",
+        listen = free_port()
+        proxy = DelayProxy({listen: target.getsockname()[1]}, DATA_RELAY_WINDOW, tmp_path, "relay",
                                  delay_ms=1).start()
         try:
             client = socket.create_connection(("127.0.0.1", listen), timeout=10)
@@ -215,17 +212,17 @@ def test_a_reset_connection_is_closed_through_to_the_target(bench, tmp_path):
             proxy.stop()
 
 
-def test_a_relay_says_when_it_listens_and_never_probes_its_targets(bench, tmp_path):
+def test_a_relay_says_when_it_listens_and_never_probes_its_targets(tmp_path):
     """DelayProxy.start returns once the relay listens, without a test connection that the relay would pass on
     (a UFTP server could take it for a client's data connection); a relay that cannot listen is an error."""
     with socket.create_server(("127.0.0.1", 0)) as target:
         target.settimeout(1)
-        listen = bench.free_port()
-        proxy = bench.DelayProxy({listen: target.getsockname()[1]}, 1 << 20, tmp_path, "relay", delay_ms=1).start()
+        listen = free_port()
+        proxy = DelayProxy({listen: target.getsockname()[1]}, 1 << 20, tmp_path, "relay", delay_ms=1).start()
         try:
             with pytest.raises(socket.timeout):
                 target.accept()
             with pytest.raises(RuntimeError, match="did not start"):
-                bench.DelayProxy({listen: target.getsockname()[1]}, 1 << 20, tmp_path, "second", delay_ms=1).start()
+                DelayProxy({listen: target.getsockname()[1]}, 1 << 20, tmp_path, "second", delay_ms=1).start()
         finally:
             proxy.stop()

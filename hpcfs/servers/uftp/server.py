@@ -33,7 +33,7 @@ DEFAULTS = {  # live settings, changeable by tests through knobs.extra
     # (lowest, highest) ports for PASV/EPSV listeners, as UFTPD's PORT_RANGE=lo:hi; None: any free port
     "data_port_range": None,
     # 227/229 replies name the listener's port plus this: a relay in front of the data ports listens there
-    # (scripts/bench.py delays data that way); 0 names the listener itself
+    # (the bench, benchmarks/relay.py, delays data that way); 0 names the listener itself
     "advertised_data_port_offset": 0,
 }
 
