@@ -21,6 +21,9 @@ from benchmarks.settings import FULL, HPCFS, HPCFS_CODE, PEER_VENV
 REAL_ROW = "real-uftpd-read"  # to local disk, nothing else writing to it
 DEVNULL_ROW = "real-uftpd-devnull"
 BUSY_ROW = "real-uftpd-busy"  # to local disk while a BusyWriter writes to it
+TRANSFORMED_ROW = "real-uftpd-transformed"  # encrypted or compressed data, to local disk
+# client -> (pyuftp's flags, hpcfs's URL query); pyuftp encrypts with AES as hpcfs does (UFTP_ENCRYPTION_ALGORITHM)
+TRANSFORMS = {"encrypted": ("-E", "encrypt=1"), "compressed": ("-C", "compress=1")}
 BUSY_ROUNDS = 3  # busy-disk copies of each client (--quick: 1), the order alternated from round to round
 
 
@@ -36,13 +39,16 @@ class Served:
     def client_env(self) -> Dict[str, str]:
         return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **self.env}
 
-    def copy_command(self, client: str):
-        """``argv(OUT)`` of ``pyuftp cp`` or ``hpcfs cp`` of the file to OUT."""
+    def copy_command(self, client: str, transform: str = ""):
+        """``argv(OUT)`` of ``pyuftp cp`` or ``hpcfs cp`` of the file to OUT, with a ``TRANSFORMS`` key's
+        data transform."""
+        flag, query = TRANSFORMS.get(transform, ("", ""))
         server_path = f"{self.env['UFTP_AUTH_URL']}:{self.directory / 'big.bin'}"
-        if client == "pyuftp cp":
-            return lambda out: [str(PEER_VENV / "bin" / "python"), "-c", PYUFTP_TIMED, "cp", "-P", server_path,
-                                str(out)]
-        return lambda out: [str(HPCFS), "cp", "uftp://" + server_path.split("://", 1)[1], str(out)]
+        if client.startswith("pyuftp cp"):
+            return lambda out: [str(PEER_VENV / "bin" / "python"), "-c", PYUFTP_TIMED, "cp", "-P",
+                                *([flag] if flag else []), server_path, str(out)]
+        url = "uftp://" + server_path.split("://", 1)[1] + (f"?{query}" if query else "")
+        return lambda out: [str(HPCFS), "cp", url, str(out)]
 
     def mounted(self, ctx: Context, options=()):
         url = f"uftp://{self.env['UFTP_AUTH_URL'].split('://', 1)[1]}:{self.directory}"
@@ -67,6 +73,7 @@ def real_uftpd_rows(ctx: Context, results: Results):
         source.chmod(0o644)  # UFTPD sessions run as nobody
         served = Served(env, directory, sha256_of(source))
         idle_disk_rows(ctx, results, served)
+        transformed_rows(ctx, results, served)
         dev_null_rows(ctx, results, served)
         busy_disk_rows(ctx, results, served)
     finally:
@@ -82,6 +89,16 @@ def idle_disk_rows(ctx: Context, results: Results, served: Served):
             results.put(REAL_ROW, "pyuftp cp (data phase)", 0, pyuftp_data_phase(ctx, outcome))
     results.put(REAL_ROW, "hpcfs mount (cat)", 0, mounted_real_copy(ctx, served))
     results.put(REAL_ROW, "hpcfs mount -o direct_io (cat)", 0, mounted_real_copy(ctx, served, ["-o", "direct_io"]))
+
+
+def transformed_rows(ctx: Context, results: Results, served: Served):
+    """The same copy with the data encrypted (AES-256 on both) or gzipped, each client as its users ask."""
+    env = {**served.client_env, "UFTP_ENCRYPTION_ALGORITHM": "AES"}
+    for transform in TRANSFORMS:
+        for client in ("pyuftp cp", "hpcfs cp"):
+            outcome = timed_checked_copy(ctx, served.copy_command(client, transform), env_for(client, env),
+                                         served.expected)
+            results.put(TRANSFORMED_ROW, f"{client} ({transform})", 0, outcome)
 
 
 def pyuftp_data_phase(ctx: Context, whole: Outcome) -> Outcome:

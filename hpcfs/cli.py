@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from . import __version__, errors, exit_interrupted
 from .backend import normalize
-from .core import check_options
+from .core import CoreOptions, check_options
 from .core.blocks import keep_freed_block_memory
 from .mounts import is_mounted, unmount
 from .registry import PROTOCOLS, url_examples
@@ -653,8 +653,8 @@ def _add_mount_commands(command):
                        help="mount even over files in MOUNTPOINT, hiding them while mounted (as -o nonempty)")
     tuning = mount.add_argument_group("mount options (the same names work as URL query parameters and profile keys)")
     tuning.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[=VAL],...",
-                        help="cache and readahead (attr_ttl, negative_ttl, block_size, readahead, cache_size, "
-                             "spool_dir), backend options (timeout, ...: a wrong name is refused with the list) "
+                        help=f"cache and readahead ({', '.join(CoreOptions.specs())}), the protocol's options "
+                             "(timeout, ...: docs/guide/options.md; a wrong name is refused with the list) "
                              "and FUSE options (allow_other, read_ahead_kb, ro, nonempty, ...)")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     mount.add_argument("--target-fd", type=int, help=argparse.SUPPRESS)

@@ -20,6 +20,12 @@ class Protocol:
     options_class: str  # the typed options dataclass in <package>.options
     server: str  # the local server module (add_arguments/serve for ``hpcfs serve <scheme>``)
     opener: str  # the PyFilesystem2 Opener class in hpcfs.frontends.pyfs (named by setup.cfg's fs.opener)
+    # The pytest fixture (in tests/fixtures_<scheme>.py) that starts the local server and gives its handle:
+    # the suites that run for every protocol, and the guide's examples, ask for it by this name.
+    fixture: str
+    guide: str  # the user guide's page, whose examples tests/test_docs.py runs against that server
+    # Where ``hpcfs serve <scheme>`` listens unless told otherwise; the guide's examples name this port.
+    default_port: Optional[int] = None
     # Where the service ends inside the URL path: the service is everything before the first occurrence of
     # this marker (UFTP's ``/rest/auth/SERVER:/base``); None: the service is the URL's authority alone.
     service_end: Optional[str] = None
@@ -38,7 +44,7 @@ class Protocol:
         return importlib.import_module(self.backend_module).backend_from_url(parsed_url, options)
 
     def options(self) -> Any:
-        """The protocol's options dataclass (a :class:`hpcfs.core.options.BackendOptions` subclass)."""
+        """The protocol's options dataclass (a :class:`hpcfs.options.BackendOptions` subclass)."""
         return getattr(importlib.import_module(self.options_module), self.options_class)
 
     def server_module(self) -> Any:
@@ -59,11 +65,19 @@ ALIAS_PREFIX = "hpcfs+"
 
 
 PROTOCOLS: Tuple[Protocol, ...] = (
-    Protocol("uftp", "UFTP", "hpcfs.uftp", "UFTPOptions", "hpcfs.servers.uftp", "UFTPOpener", service_end=":/"),
+    Protocol("uftp", "UFTP", "hpcfs.uftp", "UFTPOptions", "hpcfs.servers.uftp", "UFTPOpener",
+             fixture="uftp_server", guide="docs/guide/uftp.md", default_port=9000, service_end=":/"),
     Protocol("firecrest", "FirecREST", "hpcfs.firecrest", "FirecrestOptions", "hpcfs.servers.firecrest",
-             "FirecrestOpener"),
-    Protocol("em", "EM API", "hpcfs.em", "EMOptions", "hpcfs.servers.em", "EMOpener"),
-    Protocol("flux", "Flux", "hpcfs.flux", "FluxOptions", "hpcfs.servers.flux", "FluxOpener", read_only=True),
+             "FirecrestOpener", fixture="firecrest_server", guide="docs/guide/firecrest.md", default_port=8000),
+    # 8090, not FirecREST's 8000: the guides start both servers side by side
+    Protocol("em", "EM API", "hpcfs.em", "EMOptions", "hpcfs.servers.em", "EMOpener",
+             fixture="em_server", guide="docs/guide/em.md", default_port=8090),
+    # 5000: flux-restful-api's own port
+    Protocol("flux", "Flux", "hpcfs.flux", "FluxOptions", "hpcfs.servers.flux", "FluxOpener",
+             fixture="flux_server", guide="docs/guide/flux.md", default_port=5000, read_only=True),
+    # 7777: UNICORE/X's own port behind a site's gateway; the storage ends at the ':' (as in uftp://)
+    Protocol("unicore", "UNICORE", "hpcfs.unicore", "UnicoreOptions", "hpcfs.servers.unicore", "UnicoreOpener",
+             fixture="unicore_server", guide="docs/guide/unicore.md", default_port=7777, service_end=":/"),
 )
 
 BY_SCHEME: Dict[str, Protocol] = {protocol.scheme: protocol for protocol in PROTOCOLS}

@@ -8,8 +8,9 @@ Profiles live in ``$XDG_CONFIG_HOME/hpcfs/config.ini`` (``~/.config/hpcfs/config
                                        # or password_prompt = yes
     block_size = 4M                    # any -o option
 
-The ``password_*`` keys say where the secret comes from: the password (UFTP, EM API) or the client secret
-(FirecREST, whose API URL is ``api_url`` there).  A file holding a secret (the config itself or a password
+The ``password_*`` keys say where the secret comes from; it becomes the option the protocol names for it
+(``SECRET_OPTION``: the password of UFTP and the EM API, FirecREST's client secret, Flux's token).
+FirecREST's API URL is ``api_url`` there.  A file holding a secret (the config itself or a password
 file) must not be readable by others; no file hpcfs takes credentials or their whereabouts from may be
 changed by others, nor sit in a directory others may change (:func:`read_trusted`).
 """
@@ -20,18 +21,18 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Set
 
 from . import errors
 from .backend import normalize
-from .core import SECRET_NAMES, open_tree
+from .core import open_tree
+from .registry import PROTOCOLS, protocol_for
 from .trusted import (
     HOLDS_CREDENTIALS, OTHERS_MAY_ACCESS, OTHERS_MAY_WRITE, read_secret_file, read_trusted,
 )
-from .urls import parse, redact, split_service
+from .urls import parse, redact, split_service, url_options
 
 SECRET_SOURCES = ("password_env", "password_file", "password_command", "password_prompt")
-SECRET_SOURCES_AND_NAMES = set(SECRET_SOURCES) | SECRET_NAMES  # a profile gives at most one of these
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Target:
 def resolve(argument, local_ok=False):
     if "://" in argument:
         url = parse(argument)
-        refuse_secret_options({**url.params, **({"password": url.password} if url.password is not None else {})})
+        refuse_secret_options(url_options(url), url.scheme)
         service, path = split_service(argument)
         return Target(url=service, path=path, display=redact(argument))
     profile_name, colon, path = argument.partition(":")
@@ -93,11 +94,19 @@ class Trees:
             tree.close()
 
 
-def refuse_secret_options(options):
+def secret_names(scheme: Optional[str] = None) -> Set[str]:
+    """The options that hold a credential (their fields say so): the protocol's, or without a scheme any
+    protocol's.  Only the protocol a command opens is loaded, so a URL's scheme is given where known."""
+    protocols = (protocol_for(scheme),) if scheme else PROTOCOLS
+    return set().union(*(protocol.options().secret_names() for protocol in protocols))
+
+
+def refuse_secret_options(options, scheme=None):
     """Secrets never travel on the command line: other users see it in ``ps``.  A token named by
     reference (``token=@FILE``, ``token=@@VARIABLE``) is fine."""
+    secrets = secret_names(scheme)
     secret = sorted(name for name, value in options.items()
-                    if name in SECRET_NAMES and not (name == "token" and str(value).startswith("@")))
+                    if name in secrets and not (name == "token" and str(value).startswith("@")))
     if secret:
         raise errors.UsageError(
             f"do not put '{secret[0]}' on the command line (other users see it in 'ps'); "
@@ -141,31 +150,34 @@ def load_profile(name):
     url = section.pop("url", None)
     if url is None:
         raise errors.UsageError(f"{path}: profile [{name}] has no url")
-    sources = sorted(SECRET_SOURCES_AND_NAMES & set(section))
+    option_set = protocol_for(parse(url).scheme).options()
+    secret_option = option_set.SECRET_OPTION
+    sources = sorted((set(SECRET_SOURCES) | option_set.names_for(secret_option)) & set(section))
     if len(sources) > 1:
         raise errors.UsageError(f"{path}: profile [{name}] gives its secret twice ({' and '.join(sources)}); keep one")
     options = {key: value for key, value in section.items() if key not in SECRET_SOURCES}
     check_token_file(options)
     password = _profile_password(name, section)
     if password is not None:
-        options["password"] = password
+        options[secret_option] = password
     return url, options
 
 
 def _config_rules(sections):
     """What the config's owner and mode must allow, by what it holds: a secret keeps others out; the places
     secrets come from, or the servers that get the environment's secrets, keep others from changing it."""
-    if any(_holds_secret(section) for section in sections):
+    secrets = secret_names()  # any protocol's: a section's secret counts even if its URL is wrong or missing
+    if any(_holds_secret(section, secrets) for section in sections):
         return HOLDS_CREDENTIALS, OTHERS_MAY_ACCESS
-    if any(SECRET_SOURCES_AND_NAMES & set(section) for section in sections):
+    if any(set(SECRET_SOURCES) & set(section) for section in sections):
         return "says where credentials come from", OTHERS_MAY_WRITE
     return "says which servers hpcfs logs in to", OTHERS_MAY_WRITE
 
 
-def _holds_secret(section):
+def _holds_secret(section, secrets):
     url = parse(section["url"]) if "://" in section.get("url", "") else None
-    in_url = url is not None and (url.password is not None or SECRET_NAMES & set(url.params))
-    return bool(SECRET_NAMES & set(section) or in_url)
+    in_url = url is not None and (url.password is not None or secrets & set(url.params))
+    return bool(secrets & set(section) or in_url)
 
 
 def _profile_password(name, section):

@@ -90,14 +90,22 @@ def split_service(url: str) -> Tuple[str, str]:
     return f"{scheme}://{authority}/{question}{query}", parsed.path or "/"
 
 
+def url_options(parsed: ParsedURL) -> Dict[str, str]:
+    """What the URL gives as the protocol's options: its query, and its ``USER:PASSWORD@`` as the options the
+    protocol names for them (Flux's password is its ``token``)."""
+    userinfo = protocol_for(parsed.scheme).options().from_userinfo(parsed.username, parsed.password)
+    return {**parsed.params, **userinfo}
+
+
 def backend_options(parsed: ParsedURL, options: Mapping[str, Any], profile: Mapping[str, Any] = {}) -> Any:
-    """The protocol's typed options from explicit ``options``, the URL's query, the environment and a profile
-    (first wins); names the protocol does not read are left out (core tunables, or typos refused earlier)."""
-    return protocol_for(parsed.scheme).options().parse(options, parsed.params, profile)
+    """The protocol's typed options from explicit ``options``, the URL, the environment and a profile (first
+    wins: an explicit ``user`` beats the URL's USER@, as an option beats the location in rclone and sshfs);
+    names the protocol does not read are left out (core tunables, or typos refused earlier)."""
+    return protocol_for(parsed.scheme).options().parse(options, url_options(parsed), profile)
 
 
 def open_backend(url: str, profile: Mapping[str, Any] = {}, **options: Any) -> Tuple[Any, str]:
-    """``(backend, root)`` for a URL; ``options`` override the URL's query string, which overrides the
-    environment, which overrides ``profile``."""
+    """``(backend, root)`` for a URL; ``options`` override the URL (its query, user and password), which
+    overrides the environment, which overrides ``profile``."""
     parsed = parse(url)
     return protocol_for(parsed.scheme).backend_from_url(parsed, backend_options(parsed, options, profile))

@@ -1,10 +1,11 @@
-"""Shared test setup: each protocol's server fixtures live in their own plugin module; ``fixtures_peers``
-holds the real upstream servers."""
-pytest_plugins = ["fixtures_uftp", "fixtures_firecrest", "fixtures_em", "fixtures_flux", "fixtures_peers", "intruder"]
-
+"""Shared test setup: each protocol's server fixtures live in their own plugin module, ``fixtures_<scheme>``
+for every scheme of hpcfs/registry.py; ``fixtures_peers`` holds the real upstream servers."""
 import pytest
 
 from hpcfs.net import policy
+from hpcfs.registry import SCHEMES
+
+pytest_plugins = [f"fixtures_{scheme}" for scheme in SCHEMES] + ["fixtures_peers", "intruder"]
 
 # Tests of one real server (and the docs examples) run in one xdist worker, one after another (``--dist loadgroup``, as
 # scripts/test runs the suite): UFTPD counts every session of its one user against a limit of 16, and

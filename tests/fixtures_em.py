@@ -10,6 +10,7 @@ import os
 from urllib.parse import quote, urlencode
 
 import pytest
+from handles import ServerHandle, server_factory
 
 from hpcfs.servers.em import EMServer
 
@@ -17,7 +18,7 @@ USER, PASSWORD = "alice", "s3cret:p@ss"  # ':' and '@' make sure URLs quote the 
 VOLUMES = ("pod-a", "pod-b")
 
 
-class EMServerHandle:
+class EMServerHandle(ServerHandle):
     """What tests need to reach one running server: URLs, credentials for subprocesses, its root."""
 
     volume_path = "/pod-a"  # a volume where files may be written (the top level holds only volumes)
@@ -28,9 +29,13 @@ class EMServerHandle:
         self.log = server.log
         self.knobs = server.knobs
 
+    @property
+    def netloc(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
     def _url(self, userinfo: str, path: str, params: dict) -> str:
         query = "?" + urlencode(params) if params else ""
-        return f"em://{userinfo}@127.0.0.1:{self.server.port}{path}{query}"
+        return f"em://{userinfo}@{self.netloc}{path}{query}"
 
     def url(self, path: str = "/", **params) -> str:
         """URL with the credentials embedded (for ``fs.open_fs`` and ``open_backend``)."""
@@ -55,15 +60,7 @@ def start_em(root: str, **options) -> EMServerHandle:
 @pytest.fixture
 def make_em_server(tmp_path):
     """Factory: ``make_em_server(**EMServer options)`` -> started handle; all are stopped afterwards."""
-    handles = []
-
-    def make(**options) -> EMServerHandle:
-        handles.append(start_em(str(tmp_path / f"em-root-{len(handles)}"), **options))
-        return handles[-1]
-
-    yield make
-    for handle in handles:
-        handle.server.stop()
+    yield from server_factory(tmp_path, "em", start_em)
 
 
 @pytest.fixture

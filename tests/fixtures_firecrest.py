@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 
 import jsonschema
 import pytest
+from handles import ServerHandle
 
 from hpcfs.servers.firecrest import FirecrestServer
 
@@ -24,9 +25,14 @@ TEST_LIMITS = {"command_timeout": 0.05, "ingress_poll": 0.05, "max_part_size": 8
 
 
 @dataclass
-class FirecrestHandle:
+class FirecrestHandle(ServerHandle):
     server: FirecrestServer
     secret: str
+
+    @property
+    def netloc(self):
+        """The API's address (a firecrest:// URL names the system; the API comes from ``env``)."""
+        return f"{self.server.api.host}:{self.server.api.port}"
 
     @property
     def root(self):

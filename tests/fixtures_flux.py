@@ -11,6 +11,7 @@ import fs.opener
 import fsspec
 import pytest
 import requests
+from handles import ServerHandle, server_factory
 
 from hpcfs.frontends.fsspec import HpcfsFileSystem
 from hpcfs.frontends.pyfs import FluxOpener
@@ -26,7 +27,7 @@ if "flux" not in fsspec.registry:
     fsspec.register_implementation("flux", HpcfsFileSystem)
 
 
-class FluxServerHandle:
+class FluxServerHandle(ServerHandle):
     """What tests need to reach one running server: URLs, the environment for clients, job helpers."""
 
     def __init__(self, server: FluxServer, auth: bool):
@@ -39,9 +40,13 @@ class FluxServerHandle:
     def api(self) -> str:
         return self.server.http.url
 
+    @property
+    def netloc(self) -> str:
+        return f"127.0.0.1:{self.server.http.port}"
+
     def url(self, path: str = "/", **params) -> str:
         query = "?" + "&".join(f"{key}={value}" for key, value in params.items()) if params else ""
-        return f"flux://127.0.0.1:{self.server.http.port}{path}{query}"
+        return f"flux://{self.netloc}{path}{query}"
 
     @property
     def env(self) -> dict:
@@ -74,6 +79,13 @@ class FluxServerHandle:
         return requests.get(self.api + endpoint, timeout=10, **arguments)
 
 
+def start_flux(root: str, auth: bool = False, **options) -> FluxServerHandle:
+    """A started server whose jobs run in ``root`` (multi-user with :data:`CREDENTIALS` if ``auth``); the
+    caller stops ``.server``."""
+    server = FluxServer(root, credentials=CREDENTIALS if auth else None, **options).start()
+    return FluxServerHandle(server, auth)
+
+
 @pytest.fixture
 def make_flux_server(tmp_path, monkeypatch):
     """Factory: ``make_flux_server(auth=False, **FluxServer options)`` -> started handle; all stopped after.
@@ -81,18 +93,7 @@ def make_flux_server(tmp_path, monkeypatch):
     The test's own environment gets no Flux credentials: each client is handed them explicitly."""
     for name in ("FLUX_USER", "FLUX_TOKEN", "FLUX_SECRET_KEY", "FLUX_REQUIRE_AUTH"):
         monkeypatch.delenv(name, raising=False)
-    handles = []
-
-    def make(auth: bool = False, **options) -> FluxServerHandle:
-        root = tmp_path / f"flux-root-{len(handles)}"
-        root.mkdir()
-        server = FluxServer(str(root), credentials=CREDENTIALS if auth else None, **options).start()
-        handles.append(FluxServerHandle(server, auth))
-        return handles[-1]
-
-    yield make
-    for handle in handles:
-        handle.server.stop()
+    yield from server_factory(tmp_path, "flux", start_flux)
 
 
 @pytest.fixture

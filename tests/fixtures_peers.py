@@ -147,6 +147,19 @@ def real_uftp(real_uftpd_env) -> RealUFTPHandle:
 
 
 @pytest.fixture(scope="session")
+def running_real_uftp() -> RealUFTPHandle:
+    """The real UFTPD only if it already runs, else a skip: never started or stopped here, for tests long
+    enough to be run on purpose against peers that someone started (``real-uftpd start``)."""
+    script = _kit_script("real-uftpd")
+    if subprocess.run([script, "status"], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip(f"the real UFTPD is not running (start it with: {script} start)")
+    peer_env = _read_env(script)
+    root = _scratch_directory(peer_env["UFTP_DATA_DIR"])
+    yield RealUFTPHandle(peer_env, root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def real_firecrest_root(real_firecrest_env) -> str:
     root = _scratch_directory(real_firecrest_env["FIRECREST_FS_ROOT"])
     yield root

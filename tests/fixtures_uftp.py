@@ -3,6 +3,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
+from handles import ServerHandle
 
 from hpcfs.servers.uftp import UFTPServer
 
@@ -10,7 +11,7 @@ UFTP_USER, UFTP_PASSWORD = "demo", "test123"
 
 
 @dataclass
-class UFTPHandle:
+class UFTPHandle(ServerHandle):
     server: UFTPServer
     root: str
 
@@ -25,6 +26,12 @@ class UFTPHandle:
     @property
     def netloc(self):
         return f"{self.server.host}:{self.server.auth_port}"
+
+    def allow_rapid_commands(self) -> None:
+        """UFTPD counts an ended session against the user's limit until its next 5 s cleanup, and each CLI
+        run uses two: a test that runs many commands in a row raises the limit (the waiting itself is
+        test_cli.test_rapid_commands_wait_for_uftp_session_slots)."""
+        self.knobs.extra["session_limit"] = 1000
 
     def url(self, path="/"):
         """URL with the credentials and the CA file embedded, for ``fs.open_fs``/``open_backend``."""

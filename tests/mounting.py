@@ -12,9 +12,9 @@ from hpcfs.registry import PROTOCOLS
 
 HPCFS = [sys.executable, "-m", "hpcfs"]
 # What a subprocess must not inherit from the test runner's environment: every variable a protocol's options
-# read (hpcfs/<proto>/options.py), and EM_PODS (which adds volumes rather than giving an option).
+# read (hpcfs/<proto>/options.py).
 CREDENTIAL_VARIABLES = frozenset(
-    {variable for protocol in PROTOCOLS for variable in protocol.options().ENVIRONMENT.values()} | {"EM_PODS"})
+    variable for protocol in PROTOCOLS for variable in protocol.options().environment().values())
 
 
 def hpcfs(*args, env=None, check=True, timeout=120, **kwargs):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from hpcfs.registry import SCHEMES, WRITABLE_SCHEMES
+from hpcfs.registry import SCHEMES, WRITABLE_SCHEMES, protocol_for
 from mounting import CREDENTIAL_VARIABLES, HPCFS, served_digests, sha256_file, tree_digests, write_random
 
 PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (hpcfs/registry.py)
@@ -50,24 +50,16 @@ class Remote:
         return next(name for name in self.env if "PASSWORD" in name or "SECRET" in name)
 
 
-def allow_rapid_uftp_commands(handle):
-    """UFTPD counts an ended session against the user's limit until its next 5 s cleanup, and each CLI
-    run uses two: tests that run many commands in a row raise the limit (the waiting itself is
-    test_rapid_commands_wait_for_uftp_session_slots)."""
-    handle.knobs.extra["session_limit"] = 1000
-
-
 @pytest.fixture(params=PROTOCOLS)
 def remote(request):
-    handle = request.getfixturevalue(f"{request.param}_server")
-    if request.param == "uftp":
-        allow_rapid_uftp_commands(handle)
+    handle = request.getfixturevalue(protocol_for(request.param).fixture)
+    handle.allow_rapid_commands()
     return Remote(request.param, handle, getattr(handle, "volume_path", ""))
 
 
 @pytest.fixture
 def uftp(uftp_server):
-    allow_rapid_uftp_commands(uftp_server)
+    uftp_server.allow_rapid_commands()
     return Remote("uftp", uftp_server, "")
 
 
@@ -244,6 +236,7 @@ def test_unreachable_server_exits_1_quickly(cli, remote):
         "firecrest": ("firecrest://local/", {"FIRECREST_URL": f"http://127.0.0.1:{port}",
                                             "AUTH_TOKEN_URL": f"http://127.0.0.1:{port}/token"}),
         "em": (f"em://alice@127.0.0.1:{port}/pod-a", {}),
+        "unicore": (f"unicore://demouser@127.0.0.1:{port}/DEMO-SITE/rest/core/storages/HOME:/", {}),
     }
     url, overrides = urls[remote.protocol]
     env = {**remote.env, **overrides}
@@ -601,6 +594,7 @@ SERVE = {
     "uftp": (["--auth-port", "0", "--listen-port", "0", "--cmd-port", "0", "--users-file"], "UFTPD command port"),
     "firecrest": (["--port", "0", "--s3-port", "0"], "then: hpcfs mount"),
     "em": (["--port", "0"], "connect: hpcfs mount"),
+    "unicore": (["--port", "0"], "connect: hpcfs mount"),
 }
 
 
@@ -611,7 +605,8 @@ def test_serve_starts_a_server_the_cli_can_use(cli, isolated, tmp_path, protocol
     (root / "pod-a" / "hello.txt").write_text("hello\n")
     credentials = {"uftp": {"UFTP_USER": "demo", "UFTP_PASSWORD": "pw-for-test"},
                    "firecrest": {"FIRECREST_CLIENT_ID": "me", "FIRECREST_CLIENT_SECRET": "secret-for-test"},
-                   "em": {"EM_USERNAME": "demo", "EM_PASSWORD": "pw-for-test"}}[protocol]
+                   "em": {"EM_USERNAME": "demo", "EM_PASSWORD": "pw-for-test"},
+                   "unicore": {"UNICORE_USER": "demo", "UNICORE_PASSWORD": "pw-for-test"}}[protocol]
     arguments, last_line = SERVE[protocol]
     if protocol == "uftp":
         arguments = arguments + [private_file(tmp_path / "users", "demo:pw-for-test\n")]
@@ -645,4 +640,6 @@ def connection_from_banner(protocol, banner):
     if protocol == "firecrest":
         exports = dict(re.findall(r"(FIRECREST_URL|AUTH_TOKEN_URL)=(\S+)", banner))
         return re.search(r"hpcfs mount (firecrest://\S+)", banner).group(1) + "pod-a", exports
+    if protocol == "unicore":
+        return re.search(r"hpcfs mount (unicore://\S+)", banner).group(1) + "pod-a", {}
     return re.search(r"hpcfs mount (em://\S+)", banner).group(1) + "pod-a", {}

@@ -19,7 +19,7 @@ import fs
 import fsspec
 import pytest
 
-from hpcfs.registry import WRITABLE_SCHEMES
+from hpcfs.registry import WRITABLE_SCHEMES, protocol_for
 from hpcfs.servers.uftp import session as uftp_session
 from hpcfs.servers.uftp.wire import DroppedConnection
 from mounting import hpcfs, mounted, sha256_file, small_tmpfs, write_random
@@ -67,7 +67,7 @@ def cut_every_transfer(uftp_server, monkeypatch):
 @pytest.fixture(params=WRITABLE_SCHEMES)
 def service(request, tmp_path):
     """(server handle, the server's directory the mount's ``base`` shows, ``base``) with OLD in victim.bin."""
-    handle = request.getfixturevalue(f"{request.param}_server")
+    handle = request.getfixturevalue(protocol_for(request.param).fixture)
     base = getattr(handle, "volume_path", "/").lstrip("/")
     served = os.path.join(handle.root, base)
     with open(os.path.join(served, "victim.bin"), "wb") as stored:

@@ -5,8 +5,8 @@ A page's blocks run in order as one bash script: python blocks become ``python -
 documents, so files and exported variables carry over as they do for a reader typing them in. The page
 runs in a fresh home directory, with the credentials of its server in the environment (as the page's
 setup section tells the reader to export them), and with the ``hpcfs`` and ``python`` of a virtualenv made
-as the docs say: ``scripts/install``, then the ``pip install`` lines the pages give for their extras. The default endpoints in the text (``127.0.0.1:9000``
-for UFTP, ``127.0.0.1:8090`` for the EM API, ``127.0.0.1:5000`` for Flux) are replaced by the test server's. Blocks tagged ```sh,
+as the docs say: ``scripts/install``, then the ``pip install`` lines the pages give for their extras. The default endpoint in the text
+(``127.0.0.1:<default_port>`` of the protocol in hpcfs/registry.py) is replaced by the test server's. Blocks tagged ```sh,
 ```ini or ```text are shown, not run, but every ``hpcfs`` command line in them must parse.
 """
 import fcntl
@@ -21,17 +21,15 @@ from pathlib import Path
 import pytest
 
 from hpcfs.cli import _parser
+from hpcfs.registry import PROTOCOLS, protocol_for
 from mounting import CREDENTIAL_VARIABLES as PROTOCOL_VARIABLES
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-# page -> the local server its examples run against (None: the page starts what it needs itself)
+# page -> the scheme whose local server its examples run against (None: the page starts what it needs itself)
 PAGES = {
     "README.md": None,
     "docs/user-guide.md": "uftp",
-    "docs/guide/uftp.md": "uftp",
-    "docs/guide/firecrest.md": "firecrest",
-    "docs/guide/em.md": "em",
-    "docs/guide/flux.md": "flux",
+    **{protocol.guide: protocol.scheme for protocol in PROTOCOLS},
     "docs/guide/options.md": None,
     "docs/servers.md": None,
     "docs/troubleshooting.md": "uftp",
@@ -60,22 +58,15 @@ def page_script(page, substitutions):
     return "\n".join(parts)
 
 
-def server_setup(request, kind):
-    """``(environment, substitutions)`` for a page whose examples use server ``kind``."""
-    if kind is None:
+def server_setup(request, scheme):
+    """``(environment, substitutions)`` for a page whose examples use the local server of ``scheme``."""
+    if scheme is None:
         return {}, {}
-    handle = request.getfixturevalue(f"{kind}_server")
-    if kind == "uftp":
-        # Ended sessions count against the limit for 5 s more; see test_cli.allow_rapid_uftp_commands.
-        handle.knobs.extra["session_limit"] = 1000
-        return handle.env, {"127.0.0.1:9000": handle.netloc}
-    if kind == "em":
-        for volume in ("pod-a", "pod-b"):
-            os.makedirs(os.path.join(handle.root, volume), exist_ok=True)
-        return handle.env, {"127.0.0.1:8090": f"127.0.0.1:{handle.server.port}"}
-    if kind == "flux":
-        return handle.env, {"127.0.0.1:5000": f"127.0.0.1:{handle.server.http.port}"}
-    return handle.env, {}
+    protocol = protocol_for(scheme)
+    handle = request.getfixturevalue(protocol.fixture)
+    handle.allow_rapid_commands()  # a page runs many commands in a row
+    default = f"127.0.0.1:{protocol.default_port}"
+    return handle.env, {default: handle.netloc} if protocol.default_port else {}
 
 
 def unmount_below(directory):

@@ -452,7 +452,10 @@ def test_url_forms(em_server, monkeypatch):
     monkeypatch.setenv("EM_PODS", "pod-x,pod-y")
     backend, root = open_backend(em_server.plain_url("/", pods="pod-z", tls="1", listing_ttl="7"))
     assert root == "/" and backend.client.base_url.startswith("https://") and backend.listing_ttl == 7
-    assert {"pod-x", "pod-y", "pod-z", "_default"} <= backend._configured
+    assert backend._configured == {"pod-z", "_default"}  # the option beats EM_PODS, as options beat variables
+    backend.close()
+    backend, _ = open_backend(em_server.plain_url("/", tls="1"))
+    assert {"pod-x", "pod-y"} <= backend._configured
     backend.close()
 
 

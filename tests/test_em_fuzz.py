@@ -12,16 +12,16 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 
 import pytest
 import requests
 from fixtures_em import PASSWORD, USER, start_em
-from fuzzing import assert_sane, garbage, json_values, mount_log, reply_bodies, value_or_error
+from fuzzing import (FUZZ, any_status_with_any_body, assert_sane, fuzz_mount, garbage, json_values, mount_log,
+                     plausible, reply_bodies, statuses, value_or_error)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from mounting import mounted, sh
+from mounting import sh
 
 from hpcfs import errors
 from hpcfs.em.backend import EMBackend, VolumeListing
@@ -30,14 +30,7 @@ from hpcfs.servers.common import GARBAGE_KINDS
 from hpcfs.urls import open_backend
 
 pytestmark = pytest.mark.timeout(60)
-FUZZ = settings(max_examples=150, deadline=None)
-HAS_FUSE = os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3")
 FAST = {"busy_timeout": "0.1", "busy_backoff": "0.01"}  # a 423 among the statuses must not wait long
-
-
-def plausible(valid):
-    """Mostly values of the right shape (so whole trees get through), sometimes any JSON value."""
-    return st.one_of(valid, valid, json_values)
 
 
 minutes = st.datetimes().map(lambda moment: moment.strftime("%Y-%m-%d-%H-%M"))
@@ -112,9 +105,6 @@ def backend(service):
     opened.close()
 
 
-statuses = st.integers(200, 599).filter(lambda status: status not in (204, 304))  # those carry no body
-
-
 @FUZZ
 @given(reply_bodies(listing_documents))
 def test_listing_replies(service, backend, body):
@@ -125,16 +115,9 @@ def test_listing_replies(service, backend, body):
         assert_sane(listed)
 
 
-@FUZZ
-@given(statuses, reply_bodies(listing_documents))
-@example(500, b'{"message": "Successfully listed files", "data": []}')  # a well-formed body with an error status
-def test_any_status_with_any_body(service, backend, status, body):
-    """Error bodies of every shape (the API's envelope, DRF's detail, HTML) give errors of the hierarchy."""
-    with garbage(service, "files/list", (status, body)):
-        entries = value_or_error(backend.list, "/pod-a")
-    assert status < 300 or entries is None, f"a {status} reply was taken for a listing"
-    for entry in entries or ():
-        assert_sane(entry)
+# error bodies of every shape: the API's envelope, DRF's detail, HTML
+test_any_status_with_any_body = any_status_with_any_body(
+    "files/list", listing_documents, "/pod-a", b'{"message": "Successfully listed files", "data": []}')
 
 
 @FUZZ
@@ -207,13 +190,8 @@ def test_a_garbled_refresh_falls_back_to_a_login(make_em_server):
 # -- through a mount ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mount(service, tmp_path_factory):
-    if not HAS_FUSE:
-        pytest.skip("needs /dev/fuse and fusermount3")
-    mountpoint = tmp_path_factory.mktemp("em-fuzz-mount") / "mnt"
     # every look is a fresh listing, so a case meets the garbage however recently the volume was listed
-    options = ["listing_ttl=0,volumes_ttl=0"]
-    with mounted(service.plain_url("/"), mountpoint, env=service.env, options=options) as mounted_at:
-        yield mounted_at
+    yield from fuzz_mount(service, tmp_path_factory, "em", ["listing_ttl=0,volumes_ttl=0"])
 
 
 def _digest(path):

@@ -12,15 +12,15 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 
 import pytest
 import requests
 from fixtures_firecrest import CLIENT_ID, start_firecrest
-from fuzzing import assert_sane, garbage, json_values, mount_log, reply_bodies, value_or_error
+from fuzzing import (FUZZ, any_status_with_any_body, assert_sane, fuzz_mount, garbage, json_values, mount_log,
+                     plausible, reply_bodies, statuses, value_or_error)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from mounting import mounted, sh
+from mounting import sh
 
 from hpcfs import errors, net
 from hpcfs.firecrest import listing
@@ -31,13 +31,6 @@ from hpcfs.servers.firecrest.shell import c_quote
 from hpcfs.urls import open_backend
 
 pytestmark = pytest.mark.timeout(60)
-FUZZ = settings(max_examples=150, deadline=None)
-HAS_FUSE = os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3")
-
-
-def plausible(valid):
-    """Mostly values of the right shape (so whole records get through), sometimes any JSON value."""
-    return st.one_of(valid, valid, json_values)
 
 
 timestamps = st.datetimes().map(lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -139,8 +132,6 @@ def backend(service):
 
 ls_documents = st.one_of(st.fixed_dictionaries({"output": st.lists(ls_records, max_size=4)}), json_values)
 stat_documents = st.one_of(st.fixed_dictionaries({"output": stat_records}), json_values)
-# 1xx, 204 and 304 carry no body by definition: one sent anyway would be read as the next reply
-statuses = st.integers(200, 599).filter(lambda status: status not in (204, 304))
 
 
 @FUZZ
@@ -161,15 +152,7 @@ def test_stat_replies(service, backend, body):
         assert_sane(entry)
 
 
-@FUZZ
-@given(statuses, reply_bodies(ls_documents))
-@example(500, b'{"output": []}')  # a well-formed body with an error status
-def test_any_status_with_any_body(service, backend, status, body):
-    with garbage(service, "ops/ls", (status, body)):
-        entries = value_or_error(backend.list, "/d")
-    assert status < 300 or entries is None, f"a {status} reply was taken for a listing"
-    for entry in entries or ():
-        assert_sane(entry)
+test_any_status_with_any_body = any_status_with_any_body("ops/ls", ls_documents, "/d", b'{"output": []}')
 
 
 @FUZZ
@@ -254,11 +237,7 @@ def test_a_reply_that_broke_off_is_retried_then_an_error(service):
 # -- through a mount ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mount(service, tmp_path_factory):
-    if not HAS_FUSE:
-        pytest.skip("needs /dev/fuse and fusermount3")
-    mountpoint = tmp_path_factory.mktemp("firecrest-fuzz-mount") / "mnt"
-    with mounted(service.plain_url("/"), mountpoint, env=service.env) as mounted_at:
-        yield mounted_at
+    yield from fuzz_mount(service, tmp_path_factory, "firecrest")
 
 
 def _listing(path):

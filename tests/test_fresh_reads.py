@@ -8,6 +8,7 @@ import fs
 import fsspec
 import pytest
 
+from hpcfs.registry import protocol_for
 from hpcfs.servers.firecrest.server import DOWNLOAD as FIRECREST_DOWNLOAD, STAT as FIRECREST_STAT
 
 # what one backend stat costs on each wire: UFTP sends MLST and STAT F in one batch, FirecREST one ops/stat
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("close_cached_filesystems")  # tests/confte
 
 @pytest.fixture(params=sorted(STAT_REQUEST))
 def server(request):
-    return request.param, request.getfixturevalue(f"{request.param}_server")
+    return request.param, request.getfixturevalue(protocol_for(request.param).fixture)
 
 
 def _fsspec_readers(url):

@@ -6,6 +6,8 @@ import io
 import os
 import posixpath
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import dask
 import dask.bag
@@ -14,8 +16,9 @@ import fsspec.tests.abstract as abstract
 import pandas
 import pytest
 
+from fixtures_uftp import UFTP_USER
 from hpcfs.frontends.fsspec import HpcfsFileSystem
-from hpcfs.registry import WRITABLE_SCHEMES
+from hpcfs.registry import WRITABLE_SCHEMES, protocol_for
 
 PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (hpcfs/registry.py)
 
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("close_cached_filesystems")  # tests/confte
 @pytest.fixture(params=PROTOCOLS)
 def server(request):
     """``(handle, base)``: a running server and the directory below which files may be written."""
-    handle = request.getfixturevalue(f"{request.param}_server")
+    handle = request.getfixturevalue(protocol_for(request.param).fixture)
     return handle, getattr(handle, "volume_path", "")
 
 
@@ -97,6 +100,22 @@ def test_seek_and_read_on_an_open_file(server):
         assert source.read() == data[-10:]
 
 
+def test_threads_share_one_tree_per_server(uftp_server):
+    """fsspec keeps a filesystem instance per thread; they share one tree, so a Dask worker's threads hold
+    one set of UFTP sessions, not one each (a tree holds a keeper at once, and two budget slots)."""
+    together = threading.Barrier(4)  # four threads alive at once: four instances
+
+    def open_filesystem(_):
+        together.wait(timeout=30)
+        return fsspec.core.url_to_fs(uftp_server.url("/"))[0]
+
+    with ThreadPoolExecutor(4) as pool:
+        instances = list(pool.map(open_filesystem, range(4)))
+    assert len({id(instance) for instance in instances}) == 4
+    assert len({id(instance.remote) for instance in instances}) == 1
+    assert uftp_server.server.user_peaks[UFTP_USER] == 1  # one keeper: one tree logged in
+
+
 # -- pandas and Dask --------------------------------------------------------------------------------------
 def numbered_frame(rows, first=0):
     return pandas.DataFrame({"id": range(first, first + rows), "value": [i * 0.5 for i in range(first, first + rows)],
@@ -105,7 +124,7 @@ def numbered_frame(rows, first=0):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_pandas_reads_a_csv_with_credentials_from_the_environment(request, monkeypatch, protocol):
-    handle = request.getfixturevalue(f"{protocol}_server")
+    handle = request.getfixturevalue(protocol_for(protocol).fixture)
     base = getattr(handle, "volume_path", "")
     for name, value in handle.env.items():
         monkeypatch.setenv(name, value)

@@ -104,3 +104,46 @@ def test_only_net_waits_between_tries():
             continue
         offenders += [f"{name}:{line}" for line in _sleeps(tree)]
     assert not offenders, offenders
+
+
+def _own_nodes(node: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of ``node``'s body, not those of functions or classes defined inside it."""
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            yield child
+            yield from _own_nodes(child)
+
+
+def _counts_tries(loop: ast.AST) -> bool:
+    """``while ...``, ``for ... in range(n)`` or ``itertools.count(...)``: a loop that repeats, not one that
+    walks through alternatives (a range of ports to try, key loaders)."""
+    if isinstance(loop, ast.While):
+        return True
+    if not isinstance(loop, ast.For) or not isinstance(loop.iter, ast.Call):
+        return False
+    called, arguments = loop.iter.func, loop.iter.args
+    return (getattr(called, "id", None) == "range" and len(arguments) == 1) or getattr(called, "attr", None) == "count"
+
+
+def _returns_unless_it_fails(node: ast.AST) -> bool:
+    """A ``try`` whose body returns and that catches something: success leaves the loop, a failure does not."""
+    return isinstance(node, ast.Try) and bool(node.handlers) and any(
+        isinstance(inner, ast.Return) for statement in node.body for inner in (statement, *_own_nodes(statement)))
+
+
+def _retry_loops(tree: ast.Module) -> Iterator[int]:
+    """Lines of loops that try an action, return its result, and on an exception go round again."""
+    for loop in ast.walk(tree):
+        if _counts_tries(loop) and any(_returns_unless_it_fails(node) for node in _own_nodes(loop)):
+            yield loop.lineno
+
+
+def test_only_net_loops_over_tries():
+    """A retry loop written by hand (try, return on success, go round on a failure) decides its bounds on
+    its own; hpcfs/net's pacer owns them, and the protocol only classifies each outcome."""
+    offenders = []
+    for path, tree in _modules():
+        if any(path.is_relative_to(allowed) for allowed in MAY_USE_HTTP_LIBRARIES):
+            continue
+        offenders += [f"{path.relative_to(PACKAGE.parent)}:{line}" for line in _retry_loops(tree)]
+    assert not offenders, offenders

@@ -1,14 +1,17 @@
 """One mount suite for every protocol and server: ``hpcfs mount`` used with ordinary shell tools against
-the emulators (uftp, firecrest, em) and the real servers of ``../shared/peers`` (UFTPD, FirecREST systems
-``cluster`` and ``cluster-s3``); bytes checked by sha256 against the served directory. Each server gets one
-mount for the whole module and each test its own directory in it. Protocol-specific checks (request
-counts, EM volumes, UFTP in-place writes) stay in test_<protocol>_mount.py."""
+the emulator of every protocol in hpcfs/registry.py and the real servers of ``../shared/peers`` (UFTPD,
+FirecREST systems ``cluster`` and ``cluster-s3``); bytes checked by sha256 against the served directory.
+Each server gets one mount for the whole module and each test its own directory in it. A read-only
+protocol (Flux's tree of jobs) runs only the read-only part: every change refused. Protocol-specific
+checks (request counts, EM volumes, UFTP in-place writes, Flux's growing output) stay in
+test_<protocol>_mount.py."""
+import errno
 import os
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 from mounting import (
@@ -18,7 +21,10 @@ from mounting import (
 
 from fixtures_em import start_em
 from fixtures_firecrest import start_firecrest
+from fixtures_flux import start_flux
 from fixtures_uftp import UFTPHandle, UFTP_PASSWORD, UFTP_USER
+from fixtures_unicore import start_unicore
+from hpcfs.registry import PROTOCOLS
 from hpcfs.servers.uftp import UFTPServer
 
 pytestmark = [
@@ -30,9 +36,6 @@ MIB = 1 << 20
 EM_TTL = 1.0
 NO_STAGING = "FirecREST `cluster` has no staging: nothing above max_ops_file_size (5 MiB) moves"
 NO_MTIMES = "the server cannot set modification times, so rsync -a finds every file changed"
-# Strict: the trees' files are years old (make_tree), so a server that stamps uploads with the time of the
-# upload never matches them, however fast or slow the machine is.
-NO_MTIME_XFAILS = {"test_a_second_rsync_transfers_nothing": (NO_MTIMES, True)}
 # hpcfs refuses what UFTPD cannot do (the emulator copies that limit): not strict, so it flips when fixed
 UFTP_XFAILS = {"test_attributes_of_names_with_spaces": (
     "UFTPD cannot MFMT/MFF a path with a space; fixed by real-peers-fixes", False)}
@@ -53,6 +56,7 @@ class Target:
     mount_options: Tuple[str, ...] = ()
     listing_ttl: float = 0.0  # how long the mount may show a listing that predates a change on the server
     tree_files: int = 100  # files in the rsync and cp -r trees
+    sample: str = ""  # a read-only tree's file, relative to its root (the suite cannot make one there)
 
 
 Started = Tuple[Target, Optional[Callable[[], None]]]  # and how to stop it, if the suite started it
@@ -60,15 +64,14 @@ Started = Tuple[Target, Optional[Callable[[], None]]]  # and how to stop it, if 
 
 def emulated_uftp(workdir) -> Started:
     server = UFTPServer(str(workdir), {UFTP_USER: UFTP_PASSWORD}, tls_dir=str(workdir.parent)).start()
-    server.knobs.extra["session_limit"] = 1000  # CLI runs in a row: ended sessions count until a 5 s cleanup
     handle = UFTPHandle(server, str(workdir))
+    handle.allow_rapid_commands()
     return Target("uftp", handle.root, handle.plain_url("/"), handle.env, xfail=UFTP_XFAILS), server.stop
 
 
 def emulated_firecrest(workdir) -> Started:
     handle = start_firecrest(workdir)
-    target = Target("firecrest", str(workdir), handle.plain_url("/"), handle.env, set_mtime=False,
-                    xfail=NO_MTIME_XFAILS)
+    target = Target("firecrest", str(workdir), handle.plain_url("/"), handle.env, set_mtime=False)
     return target, handle.server.stop
 
 
@@ -77,9 +80,21 @@ def emulated_em(workdir) -> Started:
     volume = handle.volume_path
     # EM lists a whole volume at once and caches it: short periods, so files made on the disk show soon
     target = Target("em", os.path.join(handle.root, volume.strip("/")), handle.plain_url(volume), handle.env,
-                    set_mtime=False, chmod=False, listing_ttl=EM_TTL, xfail=NO_MTIME_XFAILS,
+                    set_mtime=False, chmod=False, listing_ttl=EM_TTL,
                     mount_options=(f"listing_ttl={EM_TTL},attr_ttl={EM_TTL},negative_ttl={EM_TTL}",))
     return target, handle.server.stop
+
+
+def emulated_flux(workdir) -> Started:
+    handle = start_flux(str(workdir))
+    jobid = handle.run("echo keep me")
+    return Target("flux", handle.root, handle.url("/"), handle.env, sample=f"jobs/{jobid}/output"), handle.server.stop
+
+
+def emulated_unicore(workdir) -> Started:
+    handle = start_unicore(str(workdir))
+    return Target("unicore", handle.root, handle.plain_url("/"), handle.env, set_mtime=False, chmod=False), \
+        handle.server.stop
 
 
 def real_uftp(request) -> Started:
@@ -92,23 +107,41 @@ def real_firecrest(request, fixture: str) -> Started:
     largest = 1 << 40 if handle.staging else 3 * MIB  # below cluster's direct-download limit (~3.75 MiB)
     # every rsync temporary file is renamed by a transfer/mv job (sbatch, then polled): a small tree
     return Target(handle.name, handle.root, handle.plain_url("/"), handle.env, largest_file=largest,
-                  set_mtime=False, tree_files=4, xfail=NO_MTIME_XFAILS), None
+                  set_mtime=False, tree_files=4), None
 
 
-TARGETS = {
-    "uftp": lambda request, workdir: emulated_uftp(workdir),
-    "firecrest": lambda request, workdir: emulated_firecrest(workdir),
-    "em": lambda request, workdir: emulated_em(workdir),
-    "real-uftp": lambda request, workdir: real_uftp(request),
-    "real-firecrest-cluster": lambda request, workdir: real_firecrest(request, "real_firecrest_cluster"),
-    "real-firecrest-s3": lambda request, workdir: real_firecrest(request, "real_firecrest_s3"),
+# scheme -> its emulator, for every protocol of hpcfs/registry.py (a new protocol without one fails here)
+EMULATED: Dict[str, Callable[..., Started]] = {
+    "uftp": emulated_uftp, "firecrest": emulated_firecrest, "em": emulated_em, "flux": emulated_flux,
+    "unicore": emulated_unicore}
+# the real servers, all writable
+REAL: Dict[str, Callable[..., Started]] = {
+    "real-uftp": real_uftp,
+    "real-firecrest-cluster": lambda request: real_firecrest(request, "real_firecrest_cluster"),
+    "real-firecrest-s3": lambda request: real_firecrest(request, "real_firecrest_s3"),
 }
 
 
-@pytest.fixture(scope="module", params=list(TARGETS))
+def target_names(read_only: bool) -> List[str]:
+    emulated = [protocol.scheme for protocol in PROTOCOLS if protocol.read_only == read_only]
+    return emulated if read_only else emulated + list(REAL)
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes ``case`` writes, so it runs against every writable target; one that takes
+    ``sample`` against every read-only one."""
+    for fixture, read_only in (("case", False), ("sample", True)):
+        if fixture in metafunc.fixturenames:
+            metafunc.parametrize("target", target_names(read_only), indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
 def target(request, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp(f"{request.param}-root")
-    made, stop = TARGETS[request.param](request, workdir)
+    name = request.param
+    if name in REAL:
+        made, stop = REAL[name](request)
+    else:
+        made, stop = EMULATED[name](tmp_path_factory.mktemp(f"{name}-root"))
     yield made
     if stop:
         stop()
@@ -174,29 +207,52 @@ def make_tree(top, files: int, spaces: bool = False):
     return top
 
 
-def rsync_flags(target: Target) -> str:
-    """``-a``; where the server has no permissions (EM), its ``-p`` fails every temporary file's fchmod."""
-    return "-a" if target.chmod else "-rlt"
+# An executable and a private file among the 644 ones of a tree: rsync chmods a new file whose mode the
+# mount shows otherwise (with -p or without), and with -p it also fchmods each temporary file it creates.
+MODES = {"d01/f001.txt": 0o755, "d02/f002.txt": 0o600}
+
+
+def with_modes(top):
+    for name, mode in MODES.items():
+        os.chmod(top / name, mode)
+    return top
+
+
+def rsync_flags(target: Target) -> Tuple[str, ...]:
+    """What docs/guide/<protocol>.md recommends: ``-a`` where the server keeps times; else sizes only
+    decide (uploads carry the server's time), no ``-t`` (nor ``-p`` without chmod) that would list every
+    file as changed on each run, and writes in place (a rename is a job or a copy there)."""
+    if target.set_mtime:
+        return ("-a",)
+    return ("-rlp" if target.chmod else "-r", "--size-only", "--inplace")
 
 
 def rsync_round_trip(case: Case, source, back):
     """``rsync -a`` a tree in and out of the mount; both copies match the source byte for byte."""
-    flags = rsync_flags(case.target)
-    sh("rsync", flags, f"{source}/", f"{case.mnt}/tree/")
+    sh("rsync", "-a", f"{source}/", f"{case.mnt}/tree/")
     assert served_digests(os.path.join(case.served, "tree")) == tree_digests(source)
-    sh("rsync", flags, f"{case.mnt}/tree/", f"{back}/")
+    sh("rsync", "-a", f"{case.mnt}/tree/", f"{back}/")
     assert tree_digests(back) == tree_digests(source)
 
 
 def test_rsync_round_trip(case, tmp_path):
-    rsync_round_trip(case, make_tree(tmp_path / "tree", case.target.tree_files), tmp_path / "back")
+    """Plain ``rsync -a`` works everywhere: a mode or time the server cannot keep is accepted and ignored."""
+    rsync_round_trip(case, with_modes(make_tree(tmp_path / "tree", case.target.tree_files)), tmp_path / "back")
 
 
 def test_a_second_rsync_transfers_nothing(case, tmp_path):
-    source = make_tree(tmp_path / "tree", max(1, case.target.tree_files // 4))
-    sh("rsync", rsync_flags(case.target), f"{source}/", f"{case.mnt}/tree/")
-    again = sh("rsync", rsync_flags(case.target), "--itemize-changes", f"{source}/", f"{case.mnt}/tree/")
-    assert again.strip() == "", "a second rsync found differences (sizes or times not kept)"
+    """With the flags the protocol's guide recommends, a second rsync finds nothing to send or change."""
+    source = with_modes(make_tree(tmp_path / "tree", max(3, case.target.tree_files // 4)))
+    flags = rsync_flags(case.target)
+    sh("rsync", *flags, f"{source}/", f"{case.mnt}/tree/")
+    served = os.path.join(case.served, "tree")
+    assert served_digests(served) == tree_digests(source)
+    if case.target.chmod:  # -a and -rlp keep modes
+        assert {name: os.stat(os.path.join(served, name)).st_mode & 0o777 for name in MODES} == MODES
+    again = sh("rsync", *flags, "--itemize-changes", "--stats", f"{source}/", f"{case.mnt}/tree/")
+    assert "Number of regular files transferred: 0\n" in again, again
+    changes = again.split("Number of files:")[0]  # --itemize-changes lists a change per line before the stats
+    assert changes.strip() == "", f"a second rsync {' '.join(flags)} found differences:\n{changes}"
 
 
 def test_attributes_of_names_with_spaces(case, tmp_path):
@@ -235,13 +291,13 @@ def test_namespace_operations(case):
 
 def test_chmod(case):
     sh("sh", "-c", f"echo hello > {case.mnt}/x.txt")
-    result = subprocess.run(["chmod", "640", f"{case.mnt}/x.txt"], capture_output=True, text=True)
+    before = sh("stat", "-c", "%a", f"{case.mnt}/x.txt").strip()
+    sh("chmod", "640", f"{case.mnt}/x.txt")  # accepted everywhere
     if case.target.chmod:
-        assert result.returncode == 0, result.stderr
         assert os.stat(os.path.join(case.served, "x.txt")).st_mode & 0o777 == 0o640
         assert sh("stat", "-c", "%a", f"{case.mnt}/x.txt").strip() == "640"
-    else:
-        assert result.returncode != 0 and "Operation not supported" in result.stderr
+    else:  # and ignored where the server keeps no modes, as rclone does: the mount shows the server's
+        assert sh("stat", "-c", "%a", f"{case.mnt}/x.txt").strip() == before
 
 
 def test_touch(case):
@@ -280,3 +336,33 @@ def test_cli_cp_recursive_both_ways_and_ls_long(case, tmp_path):
     sizes = {line.split()[-1]: int(line.split()[2]) for line in lines}  # mode, owner, size, time, name
     assert sizes == {path.name: path.stat().st_size for path in (top / "d00").iterdir()}
     assert sha256_file(os.path.join(case.served, "top/d00/big.bin")) == sha256_file(top / "d00" / "big.bin")
+
+
+# -- a read-only tree ---------------------------------------------------------------------------------------
+@pytest.fixture
+def sample(target, mount):
+    """A file of a read-only tree, through the mount."""
+    return os.path.join(mount, target.sample)
+
+
+def test_every_change_fails_with_erofs(sample):
+    directory = os.path.dirname(sample)
+    before = sh("cat", sample)
+    changes = [
+        lambda: open(sample, "ab"),
+        lambda: open(f"{directory}/new", "wb"),
+        lambda: os.truncate(sample, 0),
+        lambda: os.mkdir(f"{os.path.dirname(directory)}/new"),
+        lambda: os.unlink(sample),
+        lambda: os.rmdir(directory),
+        lambda: os.rename(sample, f"{directory}/moved"),
+        lambda: os.utime(sample, (0, 0)),
+        lambda: os.chmod(sample, 0o666),
+    ]
+    for change in changes:
+        with pytest.raises(OSError) as refused:
+            change()
+        assert refused.value.errno == errno.EROFS, refused.value
+    shell = subprocess.run(["sh", "-c", f"echo x > {sample}"], capture_output=True, text=True)
+    assert shell.returncode != 0 and "Read-only file system" in shell.stderr
+    assert sh("cat", sample) == before

@@ -2,6 +2,7 @@
 global back-off with Retry-After, at most one repeat of a server time-out, the circuit breaker, and TLS
 settings that mean the same for every protocol."""
 import http.server
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ import pytest
 
 from fixtures_firecrest import start_firecrest
 from hpcfs import errors, net
+from hpcfs.uftp.options import UFTPOptions
 from hpcfs.urls import open_backend
 
 pytestmark = pytest.mark.timeout(60)
@@ -161,8 +163,9 @@ def test_ca_file_must_exist(tmp_path, monkeypatch):
         net.parse_verify("true", str(tmp_path / "missing.pem"))
     bundle = tmp_path / "ca.pem"
     bundle.write_text("not checked here")
-    monkeypatch.setenv("HPCFS_CA_FILE", str(bundle))
-    assert net.parse_verify(None) == str(bundle) and net.parse_verify("off") is False
+    assert net.parse_verify(None, str(bundle)) == str(bundle) and net.parse_verify("off", str(bundle)) is False
+    monkeypatch.setenv("HPCFS_CA_FILE", str(bundle))  # read once, by the options parser: net takes ca_file
+    assert net.parse_verify(None) is True and UFTPOptions.parse().ca_file == str(bundle)
 
 
 def test_firecrest_over_tls_with_verify_off_and_with_its_ca_file(tmp_path):
@@ -180,3 +183,48 @@ def test_firecrest_over_tls_with_verify_off_and_with_its_ca_file(tmp_path):
                 backend.close()
     finally:
         handle.server.stop()
+
+
+# -- endpoints and renewal: what every HTTP protocol shares -------------------------------------------------
+@pytest.mark.parametrize("host, loopback", [("localhost", True), ("127.0.0.5", True), ("::1", True),
+                                            ("localhost.example.org", False), ("10.0.0.1", False)])
+def test_loopback_by_name_or_address_only(host, loopback):
+    assert net.is_loopback(host) is loopback
+    assert net.http_scheme(host, None, logging.getLogger("test"), "%s") == ("http" if loopback else "https")
+
+
+def test_plain_http_elsewhere_only_when_asked_and_with_a_warning(caplog):
+    log = logging.getLogger("hpcfs.test")
+    assert net.http_scheme("::1", "HTTPS", log, "%s") == "https" and not caplog.records
+    assert net.http_scheme("2001:db8::1", "http", log, "plain http to %s") == "http"
+    assert [(record.name, record.getMessage()) for record in caplog.records] == [
+        ("hpcfs.test", "plain http to 2001:db8::1")]
+    with pytest.raises(errors.UsageError, match="http or https"):
+        net.http_scheme("localhost", "ftp", log, "%s")
+    assert net.base_url("https", "2001:db8::1", 8443) == "https://[2001:db8::1]:8443"
+
+
+class Answer:
+    def __init__(self, status_code):
+        self.status_code, self.closed = status_code, False
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("statuses, may, renewals, sent", [
+    ([401, 200], True, 1, 2),  # renewed, replayed
+    ([401, 401], True, 1, 2),  # the replay's answer is final: no loop against a server that refuses
+    ([403, 200], True, 0, 1),  # not a status that means renew
+    ([401, 200], False, 0, 1),  # the protocol says no (Flux: no WWW-Authenticate)
+])
+def test_stale_credentials_are_renewed_and_the_request_replayed_once(statuses, may, renewals, sent):
+    answers, given, renewed = [Answer(status) for status in statuses], [], []
+
+    def send():
+        given.append(answers[len(given)])
+        return given[-1]
+
+    response = net.renew_and_replay(send, (401,), lambda: renewed.append(True), lambda answer: may)
+    assert (len(given), len(renewed)) == (sent, renewals) and response is given[-1] and not response.closed
+    assert all(answer.closed for answer in given[:-1])  # an answer that was replaced is closed

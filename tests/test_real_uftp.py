@@ -133,3 +133,18 @@ def test_sum_is_uftpds_own_hash_and_equals_the_files(real_uftpd_env, uftp_area, 
     expected = hashlib.new(algorithm, open(os.path.join(served, "a b.bin"), "rb").read()).hexdigest()
     assert printed.stdout == f"{expected}  {url}/a b.bin\n"
     assert "HASH" in printed.stderr and "RETR" not in printed.stderr, "hashed on the server, no bytes sent"
+
+
+@pytest.mark.parametrize("transform", ["encrypt=1", "compress=1", "encrypt=1&compress=1"])
+def test_encrypted_and_compressed_data_round_trips(real_uftpd_env, uftp_area, tmp_path, transform):
+    """UFTPD's own cipher and gzip layers (CryptUtil.py, GzipConnector.py) against hpcfs's: cp both ways
+    (parallel parts and ranges), and a mount's readahead."""
+    served, url = uftp_area
+    env = {key: real_uftpd_env[key] for key in ("UFTP_PASSWORD", "HPCFS_CA_FILE")}
+    source = write_random(tmp_path / "up.bin", (9 << 20) + 5)
+    hpcfs("cp", str(source), f"{url}/data.bin?{transform}", env=env)
+    assert sha256_file(os.path.join(served, "data.bin")) == sha256_file(source)
+    hpcfs("cp", f"{url}/data.bin?{transform}", str(tmp_path / "down.bin"), env=env)
+    assert sha256_file(tmp_path / "down.bin") == sha256_file(source)
+    with mounted(f"{url}?{transform}", tmp_path / "mnt", env=env) as mountpoint:
+        assert sha256_file(os.path.join(mountpoint, "data.bin")) == sha256_file(source)

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import pytest
 
 from fixtures_em import PASSWORD as EM_PASSWORD, USER as EM_USER
-from hpcfs.core import SECRET_NAMES, check_options, open_tree
+from hpcfs.core import check_options, open_tree
 from hpcfs.em.options import EMOptions
 from hpcfs.errors import UsageError
 from hpcfs.registry import ALIASES, PROTOCOLS, SCHEMES
@@ -42,13 +42,6 @@ def test_setup_cfg_entry_points_are_the_registrys():
     for scheme, target in _entry_points("fs.opener").items():
         module, _, name = target.partition(":")
         assert getattr(importlib.import_module(module), name).protocols == [scheme]
-
-
-def test_every_secret_option_is_refused_on_the_command_line():
-    """The CLI's list of secret names (kept by hand, so the CLI loads no protocol module) covers every
-    protocol's secret() fields and their old names."""
-    declared = set().union(*(protocol.options().secret_names() for protocol in PROTOCOLS))
-    assert {"password", "client_secret", "token", "secret_key"} <= declared <= SECRET_NAMES
 
 
 def _modules_after(code: str, env: Optional[dict] = None) -> Tuple[set, str]:

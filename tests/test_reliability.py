@@ -23,7 +23,7 @@ from mounting import small_tmpfs
 
 from hpcfs.servers.uftp import UFTPServer
 from hpcfs.mounts import is_mounted
-from hpcfs.registry import WRITABLE_SCHEMES
+from hpcfs.registry import WRITABLE_SCHEMES, protocol_for
 from mounting import hpcfs, mounted, sha256_file, write_random
 
 PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (hpcfs/registry.py)
@@ -32,7 +32,7 @@ PROTOCOLS = WRITABLE_SCHEMES  # every protocol whose local server takes writes (
 @pytest.fixture(params=PROTOCOLS)
 def service(request):
     """(server handle, the directory of the tree where files may be written) for each protocol."""
-    handle = request.getfixturevalue(f"{request.param}_server")
+    handle = request.getfixturevalue(protocol_for(request.param).fixture)
     return handle, getattr(handle, "volume_path", "/")
 
 

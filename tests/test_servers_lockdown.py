@@ -1,6 +1,7 @@
 """Who can use the local servers' ports, and for how long (hpcfs/servers): the attacks run as a second
 local user (``hpcfs-intruder``, tests/intruder.py) against servers owned by the test's user.
 
+- ``hpcfs serve unicore`` runs nothing for a local user without the credentials;
 - single-user ``hpcfs serve flux`` serves only the local user who started it: another user's submit is
   refused before anything runs, also when the request comes on a connection already closed (whose
   socket-table row no longer names its owner);
@@ -27,6 +28,8 @@ import requests
 from fixtures_em import PASSWORD as EM_PASSWORD
 from fixtures_em import USER as EM_USER
 from fixtures_firecrest import CLIENT_ID
+from fixtures_unicore import PASSWORD as UNICORE_PASSWORD
+from fixtures_unicore import USER as UNICORE_USER
 from fixtures_uftp import UFTP_PASSWORD, UFTP_USER
 
 pytestmark = pytest.mark.timeout(180)
@@ -107,6 +110,14 @@ def test_multi_user_mode_refuses_an_intruder_without_the_credentials(make_flux_s
     assert len(handle.server.runner.jobs) == 1
 
 
+def test_an_intruder_without_the_credentials_runs_nothing_on_a_unicore_server(unicore_server, intruder):
+    for method, endpoint in (("POST", "/jobs"), ("GET", "/storages")):
+        reply = intruder(["curl", "-s", "-X", method, "-w", "\n%{http_code}", "-H", "Content-Type: application/json",
+                          "-d", '{"Executable": "id"}', unicore_server.base_url + endpoint], timeout=30)
+        assert reply.stdout.rsplit("\n", 1)[1] == "401", (endpoint, reply)
+    assert not unicore_server.server.runner.jobs
+
+
 def test_a_flux_job_gets_a_minimal_environment_not_the_servers(make_flux_server, monkeypatch):
     monkeypatch.setenv("HPCFS_TEST_SECRET", "server-secret-value")
     monkeypatch.setenv("LANG", "C.UTF-8")
@@ -157,9 +168,13 @@ class Port:
         return self.rest.scheme == "https"
 
 
-@pytest.fixture(params=["em", "em-tls", "firecrest", "flux", "uftp-auth"])
-def rest_port(request, make_em_server, firecrest_server, flux_server, uftp_server) -> Port:
+@pytest.fixture(params=["em", "em-tls", "firecrest", "flux", "uftp-auth", "unicore"])
+def rest_port(request, make_em_server, firecrest_server, flux_server, uftp_server, unicore_server) -> Port:
     kind = request.param
+    if kind == "unicore":
+        return Port(unicore_server.server.http, f"/{unicore_server.server.site}/rest/core/jobs",
+                    lambda: requests.get(unicore_server.base_url + "/storages", auth=(UNICORE_USER, UNICORE_PASSWORD),
+                                         timeout=10))
     if kind.startswith("em"):
         em = make_em_server(tls=kind == "em-tls")
         return Port(em.server.http, "/auth", lambda: requests.post(

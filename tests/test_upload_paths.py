@@ -93,7 +93,7 @@ class OpenFsDoor(Door):
 
 @pytest.fixture(params=[MountDoor, CpDoor, OpenFsDoor], ids=lambda door: door.name)
 def door(request, uftp_server, tmp_path):
-    uftp_server.knobs.extra["session_limit"] = 1000  # CLI runs in a row: ended sessions count until a 5 s cleanup
+    uftp_server.allow_rapid_commands()
     uftp_server.knobs.extra["data_chunk_latency"] = 0.05  # 1 MiB chunks: parts take long enough to overlap
     opened = request.param(uftp_server, tmp_path)
     try:

@@ -3,7 +3,8 @@ import posixpath
 
 from ..registry import protocol_for
 from ..urls import backend_options, open_backend, parse
-from .options import CoreOptions, check_known
+from ..options import check_known
+from .options import CoreOptions
 from .tree import RemoteTree
 
 
@@ -40,7 +41,5 @@ def check_options(url, options, profile=None):
     _core_options(url, options, profile)
     backend_options(parsed, options, profile)
 
-
-SECRET_NAMES = {"password", "client_secret", "token", "secret", "secret_key"}  # options that hold (or are) a credential
 
 __all__ = ["CoreOptions", "RemoteTree", "check_options", "open_tree"]

@@ -269,10 +269,11 @@ class RemoteTree:
             self.meta.invalidate(dst)
 
     def chmod(self, path, mode):
+        """Change the permission bits; accepted and ignored where the server keeps none (see :meth:`_keeps`)."""
         path = normalize(path)
         self._require_writable(path)
-        if not self.capabilities.chmod:
-            raise errors.NotSupported("the server cannot change permissions", path)
+        if not self._keeps(path, self.capabilities.chmod):
+            return
         writer = self._writer(path)
         if writer is not None and writer.defer_mode(mode & 0o7777):  # not on the server yet
             return
@@ -281,10 +282,10 @@ class RemoteTree:
         self.meta.put(path, dataclasses.replace(entry, mode=mode & 0o7777))
 
     def set_mtime(self, path, mtime):
-        """Set the modification time; ignored (like the spool's own time) where the server cannot."""
+        """Set the modification time; accepted and ignored where the server cannot (see :meth:`_keeps`)."""
         path = normalize(path)
         self._require_writable(path)
-        if not self.capabilities.set_mtime:
+        if not self._keeps(path, self.capabilities.set_mtime):
             return
         writer = self._writer(path)
         if writer is not None and writer.defer_mtime(mtime):  # not on the server yet
@@ -313,6 +314,15 @@ class RemoteTree:
         self.backend.close()
 
     # -- internals ------------------------------------------------------------------------------------
+    def _keeps(self, path: str, capability: bool) -> bool:
+        """Whether an attribute change (``capability``: the server can make it) goes to the server.  One it
+        cannot keep is accepted and ignored, as rclone does on such storage, so ``rsync -a`` (its temporary
+        file's ``fchmod`` included), ``cp -p`` and ``touch`` succeed and the mount keeps showing what the
+        server has; a missing path is still ENOENT."""
+        if not capability:
+            self.stat(path)
+        return capability
+
     def _require_writable(self, path: str) -> None:
         """Refuse any change to a read-only tree before anything else is checked or sent."""
         if self.capabilities.read_only:

@@ -18,7 +18,6 @@ delete); ``rmdir`` checks emptiness on a fresh listing first because the server 
 """
 import datetime
 import io
-import ipaddress
 import logging
 import os
 import posixpath
@@ -487,7 +486,6 @@ class EMBackend(Backend):
 def _pod_names(settings: EMOptions, path: str) -> List[str]:
     listed = settings.pods
     names = list(listed) if isinstance(listed, (list, tuple, set)) else str(listed).split(",")
-    names += os.environ.get("EM_PODS", "").split(",")
     first = path.strip("/").split("/")[0]
     names = [name.strip() for name in names + [first] if name.strip()]
     for name in names:
@@ -498,27 +496,10 @@ def _pod_names(settings: EMOptions, path: str) -> List[str]:
 
 
 def _scheme(settings: EMOptions, host: str) -> str:
-    """https unless asked otherwise; loopback alone defaults to http (nothing leaves the machine)."""
-    if settings.tls is not None:
-        scheme = "https" if settings.tls else "http"
-    else:
-        scheme = (settings.scheme or ("http" if _is_loopback(host) else "https")).lower()
-    if scheme not in ("http", "https"):
-        raise errors.UsageError(f"scheme must be http or https, not {scheme!r}")
-    if scheme == "http" and not _is_loopback(host):
-        log.warning("EM API at %s over plain http, as asked: the password and data cross the network "
-                    "unencrypted", host)
-    return scheme
-
-
-def _is_loopback(host: str) -> bool:
-    """By name or address only: resolving the name would trust whoever answers DNS."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """https unless asked otherwise (``tls`` wins over ``scheme``); loopback alone defaults to http."""
+    asked = settings.scheme if settings.tls is None else ("https" if settings.tls else "http")
+    return net.http_scheme(host, asked, log, "EM API at %s over plain http, as asked: the password and data "
+                           "cross the network unencrypted")
 
 
 def backend_from_url(url: ParsedURL, settings: EMOptions):
@@ -527,24 +508,23 @@ def backend_from_url(url: ParsedURL, settings: EMOptions):
     https, except to a loopback host (127.0.0.0/8, ::1, localhost), where http is the default; plain http
     to any other host only with ``scheme=http`` or ``tls=0``, and then with a warning (the password would
     cross the network in clear).  ``verify=0`` or a CA file for self-signed servers.  The
-    password comes from the URL, the ``password`` option or ``EM_PASSWORD``; the user from the URL, the
-    ``user`` option or ``EM_USERNAME``.  Extra pod names: ``pods=a,b`` or ``EM_PODS``.  Tuning: ``listing_ttl``,
+    user and password are options (``settings``: an explicit option, the URL, ``EM_USERNAME``/``EM_PASSWORD``
+    or a profile).  Extra pod names: ``pods=a,b`` or ``EM_PODS``.  Tuning: ``listing_ttl``,
     ``volumes_ttl``, ``timeout``, ``upload_timeout``, ``busy_timeout`` (total wait on 423), ``busy_backoff``
     (first pause), ``max_upload``, ``max_files``.
     """
     if not url.host:
         raise errors.UsageError("em:// URL needs a host: em://USER@HOST:PORT/")
     scheme = _scheme(settings, url.host)
-    username = url.username or settings.user
+    username = settings.user
     if not username:
         raise errors.UsageError("no EM API user: put it in the URL (em://USER@HOST/) or set EM_USERNAME")
-    password = url.password or settings.password
+    password = settings.password
     if not password:
         raise errors.UsageError(f"no password for EM API user {username}: set EM_PASSWORD")
     root = normalize(url.path)
-    host = f"[{url.host}]" if ":" in url.host else url.host
     client = EMClient(
-        f"{scheme}://{host}{f':{url.port}' if url.port else ''}",
+        net.base_url(scheme, url.host, url.port),
         username,
         password,
         verify=net.parse_verify(settings.verify, settings.ca_file),

@@ -27,7 +27,6 @@ from .. import errors, net
 DEFAULT_VOLUME = "_default"  # the tree's name for the volume used when no pod name is sent
 POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes (DNS-1123) label
 HTTP_METHODS = ("GET", "POST")
-UNREADABLE_JSON = (ValueError, RecursionError)  # not JSON at all, or nested deeper than the parser goes
 # what the EM API means by these statuses, where the shared map says otherwise: 405 is a method this API
 # version moved (see _query), and the proxy in front of Django answers 502-504 while it is down
 STATUS_MEANINGS = {405: errors.NotSupported, 502: errors.Unavailable, 503: errors.Unavailable, 504: errors.Unavailable}
@@ -63,7 +62,7 @@ def describe_failure(response: net.Response) -> Tuple[str, str]:
     """``(error code, message)`` from an error body: the API's envelope, DRF's detail, or an HTML page."""
     try:
         body = response.json()
-    except UNREADABLE_JSON:
+    except net.UNREADABLE_JSON:
         body = None
     if isinstance(body, dict):
         code = str(body.get("error") or body.get("code") or "")
@@ -199,17 +198,7 @@ class EMClient:
         params = {"filepath": path, **volume_params(volume)}
         with self._lock:
             response = self._call("GET", "/em/files/downlink", where, params=params, stream=True)
-            received = 0
-            try:
-                for chunk in response.iter_content(1 << 20):
-                    sink.write(chunk)
-                    received += len(chunk)
-            except net.RequestException as exc:
-                raise net.transport_error(exc, f"download (after {received} bytes)", self.base_url,
-                                          path=where) from None
-            finally:
-                response.close()
-        return received
+            return net.stream_into(response, sink, "download", where, url=self.base_url)
 
     def upload(self, volume: str, directory: str, files: List[Tuple[str, BinaryIO, int]]) -> None:
         """One uplink call: ``files`` (name, seekable source, size) into ``directory`` ('' = volume root)."""
@@ -253,11 +242,7 @@ class EMClient:
         """One authenticated exchange: renew the token if due, replay once after a 401, retry 423s."""
         with self._lock:
             send = functools.partial(self._send, method, endpoint, where, body=body, timeout=timeout, **arguments)
-            response = self._until_not_busy(send, where)
-            if response.status_code == 401:
-                response.close()
-                self._login()
-                response = self._until_not_busy(send, where)
+            response = net.renew_and_replay(lambda: self._until_not_busy(send, where), (401,), self._login)
             if 200 <= response.status_code < 300 or response.status_code in passthrough:
                 return response
             try:
@@ -304,13 +289,7 @@ class EMClient:
 
     @staticmethod
     def _data(response: net.Response, where: str):
-        try:
-            body = response.json()
-        except UNREADABLE_JSON:
-            start = " ".join(response.text[:80].split())
-            raise errors.ProtocolError(f"the server's answer is not JSON: {start!r}", where) from None
-        finally:
-            response.close()
+        body = net.json_body(response, where)
         if not isinstance(body, dict) or "data" not in body:
             raise errors.ProtocolError("the server's answer has no 'data' envelope", where)
         return body["data"]
@@ -371,7 +350,7 @@ class EMClient:
             if not isinstance(tokens.get("access"), str):
                 raise ValueError
             return tokens
-        except (*UNREADABLE_JSON, AttributeError):
+        except (*net.UNREADABLE_JSON, AttributeError):
             raise errors.ProtocolError("the authentication answer holds no access token") from None
         finally:
             response.close()

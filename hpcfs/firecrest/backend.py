@@ -466,7 +466,7 @@ class FirecrestBackend(Backend):
                 f"and files above {self.max_ops} bytes cannot be written")
 
     def close(self) -> None:
-        self.client.session.close()
+        self.client.close()
 
 
 class _OperationUpload(UploadSession):
@@ -569,15 +569,21 @@ def backend_from_url(url: ParsedURL, settings: FirecrestOptions):
     api_url, token_url, client_id, client_secret = _required_settings(settings)
     session = net.new_session(settings.verify, settings.ca_file, pool_size=max(8, 2 * settings.parallel))
     auth = ClientCredentials(token_url, client_id, client_secret, session, settings.timeout)
-    client = FirecrestClient(api_url, url.host.lower(), auth, session, settings.timeout)
-    tz = _timezone(settings.tz) if settings.tz else None
-    with client.operation():  # the system list and its limits are server data too
-        systems = client.systems()
-        info = next((s for s in systems if s.get("name", "").lower() == client.system), None)
-        if info is None:
-            known = ", ".join(s.get("name", "?") for s in systems) or "none"
-            raise errors.UsageError(f"FirecREST at {settings.api_url} has no system '{url.host}' (known: {known})")
-        backend = FirecrestBackend(client, info, max_parallel=settings.parallel, tz=tz, account=settings.account)
+    client = FirecrestClient(api_url, url.host.lower(), auth, session, settings.timeout,
+                             in_flight=net.request_budget(api_url, client_id))
+    try:
+        tz = _timezone(settings.tz) if settings.tz else None
+        with client.operation():  # the system list and its limits are server data too
+            systems = client.systems()
+            info = next((s for s in systems if s.get("name", "").lower() == client.system), None)
+            if info is None:
+                known = ", ".join(s.get("name", "?") for s in systems) or "none"
+                raise errors.UsageError(f"FirecREST at {settings.api_url} has no system '{url.host}' "
+                                        f"(known: {known})")
+            backend = FirecrestBackend(client, info, max_parallel=settings.parallel, tz=tz, account=settings.account)
+    except BaseException:
+        client.close()
+        raise
     return backend, normalize(url.path)
 
 

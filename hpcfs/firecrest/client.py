@@ -61,15 +61,26 @@ def error_from_response(response: net.Response, path: Optional[str]) -> errors.H
 
 
 class FirecrestClient:
-    """Calls on one system of one FirecREST API.  Thread-safe."""
+    """Calls on one system of one FirecREST API.  Thread-safe.
 
-    def __init__(self, api_url: str, system: str, auth: ClientCredentials, session, timeout: float = 60.0):
+    ``in_flight`` (:func:`hpcfs.net.request_budget`) caps this account's API calls in flight across every
+    process of the user on the machine: FirecREST runs each filesystem call over SSH as the account's user,
+    and answers 424 when no SSH channel is free.  The client closes it."""
+
+    def __init__(self, api_url: str, system: str, auth: ClientCredentials, session, timeout: float = 60.0,
+                 in_flight: Optional[net.SlotBudget] = None):
         self.api_url = api_url.rstrip("/")
         self.system = system
         self.auth = auth
         self.session = session
         self.timeout = (min(10.0, timeout), timeout)
         self.server_version: Optional[str] = None
+        self.in_flight = in_flight
+
+    def close(self) -> None:
+        self.session.close()
+        if self.in_flight is not None:
+            self.in_flight.close()
 
     @contextlib.contextmanager
     def operation(self, path: Optional[str] = None):
@@ -93,7 +104,7 @@ class FirecrestClient:
                        "X-Correlation-ID": _correlation.get() or str(uuid.uuid4()), **extra_headers}
             response = net.send(self.session, method, f"{self.api_url}{endpoint}", idempotent=idempotent,
                                 timeout=timeout or self.timeout, path=path, what=f"{method} {endpoint}",
-                                headers=headers, **kwargs)
+                                budget=self.in_flight, headers=headers, **kwargs)
             self.server_version = response.headers.get("F7T-AppVersion", self.server_version)
             if response.status_code == 401 and not renewed:
                 response.close()

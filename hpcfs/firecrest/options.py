@@ -1,23 +1,26 @@
 """Options of ``firecrest://`` URLs (docs/guide/options.md has the table of every protocol's options)."""
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Optional, Set
+from typing import ClassVar, Optional
 
-from ..core.options import BackendOptions, secret
+from ..options import BackendOptions, HTTPOptions, option
 
 
 @dataclass
-class FirecrestOptions(BackendOptions):
-    api_url: Optional[str] = None
-    token_url: Optional[str] = None
-    client_id: Optional[str] = None
-    client_secret: Optional[str] = secret()
-    parallel: int = 8  # requests in flight at once
-    tz: Optional[str] = None  # the server's time zone, when its listings give local times
-    account: Optional[str] = None  # the project charged for transfer jobs
+class FirecrestOptions(HTTPOptions, BackendOptions):
+    # A profile's ``url`` is the location, so the API URL had to be named otherwise there.
+    api_url: Optional[str] = option(None, "the API, e.g. `https://api.example.org`", env="FIRECREST_URL",
+                                    aliases=("url",))
+    token_url: Optional[str] = option(None, "the OIDC token endpoint (client credentials grant)", env="AUTH_TOKEN_URL")
+    # FirecREST's account is its API client: ``user`` (and a URL's USER@) names it, as every protocol's account.
+    client_id: Optional[str] = option(None, "your API client", env="FIRECREST_CLIENT_ID", aliases=("user",))
+    client_secret: Optional[str] = option(None, "its secret", env="FIRECREST_CLIENT_SECRET", secret=True,
+                                          aliases=("password",))
+    parallel: int = option(8, "requests or data sessions in flight at once", positive=True,
+                           aliases=("max_parallel",))
+    tz: Optional[str] = option(None, "the cluster's time zone when it differs from yours, e.g. `Europe/Zurich`",
+                               default_text="your own")
+    account: Optional[str] = option(None, "the project that rename and copy jobs are charged to, where the site "
+                                          "asks for one")
 
-    # A profile names the API URL ``api_url`` (its ``url`` is the location) and gives the secret as ``password``.
-    ALIASES: ClassVar[Dict[str, str]] = {"url": "api_url", "password": "client_secret", "max_parallel": "parallel"}
-    ENVIRONMENT: ClassVar[Dict[str, str]] = {**BackendOptions.ENVIRONMENT, "api_url": "FIRECREST_URL",
-                                             "token_url": "AUTH_TOKEN_URL", "client_id": "FIRECREST_CLIENT_ID",
-                                             "client_secret": "FIRECREST_CLIENT_SECRET"}
-    POSITIVE: ClassVar[Set[str]] = {"timeout", "parallel"}
+    USER_OPTION: ClassVar[str] = "client_id"
+    SECRET_OPTION: ClassVar[str] = "client_secret"

@@ -18,7 +18,6 @@ listing is found at once.  Everything that would change the tree is refused with
 (``Capabilities.read_only``).
 """
 import hashlib
-import ipaddress
 import json
 import logging
 import math
@@ -308,34 +307,22 @@ class FluxBackend(Backend):
 
 
 # -- URLs -----------------------------------------------------------------------------------------------
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def backend_from_url(url: ParsedURL, settings: FluxOptions):
     """``flux://[USER[:TOKEN]@]HOST[:PORT]/[path]`` -> ``(FluxBackend, root)``.
 
     https with certificate checks (``verify=0`` or a CA file for self-signed servers); plain http only to a
     loopback address, or anywhere with ``insecure_http=1`` (a warning says so).  The multi-user mode's
-    credentials: user from the URL, the ``user`` option or ``FLUX_USER``; token from the URL, a profile
-    or ``FLUX_TOKEN``; the signing key from a profile's ``secret_key`` or ``FLUX_SECRET_KEY``."""
+    credentials are options (``settings``): ``user``, ``token`` (the URL's USER:TOKEN@ gives both) and
+    ``secret_key``."""
     if not url.host:
         raise errors.UsageError("flux:// URL needs a host: flux://HOST:PORT/")
-    insecure = settings.insecure_http
-    scheme = "http" if insecure or _is_loopback(url.host) else "https"
-    if insecure and not _is_loopback(url.host):
-        log.warning("flux://%s: plain http (insecure_http): the token and job output cross the network "
-                    "unencrypted", url.host)
-    host = f"[{url.host}]" if ":" in url.host else url.host
+    scheme = net.http_scheme(url.host, "http" if settings.insecure_http else None, log,
+                             "flux://%s: plain http (insecure_http): the token and job output cross the network "
+                             "unencrypted")
     client = FluxClient(
-        f"{scheme}://{host}{f':{url.port}' if url.port else ''}",
-        url.username or settings.user,
-        url.password or settings.token,
+        net.base_url(scheme, url.host, url.port),
+        settings.user,
+        settings.token,
         settings.secret_key,
         verify=net.parse_verify(settings.verify, settings.ca_file),
         timeout=settings.timeout,

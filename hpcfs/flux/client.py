@@ -14,7 +14,6 @@ import jwt
 
 from .. import errors, net
 
-UNREADABLE_JSON = (ValueError, RecursionError)
 # what a Flux server means by these statuses, where the shared map says otherwise: an expired token is
 # answered 403, and the gateway in front of it answers 502-504 while Flux is down
 STATUS_MEANINGS = {403: errors.AuthenticationFailed, 502: errors.Unavailable, 503: errors.Unavailable,
@@ -92,22 +91,12 @@ class FluxClient:
 
     # -- requests ---------------------------------------------------------------------------------------
     def _json(self, method: str, endpoint: str, where: str, **arguments):
-        response = self._request(method, endpoint, where, **arguments)
-        try:
-            return response.json()
-        except UNREADABLE_JSON:
-            start = " ".join(response.text[:80].split())
-            raise errors.ProtocolError(f"the server's answer is not JSON: {start!r}", where) from None
-        finally:
-            response.close()
+        return net.json_body(self._request(method, endpoint, where, **arguments), where)
 
     def _request(self, method: str, endpoint: str, where: str, **arguments) -> net.Response:
         """One exchange; after a 401 (no token yet) or 403 (token expired), one token exchange and a repeat."""
-        response = self._send(method, endpoint, where, **arguments)
-        if response.status_code in (401, 403) and self._can_authenticate(response):
-            response.close()
-            self._exchange_token(where)
-            response = self._send(method, endpoint, where, **arguments)
+        response = net.renew_and_replay(lambda: self._send(method, endpoint, where, **arguments), (401, 403),
+                                        lambda: self._exchange_token(where), self._can_authenticate)
         if 200 <= response.status_code < 300:
             return response
         try:
@@ -145,7 +134,7 @@ class FluxClient:
                                   idempotent=True)
             try:
                 token = response.json().get("access_token") if response.status_code == 200 else None
-            except (*UNREADABLE_JSON, AttributeError):
+            except (*net.UNREADABLE_JSON, AttributeError):
                 token = None
             finally:
                 response.close()
@@ -159,7 +148,7 @@ class FluxClient:
         try:
             body = response.json()
             message = body.get("detail") or body.get("Message") if isinstance(body, dict) else None
-        except UNREADABLE_JSON:
+        except net.UNREADABLE_JSON:
             message = None
         text = f"{message or json.dumps(response.text[:120])} (HTTP {response.status_code})"
         return net.error_for_status(response.status_code, text, where, STATUS_MEANINGS)

@@ -1,20 +1,63 @@
 """fsspec front end: ``fsspec.open("uftp://...")``, ``pandas.read_csv("firecrest://...")``, Dask.
 
-One filesystem instance per service (the URL without its path, see :func:`hpcfs.urls.split_service`),
-so every path on the same server shares one RemoteTree: its metadata cache, block cache and connection
-pool.  Files are the core's own (readahead included), so fsspec's per-file caches are not used.  Errors
-are already ``OSError`` subclasses (``FileNotFoundError``, ...), which is what fsspec users expect.
+One RemoteTree per service (the URL without its path, see :func:`hpcfs.urls.split_service`) and options in
+a process, so every path on the same server shares its metadata cache, block cache and connection pool:
+fsspec keeps a filesystem instance per thread, and those instances share the tree.  Files are the core's
+own (readahead included), so fsspec's per-file caches are not used.  Errors are already ``OSError``
+subclasses (``FileNotFoundError``, ...), which is what fsspec users expect.
 """
 import datetime
+import os
 import posixpath
+import threading
+from typing import Callable, Dict, Tuple
 
 from fsspec.spec import AbstractFileSystem
+from fsspec.utils import tokenize
 
 from ..backend import normalize
 from ..core import open_tree
 from ..core.files import TreeLease, open_stream
 from ..registry import ALIASES, SCHEMES
 from ..urls import split_service
+
+
+class _SharedTrees:
+    """The open trees of this process by service and options, each with the number of instances using it.
+
+    fsspec caches a filesystem instance per thread (its cache token names the thread, for filesystems that
+    are not thread-safe).  A tree is thread-safe and holds server sessions (UFTP: at least two of the 14
+    that every process of the user on the machine shares), so a Dask worker's threads must share one."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every tree, closing none: for fsspec's ``clear_instance_cache``, and in a forked child
+        (its parent's trees and their sockets stay the parent's)."""
+        self._lock = threading.Lock()  # held while a tree opens: a second thread waits and takes that tree
+        self._leases: Dict[str, Tuple[TreeLease, int]] = {}
+
+    def take(self, key: str, open_one: Callable[[], object]) -> TreeLease:
+        with self._lock:
+            lease, users = self._leases.get(key) or (TreeLease(open_one()), 0)
+            self._leases[key] = (lease, users + 1)
+            return lease
+
+    def give_back(self, key: str, lease: TreeLease) -> None:
+        """One user fewer; the last one closes the lease (the tree closes once its open files are)."""
+        with self._lock:
+            shared, users = self._leases.get(key, (None, 0))
+            if shared is lease and users > 1:
+                self._leases[key] = (lease, users - 1)
+                return
+            if shared is lease:
+                del self._leases[key]
+        lease.close()
+
+
+_TREES = _SharedTrees()
+os.register_at_fork(after_in_child=_TREES.reset)
 
 
 class HpcfsFileSystem(AbstractFileSystem):
@@ -27,14 +70,25 @@ class HpcfsFileSystem(AbstractFileSystem):
         super().__init__(service_url=service_url, auto_mkdir=auto_mkdir, **options)
         self.service_url = service_url
         self.auto_mkdir = auto_mkdir
-        self.remote = open_tree(service_url, **options)
-        self._lease = TreeLease(self.remote)  # open files keep the tree open after ``close``
+        self._tree_key = tokenize(service_url, **options)
+        # open files keep the tree open after ``close``
+        self._lease = _TREES.take(self._tree_key, lambda: open_tree(service_url, **options))
+        self.remote = self._lease.tree
+        self._released = False
 
     def close(self) -> None:
-        """Close the tree once its open files are closed; a later ``fsspec.open`` of this service starts a
-        new instance."""
+        """Close the tree once its open files are closed and no other thread's instance uses it; a later
+        ``fsspec.open`` of this service starts a new instance."""
         type(self)._cache.pop(self._fs_token, None)
-        self._lease.close()
+        if not self._released:
+            self._released = True
+            _TREES.give_back(self._tree_key, self._lease)
+
+    @classmethod
+    def clear_instance_cache(cls) -> None:
+        """fsspec's, and the shared trees with it: a later instance opens a tree of its own."""
+        super().clear_instance_cache()
+        _TREES.reset()
 
     @classmethod
     def _strip_protocol(cls, path):

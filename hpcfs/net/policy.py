@@ -4,6 +4,9 @@ Every request to a server (scheme, host and port) passes that server's :class:`S
 trees of the process:
 
 - **a cap on requests in flight** (``max_in_flight``): a burst of reads queues here, not on the server;
+  a protocol whose server limits each account (FirecREST: SSH channels per user) also passes a
+  :func:`request_budget`, the same cap shared by every process of this user that reaches the server as
+  that account;
 - **global back-off**: 424 (no SSH channel), 429 (rate limit) and 503 (unhealthy) pause *every* request to
   that server, for ``Retry-After`` when given, else for an exponential, jittered delay;
 - **a circuit breaker**: after ``breaker_threshold`` such answers (or 408, the server's own time-out) in a
@@ -19,6 +22,7 @@ decisions depend on state shared by all requests to a server (pause, breaker, sl
 request only; :func:`send` classifies each outcome and keeps that state.  Renewing a refused token stays
 with each protocol (it knows its credentials).
 """
+import contextlib
 import random
 import threading
 import time
@@ -33,9 +37,11 @@ import urllib3
 from .. import errors
 from .errors import server_of, transport_error
 from .pacer import Schedule, Verdict, retry
+from .slots import SlotBudget
 
 BUSY_STATUSES = (424, 429, 503)
 TIMEOUT_STATUS = 408
+REQUEST_POLL = 0.01  # a request waiting for another process's slot looks again this often: requests are short
 
 
 @dataclass(frozen=True)
@@ -137,11 +143,22 @@ def _server_key(url: str) -> Tuple[str, str, Optional[int]]:
     return parts.scheme, parts.hostname or "", parts.port
 
 
+def request_budget(url: str, account: str) -> SlotBudget:
+    """The cap on requests in flight to ``url``'s server (its policy's ``max_in_flight`` when called) as
+    one budget of every process of this user on the machine that acts there as ``account``.  The caller
+    closes it."""
+    scheme, host, port = _server_key(url)
+    return SlotBudget(f"requests {scheme}://{host}:{port} {account}", guard_for(url).policy.max_in_flight,
+                      grace=0.0, poll=REQUEST_POLL)
+
+
 def send(session: requests.Session, method: str, url: str, *, idempotent: bool = True, replayable: bool = True,
-         timeout=None, path: Optional[str] = None, what: Optional[str] = None, **kwargs) -> requests.Response:
+         timeout=None, path: Optional[str] = None, what: Optional[str] = None, budget: Optional[SlotBudget] = None,
+         **kwargs) -> requests.Response:
     """One HTTP request under its server's guard, repeated as the policy allows.  Returns the last
     response (the caller maps its status); raises hpcfs errors for failures below HTTP.  A request whose
-    body is a stream (not ``replayable``) is sent once: a repeat would send what is left of it."""
+    body is a stream (not ``replayable``) is sent once: a repeat would send what is left of it.  With a
+    ``budget`` (:func:`request_budget`) each try also holds one of its slots, after the process's own."""
     guard = guard_for(url)
     policy = guard.policy
     deadline = time.monotonic() + policy.deadline
@@ -151,7 +168,9 @@ def send(session: requests.Session, method: str, url: str, *, idempotent: bool =
     def attempt() -> requests.Response:
         nonlocal started
         guard.admit(deadline, path)
-        with guard.slot():
+        machine_wide = (budget.holding(deadline, f"requests in flight to {guard.server}") if budget
+                        else contextlib.nullcontext())
+        with guard.slot(), machine_wide:
             started = time.monotonic()  # after waiting for a slot: only the server's time counts
             return session.request(method, url, timeout=timeout, **kwargs)
 

@@ -1,17 +1,19 @@
 """HTTP sessions with TLS verification decided once, the same way for every protocol.
 
 ``verify`` (option or URL query) may be a boolean, ``true``/``false``/``on``/``off``/``yes``/``no``/``1``/``0``
-or the path of a CA bundle; ``ca_file`` (option) or ``HPCFS_CA_FILE`` (environment) names a CA bundle
-used while verification is on.  Plain requests lets ``REQUESTS_CA_BUNDLE`` override a session's own
-``verify``; these sessions pass theirs with every request, so what the user asked for wins.
+or the path of a CA bundle; ``ca_file`` names a CA bundle used while verification is on (the options parser
+has read ``HPCFS_CA_FILE`` into it: hpcfs.options.HTTPOptions).  Plain requests lets ``REQUESTS_CA_BUNDLE``
+override a session's own ``verify``; these sessions pass theirs with every request, so what the user asked
+for wins.
 """
 import os
-from typing import BinaryIO, Iterator, Optional, Union
+from typing import Any, BinaryIO, Iterator, Optional, Union
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from .. import errors
+from .errors import transport_error
 
 Verify = Union[bool, str]
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -24,7 +26,7 @@ def parse_verify(verify: Optional[Union[bool, str]] = None, ca_file: Optional[st
     if word in FALSE_WORDS:
         return False
     if word in TRUE_WORDS or not word:
-        bundle = ca_file or os.environ.get("HPCFS_CA_FILE")
+        bundle = ca_file or None
     else:
         bundle = str(verify)  # a path given as verify=PATH, as requests takes it
     if bundle is None:
@@ -57,8 +59,25 @@ Response = requests.Response
 RequestException = requests.RequestException
 
 
-def stream_into(response: requests.Response, sink: BinaryIO, what: str, path: Optional[str] = None) -> int:
-    """Copy a streamed body into ``sink``; a body that breaks off is an error, never a short file."""
+UNREADABLE_JSON = (ValueError, RecursionError)  # not JSON at all, or nested deeper than the parser goes
+
+
+def json_body(response: requests.Response, where: Optional[str] = None) -> Any:
+    """The answer's JSON, the response closed; an answer that is not JSON is a ProtocolError naming ``where``."""
+    try:
+        return response.json()
+    except UNREADABLE_JSON:
+        start = " ".join(response.text[:80].split())
+        raise errors.ProtocolError(f"the server's answer is not JSON: {start!r}", where) from None
+    finally:
+        response.close()
+
+
+def stream_into(response: requests.Response, sink: BinaryIO, what: str, path: Optional[str] = None,
+                url: Optional[str] = None) -> int:
+    """Copy a streamed body into ``sink``; a body that breaks off is an error, never a short file: given the
+    server's ``url``, the error a failed request gives (:func:`.errors.transport_error`: a stalled or reset
+    connection is Unavailable), else always a ProtocolError."""
     received = 0
     with response:
         try:
@@ -66,6 +85,8 @@ def stream_into(response: requests.Response, sink: BinaryIO, what: str, path: Op
                 sink.write(chunk)
                 received += len(chunk)
         except requests.RequestException as exc:
+            if url is not None:
+                raise transport_error(exc, f"{what} (after {received} bytes)", url, path=path) from None
             raise errors.ProtocolError(f"{what} (after {received} bytes): the server's reply broke off "
                                        f"({type(exc).__name__})", path) from None
     return received

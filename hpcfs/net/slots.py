@@ -12,10 +12,14 @@ records, while still locked, when its slot may be used again; a taker prefers sl
 waits for one that is not only when nothing else is free.  A slot whose holder died recorded nothing: its
 taker gives it the grace from the moment it finds it.
 
+The same budget, with no grace, caps requests in flight (:func:`.policy.request_budget`): a slot is held
+for one request, so a waiter looks again more often.
+
 Nothing here knows a protocol.  It lives in hpcfs/net because it is, like the per-server cap on HTTP
 requests in flight (:mod:`.policy`), a limit on what hpcfs asks of one server; hpcfs/core sits above the
 backends that use it.
 """
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -24,7 +28,7 @@ import shutil
 import stat
 import tempfile
 import time
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from .. import errors
 
@@ -58,16 +62,18 @@ class Slot:
 class SlotBudget:
     """``size`` slots named by ``key`` (e.g. server and remote user), shared by this user's processes; a
     released slot is not taken again for ``grace`` seconds (how long the server may still count its session).
+    A waiter looks at the slot files every ``poll`` seconds.
 
     Processes that give one key different sizes share slots ``0..size-1``: the largest size is the cap."""
 
-    def __init__(self, key: str, size: int, *, grace: float, runtime_dir: Optional[str] = None):
+    def __init__(self, key: str, size: int, *, grace: float, poll: float = POLL, runtime_dir: Optional[str] = None):
         if size < 1:
             raise ValueError("a budget needs at least one slot")
-        self.size, self.grace = size, grace
+        self.size, self.grace, self.poll = size, grace, poll
         self._own_dir: Optional[str] = None  # a per-process directory, when the shared one is unsafe
         self._dir = self._open(hashlib.sha256(key.encode()).hexdigest()[:24], runtime_dir)
         self._warned = False
+        self._waited = False  # only the first wait of a budget is logged at INFO: requests wait often
 
     def take(self, count: int = 1) -> List[Slot]:
         """``count`` slots that are free and ready, or none at all; never waits."""
@@ -79,10 +85,12 @@ class SlotBudget:
         taken, ready_in = self._scan(count)
         if taken:
             return taken
-        log.info("waiting for %d of the %d %s this machine's hpcfs processes share: all are in use, or ended "
-                 "less than %g s ago and may still count on the server", count, self.size, what, self.grace)
+        cooling = f", or ended less than {self.grace:g} s ago and may still count on the server" if self.grace else ""
+        log.log(logging.DEBUG if self._waited else logging.INFO, "waiting for %d of the %d %s this machine's "
+                "hpcfs processes share: all are in use%s", count, self.size, what, cooling)
+        self._waited = True
         while True:
-            pause = min(POLL, ready_in)
+            pause = min(self.poll, ready_in)
             if time.monotonic() + pause > deadline:
                 raise errors.Busy(f"all {self.size} {what} stayed in use by this user's hpcfs processes on "
                                   "this machine")
@@ -90,6 +98,15 @@ class SlotBudget:
             taken, ready_in = self._scan(count)
             if taken:
                 return taken
+
+    @contextlib.contextmanager
+    def holding(self, deadline: float, what: str) -> Iterator[None]:
+        """One slot for the ``with`` block (a request in flight), waited for as :meth:`wait` does."""
+        slot, = self.wait(1, deadline, what)
+        try:
+            yield
+        finally:
+            slot.release()
 
     def close(self) -> None:
         if self._dir >= 0:
@@ -102,9 +119,9 @@ class SlotBudget:
     # -- slot files ------------------------------------------------------------------------------------------
     def _scan(self, count: int) -> Tuple[List[Slot], float]:
         """Up to ``count`` ready slots, lowest first (a smaller budget of the same key uses the same ones),
-        all or nothing; with the seconds until the first slot found cooling is ready (POLL if none is)."""
+        all or nothing; with the seconds until the first slot found cooling is ready (``poll`` if none is)."""
         taken: List[Slot] = []
-        ready_in = POLL
+        ready_in = self.poll
         now = time.time()
         for index in range(self.size):
             fd = self._lock(index)

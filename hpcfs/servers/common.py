@@ -15,6 +15,7 @@ import http.server
 import io
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -867,3 +868,19 @@ def _interrupt(*_):
 
 def temporary_directory(prefix="hpcfs-"):
     return tempfile.mkdtemp(prefix=prefix)
+
+
+# -- jobs (Flux, UNICORE/X) ------------------------------------------------------------------------------
+JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # a login's default PATH
+
+
+def job_environment() -> Dict[str, str]:
+    """What every job starts from: a login's minimal variables for the server's user.  Never the server's
+    own environment, which holds its credentials and whatever else its starter had exported."""
+    try:
+        account = pwd.getpwuid(os.geteuid())
+        name, home, shell = account.pw_name, account.pw_dir, account.pw_shell
+    except KeyError:  # a uid without a passwd entry (containers)
+        name, home, shell = str(os.geteuid()), "/", ""
+    return {"PATH": JOB_PATH, "HOME": home, "USER": name, "LOGNAME": name, "SHELL": shell or "/bin/sh",
+            "LANG": os.environ.get("LANG") or "C.UTF-8"}

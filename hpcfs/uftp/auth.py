@@ -24,6 +24,7 @@ from jwt.utils import base64url_encode
 
 from .. import errors, net
 from ..trusted import read_secret_file
+from .datastream import Transform
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -38,6 +39,7 @@ class Grant:
     host: str
     port: int
     secret: str = field(repr=False)
+    transform: Optional[Transform] = field(default=None, repr=False)  # its data connections' gzip/AES
 
 
 # -- credentials ---------------------------------------------------------------------------------------
@@ -281,13 +283,14 @@ class AuthClient:
     """Talks to one Auth server endpoint ``.../rest/auth/SERVER`` over a reused HTTPS session."""
 
     def __init__(self, auth_url: str, credential: Credential, *, verify: Union[bool, str] = True,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, encrypt: bool = False, compress: bool = False):
         if "/rest/auth/" not in auth_url:
             raise errors.UsageError(f"not an Auth server URL (…/rest/auth/SERVER): {auth_url}")
         self.auth_url = auth_url.rstrip("/")
         self.server_name = self.auth_url.rsplit("/rest/auth/", 1)[1]
         self.credential = credential
         self.timeout = timeout
+        self.encrypt, self.compress = encrypt, compress
         self._http = net.new_session(verify)
 
     def __repr__(self):
@@ -296,13 +299,15 @@ class AuthClient:
     def authenticate(self, base_dir: str) -> Grant:
         """A persistent secret whose sessions start in ``base_dir``."""
         server_path = base_dir.rstrip("/") + "/"  # UFTPD takes dirname(serverPath) as the base
-        body = self._request("POST", self.auth_url, json={"serverPath": server_path, "persistent": True})
+        transform = Transform.new(self.encrypt, self.compress)  # a fresh key for every secret
+        request = {"serverPath": server_path, "persistent": True, **(transform.grant_fields() if transform else {})}
+        body = self._request("POST", self.auth_url, json=request)
         if str(body.get("success", True)).lower() == "false":
             reason = self._scrub(str(body.get("reason") or "the Auth server refused the request"))
             raise (errors.Busy if "Too many" in reason else errors.Unavailable)(reason)
         try:
             return Grant(host=str(body.get("serverHost") or urlsplit(self.auth_url).hostname),
-                         port=int(body["serverPort"]), secret=str(body["secret"]))
+                         port=int(body["serverPort"]), secret=str(body["secret"]), transform=transform)
         except (KeyError, TypeError, ValueError):
             raise errors.ProtocolError("the Auth server's reply lacks serverPort or secret") from None
 

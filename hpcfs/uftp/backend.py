@@ -122,8 +122,8 @@ class SessionPool:
         """The keeper's login with a fresh secret, retried while UFTPD is busy rather than authenticating
         anew: a secret nobody used counts against the limit until it expires."""
         try:
-            return retry_while_busy(lambda: ControlSession(grant.host, grant.port, grant.secret,
-                                                           timeout=self.timeout, features=self.features))
+            return retry_while_busy(lambda: ControlSession(grant.host, grant.port, grant.secret, timeout=self.timeout,
+                                                           features=self.features, transform=grant.transform))
         except SessionLost:  # logged in, so the secret is used and UFTPD reaps the session
             raise errors.NotFound("UFTPD ended the session right after login: is the base directory "
                                   "missing or not accessible?", self._base_dir) from None
@@ -133,16 +133,28 @@ class SessionPool:
             raise
 
     def _login(self) -> ControlSession:
-        for attempt in range(2):
+        """A worker's login with the current secret.  UFTPD forgets a secret when its last session ends, so
+        a refused one is renewed (unless another thread already did) and the login tried once more."""
+        tried: List[int] = []  # the generation of each secret tried
+
+        def log_in() -> ControlSession:
             grant, generation = self._grant()
-            try:
-                return ControlSession(grant.host, grant.port, grant.secret, timeout=self.timeout,
-                                      features=self.features)
-            except SecretRejected:
-                if attempt:
-                    raise errors.AuthenticationFailed("UFTPD refused a freshly issued secret") from None
-                self._renew(generation)
-        raise AssertionError("unreachable: the second attempt returns or raises")
+            tried.append(generation)
+            return ControlSession(grant.host, grant.port, grant.secret, timeout=self.timeout,
+                                  features=self.features, transform=grant.transform)
+
+        def renew_once(outcome) -> net.Verdict:
+            if not isinstance(outcome, SecretRejected):
+                return net.Verdict.DONE
+            if len(tried) > 1:  # a fresh secret refused too: another would fare no better
+                return net.Verdict.FAIL
+            self._renew(tried[0])
+            return net.Verdict.AGAIN
+
+        try:
+            return net.retry(log_in, renew_once, attempts=2)
+        except SecretRejected:
+            raise errors.AuthenticationFailed("UFTPD refused a freshly issued secret") from None
 
     # -- lending sessions -------------------------------------------------------------------------------
     def acquire(self) -> ControlSession:
@@ -300,16 +312,21 @@ class UFTPBackend(Backend):
 
     def _run(self, operation: Callable[[ControlSession], object], retry: Union[bool, Callable[[], bool]] = True):
         """``operation`` on a pooled session.  If the session dies under it, an idempotent operation is
-        retried once on another session (which re-authenticates if the secret died too)."""
-        for attempt in range(2):
+        retried once on another session (which re-authenticates if the secret died too); ``retry`` says
+        whether it is idempotent, or at the moment of the loss whether it still is (nothing delivered yet)."""
+        def on_a_session():
             session = self._pool.acquire()
             try:
                 return operation(session)
-            except SessionLost:
-                if attempt or not (retry() if callable(retry) else retry):
-                    raise
             finally:
                 self._pool.release(session)
+
+        def lost(outcome) -> net.Verdict:
+            if isinstance(outcome, SessionLost) and (retry() if callable(retry) else retry):
+                return net.Verdict.AGAIN
+            return net.Verdict.DONE
+
+        return net.retry(on_a_session, lost, attempts=2)
 
     @staticmethod
     def _stat_line(session: ControlSession, remote: str, path: str):
@@ -564,6 +581,8 @@ class UFTPBackend(Backend):
             "uftpd": self._pool.server,
             "server_version": self._pool.version or self._info.get("uftpdServerVersion", ""),
             "features": list(self._pool.features.lines if self._pool.features else ()),
+            "data": ", ".join(name for name, on in (("encrypted (AES-256)", self._auth.encrypt),
+                                                    ("compressed (gzip)", self._auth.compress)) if on) or "plain",
             "session_limit": self.session_limit,
             "session_budget": self.session_budget,
             "sessions": self.capabilities.max_parallel,
@@ -627,7 +646,8 @@ def backend_from_url(parsed, settings: UFTPOptions):
     PyUNICORE's URL shape; the backend's ``/`` is the base directory, so the root is ``/``."""
     auth_url, base_dir = split_auth_path(parsed)
     verify = net.parse_verify(settings.verify, settings.ca_file)
-    auth = AuthClient(auth_url, make_credential(parsed, settings), verify=verify, timeout=settings.timeout)
+    auth = AuthClient(auth_url, make_credential(settings), verify=verify, timeout=settings.timeout,
+                      encrypt=settings.encrypt, compress=settings.compress)
     try:
         return UFTPBackend(auth, base_dir, sessions=settings.parallel, max_sessions=settings.max_sessions,
                            timeout=settings.timeout), "/"
@@ -651,11 +671,10 @@ def split_auth_path(parsed):
     return f"https://{parsed.netloc}{prefix}/rest/auth/{server}", "/" + base if colon else "/"
 
 
-def make_credential(parsed, settings: UFTPOptions):
+def make_credential(settings: UFTPOptions):
     """Token (``?token=``, ``UFTP_TOKEN``), else SSH key (``?identity=``, ``UFTP_IDENTITY``), else
-    user and password (URL, option, ``UFTP_USER``/``UFTP_PASSWORD``)."""
-    user = parsed.username or settings.user
-    password = parsed.password if parsed.password is not None else settings.password
+    user and password (option, URL, ``UFTP_USER``/``UFTP_PASSWORD``)."""
+    user, password = settings.user, settings.password
     if settings.token:
         return BearerCredential(read_token(settings.token))
     if settings.identity:

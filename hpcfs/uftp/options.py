@@ -1,24 +1,25 @@
 """Options of ``uftp://`` URLs (docs/guide/options.md has the table of every protocol's options)."""
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Optional, Set
+from typing import Optional
 
-from ..core.options import BackendOptions, secret
+from ..options import BackendOptions, HTTPOptions, option, with_default
 
 
 @dataclass
-class UFTPOptions(BackendOptions):
-    user: Optional[str] = None
-    password: Optional[str] = secret()
-    token: Optional[str] = secret()  # a bearer token, or @FILE holding one
-    identity: Optional[str] = None  # an SSH key file (relative: in ~/.uftp) or SHA256:fingerprint in ssh-agent
-    timeout: float = 30.0
-    parallel: Optional[int] = None  # data sessions at once; None: as many as the server's session limit allows
-    # sessions all of this user's hpcfs processes on this machine hold at once on the server, keepers included;
-    # None: the server's per-user limit (16 if unknown) minus 2 left to other tools
-    max_sessions: Optional[int] = None
-
-    ALIASES: ClassVar[Dict[str, str]] = {"sessions": "parallel"}
-    ENVIRONMENT: ClassVar[Dict[str, str]] = {**BackendOptions.ENVIRONMENT, "user": "UFTP_USER",
-                                             "password": "UFTP_PASSWORD", "token": "UFTP_TOKEN",
-                                             "identity": "UFTP_IDENTITY"}
-    POSITIVE: ClassVar[Set[str]] = {"timeout", "parallel", "max_sessions"}
+class UFTPOptions(HTTPOptions, BackendOptions):
+    user: Optional[str] = option(None, "the account", env="UFTP_USER")
+    password: Optional[str] = option(None, "the account's password", env="UFTP_PASSWORD", secret=True)
+    token: Optional[str] = option(None, "a bearer token, `@FILE` or `@@VARIABLE`", env="UFTP_TOKEN", secret=True)
+    identity: Optional[str] = option(None, "SSH key file (relative: in `~/.uftp/`) or `SHA256:` fingerprint of a "
+                                           "key in ssh-agent", env="UFTP_IDENTITY")
+    encrypt: bool = option(False, "encrypt file data on the wire (AES-256, a key per secret, as `pyuftp -E`); "
+                                  "commands and listings are not encrypted", env="UFTP_ENCRYPT")
+    compress: bool = option(False, "gzip file data on the wire (as `pyuftp -C`): for slow links and compressible "
+                                   "data", env="UFTP_COMPRESS")
+    timeout: float = with_default(BackendOptions, "timeout", 30.0)
+    parallel: Optional[int] = option(None, "requests or data sessions in flight at once", positive=True,
+                                     aliases=("sessions",), default_text="4 (at most `max_sessions` - 1)")
+    max_sessions: Optional[int] = option(
+        None, "UFTP sessions that all your hpcfs processes on this machine hold at once on one server, keepers "
+              "included (at least 2); a process waits for a free one, or uses fewer in parallel", positive=True,
+        default_text="the server's session limit (16 if it does not say) minus 2")

@@ -25,6 +25,7 @@ import struct
 from typing import Callable, Deque, Iterable, List, Optional
 
 from .. import errors
+from .datastream import Decoder, Transform
 from .listing import Features, Reply, banner_version, ends_reply, passive_address, reply_code, transfer_size
 
 QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
@@ -105,8 +106,10 @@ def transfer_error(reply: Reply, path: Optional[str] = None) -> errors.HpcfsErro
 class ControlSession:
     """A logged-in UFTP session.  Methods take server paths (absolute, inside the session's base)."""
 
-    def __init__(self, host: str, port: int, secret: str, *, timeout: float, features: Optional[Features] = None):
+    def __init__(self, host: str, port: int, secret: str, *, timeout: float, features: Optional[Features] = None,
+                 transform: Optional[Transform] = None):
         self.timeout = timeout
+        self._transform = transform  # the grant's gzip/AES: each transfer then has a connection of its own
         self.broken = False
         self._lines: Deque[bytes] = collections.deque()  # complete reply lines received but not yet consumed
         self._partial = b""  # the start of a line still arriving
@@ -248,10 +251,12 @@ class ControlSession:
     def _ensure_data(self):
         if self._data is not None:
             return
-        keep_alive = self.features.keep_alive and not self._keep_alive_on
+        # A transformed stream ends with its connection, so neither keep-alive nor sendfile (which UFTPD
+        # skips for such streams) is asked for.
+        keep_alive = self.features.keep_alive and not self._keep_alive_on and self._transform is None
         # UFTPD copies file data through a Python read/write loop unless asked to use sendfile(2) (off by
         # default); asked once per session, and a server that refuses it still serves.
-        sendfile = not self._sendfile_asked
+        sendfile = not self._sendfile_asked and self._transform is None
         commands = [SENDFILE_ON] * sendfile + ["KEEP-ALIVE true"] * keep_alive + [
             "NOOP 1", "EPSV" if self.features.epsv else "PASV"]
         *preliminaries, passive = self.batch(*commands)
@@ -321,7 +326,7 @@ class ControlSession:
             announced = transfer_size(start)
             if announced != length:
                 raise errors.ProtocolError(f"UFTPD announced {announced} bytes for a range of {length}", path)
-            received = self._receive(length, consume, chunk, path, fresh_buffers=fresh_buffers)
+            received = self._receive_any(length, consume, chunk, path, fresh_buffers)
         self._after_transfer(received == length)
         return received
 
@@ -333,7 +338,7 @@ class ControlSession:
             size = transfer_size(start)
             if size is None:
                 raise errors.ProtocolError("UFTPD did not announce the file size", path)
-            received = self._receive(size, write, CHUNK, path)
+            received = self._receive_any(size, write, CHUNK, path)
         self._after_transfer(received == size)
         return received
 
@@ -348,7 +353,10 @@ class ControlSession:
             commands = [f"RANG {offset} {offset + size}", f"STOR {path}"]
         self._start_transfer(commands, path)
         with self._transferring():
-            self._send_data(chunks, size, path)
+            if self._transform is None:
+                self._send_data(chunks, size, path)
+            else:
+                self._send_transformed(chunks, size, path)
             reply = self.read_reply()
         self._after_transfer(reply.code == 226)
         if reply.code != 226:
@@ -392,6 +400,48 @@ class ControlSession:
             self.broken = True  # bytes may still be in flight on the data connection
         if not self._keep_alive_on or not complete:
             self._close_data()
+
+    def _receive_any(self, count: int, consume: Callable[[memoryview], object], chunk: int, path,
+                     fresh_buffers: bool = False) -> int:
+        if self._transform is None:
+            return self._receive(count, consume, chunk, path, fresh_buffers=fresh_buffers)
+        return self._receive_transformed(count, consume, chunk, path)
+
+    def _receive_transformed(self, count: int, consume: Callable[[memoryview], object], chunk: int, path) -> int:
+        """A transformed transfer: the data connection read to its end, the grant's transform undone, the
+        plain bytes handed to ``consume`` in pieces of ``chunk`` (the last one shorter), each a buffer of
+        its own.  Returns the plain byte count (fewer than ``count`` only if the file shrank)."""
+        assert self._transform is not None
+        decoder, plain, handed = self._transform.decoder(), bytearray(), 0
+        while raw := self._recv_to_end(path):
+            plain += decoder.update(raw)
+            handed += _hand_over(plain, chunk, consume)
+        plain += self._decoded_end(decoder, path)
+        handed += _hand_over(plain, chunk, consume, last=True)
+        if handed > count:
+            raise errors.ProtocolError(f"UFTPD sent {handed} bytes for {count}", path)
+        final = self.read_reply()
+        if final.code != 226:
+            raise transfer_error(final, path) if not final.ok else errors.ProtocolError(
+                f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
+        return handed
+
+    def _recv_to_end(self, path) -> bytes:
+        """The next bytes of the data connection, b"" at its end."""
+        try:
+            return self._open_data.recv(CHUNK)
+        except socket.timeout:
+            raise SessionLost(f"no data from UFTPD within {self.timeout:g} s", path) from None
+        except OSError as exc:
+            raise SessionLost(f"data connection failed: {_reason(exc)}", path) from None
+
+    def _decoded_end(self, decoder: Decoder, path) -> bytes:
+        """The stream's last plain bytes; a stream cut short is the server's failure where it says so."""
+        try:
+            return decoder.finish()
+        except errors.ProtocolError as exc:
+            reply = self._reply_after_failure()
+            raise (transfer_error(reply, path) if reply and not reply.ok else exc) from None
 
     def _receive(self, count: int, consume: Callable[[memoryview], object], chunk: int, path,
                  fresh_buffers: bool = False) -> int:
@@ -480,7 +530,7 @@ class ControlSession:
         poller.unregister(self._sock)
         return reply
 
-    def _send_data(self, chunks: Iterable, size: int, path):
+    def _send_data(self, chunks: Iterable, size: Optional[int], path):
         sent = 0
         try:
             for chunk in chunks:
@@ -491,8 +541,29 @@ class ControlSession:
             reply = self._reply_after_failure()
             raise (transfer_error(reply, path) if reply and not reply.ok else
                    SessionLost(f"data connection failed: {_reason(exc)}", path)) from None
-        if sent != size:
+        if size is not None and sent != size:
             raise errors.HpcfsError(f"the source gave {sent} bytes where {size} were announced", path)
+
+    def _send_transformed(self, chunks: Iterable, size: int, path):
+        """``chunks`` through the grant's transform, then the stream's end and the connection's: UFTPD reads
+        a transformed upload up to the end of its connection."""
+        assert self._transform is not None
+        encoder, plain = self._transform.encoder(), 0
+
+        def encoded():
+            nonlocal plain
+            for chunk in chunks:
+                plain += len(chunk)
+                yield encoder.update(chunk)
+            yield encoder.finish()
+
+        self._send_data(encoded(), None, path)
+        if plain != size:
+            raise errors.HpcfsError(f"the source gave {plain} bytes where {size} were announced", path)
+        try:
+            self._open_data.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise SessionLost(f"data connection failed: {_reason(exc)}", path) from None
 
     def _reply_after_failure(self) -> Optional[Reply]:
         try:
@@ -521,6 +592,18 @@ class ControlSession:
         self._close_data()
         _close(self._sock)
         self.broken = True
+
+
+def _hand_over(plain: bytearray, chunk: int, consume: Callable[[memoryview], object], last: bool = False) -> int:
+    """Each whole ``chunk`` of ``plain`` (and with ``last`` the rest) taken off its front and consumed, in a
+    buffer of its own; returns the bytes handed over."""
+    handed = 0
+    while len(plain) >= chunk or (last and plain):
+        piece = bytes(plain[:chunk])
+        del plain[:chunk]
+        consume(memoryview(piece))
+        handed += len(piece)
+    return handed
 
 
 def _owned(view: memoryview) -> bytes | bytearray:

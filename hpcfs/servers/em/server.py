@@ -44,6 +44,7 @@ import jwt
 import multipart
 from urllib.parse import parse_qs, quote
 
+from ... import registry
 from ..common import (
     DEFAULT_HOST,
     Knobs,
@@ -629,7 +630,7 @@ class EMServer:
 
 
 # -- hpcfs serve em -------------------------------------------------------------------------------------
-DEFAULT_PORT = 8090  # not FirecREST's 8000: the guides start both servers side by side
+DEFAULT_PORT = registry.protocol_for("em").default_port
 
 
 def add_arguments(parser):

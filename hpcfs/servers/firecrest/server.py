@@ -28,6 +28,7 @@ import uuid
 import socketserver
 from typing import Callable, Dict, List, Optional, Tuple, Type, cast
 
+from ... import registry
 from ..common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, OutsideRoot, PrivateDirectory, Request, RequestLog,
                      Response, RestApp, RestServer, add_latency_argument, add_secret_file_argument, credential_lines,
                      generated_account, naming_ports, read_private_file, run_until_interrupted, self_signed_certificate,
@@ -629,7 +630,8 @@ def _multipart_file(request: Request) -> Tuple[str, bytes]:
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--root", required=True, help="directory served as the system's /")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="FirecREST API port (default 8000)")
+    port = registry.protocol_for("firecrest").default_port
+    parser.add_argument("--port", type=int, default=port, help=f"FirecREST API port (default {port})")
     parser.add_argument("--s3-port", type=int, default=8001, help="S3 staging port (default 8001)")
     parser.add_argument("--system", default="local", help="system name (default: local)")
     add_secret_file_argument(parser, "--clients-file", "--clients", "client_id:secret[:username]",

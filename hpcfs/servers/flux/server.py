@@ -29,7 +29,6 @@ import hmac
 import itertools
 import math
 import os
-import pwd
 import secrets
 import select
 import shlex
@@ -44,13 +43,13 @@ from urllib.parse import urlsplit
 
 import jwt
 
+from ... import registry
 from ..common import (DEFAULT_HOST, Knobs, OutsideRoot, Peer, PrivateDirectory, Request, RequestLog, Response,
-                     RestApp, RestServer, _RestHandler, confine, naming_ports, run_until_interrupted,
-                     temporary_directory)
+                     RestApp, RestServer, _RestHandler, confine, job_environment, naming_ports,
+                     run_until_interrupted, temporary_directory)
 
-DEFAULT_PORT = 5000  # flux-restful-api's own port; FirecREST and EM use 8000
+DEFAULT_PORT = registry.protocol_for("flux").default_port
 MAX_BODY = 64 << 10  # a submit request is a few hundred bytes
-JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # a login's default PATH
 CREDENTIAL_VARIABLES = {"user": "FLUX_USER", "token": "FLUX_TOKEN", "secret_key": "FLUX_SECRET_KEY"}
 NO_OUTPUT = {"Message": "The output does not exist yet, or the jobid is incorrect."}
 NOT_AUTHENTICATED = Response.json({"detail": "Not authenticated"}, 401, {"WWW-Authenticate": "Bearer"})
@@ -208,18 +207,6 @@ class JobRunner:
     def stop(self):
         for job in self.newest_first():
             self.cancel(job)
-
-
-def job_environment() -> Dict[str, str]:
-    """What every job starts from: a login's minimal variables for the server's user.  Never the server's
-    own environment, which holds its credentials and whatever else its starter had exported."""
-    try:
-        account = pwd.getpwuid(os.geteuid())
-        name, home, shell = account.pw_name, account.pw_dir, account.pw_shell
-    except KeyError:  # a uid without a passwd entry (containers)
-        name, home, shell = str(os.geteuid()), "/", ""
-    return {"PATH": JOB_PATH, "HOME": home, "USER": name, "LOGNAME": name, "SHELL": shell or "/bin/sh",
-            "LANG": os.environ.get("LANG") or "C.UTF-8"}
 
 
 class TokenIssuer:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from ... import registry
 from .. import common
 from .session import Session, UFTPError
 from .wire import ControlConnection
@@ -483,7 +484,8 @@ def add_arguments(parser):
     common.add_secret_file_argument(parser, "--users-file", "--users", "user:password", "$UFTP_USER/$UFTP_PASSWORD")
     parser.add_argument("--authorized-keys", help="SSH public keys accepted for key-signed JWT logins")
     parser.add_argument("--host", default=common.DEFAULT_HOST, help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--auth-port", type=int, default=9000, help="Auth server HTTPS port (default 9000)")
+    port = registry.protocol_for("uftp").default_port
+    parser.add_argument("--auth-port", type=int, default=port, help=f"Auth server HTTPS port (default {port})")
     parser.add_argument("--listen-port", type=int, default=64434, help="UFTPD FTP port (default 64434)")
     parser.add_argument("--cmd-port", type=int, help="open UFTPD's command port (closed by default: the Auth "
                                                      "server creates jobs itself); it asks for a secret")
