@@ -453,7 +453,7 @@ def cmd_cp(args):
         copy_paths(
             sources, destination, recursive=args.recursive or args.archive, resume=args.resume,
             parallel=args.parallel, progress=show_progress, dereference=args.dereference,
-            no_clobber=args.no_clobber, preserve=args.preserve or args.archive,
+            no_clobber=args.no_clobber, preserve=args.preserve or args.archive, checksum=args.checksum,
         )
     except errors.HpcfsError as exc:  # named by the path it gives (what was typed, or a file inside it)
         _report_failure(args, None, exc)
@@ -699,6 +699,9 @@ def _add_file_commands(command):
     cp.add_argument("-a", "--archive", action="store_true", help="as -r -p (symbolic links are copied as links anyway)")
     cp.add_argument("--resume", action="store_true",
                     help="skip files the destination already has (same size, not older); continue partial copies")
+    cp.add_argument("-c", "--checksum", action="store_true",
+                    help="check each copy's sha256 against the source's (computed by the server where it can); "
+                         "with --resume, skip by hash instead of size and time, as rsync -c")
     cp.add_argument("-L", "--dereference", action="store_true", help="follow symbolic links inside directories")
     cp.add_argument("-j", "--parallel", type=_positive, default=4, metavar="N", help="files copied at once (default 4)")
     progress = cp.add_mutually_exclusive_group()

@@ -54,6 +54,7 @@ PARALLEL_RANGE_MIN, PARALLEL_RANGE_MAX = 8 << 20, 64 << 20
 # always a prefix of the source.
 UPLOAD_PIECE = 4 << 20
 TAIL_CHECK = 64 << 10  # the bytes of a kept partial upload compared with the source before continuing it
+CHECKSUM = "sha256"  # --checksum's hash: one every server that hashes computes (FirecREST: only this)
 # What a failed local write means, as the hierarchy every other error of the CLI comes from.
 LOCAL_ERRORS = {
     errno.ENOSPC: errors.NoSpace, errno.EDQUOT: errors.NoSpace, errno.EACCES: errors.PermissionDenied,
@@ -95,7 +96,7 @@ class Kept:
 
 @dataclass
 class Job:
-    source_side: object
+    source_side: "Side"
     source: str
     destination: str
     size: int
@@ -111,6 +112,7 @@ class Rules:
     resume: bool = False
     no_clobber: bool = False  # -n: a destination that exists is never written (and no error)
     preserve: bool = False  # -p: the source's mode (no umask) and modification time, where the destination can
+    checksum: bool = False  # compare content hashes: after each copy, and with resume instead of size and time
 
 
 def is_complete(existing: Optional[Item], job: Job) -> bool:
@@ -162,6 +164,7 @@ class Side:
     join: Callable[..., str]
     dirname: Callable[[str], str]
     basename: Callable[..., Any]  # os.path.basename or posixpath.basename (overloaded for any path-like)
+    checksum: Callable[[str], str]  # the CHECKSUM of a file's content
 
     def __init__(self) -> None:
         self.umask = current_umask()
@@ -323,12 +326,19 @@ class LocalSide(Side):
                 self._partials[directory] = _partials_by_stem(directory)
             return self._partials[directory].get(partial_stem(os.path.basename(path)), [])
 
-    def resume_offset(self, job: Job) -> Optional[int]:
-        """None when the destination is complete (``is_complete``), else where to continue: the longest kept
-        partial of ours up to its first hole, or the length of a shorter file of ours under the real name
-        (another tool's interrupted download); ``job.kept`` then holds it open."""
+    def checksum(self, path: str) -> str:
+        digest = hashlib.new(CHECKSUM)
+        with open(path, "rb") as handle:
+            while data := handle.read(CHUNK):
+                digest.update(data)
+        return digest.hexdigest()
+
+    def resume_offset(self, job: Job, quick_check: bool = True) -> Optional[int]:
+        """None when the destination is complete (``is_complete``, unless not ``quick_check``), else where
+        to continue: the longest kept partial of ours up to its first hole, or the length of a shorter file
+        of ours under the real name (another tool's interrupted download); ``job.kept`` then holds it open."""
         existing = self.stat(job.destination)
-        if is_complete(existing, job):
+        if quick_check and is_complete(existing, job):
             return None
         directory = self.dirname(job.destination)
         candidates = [Kept(os.path.join(directory, name), -1) for name in self._kept_partials(job.destination)]
@@ -649,11 +659,16 @@ class RemoteSide(Side):
         stream.seek(offset)
         return stream
 
-    def resume_offset(self, job: Job) -> Optional[int]:
-        """None when the destination is complete (``is_complete``); where the server writes at an offset, the
-        length of a kept partial upload whose last block matches the source; else 0 (sent again whole)."""
+    def checksum(self, path: str) -> str:
+        """The server's own hash where it has one (no bytes sent), else the bytes' (RemoteTree.checksum)."""
+        return self.remote_tree.checksum(path, CHECKSUM)
+
+    def resume_offset(self, job: Job, quick_check: bool = True) -> Optional[int]:
+        """None when the destination is complete (``is_complete``, unless not ``quick_check``); where the
+        server writes at an offset, the length of a kept partial upload whose last block matches the source;
+        else 0 (sent again whole)."""
         existing = self.stat(job.destination)
-        if is_complete(existing, job):
+        if quick_check and is_complete(existing, job):
             return None
         kept = self.stat(self.partial(job.destination)) if self.renames_instantly else None
         if not self.resumable:
@@ -736,8 +751,8 @@ class CountingReader:
 
 
 def copy_paths(sources, destination, recursive=False, resume=False, parallel=4, progress=False,
-               dereference=False, no_clobber=False, preserve=False):
-    rules = Rules(resume=resume, no_clobber=no_clobber, preserve=preserve)
+               dereference=False, no_clobber=False, preserve=False, checksum=False):
+    rules = Rules(resume=resume, no_clobber=no_clobber, preserve=preserve, checksum=checksum)
     with Trees() as trees:
         local = LocalSide(dereference)
         remote_sides = {}
@@ -878,7 +893,10 @@ def _copy_file(job, dest_side, rules: Rules, meter, stop):
         meter.advance(0, file_done=True)
         return
     try:
-        offset = dest_side.resume_offset(job) if rules.resume else 0
+        if rules.resume and rules.checksum and _same_content(job, dest_side):
+            meter.skip(job.size, file_done=True)
+            return
+        offset = dest_side.resume_offset(job, quick_check=not rules.checksum) if rules.resume else 0
         if offset is None:
             meter.skip(job.size, file_done=True)
             return
@@ -890,10 +908,30 @@ def _copy_file(job, dest_side, rules: Rules, meter, stop):
             reader.close()
         if rules.preserve:
             dest_side.set_mtime(job.destination, job.mtime)
+        if rules.checksum:
+            _verify_copy(job, dest_side)
     finally:
         if job.kept is not None:  # claimed for resume but not continued (the source could not be read)
             os.close(job.kept.fd)
     meter.advance(0, file_done=True)
+
+
+def _same_content(job: Job, dest_side) -> bool:
+    """rsync -c's check: the destination has the source's size and the same hash."""
+    existing = dest_side.stat(job.destination)
+    if existing is None or existing.is_dir or existing.size != job.size:
+        return False
+    return dest_side.checksum(job.destination) == job.source_side.checksum(job.source)
+
+
+def _verify_copy(job: Job, dest_side) -> None:
+    """The copy's hash against the source's, each computed where it lies (a server's own hash sends no
+    bytes); a mismatch fails the file, loudly, and ``--resume --checksum`` copies it again."""
+    theirs, ours = job.source_side.checksum(job.source), dest_side.checksum(job.destination)
+    if theirs != ours:
+        raise errors.HpcfsError(f"the copy's {CHECKSUM} ({ours[:16]}...) differs from the source's "
+                                f"({theirs[:16]}...): the copy is damaged; run again with --resume --checksum",
+                                job.destination)
 
 
 class Progress:

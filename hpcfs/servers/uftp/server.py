@@ -36,6 +36,7 @@ DEFAULTS = {  # live settings, changeable by tests through knobs.extra
     # 227/229 replies name the listener's port plus this: a relay in front of the data ports listens there
     # (the bench, benchmarks/relay.py, delays data that way); 0 names the listener itself
     "advertised_data_port_offset": 0,
+    "corrupt_transfers": 0,  # this many next downloads get one byte flipped on the way (a faulty link or disk)
 }
 
 
@@ -127,6 +128,13 @@ class UFTPServer:
 
     def setting(self, name):
         return self.knobs.extra[name]
+
+    def take_corruption(self) -> bool:
+        """Whether this download gets a flipped byte (``corrupt_transfers``, counted down)."""
+        with self._lock:
+            due = self.knobs.extra["corrupt_transfers"] > 0
+            self.knobs.extra["corrupt_transfers"] -= due
+            return due
 
     @property
     def auth_url(self):

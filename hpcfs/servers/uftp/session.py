@@ -536,11 +536,16 @@ class Session:
     def send_file(self, real):
         drop_at = self.server.knobs.take_drop()
         count = self.number_of_bytes if drop_at is None else min(self.number_of_bytes, drop_at)
+        corrupt = self.server.take_corruption()
         with open(real, "rb") as source:
             source.seek(self.offset)
+            if corrupt and count > 0:
+                first = source.read(1)
+                self.data.write(bytes([first[0] ^ 0xFF]))
+                count -= 1
             if isinstance(self.data, PlainData) and not self.server.setting("data_chunk_latency"):
                 if count > 0:  # socket.sendfile takes count 0 as "to EOF"
-                    self.data.sock.sendfile(source, self.offset, count)
+                    self.data.sock.sendfile(source, source.tell(), count)
             else:
                 self.copy(source, self.data, count)
         if drop_at is not None and drop_at < self.number_of_bytes:

@@ -1,0 +1,62 @@
+"""``hpcfs cp --checksum``: each copy's sha256 checked against the source's, the server computing its side
+where it can; ``--resume --checksum`` skips by hash, as ``rsync -c``.  A damaged transfer comes from the
+local UFTP server's ``corrupt_transfers`` knob (one byte flipped on the way)."""
+import hashlib
+import os
+
+from mounting import write_random
+from test_cli import cli, isolated, ok, one_line_error, uftp  # noqa: F401  (fixtures)
+
+from hpcfs.servers.firecrest.server import DOWNLOAD
+
+CHECKSUM = "GET /filesystem/{system_name}/ops/checksum"
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_a_damaged_download_is_caught_and_resume_checksum_repairs_it(cli, uftp, tmp_path):
+    source = write_random(uftp.local("data.bin"), (3 << 20) + 1)
+    uftp.handle.knobs.extra["corrupt_transfers"] = 1
+    copy = tmp_path / "data.bin"
+    message = one_line_error(cli("cp", "--checksum", uftp.url("data.bin"), str(copy), env=uftp.env), 1)
+    assert "differs from the source's" in message and "--resume --checksum" in message, message
+    assert sha256(copy) != sha256(source)  # what the damaged copy would have gone unnoticed as
+    uftp.handle.log.reset()
+    ok(cli("cp", "--resume", "--checksum", uftp.url("data.bin"), str(copy), env=uftp.env))
+    assert sha256(copy) == sha256(source)
+    assert uftp.handle.log.total("HASH") == 2  # skip check, then verification: UFTPD hashed, twice
+
+
+def test_a_good_copy_is_checked_by_the_servers_hash_both_ways(cli, uftp, tmp_path):
+    source = write_random(tmp_path / "up.bin", (2 << 20) + 3)
+    uftp.handle.log.reset()
+    ok(cli("cp", "-c", str(source), uftp.url("up.bin"), env=uftp.env))
+    ok(cli("cp", "-c", uftp.url("up.bin"), str(tmp_path / "down.bin"), env=uftp.env))
+    assert sha256(tmp_path / "down.bin") == sha256(source)
+    assert uftp.handle.log.total("HASH") == 2
+
+
+def test_resume_checksum_decides_by_content_not_size_and_time(cli, uftp, tmp_path):
+    """A destination of the right size and a newer time but other bytes: size and time say complete,
+    the hash says copy again; identical bytes are skipped without a transfer."""
+    source = write_random(uftp.local("data.bin"), 1 << 20)
+    copy = write_random(tmp_path / "data.bin", 1 << 20)
+    os.utime(copy, (os.path.getmtime(source) + 60,) * 2)
+    ok(cli("cp", "--resume", uftp.url("data.bin"), str(copy), env=uftp.env))
+    assert sha256(copy) != sha256(source), "the quick check should have skipped it"
+    ok(cli("cp", "--resume", "--checksum", uftp.url("data.bin"), str(copy), env=uftp.env))
+    assert sha256(copy) == sha256(source)
+    uftp.handle.log.reset()
+    ok(cli("cp", "--resume", "--checksum", uftp.url("data.bin"), str(copy), env=uftp.env))
+    assert uftp.handle.log.total("RETR") == 0 and uftp.handle.log.total("HASH") == 1
+
+
+def test_firecrest_copies_are_checked_by_its_own_checksum(cli, firecrest_server, tmp_path):
+    source = write_random(f"{firecrest_server.root}/data.bin", (1 << 20) + 5)
+    firecrest_server.log.reset()
+    ok(cli("cp", "--checksum", firecrest_server.plain_url("/data.bin"), str(tmp_path / "data.bin"),
+           env=firecrest_server.env))
+    assert sha256(tmp_path / "data.bin") == sha256(source)
+    assert firecrest_server.log.total(CHECKSUM) == 1 and firecrest_server.log.total(DOWNLOAD) == 1
