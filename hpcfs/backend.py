@@ -87,6 +87,7 @@ class Capabilities:
     fixed_levels: int = 0
     # Hash algorithms (hashlib names) the server computes over a file itself: `checksum` sends no bytes.
     checksums: Tuple[str, ...] = ()
+    server_copy: bool = False  # `copy` makes a file's copy on the server: no byte passes through hpcfs
 
     @property
     def publishes_by_rename(self) -> bool:
@@ -237,6 +238,10 @@ class Backend:
 
     def set_mtime(self, path: str, mtime: float) -> None:
         raise errors.NotSupported("setting times is not supported", path)
+
+    def copy(self, src: str, dst: str) -> None:
+        """A copy of the file ``src`` at ``dst`` (replaced if it exists), made by the server."""
+        raise errors.NotSupported("the server cannot copy", src)
 
     def checksum(self, path: str, algorithm: str) -> str:
         """The hex digest the server computes for the file, for an ``algorithm`` in ``capabilities.checksums``

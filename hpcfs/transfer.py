@@ -26,6 +26,7 @@ are skipped with a warning.  One file's failure does not stop the others: each i
 import errno
 import hashlib
 import io
+import logging
 import os
 import posixpath
 import re
@@ -45,6 +46,7 @@ from .backend import SYMLINK, normalize, read_exactly
 from .core.files import FileStream
 from .targets import Trees
 
+log = logging.getLogger("hpcfs.cp")
 CHUNK = 1 << 20
 # A big download from a server with ranged reads is fetched in ranges side by side, one per session:
 # about two ranges per session, within these bounds (one transfer's fixed cost is paid per range).
@@ -165,6 +167,7 @@ class Side:
     dirname: Callable[[str], str]
     basename: Callable[..., Any]  # os.path.basename or posixpath.basename (overloaded for any path-like)
     checksum: Callable[[str], str]  # the CHECKSUM of a file's content
+    copies_on_server = False  # copy_on_server works for two paths of this side
 
     def __init__(self) -> None:
         self.umask = current_umask()
@@ -173,6 +176,9 @@ class Side:
     def copy_mode(self, source_mode: int) -> int:
         """The permission bits a copy gets, as ``cp`` without ``-p``: the source's less the umask."""
         return source_mode & 0o777 & ~self.umask
+
+    def copy_on_server(self, job: "Job") -> None:
+        raise errors.NotSupported("no copies on the server here", job.destination)
 
     def partial(self, path: str) -> str:
         """Where an upload to ``path`` is written until it is complete (a fixed name: ``resume`` finds it)."""
@@ -551,6 +557,7 @@ class RemoteSide(Side):
         # Uploads go to a partial name where renaming is instant; they continue where writing at an offset works.
         self.renames_instantly = capabilities.rename == "instant"
         self.resumable = self.renames_instantly and capabilities.ranged_writes
+        self.copies_on_server = capabilities.server_copy  # within this tree
 
     @staticmethod
     def dirname(path: str) -> str:
@@ -647,6 +654,13 @@ class RemoteSide(Side):
     def set_mtime(self, path: str, mtime: float) -> None:
         """Where the server keeps times that a client sets (else nothing: the tree ignores it)."""
         self.remote_tree.set_mtime(path, mtime)
+
+    def copy_on_server(self, job: Job) -> None:
+        """The server copies the file itself (it keeps the source's mode and time); the copy's mode is then
+        set as for any copy, where the server has chmod."""
+        self.remote_tree.copy_on_server(job.source, job.destination)
+        if self.chmod:
+            self.remote_tree.chmod(job.destination, job.mode)
 
     def make_link(self, target: str, path: str) -> None:
         try:
@@ -901,11 +915,14 @@ def _copy_file(job, dest_side, rules: Rules, meter, stop):
             meter.skip(job.size, file_done=True)
             return
         meter.skip(offset)
-        reader = job.source_side.open_read(job.source, offset)
-        try:
-            dest_side.receive(job, reader, offset, meter, stop)
-        finally:
-            reader.close()
+        if _copied_on_server(job, dest_side):
+            meter.advance(job.size - offset)
+        else:
+            reader = job.source_side.open_read(job.source, offset)
+            try:
+                dest_side.receive(job, reader, offset, meter, stop)
+            finally:
+                reader.close()
         if rules.preserve:
             dest_side.set_mtime(job.destination, job.mtime)
         if rules.checksum:
@@ -914,6 +931,20 @@ def _copy_file(job, dest_side, rules: Rules, meter, stop):
         if job.kept is not None:  # claimed for resume but not continued (the source could not be read)
             os.close(job.kept.fd)
     meter.advance(0, file_done=True)
+
+
+def _copied_on_server(job: Job, dest_side) -> bool:
+    """Whether the server made the copy itself (source and destination in one tree whose server copies);
+    False where the bytes must pass through here."""
+    if job.source_side is not dest_side or not dest_side.copies_on_server:
+        return False
+    try:
+        dest_side.copy_on_server(job)
+    except errors.NotSupported as exc:
+        log.info("%s: not copied on the server (%s): streamed through here instead", job.destination, exc.strerror)
+        return False
+    log.info("%s: copied on the server, no bytes through here", job.destination)
+    return True
 
 
 def _same_content(job: Job, dest_side) -> bool:

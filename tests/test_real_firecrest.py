@@ -164,3 +164,12 @@ def test_sum_is_firecrests_own_checksum_and_equals_the_files(cluster):
     expected = [f"{sha256(Path(served, name).read_bytes())}  {url}/{name}" for name in ("small.bin", "big.bin")]
     assert printed.stdout.splitlines() == expected
     assert "ops/checksum" in printed.stderr and "ops/download" not in printed.stderr, "no bytes sent"
+
+
+def test_a_copy_within_the_system_is_made_by_firecrests_cp_job(cluster):
+    served, url, env = cluster
+    result = hpcfs("-v", "cp", f"{url}/small.bin", f"{url}/copy.bin", env=env)
+    assert sha256(Path(served, "copy.bin").read_bytes()) == sha256(Path(served, "small.bin").read_bytes())
+    assert "copied on the server" in result.stderr and "transfer/cp" in result.stderr, result.stderr
+    assert "ops/download" not in result.stderr and "ops/upload" not in result.stderr, "bytes went through hpcfs"
+    assert not [name for name in os.listdir(served) if "hpcfs-partial" in name]

@@ -4,6 +4,7 @@ It owns the metadata cache, the block cache, the whole-file cache and the open f
 front ends' calls into backend calls.  Paths here are absolute inside the tree the user opened (``/`` is
 the URL's path); the backend sees them joined onto ``root``.
 """
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -19,7 +20,7 @@ from .blocks import BlockCache
 from .files import RemoteFile
 from .metacache import MetadataCache
 from .options import CoreOptions
-from .upload import Uploader
+from .upload import Uploader, fresh_partial_name
 from .wholefile import WholeFileCache
 
 log = logging.getLogger("hpcfs.core")
@@ -267,6 +268,25 @@ class RemoteTree:
         self.meta.put(dst, dataclasses.replace(entry, name=split(dst)[1]))
         if entry.is_dir:
             self.meta.invalidate(dst)
+
+    def copy_on_server(self, src, dst):
+        """The file ``src`` copied to ``dst`` by the server (``capabilities.server_copy``): written under
+        ``dst``'s partial name, then renamed onto it, so a copy that fails half way replaces nothing."""
+        src, dst = normalize(src), normalize(dst)
+        self._require_writable(dst)
+        if self.stat(src).is_dir:
+            raise errors.IsADirectory("is a directory", src)
+        self._check_new_name(dst)
+        partial = fresh_partial_name(dst)
+        try:
+            self.backend.copy(self.remote_path(src), self.remote_path(partial))
+        except BaseException:
+            with contextlib.suppress(errors.HpcfsError):  # nothing in it can be continued
+                self.backend.remove(self.remote_path(partial))
+            raise
+        self.meta.invalidate(partial)
+        self.meta.invalidate_listing(split(partial)[0])
+        self.rename(partial, dst)
 
     def chmod(self, path, mode):
         """Change the permission bits; accepted and ignored where the server keeps none (see :meth:`_keeps`)."""

@@ -96,6 +96,7 @@ class FirecrestBackend(Backend):
             max_whole_read=None if self.streamer else self.direct_read_limit,
             max_upload=None if self.staging or self.streamer else self.max_ops,
             chmod=True, symlinks=True, set_mtime=False, checksums=("sha256",),  # ops/checksum: sha256sum
+            server_copy=True,
         )
         self._staged: Dict[str, _StagedCopy] = {}
         self._staged_lock = threading.Lock()
@@ -417,6 +418,13 @@ class FirecrestBackend(Backend):
             self._clear_target(source, dst)
             self._finish(self.client.mv(src, dst, self.account), "Files were successfully", src)
         self._forget(src, dst)
+
+    def copy(self, src: str, dst: str) -> None:
+        _refuse_mangled(src)
+        _refuse_mangled(dst)
+        with self.client.operation(src):
+            self._finish(self.client.cp(src, dst, self.account), "Files were successfully", src)
+        self._forget(dst)
 
     def _clear_target(self, source: Entry, dst: str):
         """Make ``mv`` behave as POSIX rename: it would move into a directory or a link to one."""

@@ -204,6 +204,13 @@ class FirecrestClient:
         reply = self.request("POST", self._fs("transfer", "mv"), source, expect=(201,), idempotent=False, json=body)
         return reply.json()["transferJob"]
 
+    def cp(self, source: str, target: str, account: Optional[str]) -> dict:
+        """``cp --force -R -d --preserve=all`` as a transfer job on the cluster."""
+        body = _with_account({"sourcePath": _addressable(source), "targetPath": _addressable(target),
+                              "dereference": False}, account)
+        reply = self.request("POST", self._fs("transfer", "cp"), source, expect=(201,), idempotent=False, json=body)
+        return reply.json()["transferJob"]
+
     def wait_for_job(self, job: dict, deadline: float, visibility_grace: float = 30.0,
                      work_done: Optional[Callable[[], bool]] = None) -> bool:
         """Poll ``/compute/{system}/jobs/{id}`` until the job ends (a new job may be unknown for a while):
