@@ -26,6 +26,7 @@ from typing import Optional, Set
 from . import errors
 from .backend import normalize
 from .core import open_tree
+from .oidc_agent import is_agent_spec
 from .registry import PROTOCOLS, protocol_for
 from .trusted import (
     HOLDS_CREDENTIALS, OTHERS_MAY_ACCESS, OTHERS_MAY_WRITE, read_secret_file, read_trusted,
@@ -103,16 +104,20 @@ def secret_names(scheme: Optional[str] = None) -> Set[str]:
 
 def refuse_secret_options(options, scheme=None):
     """Secrets never travel on the command line: other users see it in ``ps``.  A token named by
-    reference (``token=@FILE``, ``token=@@VARIABLE``) is fine."""
+    reference (``token=@FILE``, ``token=@@VARIABLE``, ``token=oidc-agent:ACCOUNT``) is fine."""
     secrets = secret_names(scheme)
     secret = sorted(name for name, value in options.items()
-                    if name in secrets and not (name == "token" and str(value).startswith("@")))
+                    if name in secrets and not (name == "token" and _token_reference(str(value))))
     if secret:
         raise errors.UsageError(
             f"do not put '{secret[0]}' on the command line (other users see it in 'ps'); "
             "use an environment variable or a profile"
         )
     check_token_file(options)
+
+
+def _token_reference(value: str) -> bool:
+    return value.startswith("@") or is_agent_spec(value)
 
 
 def check_token_file(options):

@@ -16,13 +16,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 from urllib.parse import urlsplit
 
 import jwt
 from jwt.utils import base64url_encode
 
-from .. import errors, net
+from .. import errors, net, oidc_agent
+from ..oidc_agent import AgentTokens
 from ..trusted import read_secret_file
 from .datastream import Transform
 
@@ -47,12 +48,17 @@ class Credential:
     """Produces the ``Authorization`` header; ``secrets`` are scrubbed from any server message."""
 
     kind = "none"
+    renewable = False  # whether a refused request is worth a replay after renew()
 
     def header(self) -> str:
         raise NotImplementedError
 
     def secrets(self):
         return ()
+
+    def renew(self, refused: str) -> None:
+        """The server refused the header ``refused`` as stale: the next ``header()`` brings a new one.  Only
+        for a ``renewable`` credential (a token source that can be asked again); the others would repeat it."""
 
     def __repr__(self):
         return f"<{self.kind} credential>"
@@ -84,6 +90,27 @@ class BearerCredential(Credential):
 
     def secrets(self):
         return (self._token,)
+
+
+class AgentCredential(Credential):
+    """Bearer tokens of an oidc-agent account (``token=oidc-agent:ACCOUNT``), asked again before they
+    expire and when a server refuses one."""
+
+    kind = "oidc-agent"
+
+    def __init__(self, account: str):
+        self.tokens = AgentTokens(account)
+
+    def header(self):
+        return "Bearer " + self.tokens.token()
+
+    def secrets(self):
+        return self.tokens.issued()
+
+    renewable = True
+
+    def renew(self, refused: str) -> None:
+        self.tokens.discard(refused[len("Bearer "):])
 
 
 class SSHKeyCredential(Credential):
@@ -262,6 +289,13 @@ def _agent_signed_jwt(payload: Dict[str, object], signer: AgentKeySigner) -> str
     return (signing_input + b"." + base64url_encode(signer.sign(signing_input))).decode("ascii")
 
 
+def token_credential(spec: str) -> Credential:
+    """The credential of a ``token`` option: ``oidc-agent:ACCOUNT``, else a token ``read_token`` reads."""
+    if oidc_agent.is_agent_spec(spec):
+        return AgentCredential(oidc_agent.account_of(spec))
+    return BearerCredential(read_token(spec))
+
+
 def read_token(spec: str) -> str:
     """A token given as a literal, ``@file`` or ``@@ENVVAR`` (pyunicore's convention)."""
     if spec.startswith("@@"):
@@ -327,10 +361,18 @@ class AuthClient:
         self._http.close()
 
     def _request(self, method: str, url: str, **kwargs) -> Dict:
-        headers = {"Authorization": self.credential.header(), "Accept": "application/json"}
-        # a GET is safe to repeat; a POST asks for a new secret, which the server may already have issued
-        response = net.send(self._http, method, url, idempotent=method == "GET", headers=headers,
+        sent: List[str] = []  # the Authorization of each try
+
+        def send() -> net.Response:
+            sent.append(self.credential.header())
+            headers = {"Authorization": sent[-1], "Accept": "application/json"}
+            # a GET is safe to repeat; a POST asks for a new secret, which the server may already have issued
+            return net.send(self._http, method, url, idempotent=method == "GET", headers=headers,
                             timeout=self.timeout, what=f"Auth server {method}", **kwargs)
+
+        # a 401 issued no secret, so even the POST is replayed once with a renewed token
+        response = net.renew_and_replay(send, (401,), lambda: self.credential.renew(sent[0]),
+                                        may_renew=lambda _: self.credential.renewable)
         with response:
             if response.status_code >= 400:
                 raise self._error(response)

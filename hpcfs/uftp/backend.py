@@ -24,7 +24,7 @@ from cachetools import LRUCache
 
 from .. import errors, net
 from ..backend import Backend, Capabilities, Entry, UploadSession, normalize, read_exactly, split
-from .auth import AuthClient, BasicCredential, BearerCredential, Grant, SSHKeyCredential, read_token
+from .auth import AuthClient, BasicCredential, Grant, SSHKeyCredential, token_credential
 from .listing import Features, facts_kind, facts_mode, is_child_name, parse_mlst_reply, parse_stat_reply
 from .options import UFTPOptions
 from .session import ControlSession, SecretRejected, SessionLost
@@ -676,7 +676,7 @@ def make_credential(settings: UFTPOptions):
     user and password (option, URL, ``UFTP_USER``/``UFTP_PASSWORD``)."""
     user, password = settings.user, settings.password
     if settings.token:
-        return BearerCredential(read_token(settings.token))
+        return token_credential(settings.token)
     if settings.identity:
         if not user:
             raise errors.UsageError("an identity needs a user name: uftp://USER@HOST... or UFTP_USER")

@@ -9,7 +9,8 @@ from ..options import BackendOptions, HTTPOptions, option, with_default
 class UFTPOptions(HTTPOptions, BackendOptions):
     user: Optional[str] = option(None, "the account", env="UFTP_USER")
     password: Optional[str] = option(None, "the account's password", env="UFTP_PASSWORD", secret=True)
-    token: Optional[str] = option(None, "a bearer token, `@FILE` or `@@VARIABLE`", env="UFTP_TOKEN", secret=True)
+    token: Optional[str] = option(None, "a bearer token, `@FILE`, `@@VARIABLE` or `oidc-agent:ACCOUNT`",
+                                    env="UFTP_TOKEN", secret=True)
     identity: Optional[str] = option(None, "SSH key file (relative: in `~/.uftp/`) or `SHA256:` fingerprint of a "
                                            "key in ssh-agent", env="UFTP_IDENTITY")
     encrypt: bool = option(False, "encrypt file data on the wire (AES-256, a key per secret, as `pyuftp -E`); "

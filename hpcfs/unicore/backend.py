@@ -15,7 +15,7 @@ from typing import BinaryIO, Callable, List, Optional, Tuple
 
 from .. import errors, net
 from ..backend import DIRECTORY, FILE, Backend, Capabilities, Entry, normalize
-from ..uftp.auth import BasicCredential, BearerCredential, Credential, read_token
+from ..uftp.auth import BasicCredential, Credential, token_credential
 from ..urls import ParsedURL
 from .client import UnicoreClient, iter_body
 from .options import UnicoreOptions
@@ -198,7 +198,7 @@ def split_storage_path(path: str) -> Tuple[str, str]:
 def make_credential(settings: UnicoreOptions) -> Credential:
     """A bearer token (``token``, ``UNICORE_TOKEN``), else user and password (URL, options, environment)."""
     if settings.token:
-        return BearerCredential(read_token(settings.token))
+        return token_credential(settings.token)
     if not settings.user:
         raise errors.UsageError("no UNICORE credentials: put the user in the URL (unicore://USER@HOST...) or set "
                                 "UNICORE_USER and UNICORE_PASSWORD, or give a token (UNICORE_TOKEN)")

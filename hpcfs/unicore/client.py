@@ -14,7 +14,7 @@ Errors carry ``{"errorMessage": ...}`` (Transport.check_error).  Credentials are
 (pyunicore.credentials), the same classes the UFTP Auth client sends, so UNICORE's two REST services share them.
 """
 import threading
-from typing import BinaryIO, Dict, Iterator, Optional, Union
+from typing import BinaryIO, Dict, Iterator, List, Optional, Union
 from urllib.parse import quote
 
 from .. import errors, net
@@ -119,11 +119,19 @@ class UnicoreClient:
     def _request(self, method: str, url: str, where: str, *, headers: Optional[dict] = None,
                  passthrough=(), replayable: bool = True, timeout: Optional[float] = None,
                  **arguments) -> net.Response:
-        sent = {"Accept": JSON, "Authorization": self.credential.header(), **(headers or {})}
-        # GETs only read; DELETE and PUT of the same path are idempotent too, POSTs (mkdir, rename) are not
-        response = net.send(self._session, method, url, idempotent=method in ("GET", "PUT", "DELETE"),
+        authorizations: List[str] = []  # the Authorization of each try
+
+        def send() -> net.Response:
+            authorizations.append(self.credential.header())
+            sent = {"Accept": JSON, "Authorization": authorizations[-1], **(headers or {})}
+            # GETs only read; DELETE and PUT of the same path are idempotent too, POSTs (mkdir, rename) are not
+            return net.send(self._session, method, url, idempotent=method in ("GET", "PUT", "DELETE"),
                             replayable=replayable, timeout=(10.0, timeout or self.timeout), path=where,
                             what=f"{method} {_shown(url, self.storage_url)}", headers=sent, **arguments)
+
+        # a 401 did nothing, so any request is replayed once with a renewed token -- one whose body can be sent again
+        response = net.renew_and_replay(send, (401,), lambda: self.credential.renew(authorizations[0]),
+                                        may_renew=lambda _: replayable and self.credential.renewable)
         if 200 <= response.status_code < 300 or response.status_code in passthrough:
             return response
         try:

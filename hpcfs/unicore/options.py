@@ -9,8 +9,8 @@ from ..options import BackendOptions, HTTPOptions, option
 class UnicoreOptions(HTTPOptions, BackendOptions):
     user: Optional[str] = option(None, "the account", env="UNICORE_USER")
     password: Optional[str] = option(None, "the account's password", env="UNICORE_PASSWORD", secret=True)
-    token: Optional[str] = option(None, "a bearer token, `@FILE` or `@@VARIABLE` (instead of user and password)",
-                                  env="UNICORE_TOKEN", secret=True)
+    token: Optional[str] = option(None, "a bearer token, `@FILE`, `@@VARIABLE` or `oidc-agent:ACCOUNT` (instead of "
+                                        "user and password)", env="UNICORE_TOKEN", secret=True)
     tls: Optional[bool] = option(None, "https (yes) or plain http (no: one warning, the password crosses the "
                                        "network in clear)", default_text="yes, except to loopback")
     parallel: int = option(4, "requests in flight at once", positive=True)
