@@ -42,7 +42,7 @@ def access_token(account: str, min_valid_period: int = MIN_VALID_PERIOD,
     """``(token, expires_at)`` for ``account``: a token valid at least ``min_valid_period`` more seconds,
     and when it expires (epoch seconds; None if the agent does not say)."""
     reply = _ask({"request": "access_token", "account": account, "min_valid_period": int(min_valid_period),
-                  "application_hint": "hpcfs"}, timeout)
+                  "application_hint": "hpcfs"}, timeout, _start_hint(account))
     if str(reply.get("status", "")).lower() != "success":
         raise errors.AuthenticationFailed(_failure_text(account, reply))
     token = reply.get("access_token")
@@ -58,9 +58,9 @@ def _failure_text(account: str, reply: Dict) -> str:
     return f"oidc-agent refused a token for account '{account}': {error}{hint}"
 
 
-def _ask(request: Dict, timeout: float) -> Dict:
+def _ask(request: Dict, timeout: float, start_hint: str) -> Dict:
     """One request on a new connection to the agent, and its JSON reply."""
-    path = _socket_path()
+    path = _socket_path(start_hint)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.settimeout(timeout)
         try:
@@ -71,18 +71,19 @@ def _ask(request: Dict, timeout: float) -> Dict:
             raise errors.TimedOut(f"oidc-agent at {path} did not answer within {timeout:g} s") from None
         except (FileNotFoundError, ConnectionRefusedError):
             raise errors.AuthenticationFailed(f"oidc-agent is not running at {path} (${SOCKET_VARIABLE}); "
-                                              f"{_START_HINT}") from None
+                                              f"{start_hint}") from None
         except OSError as exc:
             raise errors.Unavailable(f"cannot talk to oidc-agent at {path}: {exc.strerror or exc}") from None
 
 
-_START_HINT = "start it with: eval $(oidc-agent) and load the account with: oidc-add ACCOUNT"
+def _start_hint(account: str) -> str:
+    return f"start it with: eval $(oidc-agent) and load the account with: oidc-add {account}"
 
 
-def _socket_path() -> str:
+def _socket_path(start_hint: str) -> str:
     path = os.environ.get(SOCKET_VARIABLE)
     if not path:
-        raise errors.AuthenticationFailed(f"oidc-agent is not running (${SOCKET_VARIABLE} is not set); {_START_HINT}")
+        raise errors.AuthenticationFailed(f"oidc-agent is not running (${SOCKET_VARIABLE} is not set); {start_hint}")
     return path
 
 

@@ -91,3 +91,19 @@ def read_secret_file(path: str) -> str:
     trusted = read_trusted(path)
     trusted.require(HOLDS_CREDENTIALS, OTHERS_MAY_ACCESS)
     return trusted.text.strip()
+
+
+def read_token(spec: str) -> str:
+    """A token given as a literal, ``@file`` or ``@@ENVVAR`` (pyunicore's convention)."""
+    if spec.startswith("@@"):
+        value = os.environ.get(spec[2:])
+        if not value:
+            raise errors.UsageError(f"the token variable {spec[2:]} is not set")
+        return value.strip()
+    if spec.startswith("@"):
+        path = os.path.expanduser(spec[1:])
+        try:
+            return read_secret_file(path)  # checked on the descriptor it is read from
+        except OSError as exc:
+            raise errors.UsageError(f"cannot read the token file {path}: {exc.strerror}") from None
+    return spec

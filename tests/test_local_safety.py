@@ -15,7 +15,7 @@ from hpcfs import errors, targets, trusted
 from hpcfs.cli import hpcfs_command
 from hpcfs.frontends.fsspec import HpcfsFileSystem
 from hpcfs.mounts import is_mounted
-from hpcfs.uftp.auth import read_token
+from hpcfs.trusted import read_token
 from mounting import sha256_file, write_random
 from test_cli import cli, isolated, ok, one_line_error, private_file, uftp, write_config  # noqa: F401 (fixtures)
 

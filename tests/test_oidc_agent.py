@@ -221,7 +221,7 @@ def test_no_agent_running_says_how_to_start_one(monkeypatch, tmp_path):
     with pytest.raises(errors.AuthenticationFailed, match=r"OIDC_SOCK is not set.*eval \$\(oidc-agent\)"):
         oidc_agent.access_token(ACCOUNT)
     monkeypatch.setenv("OIDC_SOCK", str(tmp_path / "gone.sock"))
-    with pytest.raises(errors.AuthenticationFailed, match=r"not running at .*gone.sock.*oidc-add ACCOUNT"):
+    with pytest.raises(errors.AuthenticationFailed, match=rf"not running at .*gone.sock.*oidc-add {ACCOUNT}"):
         oidc_agent.access_token(ACCOUNT)
 
 

@@ -6,9 +6,18 @@ remain.  There is no refresh token in this flow: a new token is simply requested
 """
 import threading
 import time
-from typing import Optional
+from typing import Optional, Protocol
 
-from .. import errors, net
+from .. import errors, net, oidc_agent
+from ..trusted import read_token
+
+
+class TokenSource(Protocol):
+    """Where the client's bearer tokens come from."""
+
+    def token(self) -> str: ...
+
+    def discard(self, token: str) -> None: ...
 
 
 class ClientCredentials:
@@ -60,6 +69,29 @@ class ClientCredentials:
             raise errors.ProtocolError(f"token endpoint {self.token_url} sent no access_token") from None
         self._fresh_until = started + lifetime - min(self._margin, 0.75 * lifetime)
         return token
+
+
+class FixedToken:
+    """A bearer token the user gave (``token=@FILE``, ``@@VARIABLE``): nothing to renew when it is refused."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __repr__(self):
+        return "FixedToken()"
+
+    def token(self) -> str:
+        return self._token
+
+    def discard(self, token: str) -> None:
+        pass
+
+
+def token_source(spec: str) -> TokenSource:
+    """The tokens of a ``token`` option: from oidc-agent (``oidc-agent:ACCOUNT``), else the one given."""
+    if oidc_agent.is_agent_spec(spec):
+        return oidc_agent.AgentTokens(oidc_agent.account_of(spec))
+    return FixedToken(read_token(spec))
 
 
 def _oauth_error(reply: net.Response) -> str:

@@ -36,7 +36,7 @@ from .. import errors, net
 from ..backend import DIRECTORY, FILE, SYMLINK, Backend, Capabilities, Entry, UploadSession, normalize, split
 from ..urls import ParsedURL
 from . import streamer
-from .auth import ClientCredentials
+from .auth import ClientCredentials, TokenSource, token_source
 from .client import QUOTE_REFUSAL, FirecrestClient, StagingExpired, error_from_message
 from .options import FirecrestOptions
 from .listing import decode_name, entry_from_file, entry_from_stat
@@ -461,9 +461,15 @@ class FirecrestBackend(Backend):
     # -- lifecycle ------------------------------------------------------------------------------------
     def describe(self) -> dict:
         return {"protocol": "firecrest", "api": self.client.api_url, "system": self.client.system,
-                "server_version": self.client.server_version, "client_id": self.client.auth.client_id,
-                "token_url": self.client.auth.token_url, "max_ops_file_size": self.max_ops,
+                "server_version": self.client.server_version, **self._credential_facts(),
+                "max_ops_file_size": self.max_ops,
                 "staging": self._large_file_path() or self._no_staging(), "file_systems": self.file_systems}
+
+    def _credential_facts(self) -> dict:
+        auth = self.client.auth
+        if isinstance(auth, ClientCredentials):
+            return {"client_id": auth.client_id, "token_url": auth.token_url}
+        return {"credential": repr(auth)}  # a token's source, never the token
 
     def _large_file_path(self) -> Optional[str]:
         """How files above the direct limits travel: "s3" (staged), "streamer" (websocket), or not at all."""
@@ -552,16 +558,26 @@ REQUIRED = (("api_url", "FIRECREST_URL", "API URL"), ("token_url", "AUTH_TOKEN_U
             ("client_secret", "FIRECREST_CLIENT_SECRET", "client secret"))
 
 
-def _required_settings(settings: FirecrestOptions) -> Tuple[str, str, str, str]:
-    """API URL, token URL, client id and secret, in that order, or one line saying which is missing."""
+def _authentication(settings: FirecrestOptions, session) -> Tuple[str, TokenSource, str]:
+    """``(API URL, token source, who)``: a ``token`` option's tokens, else client credentials; ``who`` keys
+    the budget of requests in flight this account shares with the user's other processes."""
+    if settings.token:
+        api_url = _required_settings(settings, REQUIRED[:1])[0]
+        source = token_source(settings.token)
+        return api_url, source, repr(source)
+    api_url, token_url, client_id, client_secret = _required_settings(settings, REQUIRED)
+    return api_url, ClientCredentials(token_url, client_id, client_secret, session, settings.timeout), client_id
+
+
+def _required_settings(settings: FirecrestOptions, required) -> List[str]:
+    """The ``required`` settings' values, or one line saying which is missing."""
     values = []
-    for name, env, what in REQUIRED:
+    for name, env, what in required:
         value = getattr(settings, name)
         if not value:
             raise errors.UsageError(f"FirecREST {what} missing: set {env} (or the {name}= option)")
         values.append(str(value))
-    api_url, token_url, client_id, client_secret = values
-    return api_url, token_url, client_id, client_secret
+    return values
 
 
 def _refuse_for_streamer_job(path: str):
@@ -574,11 +590,10 @@ def backend_from_url(url: ParsedURL, settings: FirecrestOptions):
     """``(FirecrestBackend, root)`` for ``firecrest://SYSTEM/path``; asks ``/status/systems`` for the limits."""
     if not url.host:
         raise errors.UsageError("firecrest:// URL without a system name (expected firecrest://SYSTEM/path)")
-    api_url, token_url, client_id, client_secret = _required_settings(settings)
     session = net.new_session(settings.verify, settings.ca_file, pool_size=max(8, 2 * settings.parallel))
-    auth = ClientCredentials(token_url, client_id, client_secret, session, settings.timeout)
+    api_url, auth, who = _authentication(settings, session)
     client = FirecrestClient(api_url, url.host.lower(), auth, session, settings.timeout,
-                             in_flight=net.request_budget(api_url, client_id))
+                             in_flight=net.request_budget(api_url, who))
     try:
         tz = _timezone(settings.tz) if settings.tz else None
         with client.operation():  # the system list and its limits are server data too

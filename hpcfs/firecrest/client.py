@@ -14,7 +14,7 @@ import uuid
 from typing import BinaryIO, Callable, List, Optional, Tuple
 
 from .. import errors, net
-from .auth import ClientCredentials
+from .auth import TokenSource
 from .listing import malformed_data
 
 TERMINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -67,7 +67,7 @@ class FirecrestClient:
     process of the user on the machine: FirecREST runs each filesystem call over SSH as the account's user,
     and answers 424 when no SSH channel is free.  The client closes it."""
 
-    def __init__(self, api_url: str, system: str, auth: ClientCredentials, session, timeout: float = 60.0,
+    def __init__(self, api_url: str, system: str, auth: TokenSource, session, timeout: float = 60.0,
                  in_flight: Optional[net.SlotBudget] = None):
         self.api_url = api_url.rstrip("/")
         self.system = system

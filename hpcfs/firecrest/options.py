@@ -15,6 +15,9 @@ class FirecrestOptions(HTTPOptions, BackendOptions):
     client_id: Optional[str] = option(None, "your API client", env="FIRECREST_CLIENT_ID", aliases=("user",))
     client_secret: Optional[str] = option(None, "its secret", env="FIRECREST_CLIENT_SECRET", secret=True,
                                           aliases=("password",))
+    token: Optional[str] = option(None, "a bearer token instead of client credentials: `oidc-agent:ACCOUNT` (asked "
+                                        "of a running oidc-agent), `@FILE` or `@@VARIABLE`", env="FIRECREST_TOKEN",
+                                  secret=True)
     parallel: int = option(8, "requests or data sessions in flight at once", positive=True,
                            aliases=("max_parallel",))
     tz: Optional[str] = option(None, "the cluster's time zone when it differs from yours, e.g. `Europe/Zurich`",

@@ -24,7 +24,7 @@ from jwt.utils import base64url_encode
 
 from .. import errors, net, oidc_agent
 from ..oidc_agent import AgentTokens
-from ..trusted import read_secret_file
+from ..trusted import read_token
 from .datastream import Transform
 
 if TYPE_CHECKING:
@@ -294,22 +294,6 @@ def token_credential(spec: str) -> Credential:
     if oidc_agent.is_agent_spec(spec):
         return AgentCredential(oidc_agent.account_of(spec))
     return BearerCredential(read_token(spec))
-
-
-def read_token(spec: str) -> str:
-    """A token given as a literal, ``@file`` or ``@@ENVVAR`` (pyunicore's convention)."""
-    if spec.startswith("@@"):
-        value = os.environ.get(spec[2:])
-        if not value:
-            raise errors.UsageError(f"the token variable {spec[2:]} is not set")
-        return value.strip()
-    if spec.startswith("@"):
-        path = os.path.expanduser(spec[1:])
-        try:
-            return read_secret_file(path)  # checked on the descriptor it is read from
-        except OSError as exc:
-            raise errors.UsageError(f"cannot read the token file {path}: {exc.strerror}") from None
-    return spec
 
 
 # -- the REST call -------------------------------------------------------------------------------------
