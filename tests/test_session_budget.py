@@ -4,12 +4,17 @@
 Against the local UFTP server, which counts jobs and sessions per user as UFTPD does (an ended session
 counts until the next 5 s reap) and records its high-water mark and every "Too many active sessions" it
 answers.  The tests assert those: the server never had to refuse anyone, so nobody relied on retries."""
+import contextlib
 import logging
 import os
+import random
 import signal
 import stat
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import fs
@@ -17,6 +22,7 @@ import pytest
 
 from fixtures_uftp import UFTP_USER, UFTPHandle
 from hpcfs.servers.uftp import UFTPServer
+from hpcfs.uftp import backend as uftp_backend
 from hpcfs.urls import open_backend
 from mounting import CREDENTIAL_VARIABLES, HPCFS, sha256_file, write_random
 
@@ -177,3 +183,138 @@ def test_max_sessions_sets_the_budget(uftp_server, runtime_dir):
         assert description["session_budget"] == 3 and description["sessions"] == 2  # the keeper takes one
     finally:
         backend.close()
+
+
+# -- giving back what a process grew into -------------------------------------------------------------------
+def slots_held(runtime_dir, pid=None) -> int:
+    """Slots of the one budget in ``runtime_dir`` whose file says they are held (by ``pid``, if given)."""
+    budget, = (runtime_dir / "hpcfs").iterdir()
+    words = [slot.read_bytes().split() for slot in budget.iterdir()]
+    return sum(1 for word in words if word[:1] == [b"held"] and (pid is None or word[1:] == [str(pid).encode()]))
+
+
+def sessions_open(server) -> int:
+    """Sessions logged in at the local server and not ended (an ended one counts against its limit until the
+    next reap, but is not open)."""
+    with server._lock:
+        return sum(not ended.is_set() for job in server.jobs.values() for ended in job.sessions)
+
+
+def eventually(check, what, seconds=60.0):
+    """Wait for ``check()`` to hold, up to a generous bound: what is tested is that it happens."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def sessions_held(backend, files):
+    """Reads of every file of ``files`` ({path: content}) at once, each holding its session until the ``with``
+    block ends (a barrier in the middle of its transfer): the pool grows to one worker per file.  The bytes
+    are checked on leaving."""
+    arrived, go = threading.Barrier(len(files) + 1, timeout=60), threading.Event()
+
+    def read(path):
+        pieces = []
+
+        def deliver(piece):
+            if not pieces:
+                arrived.wait()
+                go.wait(60)
+            pieces.append(bytes(piece))
+
+        backend.read_pieces(path, 0, len(files[path]), 64 << 10, deliver)
+        return b"".join(pieces)
+
+    with ThreadPoolExecutor(len(files)) as pool:
+        reads = {path: pool.submit(read, path) for path in files}
+        try:
+            arrived.wait()
+            yield
+        finally:
+            go.set()
+        for path, done in reads.items():
+            assert done.result(60) == files[path], path
+
+
+def test_a_process_started_later_gets_the_sessions_another_grew_into(tmp_path, runtime_dir):
+    """Process A (this one) reads 13 files at once and grows to the whole budget (14 of 16: its keeper and 13
+    workers); B, an ``hpcfs cp`` started while A holds them all, waits.  Once A is idle, its pool closes the
+    workers beyond its first and gives their slots back: B gets two as soon as UFTPD has reaped those sessions
+    (IDLE_CLOSE + REAP_GRACE), inside its timeout, and copies every byte.  A keeps its keeper and one worker
+    and grows again when it reads again.  Before pools gave back sessions, B waited its 30 s and failed."""
+    handle = limited_server(tmp_path, 16)
+    try:
+        files = {f"/a{i}.bin": random.Random(i).randbytes(256 << 10) for i in range(13)}
+        for path, data in files.items():
+            with open(os.path.join(handle.root, path[1:]), "wb") as out:
+                out.write(data)
+        served = write_random(os.path.join(handle.root, "b.bin"), (5 << 20) + 4099)
+        env = {name: value for name, value in os.environ.items() if name not in CREDENTIAL_VARIABLES}
+        env.update(handle.env, XDG_CONFIG_HOME=str(tmp_path / "config"))
+        copied = str(tmp_path / "b.bin")
+        a, _ = open_backend(handle.url("/"), parallel="13")
+        try:
+            assert a.capabilities.max_parallel == 13 and a.session_budget == 14
+            with sessions_held(a, files):
+                assert slots_held(runtime_dir, os.getpid()) == 14 and sessions_open(handle.server) == 14
+                b = subprocess.Popen(HPCFS + ["--verbose", "cp", handle.plain_url("/b.bin"), copied], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                seen = []
+                for line in b.stderr:  # ends when B exits: then the assertion below says why
+                    seen.append(line)
+                    if "waiting for 2 of the 14 UFTP sessions" in line:
+                        break
+                assert "waiting for" in seen[-1], "".join(seen)[-3000:]
+            # A is idle from here on; B still waits
+            _, rest = b.communicate(timeout=120)
+            assert b.returncode == 0, ("".join(seen) + rest)[-3000:]
+            assert sha256_file(copied) == sha256_file(served)
+            eventually(lambda: slots_held(runtime_dir, os.getpid()) == 2 and sessions_open(handle.server) == 2,
+                       "A down to its keeper and one worker")
+            with sessions_held(a, dict(list(files.items())[:4])):
+                assert slots_held(runtime_dir, os.getpid()) == 5
+        finally:
+            a.close()
+        never_refused(handle, 16)
+    finally:
+        handle.server.stop()
+
+
+def test_the_idle_reaper_never_closes_a_session_in_use(tmp_path, runtime_dir, monkeypatch):
+    """Workers idle for 5 ms are closed, and sixteen threads pause about that long between requests, so the
+    reaper and ``acquire`` keep reaching for the same idle sessions, and the pool shrinks and grows again
+    all the time (the server's limit is high, so that slots cooling after a close do not stop it growing).
+    MKD is never retried: a session closed under it would fail it.  Once all are idle the pool is down to
+    its keeper and one worker, and stays there.  (A reaper that closed a session before taking it out of the
+    idle list under the lock failed this test.)"""
+    monkeypatch.setattr(uftp_backend, "IDLE_CLOSE", 0.005)
+    handle = limited_server(tmp_path, 1000)
+    try:
+        backend, _ = open_backend(handle.url("/"), parallel="8")
+        try:
+            def work(index):
+                rng = random.Random(index)
+                names = [f"d-{uuid.uuid4().hex[:8]}" for _ in range(100)]
+                for name in names:
+                    backend.mkdir(f"/{name}")
+                    time.sleep(rng.uniform(0, 2 * uftp_backend.IDLE_CLOSE))
+                return names
+
+            with ThreadPoolExecutor(16) as pool:
+                made = [name for names in pool.map(work, range(16)) for name in names]
+            assert sorted(made) == sorted(os.listdir(handle.root))
+            closed = handle.log.snapshot()["QUIT"]
+            assert closed > backend.capabilities.max_parallel  # closed while the threads worked, and grown again
+            eventually(lambda: slots_held(runtime_dir) == 2 and sessions_open(handle.server) == 2,
+                       "the pool down to its keeper and one worker")
+            time.sleep(20 * uftp_backend.IDLE_CLOSE)  # many reaper periods: it never goes below one worker
+            assert slots_held(runtime_dir) == 2 and sessions_open(handle.server) == 2
+            assert backend._pool._reaper is None  # its thread ended with nothing left to give back
+            assert len(backend.list("/")) == len(made)
+        finally:
+            backend.close()
+        never_refused(handle, 1000)
+    finally:
+        handle.server.stop()

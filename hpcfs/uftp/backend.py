@@ -13,6 +13,7 @@
   reaches past it asks the size first, because UFTPD announces ``b-a`` bytes even past the end of file and
   then never ends the transfer on a kept-alive data connection.
 """
+import logging
 import os
 import posixpath
 import secrets
@@ -39,11 +40,19 @@ BUSY_WAIT = 10.0  # how long "500 Too many active sessions" is retried (UFTPD re
 # UFTPD's cleanup thread reaps ended sessions every 5 s (UFTPD.py ``cleanup``): a session counts against the
 # limit for up to 5 s after it ended, so its slot waits that long and a second more for a loaded server.
 REAP_GRACE = 6.0
+# A worker session beyond a pool's first that sat idle this long is closed and its slot given back, so that
+# another process can grow into it (or start: one that finds every slot taken gets two IDLE_CLOSE +
+# REAP_GRACE = 11 s after the others went idle, well inside the default timeout).  Not shorter: a closed
+# session's slot serves nobody for REAP_GRACE, so closing a session the pool wants again within seconds (a
+# Dask task's computing between two reads, a reader's pause) would cost a login and leave the budget no
+# richer meanwhile.  UFTPD's reap period, 5 s: a pool pauses less than that without giving anything back.
+IDLE_CLOSE = 5.0
 SECRET_LIFETIME = 300.0  # UFTPD counts a secret nobody logged in with until it expires (``_REQUEST_LIFETIME``)
 UFTPD_LIMIT = 16  # UFTPD's MAX_CONNECTIONS by default, when the Auth server does not say
 SESSION_MARGIN = 2  # sessions of the limit left to the user's other tools (uftp, pyuftp, another machine)
 SIZE_HINTS = 4096
 T = TypeVar("T")
+log = logging.getLogger("hpcfs.uftp")
 
 
 # "500 Too many active sessions" is retried with jittered back-off: closed sessions count until UFTPD reaps them
@@ -63,7 +72,13 @@ class SessionPool:
     Every session holds a slot of ``budget`` (the sessions this user's hpcfs processes on this machine share;
     the pool closes it): the keeper's and the first worker's are taken together before the first
     authentication, waiting for them up to ``timeout``; a further worker logs in only on a slot free at once,
-    else the pool makes do with the sessions it has.  ``what`` names the sessions in log lines."""
+    else the pool makes do with the sessions it has.  ``what`` names the sessions in log lines.
+
+    The pool gives back what it grew into: while it has more than one worker, a reaper thread closes the
+    workers that sat idle ``IDLE_CLOSE`` seconds, oldest first, down to one, and releases their slots (which
+    then cool for ``REAP_GRACE``).  The keeper and one worker (or its slot) stay till close.  A session is
+    either idle in the pool or lent out, and the reaper takes it out of the idle list under the pool's lock
+    before closing it, so ``acquire`` never hands out a session the reaper closes."""
 
     def __init__(self, auth: AuthClient, base_dir: str, size: int, timeout: float, budget: net.SlotBudget,
                  what: str):
@@ -72,9 +87,12 @@ class SessionPool:
         self.size = size
         self.timeout = timeout
         self._cond = threading.Condition()
-        self._idle: List[ControlSession] = []
+        self._idle: List[Tuple[float, ControlSession]] = []  # (monotonic time it came back, session), oldest first
         self._live = 0  # sessions idle or handed out, or logging in (the keeper not counted)
         self._closed = False
+        self.idle_close = IDLE_CLOSE
+        self._reaper: Optional[threading.Thread] = None  # runs while the pool has more than one worker
+        self._closing = threading.Event()  # wakes the reaper at close
         self._renew_lock = threading.Lock()
         # (grant, generation), replaced as one so readers see a matching pair
         self._current: Tuple[Optional[Grant], int] = (None, 0)
@@ -177,13 +195,16 @@ class SessionPool:
                 if self._closed:
                     raise errors.Unavailable("the UFTP backend is closed")
                 while self._idle:
-                    session = self._idle.pop()
+                    _, session = self._idle.pop()  # the most recently used: the reaper takes the oldest
                     if session.idle_and_sound():
                         return session
                     session.close()
                     self._dropped()
                 if self._live < self.size and self._slot_for_login():
                     self._live += 1
+                    if self._live > 1 and self._reaper is None:
+                        self._reaper = threading.Thread(target=self._reap_idle, name="hpcfs-uftp-idle", daemon=True)
+                        self._reaper.start()
                     return None
                 # Every session in use comes back: each of its socket operations is bounded by the timeout.  A
                 # pool with no slot to spare has one in use: the first worker's slot is kept till close.
@@ -203,10 +224,38 @@ class SessionPool:
         if self._closed or len(self._worker_slots) > 1:
             self._worker_slots.pop().release()
 
+    def _reap_idle(self):
+        """The reaper's thread: close the workers beyond the first that sat idle ``idle_close`` seconds and
+        give back their slots, until the pool is down to one worker or closed (growing again starts a new
+        reaper).  A session leaves the idle list, and its slot the pool, under the lock, so ``acquire`` can
+        no longer see either; then the session is closed, and only then its slot released: the slot's
+        cooling starts once the server has the session's end."""
+        while True:
+            with self._cond:
+                if self._closed or self._live <= 1:
+                    self._reaper = None
+                    return
+                now = time.monotonic()
+                # the oldest first, so those due are the list's start: never the last worker
+                due = [idle for idle in self._idle[:self._live - 1] if now - idle[0] >= self.idle_close]
+                del self._idle[:len(due)]
+                self._live -= len(due)
+                slots = [self._worker_slots.pop() for _ in due]
+                pause = self.idle_close - (now - self._idle[0][0]) if self._idle else self.idle_close
+            for _, session in due:
+                session.close()
+            for slot in slots:
+                slot.release()
+            if due:
+                log.debug("closed %d UFTP session(s) idle for %g s and gave back their slots", len(due),
+                          self.idle_close)
+            else:
+                self._closing.wait(pause)  # set at close: the next round ends the reaper
+
     def release(self, session: ControlSession):
         with self._cond:
             if not session.broken and not self._closed:
-                self._idle.append(session)
+                self._idle.append((time.monotonic(), session))
                 self._cond.notify()
                 return
         session.close()
@@ -222,8 +271,9 @@ class SessionPool:
         still lent out gives back its slot when it is returned."""
         with self._cond:
             self._closed = True
-            idle, self._idle = self._idle, []
+            idle, self._idle = [session for _, session in self._idle], []
             self._cond.notify_all()
+        self._closing.set()
         for session in idle + [self._keeper]:
             if session is not None:
                 session.close()
