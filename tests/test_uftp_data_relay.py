@@ -130,8 +130,9 @@ def first_byte_seconds(wire, port: int) -> float:
 
 
 def test_relayed_data_waits_the_one_way_delay(peer, data_ports, tmp_path):  # noqa: F811
-    """The first byte of a RETR through a 50 ms relay comes no sooner than 50 ms after the command; straight
-    from the server it comes well before (the command itself is not delayed here)."""
+    """The first byte of a RETR through a 50 ms relay comes no sooner than 50 ms after the command (a lower
+    bound, whatever the load); the direct connection did not pass the relay.  How fast the direct one is
+    depends on the machine's load, so it is not compared (a loaded CI machine took 91 ms)."""
     proxy = relay(data_ports, tmp_path, delay_ms=50, window=DATA_RELAY_WINDOW)
     try:
         wire = login(peer)
@@ -140,7 +141,8 @@ def test_relayed_data_waits_the_one_way_delay(peer, data_ports, tmp_path):  # no
         relayed = first_byte_seconds(wire, advertised_port(wire.one("EPSV")))
     finally:
         proxy.stop()
-    assert relayed >= 0.050 > direct
+    assert relayed >= 0.050 and direct > 0
+    assert (tmp_path / "relay.log").read_text().count(": relaying") == 1  # the second connection only
 
 
 def test_the_relay_window_allows_one_window_per_round_trip(peer, data_ports, tmp_path):  # noqa: F811

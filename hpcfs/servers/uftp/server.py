@@ -195,6 +195,9 @@ class UFTPServer:
             algo=algo,
             compress=request.get("compress", "false").lower() == "true",
         )
+        # what the grant's data connections do, counted (jobs themselves are reaped once their sessions end)
+        cipher = algo if job.key is not None else "plain"
+        self.log.record(f"job data {cipher}{' gzip' if job.compress else ''}")
         with self._lock:
             if self.user_counts.get(user, 0) >= limit:
                 self.log.record("too-many", user)
