@@ -98,22 +98,22 @@ class FirecrestClient:
                 idempotent: bool = True, timeout=None, **kwargs) -> net.Response:
         """One API call.  ``path`` names the file in errors; ``idempotent`` allows repeating a time-out."""
         extra_headers = kwargs.pop("headers", {})
-        for renewed in (False, True):
-            token = self.auth.token()
-            headers = {"Authorization": f"Bearer {token}", "X-Request-ID": str(uuid.uuid4()),
+        used = []  # the token of each try: a 401 discards the one it refused
+
+        def send() -> net.Response:
+            used.append(self.auth.token())
+            headers = {"Authorization": f"Bearer {used[-1]}", "X-Request-ID": str(uuid.uuid4()),
                        "X-Correlation-ID": _correlation.get() or str(uuid.uuid4()), **extra_headers}
             response = net.send(self.session, method, f"{self.api_url}{endpoint}", idempotent=idempotent,
                                 timeout=timeout or self.timeout, path=path, what=f"{method} {endpoint}",
                                 budget=self.in_flight, headers=headers, **kwargs)
             self.server_version = response.headers.get("F7T-AppVersion", self.server_version)
-            if response.status_code == 401 and not renewed:
-                response.close()
-                self.auth.discard(token)
-                continue
-            if response.status_code in expect:
-                return response
-            raise error_from_response(response, path)
-        raise AssertionError("unreachable: the renewed try returns or raises")
+            return response
+
+        response = net.renew_and_replay(send, (401,), lambda: self.auth.discard(used[-1]))
+        if response.status_code in expect:
+            return response
+        raise error_from_response(response, path)
 
     def _fs(self, kind: str, operation: str) -> str:
         return f"/filesystem/{self.system}/{kind}/{operation}"
