@@ -243,12 +243,7 @@ class EMClient:
         with self._lock:
             send = functools.partial(self._send, method, endpoint, where, body=body, timeout=timeout, **arguments)
             response = net.renew_and_replay(lambda: self._until_not_busy(send, where), (401,), self._login)
-            if 200 <= response.status_code < 300 or response.status_code in passthrough:
-                return response
-            try:
-                raise self._failure(response, where)
-            finally:
-                response.close()
+            return net.accepted(response, lambda failed: self._failure(failed, where), passthrough)
 
     def _send(self, method, endpoint, where, *, body=None, timeout=None, authenticate=True, **arguments):
         headers = {}

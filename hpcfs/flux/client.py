@@ -97,12 +97,7 @@ class FluxClient:
         """One exchange; after a 401 (no token yet) or 403 (token expired), one token exchange and a repeat."""
         response = net.renew_and_replay(lambda: self._send(method, endpoint, where, **arguments), (401, 403),
                                         lambda: self._exchange_token(where), self._can_authenticate)
-        if 200 <= response.status_code < 300:
-            return response
-        try:
-            raise self._failure(response, where)
-        finally:
-            response.close()
+        return net.accepted(response, lambda failed: self._failure(failed, where))
 
     def _can_authenticate(self, response: net.Response) -> bool:
         return (response.status_code == 403 and self._bearer is not None) or "www-authenticate" in response.headers

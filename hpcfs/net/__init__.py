@@ -10,8 +10,8 @@ from .errors import STREAM_ERRORS, error_for_status, server_of, transport_error
 from .pacer import Schedule, Verdict, retry, until
 from .policy import Policy, request_budget, send, set_policy
 from .renewal import renew_and_replay
-from .session import (UNREADABLE_JSON, RequestException, Response, iter_chunks, json_body, new_session, parse_verify,
-                      stream_into)
+from .session import (UNREADABLE_JSON, RequestException, Response, accepted, iter_chunks, json_body, new_session,
+                      parse_verify, stream_into)
 from .slots import Slot, SlotBudget
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
                       "Slot",
                       "SlotBudget",
                       "Verdict",
+                      "accepted",
                       "base_url",
                       "error_for_status",
                       "http_scheme",

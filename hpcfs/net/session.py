@@ -7,7 +7,7 @@ override a session's own ``verify``; these sessions pass theirs with every reque
 for wins.
 """
 import os
-from typing import Any, BinaryIO, Iterator, Optional, Union
+from typing import Any, BinaryIO, Callable, Collection, Iterator, Optional, Union
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -57,6 +57,18 @@ def new_session(verify: Optional[Union[bool, str]] = None, ca_file: Optional[str
 
 Response = requests.Response
 RequestException = requests.RequestException
+
+
+def accepted(response: requests.Response, failure: Callable[[requests.Response], Exception],
+             passthrough: Collection[int] = ()) -> requests.Response:
+    """``response`` when it is a success (2xx, or a status in ``passthrough`` the caller handles itself);
+    else it is closed and the protocol's ``failure(response)`` is raised."""
+    if 200 <= response.status_code < 300 or response.status_code in passthrough:
+        return response
+    try:
+        raise failure(response)
+    finally:
+        response.close()
 
 
 UNREADABLE_JSON = (ValueError, RecursionError)  # not JSON at all, or nested deeper than the parser goes

@@ -132,12 +132,7 @@ class UnicoreClient:
         # a 401 did nothing, so any request is replayed once with a renewed token -- one whose body can be sent again
         response = net.renew_and_replay(send, (401,), lambda: self.credential.renew(authorizations[0]),
                                         may_renew=lambda _: replayable and self.credential.renewable)
-        if 200 <= response.status_code < 300 or response.status_code in passthrough:
-            return response
-        try:
-            raise self._failure(response, where)
-        finally:
-            response.close()
+        return net.accepted(response, lambda failed: self._failure(failed, where), passthrough)
 
     def _failure(self, response: net.Response, where: str) -> errors.HpcfsError:
         try:
