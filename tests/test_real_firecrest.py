@@ -24,6 +24,10 @@ from mounting import hpcfs, mounted
 
 pytestmark = pytest.mark.timeout(300)
 MIB = 1 << 20
+# An ops/download the server had been asked for would answer only after its command timeout (408); the
+# error itself (EFBIG, "no staging") shows hpcfs refused up front, and it comes before that timeout, however
+# loaded the machine (a loaded CI run took 3.1 s, from the CLI's start).
+COMMAND_TIMEOUT = float(os.environ.get("HPCFS_PEERS_FIRECREST_CMD_TIMEOUT", "5"))
 CONNECTION = ("FIRECREST_URL", "AUTH_TOKEN_URL", "FIRECREST_CLIENT_ID", "FIRECREST_CLIENT_SECRET")
 
 
@@ -70,7 +74,7 @@ def test_read_above_the_download_limit_fails_fast_with_efbig(cluster):
         with pytest.raises(OSError) as refused:
             remote.readbytes("big.bin")
         elapsed = time.monotonic() - started
-    assert elapsed < 2, f"the refusal took {elapsed:.1f} s"
+    assert elapsed < COMMAND_TIMEOUT, f"the refusal took {elapsed:.1f} s"
     message = str(refused.value)
     assert "3932157 bytes" in message and "no staging" in message, message
 
@@ -83,7 +87,7 @@ def test_mount_read_above_the_limit_is_efbig_at_once(cluster, tmp_path):
         elapsed = time.monotonic() - started
         small = subprocess.run(["cat", os.path.join(mountpoint, "small.bin")], capture_output=True, timeout=60)
     assert result.returncode != 0 and os.strerror(errno.EFBIG) in result.stderr.decode(), result.stderr
-    assert elapsed < 2, f"the refusal took {elapsed:.1f} s"
+    assert elapsed < COMMAND_TIMEOUT, f"the refusal took {elapsed:.1f} s"
     assert sha256(small.stdout) == sha256(open(os.path.join(served, "small.bin"), "rb").read())
 
 

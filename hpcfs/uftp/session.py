@@ -355,9 +355,9 @@ class ControlSession:
         with self._transferring():
             if self._transform is None:
                 self._send_data(chunks, size, path)
+                reply = self.read_reply()
             else:
-                self._send_transformed(chunks, size, path)
-            reply = self.read_reply()
+                reply = self._send_transformed(chunks, size, path)
         self._after_transfer(reply.code == 226)
         if reply.code != 226:
             raise transfer_error(reply, path) if not reply.ok else errors.ProtocolError(
@@ -544,26 +544,26 @@ class ControlSession:
         if size is not None and sent != size:
             raise errors.HpcfsError(f"the source gave {sent} bytes where {size} were announced", path)
 
-    def _send_transformed(self, chunks: Iterable, size: int, path):
-        """``chunks`` through the grant's transform, then the stream's end and the connection's: UFTPD reads
-        a transformed upload up to the end of its connection."""
+    def _send_transformed(self, chunks: Iterable, size: int, path) -> Reply:
+        """``chunks`` through the grant's transform, then the stream's end and the connection's (UFTPD reads
+        an encrypted upload up to the end of its connection); returns the transfer's reply.  UFTPD reads a
+        gzip-only upload up to its announced size and may close the connection before the stream's trailer
+        is sent: a send that fails then is no failure, the reply says whether the server has the file."""
         assert self._transform is not None
         encoder, plain = self._transform.encoder(), 0
-
-        def encoded():
-            nonlocal plain
-            for chunk in chunks:
-                plain += len(chunk)
-                yield encoder.update(chunk)
-            yield encoder.finish()
-
-        self._send_data(encoded(), None, path)
-        if plain != size:
+        data = self._open_data
+        for chunk in chunks:
+            plain += len(chunk)
+            if not _sent(data, encoder.update(chunk)):
+                break
+        else:
+            if _sent(data, encoder.finish()):
+                with contextlib.suppress(OSError):
+                    data.shutdown(socket.SHUT_WR)
+        reply = self.read_reply()
+        if reply.code == 226 and plain != size:
             raise errors.HpcfsError(f"the source gave {plain} bytes where {size} were announced", path)
-        try:
-            self._open_data.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            raise SessionLost(f"data connection failed: {_reason(exc)}", path) from None
+        return reply
 
     def _reply_after_failure(self) -> Optional[Reply]:
         try:
@@ -592,6 +592,16 @@ class ControlSession:
         self._close_data()
         _close(self._sock)
         self.broken = True
+
+
+def _sent(sock: socket.socket, payload: bytes) -> bool:
+    """Whether ``payload`` went out; False once the peer has closed the connection."""
+    try:
+        sock.sendall(payload)
+        return True
+    except OSError as exc:
+        log.debug("UFTPD closed the data connection during an upload: %s", _reason(exc))
+        return False
 
 
 def _hand_over(plain: bytearray, chunk: int, consume: Callable[[memoryview], object], last: bool = False) -> int:
