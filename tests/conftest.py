@@ -16,7 +16,7 @@ PEER_GROUPS = (  # (group, what in a test's id puts it there), first match wins
     ("real-firecrest-s3", ("RealFirecrestS3", "[real-firecrest-s3")),
     ("real-firecrest", ("test_real_firecrest.py", "test_differential_firecrest.py", "RealFirecrest",
                         "[real-firecrest")),
-    ("real-uftp", ("test_real_uftp.py", "test_differential_uftp.py", "RealUFTP", "[real-uftp")),
+    ("real-uftp", ("test_real_uftp.py", "test_differential_uftp.py", "RealUftp", "[real-uftp")),
     ("docs-venv", ("test_docs.py",)),  # one worker builds the venv the examples run in
 )
 

@@ -75,6 +75,11 @@ class FluxServerHandle(ServerHandle):
         self.wait(jobid)
         return jobid
 
+    def sample(self):
+        """``(path, bytes)`` of a file in the tree (a finished job's output), for the suites that run for every
+        protocol: they cannot make one in a read-only tree."""
+        return f"/jobs/{self.run('echo sample')}/output", b"sample\n"
+
     def get(self, endpoint: str, **arguments) -> requests.Response:
         return requests.get(self.api + endpoint, timeout=10, **arguments)
 

@@ -7,8 +7,10 @@ from typing import Callable, Iterator, List
 class ServerHandle:
     """A running local server as tests see it.  Each protocol's handle (tests/fixtures_<scheme>.py) also has
     ``server`` (the running server: ``stop()``), ``netloc`` (``host:port`` of the endpoint its URLs name),
-    ``env`` (what a CLI subprocess needs), ``url(path)`` (credentials embedded) and ``root`` (the served
-    directory)."""
+    ``env`` (what a CLI subprocess needs), ``url(path)`` (credentials embedded), ``root`` (the served
+    directory) and ``log`` (the server's request log); a read-only protocol's handle also has ``sample()``, ``(path, bytes)`` of a file in its tree, and
+    a handle whose server takes files only below some directory has ``volume_path`` (EM's volume).  The suites
+    that run for every protocol (tests/contract.py) use nothing else."""
 
     def allow_rapid_commands(self) -> None:
         """For a test that runs many CLI commands in a row: lift a limit on sessions that ended sessions

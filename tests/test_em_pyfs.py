@@ -1,35 +1,14 @@
-"""``fs.open_fs("em://...")``: PyFilesystem2's own test suite on one volume, and round-trip counts
-through the whole stack (core caches + EM backend) measured by the server's request log."""
+"""``fs.open_fs("em://...")``: round-trip counts through the whole stack (core caches + EM backend) measured
+by the server's request log, and EM's volumes.  PyFilesystem2's own suite runs on a volume in
+test_pyfs_suite.py, as for every protocol."""
 import hashlib
 import os
-import tempfile
-import unittest
-import uuid
 
 import fs
 import fs.errors
 import pytest
-from fs.test import FSTestCases
 
-from fixtures_em import VOLUMES, start_em
-
-
-class TestEMFS(FSTestCases, unittest.TestCase):
-    """Each case gets a fresh sub-directory of volume ``pod-a``: ``em://.../pod-a/case-XXXX``."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.em = start_em(tempfile.mkdtemp(prefix="hpcfs-em-fstest-"))
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.em.server.stop()
-        assert cls.em.server.names_seen.keys() <= set(VOLUMES)
-
-    def make_fs(self):
-        case = f"case-{uuid.uuid4().hex[:8]}"
-        os.mkdir(os.path.join(self.em.root, "pod-a", case))
-        return fs.open_fs(self.em.url(f"/pod-a/{case}"))
+from fixtures_em import VOLUMES
 
 
 def sha256(data: bytes) -> str:

@@ -1,5 +1,6 @@
 """``fs.open_fs("flux://...")`` and fsspec over ``hpcfs serve flux``: the read-only job tree, its bytes, its
-request counts (server log), a running job's output growing, and every change refused as read-only."""
+request counts (server log), a running job's output growing.  Every change refused as read-only, before it is
+sent: test_pyfs_suite.py, as for every read-only protocol."""
 import hashlib
 import json
 import math
@@ -88,29 +89,6 @@ def test_unknown_job_ids_cost_no_request_after_the_listing_until_opened(flux_ser
         with pytest.raises(fs.errors.ResourceNotFound):
             flux_fs.readbytes(f"/jobs/{probe}/output")
     assert flux_server.log.total() == before + len(numeric)
-
-
-def test_every_change_is_refused_as_read_only(flux_server, jobs, flux_fs):
-    job = f"/jobs/{jobs[0]}"
-    changes = [
-        lambda: flux_fs.writebytes(f"{job}/new", b"x"),
-        lambda: flux_fs.writebytes(f"{job}/output", b"x"),
-        lambda: flux_fs.appendtext(f"{job}/output", "x"),
-        lambda: flux_fs.open(f"{job}/output", "r+b"),
-        lambda: flux_fs.makedir("/jobs/new"),
-        lambda: flux_fs.remove(f"{job}/output"),
-        lambda: flux_fs.removedir(job),
-        lambda: flux_fs.move(f"{job}/output", f"{job}/moved"),
-        lambda: flux_fs.settimes(f"{job}/output"),
-        lambda: flux_fs.setinfo(f"{job}/output", {"details": {"modified": 0}}),
-    ]
-    assert flux_fs.readtext(f"{job}/output") == "hello\nworld\n"
-    before = flux_server.log.total()
-    for change in changes:
-        with pytest.raises(fs.errors.ResourceReadOnly):
-            change()
-    assert flux_fs.readtext(f"{job}/output") == "hello\nworld\n"
-    assert flux_server.log.total() == before  # refused here, never sent
 
 
 def test_a_running_jobs_output_grows_until_it_ends(flux_server):

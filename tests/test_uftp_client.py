@@ -10,16 +10,11 @@ import logging
 import os
 import random
 import socket
-import tempfile
 import threading
 import time
-import unittest
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import fs
 import pytest
-from fs.test import FSTestCases
 
 from hpcfs import errors
 from hpcfs.servers.uftp import UFTPServer
@@ -576,31 +571,6 @@ def test_backend_is_thread_safe_under_mixed_load(uftp_server, backend, big_file)
         thread.join(30)
     assert not failures and not any(thread.is_alive() for thread in threads)
     assert backend._pool._live <= backend.capabilities.max_parallel
-
-
-class TestUFTPFS(FSTestCases, unittest.TestCase):
-    """PyFilesystem2's own contract suite through ``fs.open_fs("uftp://...")``; each case gets a fresh base
-    directory on one server."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.workdir = tempfile.mkdtemp(prefix="hpcfs-uftp-fstest-")
-        cls.served = os.path.join(cls.workdir, "root")
-        os.mkdir(cls.served)
-        # every case opens its own backend; closed sessions count until the server reaps them
-        cls.server = UFTPServer(cls.served, {"demo": "pw"}, tls_dir=cls.workdir, session_limit=1000).start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
-
-    def make_fs(self):
-        case = f"case-{uuid.uuid4().hex[:8]}"
-        os.mkdir(os.path.join(self.served, case))
-        opened = fs.open_fs(f"uftp://demo:pw@127.0.0.1:{self.server.auth_port}/rest/auth/TEST:/{case}"
-                            f"?ca_file={self.server.cert_file}")
-        assert type(opened).__module__ == "hpcfs.frontends.pyfs"  # our opener, not pyunicore's
-        return opened
 
 
 def data_connection_survives_a_missing_path(backend, path: str, data: bytes) -> None:

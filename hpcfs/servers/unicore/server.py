@@ -362,7 +362,10 @@ class UnicoreServer:
         return self._on_files(request, lambda local: self._send_path(request, path, local))
 
     def _send_path(self, request: Request, path: str, local: str) -> Response:
-        info = os.stat(local)
+        try:
+            info = os.stat(local)
+        except NotADirectoryError:  # a path below a file: UNICORE/X finds no properties there, a 404 as anywhere
+            raise FileNotFoundError(errno.ENOENT, "not found", local) from None
         if "application/octet-stream" in (request.headers.get("Accept") or "") and not stat.S_ISDIR(info.st_mode):
             return Response(200, headers={"Content-Type": "application/octet-stream"}, file_path=local)
         properties = file_properties(local, info)
