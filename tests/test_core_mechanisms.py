@@ -304,6 +304,11 @@ def test_a_file_written_from_start_to_end_streams_while_being_written(uftp_serve
     handle = tree.open("/streamed.bin", writable=True, create=True)
     for offset in range(0, len(data), 128 << 10):
         handle.write(offset, data[offset : offset + (128 << 10)])
+    # Parts go out on the upload pool's threads, as soon as the load lets them: wait for them (bounded),
+    # still before the close; without streaming none would go out until then.
+    deadline = time.monotonic() + 30
+    while len([write for write in observed.writes if write[0] == "part"]) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     sent_before_close = [write for write in observed.writes if write[0] == "part"]
     handle.release()
     assert len(sent_before_close) >= 4, "parts did not go out while the file was being written"

@@ -25,6 +25,7 @@ States are Flux's names: ``SCHED`` until the process starts, ``RUN``, ``INACTIVE
 status (128 + signal for a killed job).  Job ids are Flux-style FLUIDs: milliseconds since the server
 started, shifted left 24 bits, plus a sequence number, so a newer job has a larger id.
 """
+import contextlib
 import hmac
 import itertools
 import math
@@ -145,7 +146,11 @@ class JobRunner:
             return self._finish(job, 127, "exec")
         with job.changed:
             job.process, job.state, job.t_run = process, "RUN", time.time()
+            cancelled_before_start = bool(job.exception_type)
             job.changed.notify_all()
+        if cancelled_before_start:  # cancel() found no process yet: it is stopped as it starts
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
         if job.runtime:
             timer = threading.Timer(job.runtime, self._time_out, args=(job,))
             timer.daemon = True
