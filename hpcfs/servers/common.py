@@ -1,5 +1,6 @@
-"""The toolkit the three local servers share: root confinement, knobs, request counting, a small REST
-router over the standard library's threading HTTP server, and self-signed TLS for tests.
+"""The toolkit the local servers share: root confinement, knobs, request counting, a small REST
+router over the standard library's threading HTTP server, the frame of a REST server (``LocalServer``: ports,
+private directory, start and stop), and self-signed TLS for tests.
 
 The servers bind to 127.0.0.1 unless told otherwise.  They run in a thread of the calling process
 (tests, the demo) or in the foreground (``hpcfs serve``).
@@ -19,16 +20,18 @@ import pwd
 import re
 import secrets
 import shutil
+import signal
 import socket
 import socketserver
 import ssl
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union, cast
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, TypeVar, Union, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import UsageError
@@ -226,6 +229,26 @@ def generated_account(directory: PrivateDirectory) -> Tuple[str, str, str]:
     return user, password, directory.write_secret("credentials", f"{user}:{password}\n")
 
 
+def accounts_or_generated(users: Optional[Dict[str, str]],
+                          directory: PrivateDirectory) -> Tuple[Dict[str, str], Optional[str]]:
+    """``(accounts, generated file)``: ``users`` as given (no file), or for None a generated password for the
+    invoking user and the 0600 file in ``directory`` that holds it."""
+    if users is not None:
+        return dict(users), None
+    user, password, path = generated_account(directory)
+    return {user: password}, path
+
+
+def configured_accounts(users_file: Optional[str], user_variable: str,
+                        password_variable: str) -> Optional[Dict[str, str]]:
+    """The accounts ``hpcfs serve`` was given: the users file, else the account the two environment variables
+    name, else None (the server generates one)."""
+    if users_file:
+        return dict(credential_lines(read_private_file(users_file, "users file")))
+    user, password = os.environ.get(user_variable), os.environ.get(password_variable)
+    return {user: password} if user and password else None
+
+
 # -- hpcfs serve: conventions every server's command line shares ----------------------------------------------
 def add_secret_file_argument(parser: argparse.ArgumentParser, option: str, refused: str, lines: str, env: str):
     """``option`` FILE (mode 0600, ``lines`` per line), and ``refused``, the old option that took the same
@@ -336,6 +359,15 @@ def self_signed_certificate(directory: str, hostname: str = "localhost") -> Tupl
             )
         )
     return cert_path, key_path
+
+
+def self_signed_context(directory: str) -> Tuple[str, ssl.SSLContext]:
+    """A server's TLS context with a fresh self-signed certificate written to ``directory``, and that
+    certificate's path (the file clients trust)."""
+    cert_file, key_file = self_signed_certificate(directory)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return cert_file, context
 
 
 # -- REST ----------------------------------------------------------------------------------------------
@@ -460,6 +492,13 @@ class RestApp:
             return handler
 
         return register
+
+    def add_routes(self, routes: Iterable[Tuple[Any, ...]],
+                   wrap: Callable[[Callable], Handler] = lambda handler: handler):
+        """Route each ``(method, pattern, handler[, max_body])`` of a server's table, the handler inside ``wrap``
+        (what the server does around each of them)."""
+        for method, pattern, handler, *max_body in routes:
+            self.route(method, pattern, *max_body)(wrap(handler))
 
     def _match(self, request: Request):
         """The route for the request (or None) and the methods its path allows."""
@@ -806,11 +845,8 @@ class RestServer:
         self.scheme = "http"
         self.cert_file = None
         if tls_dir is not None:
-            self.cert_file, key_file = self_signed_certificate(tls_dir)
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(self.cert_file, key_file)
+            self.cert_file, context = self_signed_context(tls_dir)
             self.use_tls(context)
-        self._thread = None
 
     def use_tls(self, context: ssl.SSLContext):
         """Serve HTTPS.  Each handshake happens in its connection's thread, under the header timeout."""
@@ -825,12 +861,11 @@ class RestServer:
     def url(self):
         return f"{self.scheme}://{self.host}:{self.port}"
 
-    def start(self):
+    def start(self, thread_name: str = "rest-server"):
         # A short poll interval makes stop() quick (tests start and stop servers often).
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="rest-server", daemon=True
-        )
-        self._thread.start()
+        threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=thread_name, daemon=True
+        ).start()
         return self
 
     def stop(self):
@@ -844,12 +879,77 @@ class RestServer:
                 pass
 
 
+LocalServerT = TypeVar("LocalServerT", bound="LocalServer")
+
+
+class LocalServer:
+    """What each local REST server (EM, Flux, UNICORE/X, FirecREST) is around its routes: ``private``, the
+    directory of its TLS key and generated secrets, and the RestServers of its ports, the API's first.  A
+    subclass binds its ports with ``listen``; ``end_jobs`` ends what it runs besides them."""
+
+    thread_name = "rest-server"  # of the threads that serve the ports (thread dumps name the server)
+
+    def __init__(self, private_prefix: str):
+        self.private = PrivateDirectory(private_prefix)
+        self.listeners: List[RestServer] = []
+        self.cert_file: Optional[str] = None
+        self._tls: Optional[ssl.SSLContext] = None
+
+    def listen(self, app: RestApp, host: str, port: int, tls: bool = False) -> RestServer:
+        """A RestServer for ``app`` on ``host:port`` (HTTPS for ``tls``).  Where the port is taken, nothing of
+        this server may stay behind: the ports bound before are closed and ``private`` is removed."""
+        try:
+            server = RestServer(app, host, port)
+        except OSError:
+            for bound in self.listeners:
+                bound.httpd.server_close()
+            self.private.remove()
+            raise
+        if tls:
+            server.use_tls(self._tls_context())
+        self.listeners.append(server)
+        return server
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """One self-signed certificate for all the server's ports: one file (``cert_file``) for clients to trust."""
+        if self._tls is None:
+            self.cert_file, self._tls = self_signed_context(self.private.path)
+        return self._tls
+
+    @property
+    def url(self) -> str:
+        return self.listeners[0].url
+
+    @property
+    def port(self) -> int:
+        return self.listeners[0].port
+
+    def start(self: LocalServerT) -> LocalServerT:
+        for server in self.listeners:
+            server.start(self.thread_name)
+        return self
+
+    def stop(self):
+        self.end_jobs()
+        for server in self.listeners:
+            server.stop()
+        self.private.remove()
+
+    def end_jobs(self):
+        """Stop what the server runs besides its ports (jobs), before they close: none here."""
+
+
+def served_directory(root: Optional[str], prefix: str) -> str:
+    """The real path of the directory a server serves, made if missing; a new temporary one for None."""
+    path = os.path.realpath(root or temporary_directory(prefix))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def run_until_interrupted(server, banner: str = ""):
     """Print ``banner``, block until Ctrl-C or SIGTERM, then stop ``server`` (for ``hpcfs serve``).  The
     banner comes after the SIGTERM handler: a script that kills the server as soon as it has read the
     banner must still get the cleanup (TLS key and generated passwords removed)."""
-    import signal
-
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if banner:
@@ -884,3 +984,11 @@ def job_environment() -> Dict[str, str]:
         name, home, shell = str(os.geteuid()), "/", ""
     return {"PATH": JOB_PATH, "HOME": home, "USER": name, "LOGNAME": name, "SHELL": shell or "/bin/sh",
             "LANG": os.environ.get("LANG") or "C.UTF-8"}
+
+
+def terminate_group(process: Optional[subprocess.Popen]):
+    """SIGTERM to a job's process group (its shell and all it started); nothing where the job has no process
+    yet or its group is gone."""
+    if process is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)

@@ -48,23 +48,21 @@ from ... import registry
 from ..common import (
     DEFAULT_HOST,
     Knobs,
+    LocalServer,
     OutsideRoot,
     Request,
     run_until_interrupted,
     RequestLog,
     Response,
     RestApp,
-    RestServer,
+    accounts_or_generated,
     confine,
+    configured_accounts,
     open_for_writing,
-    PrivateDirectory,
     add_latency_argument,
     add_secret_file_argument,
-    credential_lines,
-    generated_account,
     naming_ports,
-    read_private_file,
-    temporary_directory,
+    served_directory,
 )
 
 MULTIPART_MEMORY = 8 << 20  # bytes of small parts kept in memory per request; larger parts spill to disk
@@ -256,8 +254,10 @@ class _EMApp(RestApp):
                 upload.close()
 
 
-class EMServer:
+class EMServer(LocalServer):
     """The EM API on 127.0.0.1 in a background thread; ``start()`` returns self, ``stop()`` ends it."""
+
+    thread_name = "em-server"
 
     def __init__(
         self,
@@ -276,14 +276,10 @@ class EMServer:
     ):
         if api not in ("v1", "v2"):
             raise ValueError(f"api must be v1 or v2, not {api!r}")
-        self.root = os.path.realpath(root or temporary_directory("hpcfs-em-"))
+        self.root = served_directory(root, "hpcfs-em-")
         os.makedirs(os.path.join(self.root, DEFAULT_VOLUME), exist_ok=True)
-        self.private = PrivateDirectory("hpcfs-em-")  # TLS key, generated password; removed on stop
-        self.generated_credentials = None
-        if users is None:  # no built-in account: a random password for the invoking user, in a 0600 file
-            user, password, self.generated_credentials = generated_account(self.private)
-            users = {user: password}
-        self.users = dict(users)
+        super().__init__("hpcfs-em-")  # TLS key, generated password; removed on stop
+        self.users, self.generated_credentials = accounts_or_generated(users, self.private)
         self.api, self.max_upload, self.max_files = api, max_upload, max_files
         self.knobs = Knobs()
         self.log = RequestLog()
@@ -297,34 +293,7 @@ class EMServer:
         self._pods: Dict[str, str] = {}  # pod name -> start time of its last run
         self.app = _EMApp(self)
         self._register_routes(pvc_list)
-        try:
-            self.http = RestServer(self.app, host, port, tls_dir=self.private.path if tls else None)
-        except OSError:
-            self.private.remove()
-            raise
-
-    # -- lifecycle --------------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return self.http.url
-
-    @property
-    def port(self) -> int:
-        return self.http.port
-
-    @property
-    def cert_file(self) -> Optional[str]:
-        return self.http.cert_file
-
-    def start(self) -> "EMServer":
-        # not RestServer.start(): its 0.5 s poll interval would make every stop() in the tests that slow
-        threading.Thread(target=self.http.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         name="em-server", daemon=True).start()
-        return self
-
-    def stop(self):
-        self.http.stop()
-        self.private.remove()
+        self.http = self.listen(self.app, host, port, tls)
 
     # -- test hooks -------------------------------------------------------------------------------------
     def revoke_tokens(self):
@@ -380,8 +349,7 @@ class EMServer:
         ]
         if pvc_list:
             protected += [(query_method, "/em/pvc/list", self._pvc_list), ("POST", "/em/pvc/delete", self._pvc_delete)]
-        for method, path, handler, *max_body in protected:
-            self.app.route(method, path, *max_body)(self._protected(handler))
+        self.app.add_routes(protected, wrap=self._protected)
 
     def _protected(self, handler):
         """Authenticate, apply fault knobs, and hold the account's lock (423 if another request runs)."""
@@ -653,19 +621,11 @@ def add_arguments(parser):
     parser.add_argument("--tls", action="store_true", help="HTTPS with a self-signed certificate")
 
 
-def _users_from(args) -> Optional[Dict[str, str]]:
-    """The accounts to serve: the users file, else $EM_USERNAME/$EM_PASSWORD, else None (generate one)."""
-    if args.users_file:
-        return dict(credential_lines(read_private_file(args.users_file, "users file")))
-    if os.environ.get("EM_USERNAME") and os.environ.get("EM_PASSWORD"):
-        return {os.environ["EM_USERNAME"]: os.environ["EM_PASSWORD"]}
-    return None
-
-
 def serve(args):
+    users = configured_accounts(args.users_file, "EM_USERNAME", "EM_PASSWORD")
     with naming_ports({"--port": args.port}):
         server = EMServer(
-            args.root, _users_from(args), args.host, args.port, api=args.api, pvc_list=not args.no_pvc_list,
+            args.root, users, args.host, args.port, api=args.api, pvc_list=not args.no_pvc_list,
             access_lifetime=args.access_lifetime, refresh_lifetime=args.refresh_lifetime,
             max_upload=args.max_upload, max_files=args.max_files, tls=args.tls,
         )

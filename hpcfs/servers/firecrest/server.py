@@ -19,20 +19,16 @@ import email.message
 import json
 import math
 import os
-import shutil
-import ssl
 import tempfile
 import threading
 import time
 import uuid
-import socketserver
-from typing import Callable, Dict, List, Optional, Tuple, Type, cast
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ... import registry
-from ..common import (DEFAULT_HOST, DEFAULT_MAX_BODY, Knobs, OutsideRoot, PrivateDirectory, Request, RequestLog,
-                     Response, RestApp, RestServer, add_latency_argument, add_secret_file_argument, credential_lines,
-                     generated_account, naming_ports, read_private_file, run_until_interrupted, self_signed_certificate,
-                     temporary_directory)
+from ..common import (DEFAULT_HOST, Knobs, LocalServer, OutsideRoot, Request, RequestLog, Response,
+                     RestApp, add_latency_argument, add_secret_file_argument, credential_lines, generated_account,
+                     naming_ports, read_private_file, run_until_interrupted, temporary_directory)
 from .auth import TokenIssuer, TokenRejected
 from .jobs import (Scheduler, copy, delete, egress_script, file_script, ingress_script, move,
                              template)
@@ -104,9 +100,11 @@ class _FirecrestApp(RestApp):
         return response
 
 
-class FirecrestServer:
+class FirecrestServer(LocalServer):
     """FirecREST v2 on ``root`` in background threads.  ``clients`` maps client id to
     ``(secret, username)``; ``limits`` override ``DEFAULT_LIMITS``."""
+
+    thread_name = "firecrest-server"
 
     def __init__(self, root: Optional[str] = None, clients: Optional[Dict[str, Tuple[str, str]]] = None,
                  host: str = DEFAULT_HOST, port: int = 0, s3_port: int = 0, system: str = "local",
@@ -116,7 +114,7 @@ class FirecrestServer:
         if unknown:
             raise TypeError(f"unknown FirecREST limits: {', '.join(sorted(unknown))}")
         self.root = os.path.realpath(root or temporary_directory("hpcfs-firecrest-"))
-        self.private = PrivateDirectory("hpcfs-firecrest-")  # TLS key, generated secret; removed on stop
+        super().__init__("hpcfs-firecrest-")  # TLS key, generated secret, S3 staging; removed on stop
         self.generated_credentials = None
         if not clients:  # no built-in client: a random secret for the invoking user, in a 0600 file
             user, secret, self.generated_credentials = generated_account(self.private)
@@ -128,70 +126,30 @@ class FirecrestServer:
         self.log = RequestLog()
         self.issuer = TokenIssuer(self.clients, token_lifetime, min_token_ttl)
         self.shell = RemoteShell(self.root, lambda: (self.knob("max_ops_file_size"), self.knob("command_timeout")))
-        self._staging_dir = tempfile.mkdtemp(prefix="hpcfs-firecrest-staging-")
-        self.store = ObjectStore(self._staging_dir)
+        self.store = ObjectStore(tempfile.mkdtemp(prefix="staging-", dir=self.private.path))
         self.scheduler = Scheduler(self.shell, self.knob, self.system)
         self._sessions = 0
         self._sessions_lock = threading.Lock()
         # callables (request, response) seeing every API exchange, e.g. to validate it
         self.observers: List[Callable[[Request, Optional[Response]], None]] = []
-        try:
-            self.api = RestServer(self._build_api(), host, port)
-            try:
-                s3_app = build_app(self.store, self.knobs, self.log, lambda: self.knob("max_part_size"))
-                self.s3 = RestServer(s3_app, host, s3_port)
-            except OSError:
-                self.api.httpd.server_close()
-                raise
-        except OSError:
-            self.stop_partial()
-            raise
-        for server in (self.api, self.s3):
-            handler_class = cast(Type[socketserver.StreamRequestHandler], server.httpd.RequestHandlerClass)
-            handler_class.disable_nagle_algorithm = True  # a reply is several writes
-        self.cert_file = self._serve_tls() if tls else None
+        self.api = self.listen(self._build_api(), host, port, tls)
+        s3_app = build_app(self.store, self.knobs, self.log, lambda: self.knob("max_part_size"))
+        self.s3 = self.listen(s3_app, host, s3_port, tls)
         self.store.public_url = self.s3.url
 
     def knob(self, name: str):
         return self.knobs.extra.get(name, DEFAULT_LIMITS[name])
 
     @property
-    def url(self) -> str:
-        return self.api.url
-
-    @property
     def token_url(self) -> str:
         return f"{self.api.url}/token"
 
-    def start(self) -> "FirecrestServer":
-        for server in (self.api, self.s3):  # RestServer.start, with a short poll so stop() is quick
-            threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                             name="firecrest-server", daemon=True).start()
-        return self
-
-    def stop(self):
+    def end_jobs(self):
         self.scheduler.stop()
-        self.api.stop()
-        self.s3.stop()
-        self.stop_partial()
-
-    def stop_partial(self):
-        """Remove what the constructor made before the ports: staging objects, key, generated secret."""
-        shutil.rmtree(self._staging_dir, ignore_errors=True)
-        self.private.remove()
 
     def fail_probe(self, unhealthy: bool = True):
         """Mark the SSH service unhealthy, as a failed health probe does: 503 until cleared."""
         self.knobs.extra["unhealthy"] = unhealthy
-
-    def _serve_tls(self) -> str:
-        """HTTPS on both ports with one self-signed certificate (one file for clients to trust)."""
-        cert_file, key_file = self_signed_certificate(self.private.path)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert_file, key_file)
-        for server in (self.api, self.s3):
-            server.use_tls(context)
-        return cert_file
 
     # -- request pipeline -------------------------------------------------------------------------------
     def _build_api(self) -> RestApp:
@@ -208,7 +166,9 @@ class FirecrestServer:
             ("GET", "/filesystem/{system_name}/ops/tail", self._tail),
             ("GET", "/filesystem/{system_name}/ops/view", self._view),
             ("GET", "/filesystem/{system_name}/ops/download", self._download),
-            ("POST", "/filesystem/{system_name}/ops/upload", self._upload),
+            # a file of up to max_ops_file_size in a multipart body; the other routes take JSON
+            ("POST", "/filesystem/{system_name}/ops/upload", self._upload,
+             lambda: self.knob("max_ops_file_size") + MULTIPART_OVERHEAD),
             ("POST", "/filesystem/{system_name}/ops/mkdir", self._mkdir),
             ("POST", "/filesystem/{system_name}/ops/symlink", self._symlink),
             ("PUT", "/filesystem/{system_name}/ops/chmod", self._chmod),
@@ -223,15 +183,8 @@ class FirecrestServer:
             ("GET", "/compute/{system_name}/jobs/{job_id}", self._job),
             ("DELETE", "/compute/{system_name}/jobs/{job_id}", self._cancel_job),
         ]
-        for method, pattern, handler in routes:
-            app.route(method, pattern, self._max_body(pattern))(self._endpoint(handler))
+        app.add_routes(routes, wrap=self._endpoint)
         return app
-
-    def _max_body(self, pattern: str):
-        """ops/upload takes a file of up to max_ops_file_size in a multipart body; the rest take JSON."""
-        if pattern.endswith("/ops/upload"):
-            return lambda: self.knob("max_ops_file_size") + MULTIPART_OVERHEAD
-        return DEFAULT_MAX_BODY
 
     def _endpoint(self, handler, auth: bool = True):
         """Wrap a handler ``(request, user) -> Response`` in what FirecREST does around every route:

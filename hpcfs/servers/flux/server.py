@@ -25,7 +25,6 @@ States are Flux's names: ``SCHED`` until the process starts, ``RUN``, ``INACTIVE
 status (128 + signal for a killed job).  Job ids are Flux-style FLUIDs: milliseconds since the server
 started, shifted left 24 bits, plus a sequence number, so a newer job has a larger id.
 """
-import contextlib
 import hmac
 import itertools
 import math
@@ -33,7 +32,6 @@ import os
 import secrets
 import select
 import shlex
-import signal
 import socket
 import subprocess
 import threading
@@ -45,9 +43,9 @@ from urllib.parse import urlsplit
 import jwt
 
 from ... import registry
-from ..common import (DEFAULT_HOST, Knobs, OutsideRoot, Peer, PrivateDirectory, Request, RequestLog, Response,
-                     RestApp, RestServer, _RestHandler, confine, job_environment, naming_ports,
-                     run_until_interrupted, temporary_directory)
+from ..common import (DEFAULT_HOST, Knobs, LocalServer, OutsideRoot, Peer, Request, RequestLog, Response, RestApp,
+                     _RestHandler, confine, job_environment, naming_ports, run_until_interrupted, served_directory,
+                     terminate_group)
 
 DEFAULT_PORT = registry.protocol_for("flux").default_port
 MAX_BODY = 64 << 10  # a submit request is a few hundred bytes
@@ -149,8 +147,7 @@ class JobRunner:
             cancelled_before_start = bool(job.exception_type)
             job.changed.notify_all()
         if cancelled_before_start:  # cancel() found no process yet: it is stopped as it starts
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+            terminate_group(process)
         if job.runtime:
             timer = threading.Timer(job.runtime, self._time_out, args=(job,))
             timer.daemon = True
@@ -192,11 +189,7 @@ class JobRunner:
                 return False
             job.exception_type = reason
             process = job.process
-        if process is not None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        terminate_group(process)
         return True
 
     def newest_first(self) -> List[Job]:
@@ -290,15 +283,15 @@ class _FluxApp(RestApp):
         return INVALID_TOKEN if header and header.lower().startswith("bearer ") else NOT_AUTHENTICATED
 
 
-class FluxServer:
+class FluxServer(LocalServer):
     """The Flux RESTful API on 127.0.0.1 in a background thread; ``start()`` returns self, ``stop()`` ends
     it and its jobs.  ``issuer`` None is single-user mode (no credentials; the server's own user only)."""
 
     def __init__(self, root: Optional[str] = None, host: str = DEFAULT_HOST, port: int = 0, *,
                  credentials: Optional[Dict[str, str]] = None, access_lifetime: float = 600 * 60):
         """``credentials``: ``{"user", "token", "secret_key"}`` for multi-user mode, None for single-user."""
-        self.root = os.path.realpath(root or temporary_directory("hpcfs-flux-"))
-        os.makedirs(self.root, exist_ok=True)
+        self.root = served_directory(root, "hpcfs-flux-")
+        super().__init__("hpcfs-flux-")  # credentials generated for a run; removed on stop
         self.knobs, self.log = Knobs(), RequestLog()
         self.issuer = None
         if credentials is not None:
@@ -307,38 +300,21 @@ class FluxServer:
         self.runner = JobRunner(self.root)
         self.app = _FluxApp(self)
         self._register_routes()
-        self.private = PrivateDirectory("hpcfs-flux-")  # credentials generated for a run; removed on stop
-        try:
-            self.http = RestServer(self.app, host, port)
-        except OSError:
-            self.private.remove()
-            raise
+        self.http = self.listen(self.app, host, port)
         self.http.httpd.RequestHandlerClass = type("Handler", (_FluxHandler,), {})
 
-    def start(self) -> "FluxServer":
-        self.http.start()
-        return self
-
-    def stop(self):
+    def end_jobs(self):
         self.runner.stop()
-        self.http.stop()
-        self.private.remove()
 
     # -- routes -----------------------------------------------------------------------------------------
     def _register_routes(self):
-        routes = [
-            ("POST", "/v1/token", self._token),
-            ("GET", "/v1/jobs", self._jobs),
-            ("GET", "/v1/jobs/search", self._search),
-            ("POST", "/v1/jobs/submit", self._submit),
-            ("GET", "/v1/jobs/{jobid}", self._job),
-            ("GET", "/v1/jobs/{jobid}/output", self._output),
-            ("GET", "/v1/jobs/{jobid}/output/stream", self._stream),
-            ("POST", "/v1/jobs/{jobid}/cancel", self._cancel),
-            ("GET", "/v1/nodes", self._nodes),
-        ]
-        for method, pattern, handler in routes:
-            self.app.route(method, pattern)(handler)
+        jobs, job = "/v1/jobs", "/v1/jobs/{jobid}"
+        self.app.add_routes([
+            ("POST", "/v1/token", self._token), ("GET", "/v1/nodes", self._nodes),
+            ("GET", jobs, self._jobs), ("GET", jobs + "/search", self._search),
+            ("POST", jobs + "/submit", self._submit), ("GET", job, self._job), ("GET", job + "/output", self._output),
+            ("GET", job + "/output/stream", self._stream), ("POST", job + "/cancel", self._cancel),
+        ])
 
     def _token(self, request: Request) -> Response:
         token = self.issuer.exchange(request.headers.get("Authorization", "")) if self.issuer else None

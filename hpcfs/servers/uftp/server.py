@@ -81,11 +81,7 @@ class UFTPServer:
         self.root = root
         self.real_root = os.path.realpath(root)
         self.private = common.PrivateDirectory("hpcfs-uftp-", tls_dir)
-        self.generated_credentials = None
-        if users is None:
-            user, password, self.generated_credentials = common.generated_account(self.private)
-            users = {user: password}
-        self.users = dict(users)
+        self.users, self.generated_credentials = common.accounts_or_generated(users, self.private)
         self.tokens = dict(tokens or {})  # bearer token -> user
         self.authorized_keys = authorized_keys
         self.host = host
@@ -508,17 +504,8 @@ def add_arguments(parser):
     common.add_latency_argument(parser)
 
 
-def _users_from(args) -> Optional[Dict[str, str]]:
-    """The accounts to serve: the users file, else $UFTP_USER/$UFTP_PASSWORD, else None (generate one)."""
-    if args.users_file:
-        return dict(common.credential_lines(common.read_private_file(args.users_file, "users file")))
-    if os.environ.get("UFTP_USER") and os.environ.get("UFTP_PASSWORD"):
-        return {os.environ["UFTP_USER"]: os.environ["UFTP_PASSWORD"]}
-    return None
-
-
 def serve(args):
-    users = _users_from(args)
+    users = common.configured_accounts(args.users_file, "UFTP_USER", "UFTP_PASSWORD")
     cmd_secret = None
     if args.cmd_secret_file:
         cmd_secret = common.read_private_file(args.cmd_secret_file, "command secret file").strip()

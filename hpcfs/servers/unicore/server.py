@@ -40,7 +40,6 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
 import stat
 import subprocess
 import threading
@@ -49,10 +48,10 @@ import uuid
 from typing import Dict, List, Optional, cast
 
 from ... import registry
-from ..common import (DEFAULT_HOST, Knobs, OutsideRoot, PrivateDirectory, Request, RequestLog, Response, RestApp,
-                      RestServer, add_latency_argument, add_secret_file_argument, confine, credential_lines,
-                      generated_account, job_environment, naming_ports, open_for_writing, read_private_file,
-                      run_until_interrupted, temporary_directory)
+from ..common import (DEFAULT_HOST, Knobs, LocalServer, OutsideRoot, Request, RequestLog, Response, RestApp,
+                      accounts_or_generated, add_latency_argument, add_secret_file_argument, configured_accounts,
+                      confine, job_environment, naming_ports, open_for_writing, run_until_interrupted,
+                      served_directory, terminate_group)
 
 DEFAULT_PORT = registry.protocol_for("unicore").default_port
 DEFAULT_SITE = "DEMO-SITE"  # the site name of UNICORE's own demo server and PyUNICORE's examples
@@ -168,11 +167,7 @@ class JobRunner:
             job.status = "FAILED"
             job.log.append("aborted by the user")
             process = job.process
-        if process is not None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        terminate_group(process)
 
     def get(self, job_id: str, owner: str) -> Optional[Job]:
         """The job if it is ``owner``'s: another account's job does not exist for them."""
@@ -207,7 +202,7 @@ class _UnicoreApp(RestApp):
         return super().dispatch(request)
 
 
-class UnicoreServer:
+class UnicoreServer(LocalServer):
     """The UNICORE/X REST API on 127.0.0.1 in a background thread: storage ``HOME`` is ``root``, each job's
     working directory the storage ``ID-uspace``.  ``start()`` returns self, ``stop()`` ends it and its jobs."""
 
@@ -216,47 +211,24 @@ class UnicoreServer:
                  jobs_root: Optional[str] = None):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", site):
             raise ValueError(f"site name {site!r}: letters, digits, '.', '_' and '-' only")
-        self.root = os.path.realpath(root or temporary_directory("hpcfs-unicore-"))
-        os.makedirs(self.root, exist_ok=True)
+        self.root = served_directory(root, "hpcfs-unicore-")
         self.site = site
-        self.private = PrivateDirectory("hpcfs-unicore-")  # TLS key, generated password; removed on stop
-        self.generated_credentials = None
-        if users is None:  # no built-in account: a random password for the invoking user, in a 0600 file
-            user, password, self.generated_credentials = generated_account(self.private)
-            users = {user: password}
-        self.users = dict(users)
+        super().__init__("hpcfs-unicore-")  # TLS key, generated password, jobs; removed on stop
+        self.users, self.generated_credentials = accounts_or_generated(users, self.private)
         self.tokens: Dict[str, str] = {}
         self.knobs, self.log = Knobs(), RequestLog()
         self.runner = JobRunner(jobs_root or os.path.join(self.private.path, "jobs"))
         os.makedirs(self.runner.root, mode=0o700, exist_ok=True)
         self.app = _UnicoreApp(self)
         self._register_routes()
-        try:
-            self.http = RestServer(self.app, host, port, tls_dir=self.private.path if tls else None)
-        except OSError:
-            self.private.remove()
-            raise
-
-    @property
-    def port(self) -> int:
-        return self.http.port
+        self.http = self.listen(self.app, host, port, tls)
 
     @property
     def base_url(self) -> str:
         return f"{self.http.url}/{self.site}/rest/core"
 
-    @property
-    def cert_file(self) -> Optional[str]:
-        return self.http.cert_file
-
-    def start(self) -> "UnicoreServer":
-        self.http.start()
-        return self
-
-    def stop(self):
+    def end_jobs(self):
         self.runner.stop()
-        self.http.stop()
-        self.private.remove()
 
     # -- authentication ---------------------------------------------------------------------------------
     def caller(self, header: str) -> Optional[str]:
@@ -279,23 +251,21 @@ class UnicoreServer:
     def _register_routes(self):
         core = f"/{self.site}/rest/core"
         files = core + "/storages/{name}/files"
-        routes = [
-            ("GET", core, self._site, None), ("GET", core + "/token", self._token, None),
-            ("GET", core + "/storages", self._storages, None), ("GET", core + "/storages/{name}", self._storage, None),
-            ("GET", files, self._get_file, None), ("GET", files + "/{path:path}", self._get_file, None),
+        self.app.add_routes([
+            ("GET", core, self._site), ("GET", core + "/token", self._token),
+            ("GET", core + "/storages", self._storages), ("GET", core + "/storages/{name}", self._storage),
+            ("GET", files, self._get_file), ("GET", files + "/{path:path}", self._get_file),
             ("PUT", files + "/{path:path}", self._put_file, UPLOAD_LIMIT),
-            ("POST", files + "/{path:path}", self._mkdir, None),
-            ("DELETE", files + "/{path:path}", self._delete, None),
-            ("POST", core + "/storages/{name}/actions/{action}", self._action, None),
-            ("GET", core + "/jobs", self._jobs, None), ("POST", core + "/jobs", self._submit, None),
-            ("GET", core + "/jobs/{job}", self._job, None), ("DELETE", core + "/jobs/{job}", self._destroy, None),
-            ("GET", core + "/jobs/{job}/details", self._details, None),
-            ("POST", core + "/jobs/{job}/actions/{action}", self._job_action, None),
-            ("GET", core + "/factories", self._empty("factories"), None),
-            ("GET", core + "/transfers", self._empty("transfers"), None),
-        ]
-        for method, pattern, handler, limit in routes:
-            self.app.route(method, pattern, **({"max_body": limit} if limit else {}))(handler)
+            ("POST", files + "/{path:path}", self._mkdir),
+            ("DELETE", files + "/{path:path}", self._delete),
+            ("POST", core + "/storages/{name}/actions/{action}", self._action),
+            ("GET", core + "/jobs", self._jobs), ("POST", core + "/jobs", self._submit),
+            ("GET", core + "/jobs/{job}", self._job), ("DELETE", core + "/jobs/{job}", self._destroy),
+            ("GET", core + "/jobs/{job}/details", self._details),
+            ("POST", core + "/jobs/{job}/actions/{action}", self._job_action),
+            ("GET", core + "/factories", self._empty("factories")),
+            ("GET", core + "/transfers", self._empty("transfers")),
+        ])
 
     def _url(self, request: Request, path: str) -> str:
         """An absolute link, on the host and port the client used (as UNICORE/X behind its gateway)."""
@@ -521,19 +491,11 @@ def add_arguments(parser):
     add_latency_argument(parser)
 
 
-def _users_from(args) -> Optional[Dict[str, str]]:
-    """The accounts to serve: the users file, else $UNICORE_USER/$UNICORE_PASSWORD, else None (generate one)."""
-    if args.users_file:
-        return dict(credential_lines(read_private_file(args.users_file, "users file")))
-    if os.environ.get("UNICORE_USER") and os.environ.get("UNICORE_PASSWORD"):
-        return {os.environ["UNICORE_USER"]: os.environ["UNICORE_PASSWORD"]}
-    return None
-
-
 def serve(args):
+    users = configured_accounts(args.users_file, "UNICORE_USER", "UNICORE_PASSWORD")
     try:
         with naming_ports({"--port": args.port}):
-            server = UnicoreServer(args.root, _users_from(args), args.host, args.port, site=args.site,
+            server = UnicoreServer(args.root, users, args.host, args.port, site=args.site,
                                    tls=args.tls, jobs_root=args.jobs_dir)
     except ValueError as exc:
         raise SystemExit(f"hpcfs serve unicore: {exc}") from None
