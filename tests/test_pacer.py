@@ -135,6 +135,16 @@ def test_until_polls_until_an_answer_then_times_out():
     assert never.calls == 1
 
 
+def test_a_deadline_that_progress_moves_is_asked_anew_after_each_try():
+    """A poll of something that grows (a server's copy) goes on while it grows: here the deadline lies an
+    hour ahead after each of the first three polls, then in the past, as when the growth stopped."""
+    poll = Counting(None)
+    ahead = iter([3600.0, 3600.0, 3600.0, -1.0])
+    with pytest.raises(errors.TimedOut):
+        net.until(poll, net.Schedule(0.001), lambda: time.monotonic() + next(ahead), lambda: errors.TimedOut("stalled"))
+    assert poll.calls == 4
+
+
 # -- the pacer behind each protocol, on the wire -----------------------------------------------------------
 def test_em_423_is_retried_a_bounded_number_of_times_and_spares_the_servers_health(make_em_server):
     em_server = make_em_server()

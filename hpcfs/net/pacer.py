@@ -59,13 +59,17 @@ class Schedule:
 AT_ONCE = Schedule(0.0)  # for callers that only ever try again at once
 
 
+Deadline = Union[float, Callable[[], float]]  # a time.monotonic() instant, or a function that moves it (progress)
+
+
 def retry(action: Callable[[], T], classify: Callable[[Union[T, Exception]], Verdict],
-          schedule: Schedule = AT_ONCE, *, deadline: float = math.inf, attempts: Optional[int] = None,
+          schedule: Schedule = AT_ONCE, *, deadline: Deadline = math.inf, attempts: Optional[int] = None,
           discard: Callable[[T], None] = lambda outcome: None, exhausted: Optional[Callable[[T], T]] = None) -> T:
     """``action()`` until ``classify`` calls its outcome DONE or FAIL, or the bounds are reached: at most
-    ``attempts`` tries, and no pause that would end after ``deadline`` (:func:`time.monotonic`).  A
-    returned outcome tried again is ``discard``-ed first (a response to close).  ``classify`` may also act
-    on an outcome before the next try (drop a stale staged copy)."""
+    ``attempts`` tries, and no pause that would end after ``deadline`` (:func:`time.monotonic`; a function
+    is asked anew after each try, for a deadline that progress pushes back).  A returned outcome tried again
+    is ``discard``-ed first (a response to close).  ``classify`` may also act on an outcome before the next
+    try (drop a stale staged copy)."""
     if attempts is None and deadline == math.inf:
         raise ValueError("a retry needs a bound: attempts, a deadline, or both")
     pauses = 0
@@ -80,7 +84,7 @@ def retry(action: Callable[[], T], classify: Callable[[Union[T, Exception]], Ver
             pause, pauses = schedule.pause(pauses), pauses + 1
         if verdict in (Verdict.DONE, Verdict.FAIL):
             return _give(outcome)
-        if attempt == attempts or time.monotonic() + pause > deadline:
+        if attempt == attempts or time.monotonic() + pause > (deadline() if callable(deadline) else deadline):
             return _give(outcome, exhausted)
         if not isinstance(outcome, Exception):
             discard(outcome)
@@ -88,7 +92,7 @@ def retry(action: Callable[[], T], classify: Callable[[Union[T, Exception]], Ver
     raise AssertionError("unreachable: itertools.count never ends")
 
 
-def until(check: Callable[[], Optional[T]], schedule: Schedule, deadline: float,
+def until(check: Callable[[], Optional[T]], schedule: Schedule, deadline: Deadline,
           timed_out: Callable[[], Exception]) -> T:
     """``check()`` until it answers (anything but None), pausing by ``schedule`` between asks; raises
     ``timed_out()`` when the next pause would end after ``deadline``.  An error ``check`` raises ends it."""
