@@ -700,8 +700,9 @@ def _add_file_commands(command):
     cp.add_argument("--resume", action="store_true",
                     help="skip files the destination already has (same size, not older); continue partial copies")
     cp.add_argument("-c", "--checksum", action="store_true",
-                    help="check each copy's sha256 against the source's (computed by the server where it can); "
-                         "with --resume, skip by hash instead of size and time, as rsync -c")
+                    help="check each copy's sha256 against the source's (computed by the server where it can) "
+                         "before it replaces the destination; with --resume, skip by hash instead of size and "
+                         "time, as rsync -c")
     cp.add_argument("-L", "--dereference", action="store_true", help="follow symbolic links inside directories")
     cp.add_argument("-j", "--parallel", type=_positive, default=4, metavar="N", help="files copied at once (default 4)")
     progress = cp.add_mutually_exclusive_group()

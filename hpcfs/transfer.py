@@ -14,6 +14,10 @@ server writes at an offset) from the kept prefix once its last block matches the
 skips files whose destination already has the source's size and is no older (``is_complete``).
 ``no_clobber`` (cp -n) leaves every existing destination alone; ``preserve`` (cp -p) keeps the source's mode
 and time.  Copying a file onto itself is refused before anything is opened (as GNU cp does).
+``checksum`` (cp -c) compares each copy's hash with the source's before the rename that puts it in place
+(the source hashed once per file, the skip check of ``resume`` included): a damaged copy is removed, as no
+prefix to resume from, and the destination stays as it was.  A copy that has no partial name (a server
+that cannot rename instantly, or a copy the server made itself) can only be checked where it lies.
 
 Modes are kept as ``cp`` without ``-p`` keeps them: the source's permission bits less the umask, never
 wider than the source; a private file gets its mode before its bytes reach a name others can open, where
@@ -24,6 +28,7 @@ loops by its content.  Special files (FIFOs, sockets, devices)
 are skipped with a warning.  One file's failure does not stop the others: each is named on its own line.
 """
 import errno
+import functools
 import hashlib
 import io
 import logging
@@ -44,6 +49,7 @@ from tqdm import tqdm
 from . import errors
 from .backend import SYMLINK, normalize, read_exactly
 from .core.files import FileStream
+from .core.upload import Damaged
 from .targets import Trees
 
 log = logging.getLogger("hpcfs.cp")
@@ -113,6 +119,7 @@ class Job:
     mode: int = 0o644  # the permission bits the copy gets (the source's, less the umask)
     kept: Optional[Kept] = None  # set by ``LocalSide.resume_offset``
     mtime: float = 0.0  # the source's modification time
+    source_digest: Optional[str] = None  # the source's CHECKSUM, once computed (``--checksum``)
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ class Rules:
     resume: bool = False
     no_clobber: bool = False  # -n: a destination that exists is never written (and no error)
     preserve: bool = False  # -p: the source's mode (no umask) and modification time, where the destination can
-    checksum: bool = False  # compare content hashes: after each copy, and with resume instead of size and time
+    checksum: bool = False  # compare content hashes: before each copy is put in place, and with resume to skip
 
 
 def is_complete(existing: Optional[Item], job: Job) -> bool:
@@ -174,7 +181,9 @@ class Side:
     dirname: Callable[[str], str]
     basename: Callable[..., Any]  # os.path.basename or posixpath.basename (overloaded for any path-like)
     checksum: Callable[[str], str]  # the CHECKSUM of a file's content
+    open_read: Callable[..., Any]  # a file opened for reading from an offset
     copies_on_server = False  # copy_on_server works for two paths of this side
+    renames_instantly: bool  # a copy is written to a partial name and renamed onto the real one when complete
 
     def __init__(self) -> None:
         self.umask = current_umask()
@@ -223,6 +232,7 @@ class LocalSide(Side):
     join = staticmethod(os.path.join)
     basename = staticmethod(os.path.basename)
     has_symlinks = True
+    renames_instantly = True
     can_dereference = True  # -L follows links of a local tree
 
     def __init__(self, dereference: bool = False):
@@ -340,22 +350,20 @@ class LocalSide(Side):
             return self._partials[directory].get(partial_stem(os.path.basename(path)), [])
 
     def checksum(self, path: str) -> str:
-        digest = hashlib.new(CHECKSUM)
         with open(path, "rb") as handle:
-            while data := handle.read(CHUNK):
-                digest.update(data)
-        return digest.hexdigest()
+            return _digest(handle.fileno())
 
-    def resume_offset(self, job: Job, quick_check: bool = True) -> Optional[int]:
-        """None when the destination is complete (``is_complete``, unless not ``quick_check``), else where
-        to continue: the longest kept partial of ours up to its first hole, or the length of a shorter file
-        of ours under the real name (another tool's interrupted download); ``job.kept`` then holds it open."""
+    def resume_offset(self, job: Job, checksum: bool = False) -> Optional[int]:
+        """None when the destination is complete (``is_complete``, unless ``checksum`` decided that by hash),
+        else where to continue: the longest kept partial of ours up to its first hole, or the length of a
+        shorter file of ours under the real name (another tool's interrupted download; not with ``checksum``:
+        a copy that fails its check must leave the destination as it was); ``job.kept`` then holds it open."""
         existing = self.stat(job.destination)
-        if quick_check and is_complete(existing, job):
+        if not checksum and is_complete(existing, job):
             return None
         directory = self.dirname(job.destination)
         candidates = [Kept(os.path.join(directory, name), -1) for name in self._kept_partials(job.destination)]
-        if existing is not None and not existing.is_dir and existing.size < job.size:
+        if not checksum and existing is not None and not existing.is_dir and existing.size < job.size:
             candidates.append(Kept(job.destination, -1, under_real_name=True))
         best, offset = None, 0
         for candidate in candidates:
@@ -372,7 +380,8 @@ class LocalSide(Side):
         job.kept = best
         return offset
 
-    def receive(self, job, reader, offset, meter, stop):
+    def receive(self, job, reader, offset, meter, stop, verify: Optional[Callable[[str], None]] = None):
+        """Download into a partial file, ``verify`` its digest, and rename it onto the destination."""
         partial, fd = self._open_partial(job, offset)
         try:
             with os.fdopen(fd, "r+b") as handle:
@@ -383,6 +392,8 @@ class LocalSide(Side):
                 else:
                     _write_all(reader, handle, meter, stop)
                 handle.flush()
+                if verify is not None:
+                    _verify_partial(handle.fileno(), partial, verify)
                 os.fchmod(handle.fileno(), job.mode)  # the final mode, as the bytes appear under the real name
                 try:
                     os.replace(partial, job.destination)
@@ -416,6 +427,26 @@ class LocalSide(Side):
             raise errors.HpcfsError(f"the kept copy was replaced during the copy; it is now {partial}", kept.path)
         os.fchmod(kept.fd, 0o600)
         return partial
+
+
+def _digest(fd: int) -> str:
+    """The CHECKSUM of the whole file open on ``fd`` (read with pread: its offset is left alone)."""
+    digest = hashlib.new(CHECKSUM)
+    position = 0
+    while data := os.pread(fd, CHUNK, position):
+        digest.update(data)
+        position += len(data)
+    return digest.hexdigest()
+
+
+def _verify_partial(fd: int, partial: str, verify: Callable[[str], None]) -> None:
+    """``verify`` the complete partial download before its rename; a damaged one is removed: a later
+    ``resume`` must not continue it.  Any other failure (the source's hash not to be had) keeps it."""
+    try:
+        verify(_digest(fd))
+    except Damaged:
+        os.unlink(partial)
+        raise
 
 
 def _partials_by_stem(directory: str) -> Dict[str, List[str]]:
@@ -691,12 +722,12 @@ class RemoteSide(Side):
         """The server's own hash where it has one (no bytes sent), else the bytes' (RemoteTree.checksum)."""
         return self.remote_tree.checksum(path, CHECKSUM)
 
-    def resume_offset(self, job: Job, quick_check: bool = True) -> Optional[int]:
-        """None when the destination is complete (``is_complete``, unless not ``quick_check``); where the
-        server writes at an offset, the length of a kept partial upload whose last block matches the source;
-        else 0 (sent again whole)."""
+    def resume_offset(self, job: Job, checksum: bool = False) -> Optional[int]:
+        """None when the destination is complete (``is_complete``, unless ``checksum`` decided that by hash);
+        where the server writes at an offset, the length of a kept partial upload whose last block matches
+        the source; else 0 (sent again whole)."""
         existing = self.stat(job.destination)
-        if quick_check and is_complete(existing, job):
+        if not checksum and is_complete(existing, job):
             return None
         kept = self.stat(self.partial(job.destination)) if self.renames_instantly else None
         if not self.resumable:
@@ -713,20 +744,23 @@ class RemoteSide(Side):
         kept = _read_at(self, self.partial(job.destination), start, end - start)
         return kept == _read_at(job.source_side, job.source, start, end - start)
 
-    def receive(self, job, reader, offset, meter, stop):
+    def receive(self, job, reader, offset, meter, stop, verify: Optional[Callable[[str], None]] = None):
         """Upload through the core's one uploader.  Where the server renames instantly, the bytes go to
         the fixed partial name ``resume`` looks for, which gets the copy's mode before the rename (a
         private file's before its first byte); where it also writes at an offset, a file above one part
         goes in order (an interruption leaves a prefix, kept for ``resume``).  Elsewhere the bytes go to
-        the real name, whose mode is set after them (and before them when it exists: narrowed first)."""
+        the real name, whose mode is set after them (and before them when it exists: narrowed first).
+        ``verify`` gets the digest of what the server holds, before the rename where there is one."""
         source = CountingReader(reader, meter, stop)
         resumable = self.resumable and (offset > 0 or job.size > UPLOAD_PIECE)
         partial = self.partial(job.destination) if self.renames_instantly else None
         mode = job.mode if self.chmod else None
         if mode is not None and mode & 0o044 != 0o044:  # others must not read what goes out
             self._narrow_before_upload(partial or job.destination, mode, create=partial is not None and not offset)
+        written = partial or job.destination
         self.remote_tree.upload(job.destination, source, job.size, publish_mode=mode, partial=partial,
-                                resume_from=offset, in_order=resumable)
+                                resume_from=offset, in_order=resumable,
+                                verify=None if verify is None else lambda: verify(self.checksum(written)))
         if mode is not None and partial is None:
             self.remote_tree.chmod(job.destination, mode)
 
@@ -924,23 +958,19 @@ def _copy_file(job, dest_side, rules: Rules, meter, stop):
         if rules.resume and rules.checksum and _same_content(job, dest_side):
             meter.skip(job.size, file_done=True)
             return
-        offset = dest_side.resume_offset(job, quick_check=not rules.checksum) if rules.resume else 0
+        offset = dest_side.resume_offset(job, checksum=rules.checksum) if rules.resume else 0
         if offset is None:
             meter.skip(job.size, file_done=True)
             return
         meter.skip(offset)
         if _copied_on_server(job, dest_side):
             meter.advance(job.size - offset)
+            if rules.checksum:  # the server's copy is under the real name already: checked there
+                _verify_copy(job, dest_side.checksum(job.destination), replaced=True)
         else:
-            reader = job.source_side.open_read(job.source, offset)
-            try:
-                dest_side.receive(job, reader, offset, meter, stop)
-            finally:
-                reader.close()
+            _stream(job, dest_side, offset, meter, stop, rules.checksum)
         if rules.preserve:
             dest_side.set_mtime(job.destination, job.mtime)
-        if rules.checksum:
-            _verify_copy(job, dest_side)
     finally:
         if job.kept is not None:  # claimed for resume but not continued (the source could not be read)
             os.close(job.kept.fd)
@@ -961,22 +991,45 @@ def _copied_on_server(job: Job, dest_side) -> bool:
     return True
 
 
+def _stream(job: Job, dest_side, offset: int, meter, stop, checksum: bool) -> None:
+    """The source's bytes from ``offset`` on through this process to the destination, checked against the
+    source's hash (``checksum``) before the rename that puts them in place, where the destination has one."""
+    verify = None
+    if checksum:
+        verify = functools.partial(_verify_copy, job, replaced=not dest_side.renames_instantly)
+    reader = job.source_side.open_read(job.source, offset)
+    try:
+        dest_side.receive(job, reader, offset, meter, stop, verify)
+    finally:
+        reader.close()
+
+
 def _same_content(job: Job, dest_side) -> bool:
     """rsync -c's check: the destination has the source's size and the same hash."""
     existing = dest_side.stat(job.destination)
     if existing is None or existing.is_dir or existing.size != job.size:
         return False
-    return dest_side.checksum(job.destination) == job.source_side.checksum(job.source)
+    return dest_side.checksum(job.destination) == _source_digest(job)
 
 
-def _verify_copy(job: Job, dest_side) -> None:
-    """The copy's hash against the source's, each computed where it lies (a server's own hash sends no
-    bytes); a mismatch fails the file, loudly, and ``--resume --checksum`` copies it again."""
-    theirs, ours = job.source_side.checksum(job.source), dest_side.checksum(job.destination)
-    if theirs != ours:
-        raise errors.HpcfsError(f"the copy's {CHECKSUM} ({ours[:16]}...) differs from the source's "
-                                f"({theirs[:16]}...): the copy is damaged; run again with --resume --checksum",
-                                job.destination)
+def _source_digest(job: Job) -> str:
+    """The source's hash, computed where it lies (a server's own hash sends no bytes) once per file: the
+    skip check of ``--resume --checksum`` and the copy's check share it."""
+    if job.source_digest is None:
+        job.source_digest = job.source_side.checksum(job.source)
+    return job.source_digest
+
+
+def _verify_copy(job: Job, copy_digest: str, replaced: bool) -> None:
+    """The copy's hash against the source's; a mismatch fails the file, loudly.  ``replaced``: the copy
+    is under the real name already (no partial name to check it in first)."""
+    theirs = _source_digest(job)
+    if copy_digest == theirs:
+        return
+    outcome = ("the copy in its place is damaged" if replaced
+               else "the damaged copy was discarded and the destination left as it was")
+    raise Damaged(f"the copy's {CHECKSUM} ({copy_digest[:16]}...) differs from the source's ({theirs[:16]}...): "
+                  f"{outcome}; copy it again", job.destination)
 
 
 class Progress:

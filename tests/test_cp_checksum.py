@@ -4,6 +4,7 @@ local UFTP server's ``corrupt_transfers`` knob (one byte flipped on the way)."""
 import hashlib
 import os
 
+import pytest
 from mounting import write_random
 from test_cli import cli, isolated, ok, one_line_error, uftp  # noqa: F401  (fixtures)
 
@@ -16,17 +17,43 @@ def sha256(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def test_a_damaged_download_is_caught_and_resume_checksum_repairs_it(cli, uftp, tmp_path):
-    source = write_random(uftp.local("data.bin"), (3 << 20) + 1)
+@pytest.mark.parametrize("size, options", [((3 << 20) + 1, ["--checksum"]), ((17 << 20) + 1, ["--checksum"]),
+                                           ((3 << 20) + 1, ["--resume", "--checksum"])],
+                         ids=["one-stream", "in-ranges", "resume"])
+def test_a_damaged_download_replaces_nothing_and_resume_checksum_repairs_it(cli, uftp, tmp_path, size, options):
+    """The partial download is checked before its rename: the old destination keeps its bytes (with
+    ``--resume`` too, which would otherwise continue a shorter destination as another tool's partial
+    copy), the damaged partial is removed (no prefix to continue), and a second run copies the file whole."""
+    source = write_random(uftp.local("data.bin"), size)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    copy = write_random(copies / "data.bin", 1000)
+    before = sha256(copy)
     uftp.handle.knobs.extra["corrupt_transfers"] = 1
-    copy = tmp_path / "data.bin"
-    message = one_line_error(cli("cp", "--checksum", uftp.url("data.bin"), str(copy), env=uftp.env), 1)
-    assert "differs from the source's" in message and "--resume --checksum" in message, message
-    assert sha256(copy) != sha256(source)  # what the damaged copy would have gone unnoticed as
-    uftp.handle.log.reset()
+    message = one_line_error(cli("cp", *options, uftp.url("data.bin"), str(copy), env=uftp.env), 1)
+    assert str(copy) in message and "differs from the source's" in message, message
+    assert sha256(copy) == before
+    assert os.listdir(copies) == ["data.bin"], "the damaged partial is kept"
     ok(cli("cp", "--resume", "--checksum", uftp.url("data.bin"), str(copy), env=uftp.env))
     assert sha256(copy) == sha256(source)
-    assert uftp.handle.log.total("HASH") == 2  # skip check, then verification: UFTPD hashed, twice
+
+
+def test_a_damaged_upload_is_refused_before_its_rename(cli, uftp, tmp_path):
+    """A kept partial upload whose last block matches the source but whose start was damaged: ``--resume``
+    continues it, and the check of the partial on the server catches it before the rename."""
+    source = write_random(tmp_path / "up.bin", 3 << 20)
+    old = write_random(uftp.local("up.bin"), 1000)
+    before = sha256(old)
+    kept = bytearray(open(source, "rb").read(2 << 20))
+    kept[0] ^= 0xFF
+    with open(uftp.local(".up.bin.hpcfs-partial"), "wb") as handle:
+        handle.write(kept)
+    message = one_line_error(cli("cp", "--resume", "--checksum", str(source), uftp.url("up.bin"), env=uftp.env), 1)
+    assert "up.bin" in message and "differs from the source's" in message, message
+    assert sha256(old) == before
+    assert not os.path.exists(uftp.local(".up.bin.hpcfs-partial")), "the damaged partial is kept"
+    ok(cli("cp", "--resume", "--checksum", str(source), uftp.url("up.bin"), env=uftp.env))
+    assert sha256(uftp.local("up.bin")) == sha256(source)
 
 
 def test_a_good_copy_is_checked_by_the_servers_hash_both_ways(cli, uftp, tmp_path):
@@ -36,6 +63,8 @@ def test_a_good_copy_is_checked_by_the_servers_hash_both_ways(cli, uftp, tmp_pat
     ok(cli("cp", "-c", uftp.url("up.bin"), str(tmp_path / "down.bin"), env=uftp.env))
     assert sha256(tmp_path / "down.bin") == sha256(source)
     assert uftp.handle.log.total("HASH") == 2
+    upload_hash = next(detail for kind, detail in uftp.handle.log.entries if kind == "HASH")
+    assert upload_hash.endswith("/.up.bin.hpcfs-partial"), "the upload was not checked before its rename"
 
 
 def test_resume_checksum_decides_by_content_not_size_and_time(cli, uftp, tmp_path):
@@ -46,8 +75,11 @@ def test_resume_checksum_decides_by_content_not_size_and_time(cli, uftp, tmp_pat
     os.utime(copy, (os.path.getmtime(source) + 60,) * 2)
     ok(cli("cp", "--resume", uftp.url("data.bin"), str(copy), env=uftp.env))
     assert sha256(copy) != sha256(source), "the quick check should have skipped it"
+    uftp.handle.log.reset()
     ok(cli("cp", "--resume", "--checksum", uftp.url("data.bin"), str(copy), env=uftp.env))
     assert sha256(copy) == sha256(source)
+    # the source hashed once: for the skip check, and again for the copy's check, by that one hash
+    assert uftp.handle.log.total("HASH") == 1 and uftp.handle.log.total("RETR") >= 1
     uftp.handle.log.reset()
     ok(cli("cp", "--resume", "--checksum", uftp.url("data.bin"), str(copy), env=uftp.env))
     assert uftp.handle.log.total("RETR") == 0 and uftp.handle.log.total("HASH") == 1

@@ -12,7 +12,7 @@ import posixpath
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Callable, Iterator, Optional
 
 from .. import errors
 from ..backend import DIRECTORY, FILE, Entry, normalize, split
@@ -173,18 +173,20 @@ class RemoteTree:
         return self._ranged(entry)
 
     def upload(self, path: str, source: BinaryIO, size: int, publish_mode: Optional[int] = None,
-               partial: Optional[str] = None, resume_from: int = 0, in_order: bool = False) -> None:
+               partial: Optional[str] = None, resume_from: int = 0, in_order: bool = False,
+               verify: Optional[Callable[[], None]] = None) -> None:
         """Send a whole file through the uploader (:mod:`hpcfs.core.upload`: a failed upload never replaces
         or creates ``path`` where the server renames instantly) and cache its new attributes.  ``partial``
         names the hidden file it goes to (default: a fresh name); ``resume_from`` and ``in_order`` are for
-        resumable copies (``hpcfs cp --resume``)."""
+        resumable copies (``hpcfs cp --resume``); ``verify`` checks the bytes on the server (in ``partial``
+        where the server renames) before they are published, raising ``Damaged`` to refuse them."""
         limit = self.capabilities.max_upload
         if limit is not None and size > limit:
             raise errors.TooLarge(f"file of {size} bytes exceeds the server's upload limit of {limit}", path)
         self._check_new_name(path)
         self.uploader.send(self.remote_path(path), source, size, publish_mode,
                            partial=self.remote_path(partial) if partial else None, resume_from=resume_from,
-                           in_order=in_order)
+                           in_order=in_order, verify=verify)
         self.uploaded(path, size)
 
     def uploaded(self, path, size):

@@ -5,8 +5,10 @@ abort).  Where the backend publishes by rename (``Capabilities.publishes_by_rena
 instantly), the bytes go to a hidden partial name next to the real one, which appears only by one rename
 once the session is committed, so a failed or interrupted upload never creates or truncates the real
 name.  Elsewhere (FirecREST: a rename is a job; EM: a copy) the session writes the real name, and only
-the server's own commit makes it visible.  Parts go out in parallel where the session allows it, at most
-``session.parallel`` at once, so memory stays bounded by a few parts.
+the server's own commit makes it visible.  A caller's ``verify`` (``hpcfs cp --checksum``) runs once the
+server holds every byte and before that rename, so a damaged copy replaces nothing where there is one.
+Parts go out in parallel where the session allows it, at most ``session.parallel`` at once, so memory
+stays bounded by a few parts.
 """
 import collections
 import io
@@ -14,7 +16,7 @@ import logging
 import posixpath
 import secrets
 from concurrent.futures import Executor, Future
-from typing import BinaryIO, Deque, Optional
+from typing import BinaryIO, Callable, Deque, Optional
 
 from .. import errors
 from ..backend import Backend, UploadSession, read_exactly, split
@@ -22,6 +24,11 @@ from ..backend import Backend, UploadSession, read_exactly, split
 log = logging.getLogger("hpcfs.core")
 
 PARTIAL_MARK = ".hpcfs-partial-"  # hidden names that uploads go to before they are complete
+
+
+class Damaged(errors.HpcfsError):
+    """The bytes arrived, but a content check found them other than the source's: where they are still
+    under a partial name they are never published, and not kept as a prefix to resume from either."""
 
 
 def fresh_partial_name(path: str) -> str:
@@ -51,16 +58,17 @@ class Uploader:
         return Upload(self._backend, self._pool, session, destination, path, in_order)
 
     def send(self, path: str, source: BinaryIO, size: int, publish_mode: Optional[int] = None,
-             partial: Optional[str] = None, resume_from: int = 0, in_order: bool = False) -> None:
-        """Upload ``size`` bytes of ``source`` (from ``resume_from`` on) and publish them under ``path``.  On
-        failure nothing appears under ``path``: the partial is removed, unless ``in_order`` asked to keep a
-        resumable prefix."""
+             partial: Optional[str] = None, resume_from: int = 0, in_order: bool = False,
+             verify: Optional[Callable[[], None]] = None) -> None:
+        """Upload ``size`` bytes of ``source`` (from ``resume_from`` on) and publish them under ``path``,
+        once ``verify`` (if given) has not raised ``Damaged``.  On failure nothing appears under ``path``: the
+        partial is removed, unless ``in_order`` asked to keep a resumable prefix (a damaged copy is none)."""
         upload = self.start(path, size, partial, resume_from, in_order)
         try:
             upload.send_stream(source, resume_from, size)
-            upload.publish(publish_mode)
-        except BaseException:
-            upload.abort(keep_partial=in_order and partial is not None)
+            upload.publish(publish_mode, verify)
+        except BaseException as failure:
+            upload.abort(keep_partial=in_order and partial is not None and not isinstance(failure, Damaged))
             raise
 
 
@@ -102,11 +110,13 @@ class Upload:
         """Every part sent so far is on the server (else the first failure among them is raised)."""
         self._wait()
 
-    def publish(self, mode: Optional[int] = None) -> None:
-        """Wait for every part, commit, and make the file appear under its real name (keeping ``mode``,
-        the permission bits of the file it replaces, where the server has them)."""
+    def publish(self, mode: Optional[int] = None, verify: Optional[Callable[[], None]] = None) -> None:
+        """Wait for every part, commit, ``verify`` the bytes, and make the file appear under its real name
+        (keeping ``mode``, the permission bits of the file it replaces, where the server has them)."""
         self._wait()
         self._session.commit()
+        if verify is not None:
+            verify()
         if self.destination != self.path:
             if mode is not None and self._backend.capabilities.chmod:
                 self._backend.chmod(self.destination, mode & 0o7777)
