@@ -21,9 +21,10 @@ from benchmarks.settings import FULL, HPCFS, HPCFS_CODE, PEER_VENV
 REAL_ROW = "real-uftpd-read"  # to local disk, nothing else writing to it
 DEVNULL_ROW = "real-uftpd-devnull"
 BUSY_ROW = "real-uftpd-busy"  # to local disk while a BusyWriter writes to it
-TRANSFORMED_ROW = "real-uftpd-transformed"  # encrypted or compressed data, to local disk
+TRANSFORMED_ROW = "real-uftpd-transformed"  # encrypted, compressed or multi-stream data, to local disk
 # client -> (pyuftp's flags, hpcfs's URL query); pyuftp encrypts with AES as hpcfs does (UFTP_ENCRYPTION_ALGORITHM)
-TRANSFORMS = {"encrypted": ("-E", "encrypt=1"), "compressed": ("-C", "compress=1")}
+TRANSFORMS = {"encrypted": (("-E",), "encrypt=1"), "compressed": (("-C",), "compress=1"),
+              "4 streams": (("-n", "4"), "streams=4")}
 BUSY_ROUNDS = 3  # busy-disk copies of each client (--quick: 1), the order alternated from round to round
 
 
@@ -42,11 +43,11 @@ class Served:
     def copy_command(self, client: str, transform: str = ""):
         """``argv(OUT)`` of ``pyuftp cp`` or ``hpcfs cp`` of the file to OUT, with a ``TRANSFORMS`` key's
         data transform."""
-        flag, query = TRANSFORMS.get(transform, ("", ""))
+        flags, query = TRANSFORMS.get(transform, ((), ""))
         server_path = f"{self.env['UFTP_AUTH_URL']}:{self.directory / 'big.bin'}"
         if client.startswith("pyuftp cp"):
             return lambda out: [str(PEER_VENV / "bin" / "python"), "-c", PYUFTP_TIMED, "cp", "-P",
-                                *([flag] if flag else []), server_path, str(out)]
+                                *flags, server_path, str(out)]
         url = "uftp://" + server_path.split("://", 1)[1] + (f"?{query}" if query else "")
         return lambda out: [str(HPCFS), "cp", url, str(out)]
 
@@ -92,7 +93,8 @@ def idle_disk_rows(ctx: Context, results: Results, served: Served):
 
 
 def transformed_rows(ctx: Context, results: Results, served: Served):
-    """The same copy with the data encrypted (AES-256 on both) or gzipped, each client as its users ask."""
+    """The same copy with the data encrypted (AES-256 on both), gzipped or over 4 TCP streams of one session,
+    each client as its users ask."""
     env = {**served.client_env, "UFTP_ENCRYPTION_ALGORITHM": "AES"}
     for transform in TRANSFORMS:
         for client in ("pyuftp cp", "hpcfs cp"):

@@ -41,6 +41,7 @@ class Grant:
     port: int
     secret: str = field(repr=False)
     transform: Optional[Transform] = field(default=None, repr=False)  # its data connections' gzip/AES
+    streams: int = 1  # data connections per file transfer (its ``streamCount``)
 
 
 # -- credentials ---------------------------------------------------------------------------------------
@@ -301,14 +302,14 @@ class AuthClient:
     """Talks to one Auth server endpoint ``.../rest/auth/SERVER`` over a reused HTTPS session."""
 
     def __init__(self, auth_url: str, credential: Credential, *, verify: Union[bool, str] = True,
-                 timeout: float = 30.0, encrypt: bool = False, compress: bool = False):
+                 timeout: float = 30.0, encrypt: bool = False, compress: bool = False, streams: int = 1):
         if "/rest/auth/" not in auth_url:
             raise errors.UsageError(f"not an Auth server URL (…/rest/auth/SERVER): {auth_url}")
         self.auth_url = auth_url.rstrip("/")
         self.server_name = self.auth_url.rsplit("/rest/auth/", 1)[1]
         self.credential = credential
         self.timeout = timeout
-        self.encrypt, self.compress = encrypt, compress
+        self.encrypt, self.compress, self.streams = encrypt, compress, streams
         self._http = net.new_session(verify)
 
     def __repr__(self):
@@ -316,16 +317,28 @@ class AuthClient:
 
     def authenticate(self, base_dir: str) -> Grant:
         """A persistent secret whose sessions start in ``base_dir``."""
+        # a fresh key per secret
+        return self._grant(base_dir, True, Transform.new(self.encrypt, self.compress), self.streams)
+
+    def one_login(self, base_dir: str, transform: Optional[Transform]) -> Grant:
+        """A secret for a single login in ``base_dir`` whose data connections ``transform`` as given: for
+        UFTPD's own transfer process, which logs in with it and undoes the transform of the session that
+        forked it."""
+        return self._grant(base_dir, False, transform)
+
+    def _grant(self, base_dir: str, persistent: bool, transform: Optional[Transform], streams: int = 1) -> Grant:
         server_path = base_dir.rstrip("/") + "/"  # UFTPD takes dirname(serverPath) as the base
-        transform = Transform.new(self.encrypt, self.compress)  # a fresh key for every secret
-        request = {"serverPath": server_path, "persistent": True, **(transform.grant_fields() if transform else {})}
+        request = {"serverPath": server_path, "persistent": persistent,
+                   **(transform.grant_fields() if transform else {}),
+                   **({"streamCount": streams} if streams > 1 else {})}
         body = self._request("POST", self.auth_url, json=request)
         if str(body.get("success", True)).lower() == "false":
             reason = self._scrub(str(body.get("reason") or "the Auth server refused the request"))
             raise (errors.Busy if "Too many" in reason else errors.Unavailable)(reason)
         try:
             return Grant(host=str(body.get("serverHost") or urlsplit(self.auth_url).hostname),
-                         port=int(body["serverPort"]), secret=str(body["secret"]), transform=transform)
+                         port=int(body["serverPort"]), secret=str(body["secret"]), transform=transform,
+                         streams=streams)
         except (KeyError, TypeError, ValueError):
             raise errors.ProtocolError("the Auth server's reply lacks serverPort or secret") from None
 

@@ -51,6 +51,12 @@ SECRET_LIFETIME = 300.0  # UFTPD counts a secret nobody logged in with until it 
 UFTPD_LIMIT = 16  # UFTPD's MAX_CONNECTIONS by default, when the Auth server does not say
 SESSION_MARGIN = 2  # sessions of the limit left to the user's other tools (uftp, pyuftp, another machine)
 SIZE_HINTS = 4096
+# A copy within the server is made by UFTPD's own transfer process from this size on.  A smaller file costs
+# less streamed through here than the server's copy costs: a grant, a login UFTPD counts for seconds after
+# it ended, polls and two hashes.
+SERVER_COPY_FROM = 1 << 20
+COPY_POLL = net.Schedule(0.05, growth=1.5, longest=1.0)  # how often a server copy's size is asked
+COPY_HASH = "sha256"  # the server's hash that decides whether its copy is whole
 T = TypeVar("T")
 log = logging.getLogger("hpcfs.uftp")
 
@@ -99,7 +105,7 @@ class SessionPool:
         self._keeper: Optional[ControlSession] = None
         self.features: Optional[Features] = None
         self.version = ""
-        self._budget = budget
+        self._budget, self._what = budget, what
         self._keeper_slot: Optional[net.Slot] = None
         self._worker_slots: List[net.Slot] = []  # one per live worker, plus spare ones for the next logins
         try:
@@ -141,7 +147,8 @@ class SessionPool:
         anew: a secret nobody used counts against the limit until it expires."""
         try:
             return retry_while_busy(lambda: ControlSession(grant.host, grant.port, grant.secret, timeout=self.timeout,
-                                                           features=self.features, transform=grant.transform))
+                                                           features=self.features, transform=grant.transform,
+                                                           streams=grant.streams))
         except SessionLost:  # logged in, so the secret is used and UFTPD reaps the session
             raise errors.NotFound("UFTPD ended the session right after login: is the base directory "
                                   "missing or not accessible?", self._base_dir) from None
@@ -159,7 +166,7 @@ class SessionPool:
             grant, generation = self._grant()
             tried.append(generation)
             return ControlSession(grant.host, grant.port, grant.secret, timeout=self.timeout,
-                                  features=self.features, transform=grant.transform)
+                                  features=self.features, transform=grant.transform, streams=grant.streams)
 
         def renew_once(outcome) -> net.Verdict:
             if not isinstance(outcome, SecretRejected):
@@ -252,6 +259,15 @@ class SessionPool:
             else:
                 self._closing.wait(pause)  # set at close: the next round ends the reaper
 
+    def spare_slot(self) -> Optional[net.Slot]:
+        """A slot for a session that is not the pool's (UFTPD's own transfer process), else None; the caller
+        releases it.  It waits as long as a slot may cool after its session ended (sessions this process or
+        another just closed), not for sessions still in use: then the copy streams through the pool."""
+        try:
+            return self._budget.wait(1, time.monotonic() + self._budget.grace + 1, self._what)[0]
+        except errors.Busy:
+            return None
+
     def release(self, session: ControlSession):
         with self._cond:
             if not session.broken and not self._closed:
@@ -323,14 +339,16 @@ class UFTPBackend(Backend):
         self.session_budget = max_sessions or max(2, (self.session_limit or UFTPD_LIMIT) - SESSION_MARGIN)
         if self.session_budget < 2:
             raise errors.UsageError("max_sessions must be at least 2: the keeper session and one for data")
-        workers = max(1, min(sessions or DEFAULT_SESSIONS, self.session_budget - 1))
+        # several streams already fill the pipe that more sessions would: one data session unless asked
+        workers = max(1, min(sessions or (1 if auth.streams > 1 else DEFAULT_SESSIONS), self.session_budget - 1))
         self.capabilities = Capabilities(ranged_reads=True, ranged_writes=True, rename="instant",
                                          max_parallel=workers, chmod=True, set_mtime=True, symlinks=False,
-                                         checksums=tuple(UFTPD_HASHES))
+                                         checksums=tuple(UFTPD_HASHES), server_copy=True)
         self.large_write = large_write
         self.piece_size = piece_size
         self._sizes = SizeHints()
         self._pool = self._new_pool(workers, timeout)
+        self._copy_refusal: Optional[str] = None  # why UFTPD makes no copies here, once known ("": it makes them)
 
     def _new_pool(self, workers: int, timeout: float) -> SessionPool:
         """The pool, on the budget UFTPD counts by: the remote login (the Auth server's ``uid``) on this
@@ -621,6 +639,79 @@ class UFTPBackend(Backend):
         path, remote = self._remote(path)
         return self._run(lambda session: session.hash(remote, UFTPD_HASHES[algorithm]))
 
+    # -- copies within the server -----------------------------------------------------------------------
+    def copy(self, src: str, dst: str) -> None:
+        """UFTPD's own server-to-server transfer: a one-time secret for the source side, ``RECEIVE-FILE`` on a
+        session, then ``dst`` watched until it has the source's size and the server's hashes of both
+        compared, since UFTPD never says how its transfer process ended.  The transfer process is a login
+        of its own, so it holds a slot of the session budget till then.  NotSupported (the caller streams)
+        where UFTPD refuses, for a small file, with no slot free, or when the process never starts writing;
+        TimedOut when the copy stops growing for the timeout."""
+        src, remote_src = self._remote(src)
+        dst, remote_dst = self._remote(dst)
+        self._require_server_copy(src)
+        size = self._run(lambda session: self._stat_line(session, remote_src, src)).size
+        if size < SERVER_COPY_FROM:
+            raise errors.NotSupported(f"below {SERVER_COPY_FROM} bytes a file costs less streamed", src)
+        slot = self._pool.spare_slot()
+        if slot is None:
+            raise errors.NotSupported("no UFTP session of the budget is free for UFTPD's transfer process", src)
+        try:
+            self._run(lambda session: self._launch_copy(session, remote_src, remote_dst, dst), retry=False)
+            self._await_copy(dst, remote_dst, size)
+        except BaseException:
+            slot.keep_busy(SECRET_LIFETIME)  # its secret may be unused: UFTPD counts it till it expires
+            raise
+        finally:
+            slot.release()
+        self._sizes.drop(dst)
+        if self.checksum(dst, COPY_HASH) != self.checksum(src, COPY_HASH):
+            raise errors.HpcfsError(f"UFTPD's copy differs from its source ({COPY_HASH}): not kept", dst)
+
+    def _require_server_copy(self, path: str) -> None:
+        if self._copy_refusal is None:
+            offered = self._run(lambda session: session.offers_receive_file())
+            self._copy_refusal = "" if offered else "this UFTPD has no server-to-server copy (RECEIVE-FILE)"
+        if self._copy_refusal:
+            raise errors.NotSupported(self._copy_refusal, path)
+
+    def _launch_copy(self, session: ControlSession, remote_src: str, remote_dst: str, dst: str) -> None:
+        # UFTPD's transfer process undoes the transform of the session that forks it, so the source side's
+        # secret asks for the same one.
+        grant = self._auth.one_login(self.base_dir, session.transform)
+        session.receive_file(remote_dst, remote_src, f"{grant.host}:{grant.port}", grant.secret)
+        log.debug("UFTPD copies to %s in a transfer process of its own", dst)
+
+    def _await_copy(self, dst: str, remote_dst: str, size: int) -> None:
+        """Until ``dst`` has ``size`` bytes: the transfer process writes in order, so that is the whole copy.
+        It may appear late; once it has, it must grow within every timeout."""
+        timeout = self._pool.timeout
+        seen: Optional[int] = None  # the size last seen, None before the file appeared
+        since = time.monotonic()  # when it was first seen: the copy must grow within each timeout
+
+        def whole() -> Optional[bool]:
+            nonlocal seen, since
+            current = self._size_or_none(remote_dst, dst)
+            if current is not None and current > size:
+                raise errors.HpcfsError(f"UFTPD's copy grew past the source's {size} bytes: the source changed", dst)
+            if current != seen:
+                seen, since = current, time.monotonic()
+            return True if current == size else None
+
+        net.until(whole, COPY_POLL, lambda: since + timeout, lambda: self._stalled(dst, seen, size, timeout))
+
+    def _stalled(self, dst: str, seen: Optional[int], size: int, timeout: float) -> errors.HpcfsError:
+        if seen is None:  # its login failed (UFTPD's client address check, say): so would the next ones
+            self._copy_refusal = f"UFTPD's transfer process wrote nothing within {timeout:g} s"
+            return errors.NotSupported(self._copy_refusal, dst)
+        return errors.TimedOut(f"UFTPD's copy stopped at {seen} of {size} bytes for {timeout:g} s", dst)
+
+    def _size_or_none(self, remote: str, path: str) -> Optional[int]:
+        try:
+            return self._run(lambda session: self._stat_line(session, remote, path)).size
+        except errors.NotFound:
+            return None
+
     # -- lifecycle --------------------------------------------------------------------------------------
     def describe(self) -> dict:
         return {
@@ -632,7 +723,9 @@ class UFTPBackend(Backend):
             "server_version": self._pool.version or self._info.get("uftpdServerVersion", ""),
             "features": list(self._pool.features.lines if self._pool.features else ()),
             "data": ", ".join(name for name, on in (("encrypted (AES-256)", self._auth.encrypt),
-                                                    ("compressed (gzip)", self._auth.compress)) if on) or "plain",
+                                                    ("compressed (gzip)", self._auth.compress),
+                                                    (f"{self._auth.streams} streams", self._auth.streams > 1))
+                              if on) or "plain",
             "session_limit": self.session_limit,
             "session_budget": self.session_budget,
             "sessions": self.capabilities.max_parallel,
@@ -697,7 +790,7 @@ def backend_from_url(parsed, settings: UFTPOptions):
     auth_url, base_dir = split_auth_path(parsed)
     verify = net.parse_verify(settings.verify, settings.ca_file)
     auth = AuthClient(auth_url, make_credential(settings), verify=verify, timeout=settings.timeout,
-                      encrypt=settings.encrypt, compress=settings.compress)
+                      encrypt=settings.encrypt, compress=settings.compress, streams=settings.streams)
     try:
         return UFTPBackend(auth, base_dir, sessions=settings.parallel, max_sessions=settings.max_sessions,
                            timeout=settings.timeout), "/"

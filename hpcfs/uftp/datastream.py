@@ -7,7 +7,10 @@ transfer of its sessions.  From UFTPD's ``GzipConnector.py`` and ``CryptUtil.py`
 - encryption is one AES-CBC stream per transfer, the IV the key's first 16 bytes and the AES key the rest,
   the last block padded as PKCS#7 (1 to 16 bytes, each holding the count);
 - gzip is applied first when sending (encryption wraps it) and undone last when receiving;
-- a transformed transfer ends with its connection: the sender closes it, so each transfer opens a new one.
+- a transformed transfer ends with its connection: the sender closes it, so each transfer opens a new one;
+- with several streams (hpcfs/uftp/multistream.py) each connection has its own gzip and AES streams, below
+  the framing; UFTPD's sender flushes gzip after each frame and never ends either stream (no gzip trailer,
+  no padding), so a framed decoder takes its ends from the frames and checks neither.
 
 UFTPD also offers Blowfish, PyUFTP's default; hpcfs asks for AES only (Blowfish is deprecated cryptography).
 """
@@ -55,8 +58,8 @@ class Transform:
     def encoder(self) -> "Encoder":
         return Encoder(self)
 
-    def decoder(self) -> "Decoder":
-        return Decoder(self)
+    def decoder(self, framed: bool = False) -> "Decoder":
+        return Decoder(self, framed)
 
 
 class Encoder:
@@ -68,8 +71,14 @@ class Encoder:
         self._pad = padding.PKCS7(algorithms.AES.block_size).padder() if self._encrypt else None
 
     def update(self, data) -> bytes:
-        if self._gzip is not None:
-            data = self._gzip.compress(data)
+        return self._encrypted(self._gzip.compress(data) if self._gzip is not None else data)
+
+    def sync(self) -> bytes:
+        """A gzip sync flush: all given so far decodable before more comes (UFTPD's multi-stream reader waits
+        for whole frames, one connection after the other)."""
+        return self._encrypted(self._gzip.flush(zlib.Z_SYNC_FLUSH)) if self._gzip is not None else b""
+
+    def _encrypted(self, data) -> bytes:
         if self._encrypt is not None and self._pad is not None:
             data = self._encrypt.update(self._pad.update(data))
         return bytes(data)
@@ -83,16 +92,19 @@ class Encoder:
 
 class Decoder:
     """Received bytes in, plain bytes out; ``finish`` at the end of the connection checks that the stream
-    was complete (a cut connection or a wrong key is a ProtocolError, never short or garbled data)."""
+    was complete (a cut connection or a wrong key is a ProtocolError, never short or garbled data).
+    ``framed``: the frames around the plain bytes say where they end, and no padding is taken off."""
 
-    def __init__(self, transform: Transform):
+    def __init__(self, transform: Transform, framed: bool = False):
         self._decrypt = transform._cipher().decryptor() if transform.key is not None else None
-        self._unpad = padding.PKCS7(algorithms.AES.block_size).unpadder() if self._decrypt else None
+        unpadded = self._decrypt is None or framed
+        self._unpad = None if unpadded else padding.PKCS7(algorithms.AES.block_size).unpadder()
         self._gunzip = zlib.decompressobj(wbits=GZIP) if transform.compress else None
 
     def update(self, data) -> bytes:
-        if self._decrypt is not None and self._unpad is not None:
-            data = self._unpad.update(self._decrypt.update(data))
+        if self._decrypt is not None:
+            data = self._decrypt.update(data)
+            data = self._unpad.update(data) if self._unpad is not None else data
         return self._gunzipped(data)
 
     def finish(self) -> bytes:

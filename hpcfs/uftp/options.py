@@ -17,9 +17,13 @@ class UFTPOptions(HTTPOptions, BackendOptions):
                                   "commands and listings are not encrypted", env="UFTP_ENCRYPT")
     compress: bool = option(False, "gzip file data on the wire (as `pyuftp -C`): for slow links and compressible "
                                    "data", env="UFTP_COMPRESS")
+    streams: int = option(1, "TCP connections per file transfer in one session (as `pyuftp cp -n`): for links "
+                             "with a high round-trip time, where one connection cannot fill the pipe; on loopback "
+                             "or a LAN they only cost CPU", positive=True, env="UFTP_STREAMS")
     timeout: float = with_default(BackendOptions, "timeout", 30.0)
     parallel: Optional[int] = option(None, "requests or data sessions in flight at once", positive=True,
-                                     aliases=("sessions",), default_text="4 (at most `max_sessions` - 1)")
+                                     aliases=("sessions",),
+                                     default_text="4, or 1 with `streams` > 1 (at most `max_sessions` - 1)")
     max_sessions: Optional[int] = option(
         None, "UFTP sessions that all your hpcfs processes on this machine hold at once on one server, keepers "
               "included (at least 2); a process waits for a free one, or uses fewer in parallel", positive=True,

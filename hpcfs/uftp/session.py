@@ -12,6 +12,12 @@ from the Auth server, then speaks UFTPD's FTP dialect (UFTPD 3.5, github.com/UNI
   ``RANG a b`` is end-exclusive and ``RETR`` announces ``b-a`` even past the end of the file (callers
   clamp), and the control connection is watched during every transfer so that a file that shrank (an
   early ``226``) can never hang us or shift later transfers.
+- With ``streams`` > 1 each file transfer has a set of data connections of its own (``NOOP n``, n passive
+  connections, JPARSS framing: hpcfs/uftp/multistream.py), closed after it as UFTPD does without keep-alive.
+  UFTPD 3.5 neither pads nor flushes a connection's AES stream at its end, and its reader cannot take a frame
+  whose chunk is not whole AES blocks (pyuftp ``cp -n 2 -E`` corrupts such files): encrypted data travels
+  framed only in whole blocks per connection, the rest of a transfer over one connection, and encrypted and
+  compressed data (whose block boundaries nobody controls) over one connection.
 - Anything out of step marks the session ``broken``; the pool then closes it instead of reusing it.
 """
 import collections
@@ -20,6 +26,7 @@ import errno
 import logging
 import re
 import select
+import shlex
 import socket
 import struct
 from typing import Callable, Deque, Iterable, List, Optional
@@ -27,6 +34,7 @@ from typing import Callable, Deque, Iterable, List, Optional
 from .. import errors
 from .datastream import Decoder, Transform
 from .listing import Features, Reply, banner_version, ends_reply, passive_address, reply_code, transfer_size
+from .multistream import BLOCK, Connection, FrameError, MultiStreamData
 
 QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 MAX_LINE = 1 << 20  # a reply line longer than this is not UFTPD talking
@@ -41,6 +49,7 @@ DRAIN_GRACE = 1.0  # after an early 226, how long to wait for data still in flig
 PIECE_WAIT = struct.pack("ll", 0, 250_000)
 HASH_WAIT = 75.0  # seconds: UFTPD sends a "213-" line after each 30 s of hashing, checked once per buffer
 SENDFILE_ON = "OPTS SENDFILE_ENABLED true"
+CIPHER_BLOCK = 16  # AES
 
 log = logging.getLogger("hpcfs.uftp")
 
@@ -107,9 +116,11 @@ class ControlSession:
     """A logged-in UFTP session.  Methods take server paths (absolute, inside the session's base)."""
 
     def __init__(self, host: str, port: int, secret: str, *, timeout: float, features: Optional[Features] = None,
-                 transform: Optional[Transform] = None):
+                 transform: Optional[Transform] = None, streams: int = 1):
         self.timeout = timeout
         self._transform = transform  # the grant's gzip/AES: each transfer then has a connection of its own
+        self._streams = streams  # connections per file transfer (the grant's streamCount)
+        self._framed: Optional[MultiStreamData[Connection]] = None  # the set of the framed transfer under way
         self.broken = False
         self._lines: Deque[bytes] = collections.deque()  # complete reply lines received but not yet consumed
         self._partial = b""  # the start of a line still arriving
@@ -163,7 +174,7 @@ class ControlSession:
         if any("\n" in command or "\r" in command for command in commands):
             raise errors.InvalidPath("names with line breaks cannot be sent over UFTP")
         for command in commands:
-            log.debug("UFTPD <- %s", "PASS ***" if command.startswith("PASS ") else command)
+            log.debug("UFTPD <- %s", _shown(command))
         payload = "".join(command + "\r\n" for command in commands).encode("utf-8", "surrogateescape")
         try:
             self._sock.sendall(payload)
@@ -247,13 +258,43 @@ class ControlSession:
             raise self._lost(f"unexpected HASH reply: {reply.lines[-1][:80]!r}", errors.ProtocolError)
         return fields[3].lower()
 
+    # -- server-to-server copies ----------------------------------------------------------------------
+    @property
+    def transform(self) -> Optional[Transform]:
+        """The transform of the grant this session logged in with."""
+        return self._transform
+
+    def offers_receive_file(self) -> bool:
+        """Whether UFTPD takes ``RECEIVE-FILE`` here, asked without starting anything: UFTPD 3.5 refuses a
+        wrong argument count (501) after checking write access and before forking, a server without the
+        command answers 502.  Write access refused is the caller's error (534)."""
+        reply = self.command("RECEIVE-FILE ?")
+        if reply.code not in (501, 502):
+            self.expect(reply)  # raises: an unexpected success, or a refusal
+        return reply.code == 501
+
+    def receive_file(self, path: str, source: str, server: str, secret: str) -> None:
+        """UFTPD forks a transfer process that logs in at ``server`` (``host:port``) with the one-time
+        ``secret``, fetches ``source`` there and writes it to ``path`` from its start, in order.  UFTPD says
+        only that the process was forked: nobody is told how it ends (``RCP-STATUS`` is broken in 3.5)."""
+        # The process copies the range in force on this session over the connections its last NOOP asked for:
+        # any RANG left over is reset, and one connection asked for (UFTPD 3.5 garbles encrypted data sent
+        # over several: see the module's doc).
+        arguments = " ".join(shlex.quote(argument) for argument in (path, source, server, secret))
+        *preliminaries, reply = self.batch(*self._range_reset(), "NOOP 1", f"RECEIVE-FILE {arguments}")
+        for preliminary in preliminaries:
+            self.expect(preliminary, 350, 222, path=path)
+        self.expect(reply, 299, path=path)
+
     # -- data connection --------------------------------------------------------------------------------
     def _ensure_data(self):
         if self._data is not None:
             return
         # A transformed stream ends with its connection, so neither keep-alive nor sendfile (which UFTPD
         # skips for such streams) is asked for.
-        keep_alive = self.features.keep_alive and not self._keep_alive_on and self._transform is None
+        # Several streams: each transfer has its own set, so a kept-alive single connection would be in the way.
+        keep_alive = (self.features.keep_alive and not self._keep_alive_on and self._transform is None
+                      and self._streams == 1)
         # UFTPD copies file data through a Python read/write loop unless asked to use sendfile(2) (off by
         # default); asked once per session, and a server that refuses it still serves.
         sendfile = not self._sendfile_asked and self._transform is None
@@ -265,6 +306,15 @@ class ControlSession:
             log.debug("UFTPD sendfile: %s", preliminaries.pop(0).lines[0][:80])
         if passive.code in (500, 501, 502) and commands[-1] == "EPSV":
             passive = self.command("PASV")
+        self._data = self._connect_passive(passive)
+        self._data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, PIECE_WAIT)  # bounds _receive_piece
+        refused = next((reply for reply in preliminaries if not reply.ok), None)
+        if refused is not None:
+            raise self._lost(f"UFTPD refused to set up the data connection: {refused.lines[0][:80]!r}")
+        self._keep_alive_on = self._keep_alive_on or keep_alive
+
+    def _connect_passive(self, passive: Reply) -> socket.socket:
+        """The data connection a 227/229 reply announced."""
         self.expect(passive, 227, 229)
         # From here UFTPD blocks in accept(): anything but connecting leaves the session stuck.
         try:
@@ -273,15 +323,39 @@ class ControlSession:
             raise self._lost(str(exc), errors.ProtocolError) from None
         host = self._sock.getpeername()[0]  # UFTPD listens on this address; a 227 address may be NAT's
         try:
-            self._data = socket.create_connection((host, port), timeout=self.timeout)
+            sock = socket.create_connection((host, port), timeout=self.timeout)
         except OSError as exc:
             raise self._lost(f"cannot open the data connection to {host}:{port}: {_reason(exc)}") from None
-        self._data.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, PIECE_WAIT)  # bounds _receive_piece
-        refused = next((reply for reply in preliminaries if not reply.ok), None)
-        if refused is not None:
-            raise self._lost(f"UFTPD refused to set up the data connection: {refused.lines[0][:80]!r}")
-        self._keep_alive_on = self._keep_alive_on or keep_alive
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _frames(self, length: Optional[int]) -> int:
+        """How many bytes of a transfer of ``length`` (None: not known yet) go framed over several
+        connections; 0 for none.  Encrypted: whole AES blocks on every connection (see the module's doc)."""
+        if self._streams == 1:
+            return 0
+        if self._transform is None or self._transform.key is None:
+            return -1 if length is None else length
+        if self._transform.compress or length is None or BLOCK % (CIPHER_BLOCK * self._streams):
+            return 0
+        return length - length % (CIPHER_BLOCK * self._streams)
+
+    def _open_streams(self) -> Optional[MultiStreamData[Connection]]:
+        """A fresh set of ``streams`` data connections for one transfer; None (and one connection from now
+        on) if the server grants fewer (``223``)."""
+        self._close_data()  # a kept-alive single connection would be closed by UFTPD's next PASV anyway
+        reply = self.command(f"NOOP {self._streams}")
+        if reply.code != 222:
+            self.expect(reply, 223)
+            log.debug("UFTPD grants fewer streams: %s", reply.lines[0][:80])
+            self._streams = 1
+            return None
+        connections: List[Connection] = []
+        self._framed = MultiStreamData(connections)
+        for _ in range(self._streams):
+            passive = self.command("EPSV" if self.features.epsv else "PASV")
+            connections.append(Connection(self._connect_passive(passive), self._transform))
+        return self._framed
 
     @property
     def _open_data(self) -> socket.socket:
@@ -294,6 +368,9 @@ class ControlSession:
         if self._data is not None:
             _close(self._data)
             self._data = None
+        if self._framed is not None:
+            self._framed.close()
+            self._framed = None
 
     # -- transfers --------------------------------------------------------------------------------------
     def retrieve(self, path: str, offset: int, length: int) -> bytes | bytearray:
@@ -301,7 +378,7 @@ class ControlSession:
         back only if the file shrank meanwhile; the session is then given up."""
         pieces: List[bytes | bytearray] = []
         self.retrieve_pieces(path, offset, length, length, pieces.append)  # one piece: received in place
-        return pieces[0] if pieces else b""
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)  # two: an encrypted framed head and its tail
 
     def retrieve_pieces(self, path: str, offset: int, length: int, piece_size: int,
                         deliver: Callable[[bytes | bytearray], object]) -> int:
@@ -319,6 +396,20 @@ class ControlSession:
 
     def _retrieve_range(self, path: str, offset: int, length: int, consume: Callable[[memoryview], object],
                         chunk: int, fresh_buffers: bool = False) -> int:
+        framed = self._frames(length)
+        if framed and (streams := self._open_streams()) is not None:
+            rest = bytearray()  # the framed part's short last piece: the rest's bytes complete it
+
+            def gather(view: memoryview):
+                rest.extend(view)
+                _hand_over(rest, chunk, consume)
+
+            received = self._retrieve_framed(streams, [f"RANG {offset} {offset + framed}", f"RETR {path}"],
+                                             framed, consume, chunk, path, rest)
+            if received == framed < length:
+                received += self._retrieve_range(path, offset + framed, length - framed, gather, CHUNK)
+            _hand_over(rest, chunk, consume, last=True)
+            return received
         self._ensure_data()
         self._range_armed = True
         start = self._start_transfer([f"RANG {offset} {offset + length}", f"RETR {path}"], path)
@@ -332,6 +423,8 @@ class ControlSession:
 
     def retrieve_all(self, path: str, write: Callable[[memoryview], object]) -> int:
         """Stream the whole file to ``write``; returns the byte count."""
+        if self._frames(None) and (streams := self._open_streams()) is not None:
+            return self._retrieve_framed(streams, [*self._range_reset(), f"RETR {path}"], None, write, CHUNK, path)
         self._ensure_data()
         start = self._start_transfer([*self._range_reset(), f"RETR {path}"], path)
         with self._transferring():
@@ -345,7 +438,18 @@ class ControlSession:
     def store(self, path: str, chunks: Iterable, size: int, offset: Optional[int] = None):
         """Send ``size`` bytes from ``chunks``: at ``offset`` in place (``RANG``), or as the whole new
         content (``ALLO``: the server truncates first; ``ALLO 0`` makes an empty file)."""
+        framed = self._frames(size)
+        if framed and (streams := self._open_streams()) is not None:
+            if framed == size:
+                return self._upload(path, size, offset, lambda: self._send_framed(streams, chunks, size, path))
+            data = b"".join(chunks)  # an upload is one piece in memory (the backend's parts)
+            self._upload(path, framed, offset, lambda: self._send_framed(streams, [data[:framed]], framed, path))
+            return self.store(path, [data[framed:]], size - framed, (offset or 0) + framed)
         self._ensure_data()
+        self._upload(path, size, offset, lambda: self._send_single(chunks, size, path))
+
+    def _upload(self, path: str, size: int, offset: Optional[int], send: Callable[[], Reply]):
+        """One upload: its commands, then ``send``, which gives the transfer's reply."""
         if offset is None:
             commands = [*self._range_reset(), f"ALLO {size}", f"STOR {path}"]
         else:
@@ -353,15 +457,77 @@ class ControlSession:
             commands = [f"RANG {offset} {offset + size}", f"STOR {path}"]
         self._start_transfer(commands, path)
         with self._transferring():
-            if self._transform is None:
-                self._send_data(chunks, size, path)
-                reply = self.read_reply()
-            else:
-                reply = self._send_transformed(chunks, size, path)
+            reply = send()
         self._after_transfer(reply.code == 226)
         if reply.code != 226:
             raise transfer_error(reply, path) if not reply.ok else errors.ProtocolError(
                 f"unexpected end of upload: {reply.lines[0][:80]!r}", path)
+
+    def _send_single(self, chunks: Iterable, size: int, path) -> Reply:
+        if self._transform is not None:
+            return self._send_transformed(chunks, size, path)
+        self._send_data(chunks, size, path)
+        return self.read_reply()
+
+    def _send_framed(self, streams: MultiStreamData[Connection], chunks: Iterable, size: int, path) -> Reply:
+        """``chunks`` in blocks of at most ``BLOCK`` (UFTPD reads no more at once), then each connection's
+        end (UFTPD reads an encrypted upload up to it); returns the transfer's reply."""
+        sent = 0
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                for start in range(0, len(view), BLOCK):
+                    sent += streams.write(bytes(view[start:start + BLOCK]))
+        except OSError as exc:
+            reply = self._reply_after_failure()
+            raise (transfer_error(reply, path) if reply and not reply.ok else
+                   SessionLost(f"data connection failed: {_reason(exc)}", path)) from None
+        for connection in streams.streams:
+            # UFTPD reads an upload up to its announced size and may have closed a connection before its
+            # end is sent: the reply says whether the server has the file
+            with contextlib.suppress(OSError):
+                connection.finish()
+        reply = self.read_reply()
+        if reply.code == 226 and sent != size:
+            raise errors.HpcfsError(f"the source gave {sent} bytes where {size} were announced", path)
+        return reply
+
+    def _retrieve_framed(self, streams: MultiStreamData[Connection], commands: List[str], length: Optional[int],
+                         consume: Callable[[memoryview], object], chunk: int, path,
+                         rest: Optional[bytearray] = None) -> int:
+        """One transfer over ``streams``: ``length`` bytes (None: the whole file, as announced) handed to
+        ``consume`` in pieces of ``chunk``, each a buffer of its own, the short last one left in ``rest``
+        if given; fewer only if the file shrank."""
+        self._range_armed = length is not None
+        start = self._start_transfer(commands, path)
+        with self._transferring():
+            announced = transfer_size(start)
+            if announced is None or (length is not None and announced != length):
+                raise errors.ProtocolError(f"UFTPD announced {announced} bytes for {length}", path)
+            plain, received = bytearray() if rest is None else rest, 0
+            while received < announced and (block := self._framed_block(streams, path)):
+                received += len(block)
+                plain += block
+                _hand_over(plain, chunk, consume)
+            if received > announced:
+                raise errors.ProtocolError(f"UFTPD sent {received} bytes for {announced}", path)
+            final = self.read_reply()
+            if final.code != 226:
+                raise transfer_error(final, path) if not final.ok else errors.ProtocolError(
+                    f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
+            _hand_over(plain, chunk, consume, last=rest is None)
+        self._after_transfer(received == announced)
+        return received
+
+    def _framed_block(self, streams: MultiStreamData[Connection], path) -> bytes:
+        try:
+            return streams.read()
+        except FrameError as exc:
+            raise self._lost(str(exc), errors.ProtocolError) from None
+        except socket.timeout:
+            raise SessionLost(f"no data from UFTPD within {self.timeout:g} s", path) from None
+        except OSError as exc:
+            raise SessionLost(f"data connection failed: {_reason(exc)}", path) from None
 
     def _range_reset(self):
         """A failed transfer leaves its RANG in force, and ALLO or RETR would then use it."""
@@ -653,3 +819,12 @@ def _close(sock):
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or exc.__class__.__name__
+
+
+def _shown(command: str) -> str:
+    """``command`` as a log line shows it: without the secret of a login or of a server-to-server copy."""
+    if command.startswith("PASS "):
+        return "PASS ***"
+    if command.startswith("RECEIVE-FILE "):
+        return command.rsplit(" ", 1)[0] + " ***"
+    return command

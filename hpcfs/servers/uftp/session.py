@@ -14,9 +14,10 @@ import sys
 import tarfile
 import time
 
+from ...uftp.multistream import BLOCK as MULTI_STREAM_BLOCK
+from ...uftp.multistream import MultiStreamData
 from ..common import OutsideRoot, confine, open_for_writing, peer_uid
-from .wire import (MULTI_STREAM_BLOCK, DroppedConnection, MultiStreamData, PlainData, close_socket,
-                        data_stream, ls_line, mlst_facts, stat_line)
+from .wire import DroppedConnection, PlainData, close_socket, data_stream, ls_line, mlst_facts, stat_line
 
 NOT_ACCESSIBLE = "Directory/file does not exist or cannot be accessed!"
 # Replies of real UFTPD 3.5.x bugs, kept so clients are tested against what they will meet.
@@ -369,7 +370,8 @@ class Session:
             sock = self.accept_own_data_connection(listener)
         self.connectors.append(sock)
         if len(self.connectors) == self.num_streams:
-            streams = [data_stream(s, self.job.key, self.job.algo, self.job.compress) for s in self.connectors]
+            framed = self.num_streams > 1
+            streams = [data_stream(s, self.job.key, self.job.algo, self.job.compress, framed) for s in self.connectors]
             self.data = streams[0] if self.num_streams == 1 else MultiStreamData(streams)
 
     def data_listener(self, host: str) -> socket.socket:

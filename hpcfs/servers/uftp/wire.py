@@ -1,11 +1,11 @@
 """UFTPD's wire pieces: file facts in its listing formats, the control connection's line I/O and the data
-connections (plain, gzip, encrypted, JPARSS multi-stream framing; reference §5.5-5.6)."""
+connections (plain, gzip, encrypted; the JPARSS multi-stream framing over them is the client's,
+hpcfs/uftp/multistream.py; reference §5.5-5.6)."""
 import errno
 import os
 import posixpath
 import socket
 import stat
-import struct
 import time
 import zlib
 
@@ -15,10 +15,6 @@ try:
     from cryptography.hazmat.decrepit.ciphers.algorithms import Blowfish
 except ImportError:  # cryptography < 43
     from cryptography.hazmat.primitives.ciphers.algorithms import Blowfish
-
-FRAME = struct.Struct(">HHIII")  # JPARSS multi-stream header: magic, stream index, seq, block size, chunk
-FRAME_MAGIC = 0xCEBF
-MULTI_STREAM_BLOCK = 16384  # "compatibility with the Java parallel socket impl"
 
 
 # -- file facts in the real server's formats ------------------------------------------------------------
@@ -146,10 +142,12 @@ class GzipLayer:
 
 class CipherLayer:
     """The whole transfer as one cipher stream (Blowfish-ECB, or AES-CBC with key blob = IV || key),
-    PKCS#5-style padding only at the end; so it ends with the connection."""
+    PKCS#5-style padding only at the end; so it ends with the connection.  ``framed`` (one of several
+    streams): as UFTPD's PConnector, no padding sent (nor a last partial block) and none taken off."""
 
-    def __init__(self, inner, key, algo):
+    def __init__(self, inner, key, algo, framed=False):
         self.inner = inner
+        self.framed = framed
         self.cipher = _cipher(key, algo)
         self.block = self.cipher.algorithm.block_size // 8
         self.encryptor = self.decryptor = None
@@ -175,14 +173,14 @@ class CipherLayer:
             else:
                 self.at_eof = True
                 last = self.decryptor.update(data) + self.decryptor.finalize()
-                self.plain += last[:-last[-1]] if last else b""
+                self.plain += last[:-last[-1]] if last and not self.framed else last
         data, self.plain = self.plain[:length], self.plain[length:]
         return data
 
     read_some = read
 
     def close(self):
-        if self.encryptor is not None:
+        if self.encryptor is not None and not self.framed:
             pad = self.block - self.written % self.block
             _quietly(self.inner.write, self.encryptor.update(bytes([pad]) * pad) + self.encryptor.finalize())
         self.inner.close()
@@ -194,50 +192,12 @@ def _cipher(key, algo):
     return Cipher(Blowfish(key), modes.ECB())
 
 
-def data_stream(sock, key=None, algo=None, compress=False):
+def data_stream(sock, key=None, algo=None, compress=False, framed=False):
     """One data connection with the job's layers: plaintext -> gzip -> encryption -> TCP."""
     stream = PlainData(sock)
     if key is not None:
-        stream = CipherLayer(stream, key, algo)
+        stream = CipherLayer(stream, key, algo, framed)
     return GzipLayer(stream) if compress else stream
-
-
-class MultiStreamData:
-    """JPARSS framing over several streams: each block is split over them, one header each."""
-
-    def __init__(self, streams):
-        self.streams = streams
-        self.write_seq = self.read_seq = 0
-
-    def write(self, data):
-        count, size = len(self.streams), len(data)
-        chunk = size // count
-        for index, stream in enumerate(self.streams):
-            length = size - index * chunk if index == count - 1 else chunk
-            header = FRAME.pack(FRAME_MAGIC, index, self.write_seq, size, length)
-            stream.write(header + data[index * chunk:index * chunk + length])
-        self.write_seq += 1
-        return size
-
-    def read(self, _length):
-        block = bytearray()
-        for index, source in enumerate(self.streams):
-            header = source.read(FRAME.size)
-            if len(header) < FRAME.size:
-                return b""  # EOF
-            magic, position, seq, size, length = FRAME.unpack(header)
-            if magic != FRAME_MAGIC or position != index or seq != self.read_seq:
-                raise OSError(f"I/O error reader {index} (bad multi-stream frame header)")
-            if index == 0:
-                block = bytearray(size)
-            offset = position * (size // len(self.streams))
-            block[offset:offset + length] = source.read(length)
-        self.read_seq += 1
-        return bytes(block)
-
-    def close(self):
-        for stream in self.streams:
-            stream.close()
 
 
 def _quietly(action, *args):
