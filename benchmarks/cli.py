@@ -1,6 +1,7 @@
 """The one command: options, then the run (servers up, workloads, report), everything stopped on the way out."""
 import argparse
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -8,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import benchmarks
 from benchmarks.context import Context
@@ -22,7 +24,7 @@ from benchmarks.real_uftpd import real_uftpd_rows
 from benchmarks.report import markdown, write_doc
 from benchmarks.results import Results
 from benchmarks.servers import Site
-from benchmarks.settings import FULL, QUICK, REPO, RTTS
+from benchmarks.settings import FULL, QUICK, REPO, RTTS, Sizes
 from benchmarks.workloads import WORKLOADS, run
 
 PROCESS_WORKLOADS = ("real-uftpd", "real-firecrest", "lines")  # rows outside the mount/RTT loop, run once on loopback
@@ -59,26 +61,27 @@ def parse_options(argv) -> argparse.Namespace:
     return args
 
 
-def main(argv=None):
-    args = parse_options(argv)
-    # Stopped with kill (or a CI timeout): unwind as on Ctrl-C, so that every mount is unmounted and every
-    # server and relay the bench started is stopped on the way out.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+class SetupFailed(Exception):
+    """The scratch or copies directory cannot be used; the message says why."""
+
+
+@contextlib.contextmanager
+def bench_context(sizes: Sizes, copy_dir: Path) -> Iterator[Context]:
+    """A run's private scratch directory, data set, copies directory and servers (not started yet); on the
+    way out every mount is unmounted, every server stopped and every written file removed."""
     scratch = Path(os.environ.get("HPCFS_BENCH_DIR", "/tmp/hpcfs-bench"))
     try:
         private_directory(scratch)
     except PermissionError as exc:
-        print(f"scripts/bench: {exc}", file=sys.stderr)
-        return 1
+        raise SetupFailed(str(exc)) from None
     logs = scratch / "logs"
     logs.mkdir(mode=0o700, exist_ok=True)
     try:
-        copies = copies_directory(args.copy_dir)
+        copies = copies_directory(copy_dir)
     except OSError as exc:
-        print(f"scripts/bench: no directory for the copies to local disk in {args.copy_dir}: {exc}", file=sys.stderr)
-        return 1
+        raise SetupFailed(f"no directory for the copies to local disk in {copy_dir}: {exc}") from None
     atexit.register(shutil.rmtree, copies, True)
-    data = DataSet(scratch, args.sizes)
+    data = DataSet(scratch, sizes)
     data.ensure()
     data.remove_incoming()
     sys.path.insert(0, str(REPO))
@@ -86,12 +89,29 @@ def main(argv=None):
     atexit.register(shutil.rmtree, run_dir, True)
     ctx = Context(Site(data, run_dir, logs), data, scratch, logs, copies)
     try:
-        report = measure(ctx, args)
+        yield ctx
     finally:
         unmount(ctx.mountpoint)
         ctx.site.stop()
         data.remove_incoming()
         shutil.rmtree(copies, ignore_errors=True)
+
+
+def stop_on_sigterm():
+    """Stopped with kill (or a CI timeout): unwind as on Ctrl-C, so that every mount is unmounted and every
+    server and relay the bench started is stopped on the way out."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def main(argv=None):
+    args = parse_options(argv)
+    stop_on_sigterm()
+    try:
+        with bench_context(args.sizes, args.copy_dir) as ctx:
+            report = measure(ctx, args)
+    except SetupFailed as exc:
+        print(f"scripts/bench: {exc}", file=sys.stderr)
+        return 1
     print()
     print(report)
     if args.doc:

@@ -1,6 +1,7 @@
 """The bench (benchmarks/, run by scripts/bench) on a shared machine, where its rows write, its busy-disk
 writer and its targets.  No timings and no bench run: these check the bench's own mechanisms."""
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -150,3 +151,24 @@ def test_the_real_uftpd_rows_have_their_targets_and_sinks():
 def test_the_memory_bound_follows_the_cache_option():
     grown = memory_bound_mib("hpcfs -o cache_size=128M") - memory_bound_mib("hpcfs -o cache_size=64M")
     assert grown == 64
+
+
+# -- the profiler (issue 22) ------------------------------------------------------------------------------------
+PROFILER_NEEDS = [tool for tool in ("strace", "fusermount3", "sshfs") if not shutil.which(tool)] + \
+    ([] if os.path.exists("/usr/sbin/sshd") else ["sshd"])
+
+
+@pytest.mark.skipif(bool(PROFILER_NEEDS), reason=f"not installed: {', '.join(PROFILER_NEEDS)}")
+def test_the_profiler_prints_syscalls_and_server_commands_per_unit(tmp_path):
+    shown = subprocess.run([sys.executable, "-m", "benchmarks.profile", "--quick"], cwd=REPO, capture_output=True,
+                           text=True, timeout=240, env={**os.environ, "HPCFS_BENCH_DIR": str(tmp_path / "bench")})
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    report = shown.stdout
+    for title in ("sequential read of 16 MiB", "300 random 4 KiB reads (benchmarks.randread): hpcfs",
+                  "300 random 4 KiB reads (benchmarks.randread): sshfs", "write of 16 MiB into the mount"):
+        assert f"### {title}" in report
+    assert report.count("Syscalls of the mount process") == 4
+    assert "Syscalls of the sshd session process" in report and "| all (" in report
+    # each random read misses the cache and costs one RANG+RETR pair, which the server's log shows
+    per_read = re.search(r"server commands per read: ([\d.]+) RANG, ([\d.]+) RETR", report)
+    assert per_read and all(0.9 <= float(count) <= 1.0 for count in per_read.groups()), report
