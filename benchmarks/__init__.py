@@ -27,4 +27,6 @@ One job a module:
   ``disk`` says where they land and keeps the disk busy; ``checks`` compares bytes.
 - ``results``, ``targets``, ``facts``, ``report``: what was measured, the ratios against the targets, the
   machine, and the Markdown of docs/benchmarks.md.
+- ``profile``: where the mount's time goes (``python -m benchmarks.profile``): syscalls, server commands and
+  py-spy samples per MiB or per read.
 """
