@@ -30,14 +30,6 @@ def sha(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def put(root, path, data):
-    local = os.path.join(root, path.lstrip("/"))
-    os.makedirs(os.path.dirname(local), exist_ok=True)
-    with open(local, "wb") as handle:
-        handle.write(data)
-    return local
-
-
 def local_bytes(root, path):
     with open(os.path.join(root, path.lstrip("/")), "rb") as handle:
         return handle.read()
@@ -54,7 +46,7 @@ def backend(uftp_server):
 @pytest.fixture
 def big_file(uftp_server):
     data = random.Random(5).randbytes(5 * MiB + 123)
-    put(uftp_server.root, "/big.bin", data)
+    uftp_server.put("/big.bin", data)
     return data
 
 
@@ -74,8 +66,8 @@ def kill_all_sessions(server):
 
 # -- metadata ------------------------------------------------------------------------------------------
 def test_list_is_one_stat_with_every_attribute(uftp_server, backend):
-    put(uftp_server.root, "/a.txt", b"hello")
-    put(uftp_server.root, "/with space.txt", b"12")
+    uftp_server.put("/a.txt", b"hello")
+    uftp_server.put("/with space.txt", b"12")
     os.mkdir(os.path.join(uftp_server.root, "sub"))
     backend.list("/sub")  # the first request also logs a worker session in
     uftp_server.log.reset()
@@ -92,7 +84,7 @@ def test_list_is_one_stat_with_every_attribute(uftp_server, backend):
 
 
 def test_stat_gives_mode_and_utc_mtime_in_one_round_trip(uftp_server, backend):
-    local = put(uftp_server.root, "/dir/f.bin", b"x" * 1000)
+    local = uftp_server.put("/dir/f.bin", b"x" * 1000)
     os.chmod(local, 0o640)
     os.utime(local, (1600000000, 1600000000))
     backend.list("/")  # logs a worker session in
@@ -107,8 +99,8 @@ def test_stat_gives_mode_and_utc_mtime_in_one_round_trip(uftp_server, backend):
 
 
 def test_listing_a_file_or_a_missing_path(uftp_server, backend):
-    put(uftp_server.root, "/f", b"1")
-    put(uftp_server.root, "/d/d", b"2")  # a directory holding one file of its own name looks like a file
+    uftp_server.put("/f", b"1")
+    uftp_server.put("/d/d", b"2")  # a directory holding one file of its own name looks like a file
     with pytest.raises(errors.NotADirectory):
         backend.list("/f")
     assert [entry.name for entry in backend.list("/d")] == ["d"]
@@ -146,9 +138,9 @@ def test_reads_past_the_end_are_clamped(uftp_server, backend, big_file):
 
 
 def test_a_file_that_grew_is_read_to_its_new_end(uftp_server, backend):
-    put(uftp_server.root, "/grow", b"a" * 1000)
+    uftp_server.put("/grow", b"a" * 1000)
     assert backend.stat("/grow").size == 1000
-    put(uftp_server.root, "/grow", b"b" * 5000)
+    uftp_server.put("/grow", b"b" * 5000)
     assert backend.read_range("/grow", 500, 1000) == b"b" * 1000
 
 
@@ -214,7 +206,7 @@ def test_parallel_readers_get_their_own_bytes(uftp_server, backend, big_file):
 @pytest.mark.parametrize("size", [0, 1, MiB + 1, 20 * MiB])
 def test_write_whole(uftp_server, backend, size):
     data = random.Random(size).randbytes(size)
-    put(uftp_server.root, "/target", b"old content that is longer than one byte")
+    uftp_server.put("/target", b"old content that is longer than one byte")
     uftp_server.log.reset()
     backend.write_whole("/target", io.BytesIO(data), size)
     assert sha(local_bytes(uftp_server.root, "/target")) == sha(data)
@@ -243,7 +235,7 @@ def resume_upload(backend, path, offset, data):
 
 
 def test_an_upload_session_continues_a_kept_prefix_in_place(uftp_server, backend):
-    put(uftp_server.root, "/f", b"0123456789")
+    uftp_server.put("/f", b"0123456789")
     uftp_server.log.reset()
     resume_upload(backend, "/f", 5, b"AB")
     assert local_bytes(uftp_server.root, "/f") == b"01234AB789"
@@ -261,7 +253,7 @@ def test_directories(uftp_server, backend):
         backend.mkdir("/d")
     with pytest.raises(errors.NotFound):
         backend.mkdir("/x/y")
-    put(uftp_server.root, "/d/f", b"1")
+    uftp_server.put("/d/f", b"1")
     with pytest.raises(errors.DirectoryNotEmpty):
         backend.rmdir("/d")
     with pytest.raises(errors.NotADirectory):
@@ -276,8 +268,8 @@ def test_directories(uftp_server, backend):
 
 
 def test_rename_replaces_like_posix(uftp_server, backend):
-    put(uftp_server.root, "/a", b"new")
-    put(uftp_server.root, "/b", b"old")
+    uftp_server.put("/a", b"new")
+    uftp_server.put("/b", b"old")
     backend.rename("/a", "/b")
     assert local_bytes(uftp_server.root, "/b") == b"new"
     assert not os.path.exists(os.path.join(uftp_server.root, "a"))
@@ -289,13 +281,13 @@ def test_rename_replaces_like_posix(uftp_server, backend):
 
 
 def test_chmod_and_set_mtime(uftp_server, backend):
-    local = put(uftp_server.root, "/a dir/f", b"x")
+    local = uftp_server.put("/a dir/f", b"x")
     backend.chmod("/a dir/f", 0o751)  # a space in the parent: reached by CWD and the bare name
     assert os.stat(local).st_mode & 0o7777 == 0o751
     backend.set_mtime("/a dir/f", 1234567890.7)
     assert os.stat(local).st_mtime == 1234567890
     assert backend.stat("/a dir/f").mode == 0o751
-    plain = put(uftp_server.root, "/f2", b"y")
+    plain = uftp_server.put("/f2", b"y")
     uftp_server.log.reset()
     backend.chmod("/f2", 0o600)
     assert os.stat(plain).st_mode & 0o7777 == 0o600
@@ -309,7 +301,7 @@ def test_chmod_and_set_mtime(uftp_server, backend):
 
 
 def test_set_mtime_when_the_server_lives_in_another_time_zone(uftp_server, backend, monkeypatch):
-    put(uftp_server.root, "/f", b"x")
+    uftp_server.put("/f", b"x")
     monkeypatch.setenv("TZ", "America/St_Johns")  # UTC-3:30/-2:30: UFTPD reads MFMT as its local time
     time.tzset()
     try:
@@ -333,7 +325,7 @@ def test_paths_the_wire_cannot_carry(uftp_server, backend):
 
 # -- sessions, secrets, errors -------------------------------------------------------------------------
 def test_a_dead_secret_is_renewed_transparently(uftp_server, backend):
-    put(uftp_server.root, "/f", b"content")
+    uftp_server.put("/f", b"content")
     assert backend.read_range("/f", 0, 7) == b"content"
     kill_all_sessions(uftp_server.server)
     uftp_server.log.reset()
@@ -352,7 +344,7 @@ def test_a_refused_renewal_is_reported(uftp_server, backend):
 
 
 def test_busy_server_is_retried_with_backoff(uftp_server, backend):
-    put(uftp_server.root, "/f", b"abc")
+    uftp_server.put("/f", b"abc")
     uftp_server.knobs.busy_responses = 2  # the next two logins meet "500 Too many active ..."
     assert backend.read_range("/f", 0, 3) == b"abc"
     assert uftp_server.knobs.busy_responses == 0
@@ -389,7 +381,7 @@ def test_missing_base_directory(uftp_server):
 
 
 def test_base_directory_is_the_root(uftp_server):
-    put(uftp_server.root, "/base dir/inner.txt", b"inside")
+    uftp_server.put("/base dir/inner.txt", b"inside")
     opened, root = open_backend(uftp_server.url("/base dir"))
     try:
         assert root == "/"
@@ -590,3 +582,21 @@ def data_connection_survives_a_missing_path(backend, path: str, data: bytes) -> 
 
 def test_a_failed_mlst_drops_the_data_connection_as_uftpd_does(uftp_server, backend, big_file):
     data_connection_survives_a_missing_path(backend, "/big.bin", big_file)
+
+
+def test_a_hash_after_a_failed_ranged_read_resets_the_range_first(uftp_server, big_file):
+    """A ranged read that fails leaves its RANG in force; the HASH that follows on the same session resets it
+    first, and the reset's 350 is not an error."""
+    opened, _ = open_backend(uftp_server.url() + "&parallel=1")
+    try:
+        uftp_server.put("/gone.bin", b"x" * 100)
+        assert opened.read_range("/gone.bin", 0, 10) == b"x" * 10  # its size is known now
+        os.remove(os.path.join(uftp_server.root, "gone.bin"))
+        with pytest.raises(errors.NotFound):
+            opened.read_range("/gone.bin", 0, 10)  # RANG accepted, then RETR refused: the RANG stays in force
+        assert uftp_server.log.total("RANG") == 2
+        logins = uftp_server.log.total("PASS")
+        assert opened.checksum("/big.bin", "sha256") == hashlib.sha256(big_file).hexdigest()
+        assert uftp_server.log.total("PASS") == logins  # the session was kept: the reset's 350 is no surprise
+    finally:
+        opened.close()

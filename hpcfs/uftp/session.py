@@ -252,7 +252,7 @@ class ControlSession:
         finally:
             self._sock.settimeout(self.timeout)
         for preliminary in preliminaries:
-            self.expect(preliminary, 200, path=path)
+            self.expect(preliminary, 350, 200, path=path)  # the range reset's 350, then OPTS's 200
         fields = self.expect(reply, 213, path=path).lines[-1].split(" ", 4)  # 213 ALGO FIRST-LAST HEX PATH
         if len(fields) < 4 or fields[1].upper() != algorithm.upper():
             raise self._lost(f"unexpected HASH reply: {reply.lines[-1][:80]!r}", errors.ProtocolError)
