@@ -22,12 +22,13 @@ class EMServerHandle(ServerHandle):
     """What tests need to reach one running server: URLs, credentials for subprocesses, its root."""
 
     volume_path = "/pod-a"  # a volume where files may be written (the top level holds only volumes)
+    # hpcfs lists a whole EM volume at once and caches it: short periods, so files made on the disk show soon
+    listing_ttl = 1.0
+    mount_options = (f"listing_ttl={listing_ttl},attr_ttl={listing_ttl},negative_ttl={listing_ttl}",)
 
     def __init__(self, server: EMServer):
         self.server = server
         self.root = server.root
-        self.log = server.log
-        self.knobs = server.knobs
 
     @property
     def netloc(self) -> str:

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 
 import jsonschema
 import pytest
-from handles import ServerHandle
+from handles import ServerHandle, server_factory
 
 from hpcfs.servers.firecrest import FirecrestServer
 
@@ -37,14 +37,6 @@ class FirecrestHandle(ServerHandle):
     @property
     def root(self):
         return self.server.root
-
-    @property
-    def log(self):
-        return self.server.log
-
-    @property
-    def knobs(self):
-        return self.server.knobs
 
     @property
     def env(self):
@@ -71,12 +63,14 @@ def start_firecrest(root, **settings) -> FirecrestHandle:
 
 
 @pytest.fixture
-def firecrest_server(tmp_path):
-    root = tmp_path / "firecrest-root"
-    root.mkdir()
-    handle = start_firecrest(root)
-    yield handle
-    handle.server.stop()
+def make_firecrest_server(tmp_path):
+    """Factory: ``make_firecrest_server(**settings)`` -> started handle; all are stopped afterwards."""
+    yield from server_factory(tmp_path, "firecrest", start_firecrest)
+
+
+@pytest.fixture
+def firecrest_server(make_firecrest_server) -> FirecrestHandle:
+    return make_firecrest_server()
 
 
 # -- OpenAPI conformance --------------------------------------------------------------------------------

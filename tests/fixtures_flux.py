@@ -33,7 +33,6 @@ class FluxServerHandle(ServerHandle):
     def __init__(self, server: FluxServer, auth: bool):
         self.server = server
         self.root = server.root
-        self.log = server.log
         self.auth = auth
 
     @property

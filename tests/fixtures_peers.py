@@ -23,6 +23,7 @@ from typing import Optional
 from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
+from handles import ServerHandle
 
 PEERS_KIT = Path(os.environ.get("HPCFS_PEERS_KIT") or Path(__file__).resolve().parents[1].parent / "shared" / "peers")
 START_TIMEOUT = 400  # a cold FirecREST start builds its venv (~2.5 min)
@@ -73,7 +74,7 @@ def _scratch_directory(served_root: str) -> str:
 
 
 @dataclass
-class RealUFTPHandle:
+class RealUFTPHandle(ServerHandle):
     """The real UFTPD behind the kit's Auth stand-in; ``root`` is this session's directory in its data dir."""
 
     peer_env: dict
@@ -99,7 +100,7 @@ class RealUFTPHandle:
 
 
 @dataclass
-class RealFirecrestHandle:
+class RealFirecrestHandle(ServerHandle):
     """One system (``cluster`` or ``cluster-s3``) of the real FirecREST; both share one file-system root."""
 
     peer_env: dict

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
-from handles import ServerHandle
+from handles import ServerHandle, server_factory
 
 from hpcfs.servers.uftp import UFTPServer
 
@@ -14,14 +14,6 @@ UFTP_USER, UFTP_PASSWORD = "demo", "test123"
 class UFTPHandle(ServerHandle):
     server: UFTPServer
     root: str
-
-    @property
-    def knobs(self):
-        return self.server.knobs
-
-    @property
-    def log(self):
-        return self.server.log
 
     @property
     def netloc(self):
@@ -50,12 +42,17 @@ class UFTPHandle(ServerHandle):
         return f"{self.netloc}/rest/auth/{self.server.server_name}:{path}"
 
 
+def start_uftp(root: str, **options) -> UFTPHandle:
+    """A started server on ``root`` (``options``: UFTPServer arguments); the caller stops ``.server``."""
+    return UFTPHandle(UFTPServer(root, {UFTP_USER: UFTP_PASSWORD}, **options).start(), root)
+
+
 @pytest.fixture
-def uftp_server(tmp_path):
-    root = tmp_path / "uftp-root"
-    root.mkdir()
-    server = UFTPServer(str(root), {UFTP_USER: UFTP_PASSWORD}, tls_dir=str(tmp_path)).start()
-    try:
-        yield UFTPHandle(server, str(root))
-    finally:
-        server.stop()
+def make_uftp_server(tmp_path):
+    """Factory: ``make_uftp_server(**UFTPServer options)`` -> started handle; all are stopped afterwards."""
+    yield from server_factory(tmp_path, "uftp", start_uftp)
+
+
+@pytest.fixture
+def uftp_server(make_uftp_server) -> UFTPHandle:
+    return make_uftp_server()

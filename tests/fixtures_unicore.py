@@ -8,7 +8,7 @@ from typing import Optional
 from urllib.parse import quote, urlencode
 
 import pytest
-from handles import ServerHandle
+from handles import ServerHandle, server_factory
 
 from hpcfs.servers.unicore import UnicoreServer
 
@@ -21,8 +21,6 @@ class UnicoreHandle(ServerHandle):
     def __init__(self, server: UnicoreServer, storage: str = "HOME"):
         self.server = server
         self.root = server.root
-        self.log = server.log
-        self.knobs = server.knobs
         self.storage = storage
 
     @property
@@ -62,17 +60,7 @@ def start_unicore(root: str, **options) -> UnicoreHandle:
 @pytest.fixture
 def make_unicore_server(tmp_path):
     """Factory: ``make_unicore_server(**UnicoreServer options)`` -> started handle; all stopped afterwards."""
-    handles = []
-
-    def make(**options) -> UnicoreHandle:
-        root = tmp_path / f"unicore-root-{len(handles)}"
-        root.mkdir()
-        handles.append(start_unicore(str(root), **options))
-        return handles[-1]
-
-    yield make
-    for handle in handles:
-        handle.server.stop()
+    yield from server_factory(tmp_path, "unicore", start_unicore)
 
 
 @pytest.fixture

@@ -56,14 +56,6 @@ def api(firecrest_server, openapi_violations):
     assert openapi_violations == []
 
 
-def put(handle, path, data: bytes):
-    full = os.path.join(handle.root, path.lstrip("/"))
-    os.makedirs(os.path.dirname(full), exist_ok=True)
-    with open(full, "wb") as out:
-        out.write(data)
-    return full
-
-
 # -- conventions ---------------------------------------------------------------------------------------
 def test_headers_auth_and_tracing_ids(firecrest_server, api):
     reply = api("GET", "/status/systems", headers={"X-Correlation-ID": "6b1f5a3c-2d4e-4f60-8a7b-9c0d1e2f3a4b"})
@@ -102,7 +94,7 @@ def test_token_endpoint_and_token_lifetime_rules(firecrest_server, api):
 
 
 def test_system_names_and_paths(firecrest_server, api):
-    put(firecrest_server, "/a.txt", b"x")
+    firecrest_server.put("/a.txt", b"x")
     assert api("GET", "/filesystem/LOCAL/ops/stat", params={"path": "/a.txt"}).status_code == 200
     unknown = api("GET", "/filesystem/daint/ops/stat", params={"path": "/a.txt"})
     assert unknown.status_code == 404 and unknown.json()["message"] == "System not found"
@@ -118,9 +110,9 @@ def test_system_names_and_paths(firecrest_server, api):
 
 # -- ops -----------------------------------------------------------------------------------------------
 def test_ls_output_as_the_shell_prints_it(firecrest_server, api):
-    put(firecrest_server, "/d/.hidden", b"")
-    put(firecrest_server, "/d/üñí.txt", b"12")
-    put(firecrest_server, "/d/sub/deep", b"3")
+    firecrest_server.put("/d/.hidden", b"")
+    firecrest_server.put("/d/üñí.txt", b"12")
+    firecrest_server.put("/d/sub/deep", b"3")
     os.symlink("gone", os.path.join(firecrest_server.root, "d", "dangling"))
     plain = api.ops("GET", "ls", params={"path": "/d"}).json()["output"]
     assert sorted(f["name"] for f in plain) == ["\\303\\274\\303\\261\\303\\255.txt", "dangling", "sub"]
@@ -139,9 +131,9 @@ def test_ls_output_as_the_shell_prints_it(firecrest_server, api):
 def test_output_cap_gives_413_or_times_out(firecrest_server, api):
     firecrest_server.knobs.extra["max_ops_file_size"] = 4096
     limit = (4096 - 1) // 4 * 3
-    put(firecrest_server, "/fits", b"a" * limit)
-    put(firecrest_server, "/above", b"a" * (limit + 1))
-    put(firecrest_server, "/far", b"a" * (3 * MIB))
+    firecrest_server.put("/fits", b"a" * limit)
+    firecrest_server.put("/above", b"a" * (limit + 1))
+    firecrest_server.put("/far", b"a" * (3 * MIB))
     assert len(api.ops("GET", "download", params={"path": "/fits"}).content) == limit
     above = api.ops("GET", "download", params={"path": "/above"})
     assert above.status_code == 413 and above.json()["message"] == "Command output exceeded buffer limit."
@@ -150,7 +142,7 @@ def test_output_cap_gives_413_or_times_out(firecrest_server, api):
     assert far.status_code == 500 and far.json()["message"] == "('Channel not open for sending',)"
     assert time.monotonic() - started >= 0.05  # after the command timeout
     for index in range(60):
-        put(firecrest_server, f"/many/{'n' * 60}{index}", b"")
+        firecrest_server.put(f"/many/{'n' * 60}{index}", b"")
     assert api.ops("GET", "ls", params={"path": "/many"}).status_code == 413
 
 
@@ -178,13 +170,13 @@ def test_mkdir_symlink_chmod_rm(firecrest_server, api):
     assert link.status_code == 201 and link.json()["output"]["linkTarget"] == "/m/n"
     changed = api.ops("PUT", "chmod", json={"sourcePath": "/m/n", "mode": "700"})
     assert changed.status_code == 200 and changed.json()["output"]["permissions"] == "rwx------"
-    put(firecrest_server, "/m/n/inside", b"x")
+    firecrest_server.put("/m/n/inside", b"x")
     assert api.ops("DELETE", "rm", params={"path": "/m"}).status_code == 204  # rm -r
     assert not os.path.exists(os.path.join(firecrest_server.root, "m"))
 
 
 def test_view_head_tail_checksum(firecrest_server, api):
-    put(firecrest_server, "/t.txt", b"0123456789" * 100)
+    firecrest_server.put("/t.txt", b"0123456789" * 100)
     assert api.ops("GET", "view", params={"path": "/t.txt", "offset": 7, "size": 5}).json()["output"] == "78901"
     assert api.ops("GET", "view", params={"path": "/t.txt", "size": 0}).status_code == 400
     assert api.ops("GET", "head", params={"path": "/t.txt", "bytes": 3}).json()["output"]["content"] == "012"
@@ -213,14 +205,14 @@ def test_session_limit_busy_and_unhealthy(firecrest_server, api):
 # -- transfer jobs and staging -------------------------------------------------------------------------
 def test_move_job_reports_success_even_when_mv_fails(firecrest_server, api):
     firecrest_server.knobs.extra["job_visibility_lag"] = 0.2
-    put(firecrest_server, "/a", b"A")
+    firecrest_server.put("/a", b"A")
     job = api.transfer("POST", "mv", json={"sourcePath": "/a", "targetPath": "/b"}).json()["transferJob"]
     assert api("GET", f"/compute/local/jobs/{job['jobId']}").json()["message"] == "Job not found."
     assert api.wait(job)["status"]["state"] == "COMPLETED"
     assert "Files were successfully moved." in api.log(job["logs"]["outputLog"])
     assert os.path.exists(os.path.join(firecrest_server.root, "b"))
 
-    put(firecrest_server, "/a&b", b"x")  # the job template HTML-escapes the path
+    firecrest_server.put("/a&b", b"x")  # the job template HTML-escapes the path
     job = api.transfer("POST", "mv", json={"sourcePath": "/a&b", "targetPath": "/c"}).json()["transferJob"]
     assert api.wait(job)["status"]["state"] == "COMPLETED"
     assert "successfully" not in api.log(job["logs"]["outputLog"])
@@ -229,7 +221,7 @@ def test_move_job_reports_success_even_when_mv_fails(firecrest_server, api):
 
 def test_staged_download_with_ranges_and_expiry(firecrest_server, api):
     data = os.urandom(MIB)
-    put(firecrest_server, "/s.bin", data)
+    firecrest_server.put("/s.bin", data)
     firecrest_server.knobs.extra["queue_delay"] = 0.3
     reply = api.transfer("POST", "download", json=STAGE_S_BIN)
     assert reply.status_code == 201
@@ -275,7 +267,7 @@ def test_staged_upload_multipart(firecrest_server, api):
 
 def test_jobs_are_private_and_cancellable(firecrest_server, api):
     firecrest_server.knobs.extra["queue_delay"] = 5
-    put(firecrest_server, "/slow", b"x")
+    firecrest_server.put("/slow", b"x")
     job = api.transfer("POST", "mv", json={"sourcePath": "/slow", "targetPath": "/moved"}).json()["transferJob"]
     listed = api("GET", "/compute/local/jobs").json()["jobs"]
     assert [j["jobId"] for j in listed] == [job["jobId"]] and listed[0]["status"]["state"] == "PENDING"

@@ -1,31 +1,29 @@
 """One mount suite for every protocol and server: ``hpcfs mount`` used with ordinary shell tools against
-the emulator of every protocol in hpcfs/registry.py and the real servers of ``../shared/peers`` (UFTPD,
-FirecREST systems ``cluster`` and ``cluster-s3``); bytes checked by sha256 against the served directory.
-Each server gets one mount for the whole module and each test its own directory in it. A read-only
-protocol (Flux's tree of jobs) runs only the read-only part: every change refused. Protocol-specific
-checks (request counts, EM volumes, UFTP in-place writes, Flux's growing output) stay in
-test_<protocol>_mount.py."""
+the local server of every protocol in hpcfs/registry.py and the real servers of ``../shared/peers`` (UFTPD,
+FirecREST systems ``cluster`` and ``cluster-s3``), the targets of tests/contract.py; bytes checked by sha256
+against the served directory.  Each server gets one mount for the whole module, on a fresh directory of its
+own, and each test its own directory in it.  What a target can do comes from its backend's
+``Capabilities``; a read-only protocol (Flux's tree of jobs) runs only the read-only part: every change
+refused.  Protocol-specific checks (request counts, EM volumes, UFTP in-place writes, Flux's growing output)
+stay in test_<protocol>_mount.py."""
 import errno
 import os
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import List, Tuple
 
 import pytest
+from handles import ServerHandle, starter
 from mounting import (
     check_dd_at_random_offsets, copy_round_trip, hpcfs, mounted, served_digests, sh, sha256_file, tree_digests,
     write_random,
 )
 
-from fixtures_em import start_em
-from fixtures_firecrest import start_firecrest
-from fixtures_flux import start_flux
-from fixtures_uftp import UFTPHandle, UFTP_PASSWORD, UFTP_USER
-from fixtures_unicore import start_unicore
-from hpcfs.registry import PROTOCOLS
-from hpcfs.servers.uftp import UFTPServer
+import contract
+from hpcfs.backend import Capabilities
+from hpcfs.urls import open_backend
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -33,12 +31,13 @@ pytestmark = [
                        reason="needs /dev/fuse and fusermount3"),
 ]
 MIB = 1 << 20
-EM_TTL = 1.0
-NO_STAGING = "FirecREST `cluster` has no staging: nothing above max_ops_file_size (5 MiB) moves"
+NO_STAGING = "the server cannot move a file this large (FirecREST `cluster` has no staging: 5 MiB at most)"
 NO_MTIMES = "the server cannot set modification times, so rsync -a finds every file changed"
-# hpcfs refuses what UFTPD cannot do (the emulator copies that limit): not strict, so it flips when fixed
-UFTP_XFAILS = {"test_attributes_of_names_with_spaces": (
-    "UFTPD cannot MFMT/MFF a path with a space; fixed by real-peers-fixes", False)}
+# scheme -> {test name: (reason, strict)}, for its local server and its real one alike.  hpcfs refuses what
+# UFTPD cannot do (the emulator copies that limit): not strict, so it flips when fixed.
+XFAILS = {"uftp": {"test_attributes_of_names_with_spaces": (
+    "UFTPD cannot MFMT/MFF a path with a space; fixed by real-peers-fixes", False)}}
+TARGETS = {target.name: target for target in contract.LOCAL + contract.REAL}
 
 
 @dataclass
@@ -49,82 +48,57 @@ class Target:
     root: str  # the served directory that the mount's "/" shows
     plain_url: str
     env: dict
-    largest_file: int = 1 << 40  # above it the server cannot move a file
-    set_mtime: bool = True
-    chmod: bool = True
+    capabilities: Capabilities
     xfail: dict = field(default_factory=dict)  # test name -> (reason, strict)
     mount_options: Tuple[str, ...] = ()
     listing_ttl: float = 0.0  # how long the mount may show a listing that predates a change on the server
     tree_files: int = 100  # files in the rsync and cp -r trees
     sample: str = ""  # a read-only tree's file, relative to its root (the suite cannot make one there)
 
+    @property
+    def set_mtime(self) -> bool:
+        return self.capabilities.set_mtime
 
-Started = Tuple[Target, Optional[Callable[[], None]]]  # and how to stop it, if the suite started it
+    @property
+    def chmod(self) -> bool:
+        return self.capabilities.chmod
 
-
-def emulated_uftp(workdir) -> Started:
-    server = UFTPServer(str(workdir), {UFTP_USER: UFTP_PASSWORD}, tls_dir=str(workdir.parent)).start()
-    handle = UFTPHandle(server, str(workdir))
-    handle.allow_rapid_commands()
-    return Target("uftp", handle.root, handle.plain_url("/"), handle.env, xfail=UFTP_XFAILS), server.stop
-
-
-def emulated_firecrest(workdir) -> Started:
-    handle = start_firecrest(workdir)
-    target = Target("firecrest", str(workdir), handle.plain_url("/"), handle.env, set_mtime=False)
-    return target, handle.server.stop
-
-
-def emulated_em(workdir) -> Started:
-    handle = start_em(str(workdir))
-    volume = handle.volume_path
-    # EM lists a whole volume at once and caches it: short periods, so files made on the disk show soon
-    target = Target("em", os.path.join(handle.root, volume.strip("/")), handle.plain_url(volume), handle.env,
-                    set_mtime=False, chmod=False, listing_ttl=EM_TTL,
-                    mount_options=(f"listing_ttl={EM_TTL},attr_ttl={EM_TTL},negative_ttl={EM_TTL}",))
-    return target, handle.server.stop
+    @property
+    def largest_file(self) -> int:
+        """Above it the server cannot move a file: the largest upload, and the largest whole-file read of a
+        server that reads no ranges."""
+        limits = [self.capabilities.max_upload]
+        if not self.capabilities.ranged_reads:
+            limits.append(self.capabilities.max_whole_read)
+        return min((limit for limit in limits if limit is not None), default=1 << 40)
 
 
-def emulated_flux(workdir) -> Started:
-    handle = start_flux(str(workdir))
-    jobid = handle.run("echo keep me")
-    return Target("flux", handle.root, handle.url("/"), handle.env, sample=f"jobs/{jobid}/output"), handle.server.stop
+def capabilities(url: str) -> Capabilities:
+    backend, _ = open_backend(url)
+    try:
+        return backend.capabilities
+    finally:
+        backend.close()
 
 
-def emulated_unicore(workdir) -> Started:
-    handle = start_unicore(str(workdir))
-    return Target("unicore", handle.root, handle.plain_url("/"), handle.env, set_mtime=False, chmod=False), \
-        handle.server.stop
-
-
-def real_uftp(request) -> Started:
-    handle = request.getfixturevalue("real_uftp")
-    return Target(handle.name, handle.root, handle.plain_url("/"), handle.env, xfail=UFTP_XFAILS), None
-
-
-def real_firecrest(request, fixture: str) -> Started:
-    handle = request.getfixturevalue(fixture)
-    largest = 1 << 40 if handle.staging else 3 * MIB  # below cluster's direct-download limit (~3.75 MiB)
-    # every rsync temporary file is renamed by a transfer/mv job (sbatch, then polled): a small tree
-    return Target(handle.name, handle.root, handle.plain_url("/"), handle.env, largest_file=largest,
-                  set_mtime=False, tree_files=4), None
-
-
-# scheme -> its emulator, for every protocol of hpcfs/registry.py (a new protocol without one fails here)
-EMULATED: Dict[str, Callable[..., Started]] = {
-    "uftp": emulated_uftp, "firecrest": emulated_firecrest, "em": emulated_em, "flux": emulated_flux,
-    "unicore": emulated_unicore}
-# the real servers, all writable
-REAL: Dict[str, Callable[..., Started]] = {
-    "real-uftp": real_uftp,
-    "real-firecrest-cluster": lambda request: real_firecrest(request, "real_firecrest_cluster"),
-    "real-firecrest-s3": lambda request: real_firecrest(request, "real_firecrest_s3"),
-}
+def target_for(target: contract.Target, handle: ServerHandle) -> Target:
+    """The mount suite's view of ``handle``: a writable server's fresh directory (never one another module
+    or an earlier run left files in), a read-only server's whole tree and a file of it."""
+    path, sample = "/", ""
+    if target.read_only:
+        sample = handle.sample()[0].lstrip("/")
+    else:
+        path = contract.fresh_directory(handle, "mount")
+    can = capabilities(handle.url(path))
+    # on a real server each rename of rsync's temporary files is a scheduler job (sbatch, then polled)
+    small_tree = target.real and can.rename == "job"
+    return Target(target.name, os.path.join(handle.root, path.strip("/")), handle.plain_url(path), handle.env, can,
+                  xfail=XFAILS.get(target.scheme, {}), mount_options=handle.mount_options,
+                  listing_ttl=handle.listing_ttl, tree_files=4 if small_tree else 100, sample=sample)
 
 
 def target_names(read_only: bool) -> List[str]:
-    emulated = [protocol.scheme for protocol in PROTOCOLS if protocol.read_only == read_only]
-    return emulated if read_only else emulated + list(REAL)
+    return [name for name, target in TARGETS.items() if target.read_only == read_only]
 
 
 def pytest_generate_tests(metafunc):
@@ -137,14 +111,18 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="module")
 def target(request, tmp_path_factory):
-    name = request.param
-    if name in REAL:
-        made, stop = REAL[name](request)
-    else:
-        made, stop = EMULATED[name](tmp_path_factory.mktemp(f"{name}-root"))
-    yield made
-    if stop:
-        stop()
+    """A real server from its (session) fixture; a local one started for this module by its protocol's
+    ``start_<scheme>`` (tests/handles.py), since its fixture lasts one test."""
+    target = TARGETS[request.param]
+    if target.real:
+        yield target_for(target, request.getfixturevalue(target.fixture))
+        return
+    handle = starter(target.scheme)(str(tmp_path_factory.mktemp(f"{target.name}-root")))
+    handle.allow_rapid_commands()
+    try:
+        yield target_for(target, handle)
+    finally:
+        handle.server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +325,7 @@ def sample(target, mount):
 
 def test_every_change_fails_with_erofs(sample):
     directory = os.path.dirname(sample)
-    before = sh("cat", sample)
+    before = sh("cat", sample, binary=True)
     changes = [
         lambda: open(sample, "ab"),
         lambda: open(f"{directory}/new", "wb"),
@@ -365,4 +343,4 @@ def test_every_change_fails_with_erofs(sample):
         assert refused.value.errno == errno.EROFS, refused.value
     shell = subprocess.run(["sh", "-c", f"echo x > {sample}"], capture_output=True, text=True)
     assert shell.returncode != 0 and "Read-only file system" in shell.stderr
-    assert sh("cat", sample) == before
+    assert sh("cat", sample, binary=True) == before
