@@ -7,9 +7,11 @@ should work below :attr:`EMServerHandle.volume_path`.  ``make_em_server(**option
 other settings (``api="v2"``, short token lifetimes, small limits ...).
 """
 import os
+from typing import Any, Callable, Tuple
 from urllib.parse import quote, urlencode
 
 import pytest
+import requests
 from handles import ServerHandle, server_factory
 
 from hpcfs.servers.em import EMServer
@@ -56,6 +58,18 @@ def start_em(root: str, **options) -> EMServerHandle:
     for volume in VOLUMES:
         os.makedirs(os.path.join(root, volume), exist_ok=True)
     return EMServerHandle(EMServer(root, {USER: PASSWORD}, **options).start())
+
+
+# tests/test_servers_lockdown.py's REST ports: name -> make_em_server options
+REST_PORTS = {"em": {}, "em-tls": {"tls": True}}
+
+
+def rest_port(handle: EMServerHandle) -> Tuple[Any, str, Callable[[], requests.Response]]:
+    """The API, a path that takes a body, an owner's request."""
+    server = handle.server
+    return server.http, "/auth", lambda: requests.post(
+        server.url + "/auth", data={"username": USER, "password": PASSWORD}, timeout=10,
+        verify=server.cert_file or True)
 
 
 @pytest.fixture

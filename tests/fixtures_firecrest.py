@@ -11,10 +11,12 @@ import re
 import secrets
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Callable, Dict, List, Tuple
 from urllib.parse import quote, urlencode
 
 import jsonschema
 import pytest
+import requests
 from handles import ServerHandle, server_factory
 
 from hpcfs.servers.firecrest import FirecrestServer
@@ -60,6 +62,25 @@ def start_firecrest(root, **settings) -> FirecrestHandle:
     options = dict(TEST_LIMITS, **settings)
     server = FirecrestServer(str(root), {CLIENT_ID: (secret, USERNAME)}, **options).start()
     return FirecrestHandle(server, secret)
+
+
+# What tests/test_cli.py's ``hpcfs serve firecrest`` differs in: the S3 staging port, and the variables that name
+# the API, which the banner exports before its mount command.
+def serve_arguments(users_file: str) -> List[str]:
+    return ["--port", "0", "--s3-port", "0"]  # the client's id and secret come from the environment
+
+
+def serve_connection(banner: str) -> Tuple[str, Dict[str, str]]:
+    """The served root's URL and the variables a client needs, as the banner tells them."""
+    exports = dict(re.findall(r"(FIRECREST_URL|AUTH_TOKEN_URL)=(\S+)", banner))
+    return re.search(r"hpcfs mount (firecrest://\S+)", banner).group(1), exports
+
+
+def rest_port(handle: FirecrestHandle) -> Tuple[Any, str, Callable[[], requests.Response]]:
+    """tests/test_servers_lockdown.py's REST port: the API, a path that takes a body, an owner's request."""
+    server = handle.server
+    return server.api, "/token", lambda: requests.post(server.token_url, timeout=10, data={
+        "grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": handle.secret})
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ which reach clients only through the environment (:attr:`FluxServerHandle.env`).
 submits a job and waits for its end.
 """
 import time
+from typing import Any, Callable, Tuple
 
 import fs.opener
 import fsspec
@@ -88,6 +89,11 @@ def start_flux(root: str, auth: bool = False, **options) -> FluxServerHandle:
     caller stops ``.server``."""
     server = FluxServer(root, credentials=CREDENTIALS if auth else None, **options).start()
     return FluxServerHandle(server, auth)
+
+
+def rest_port(handle: FluxServerHandle) -> Tuple[Any, str, Callable[[], requests.Response]]:
+    """tests/test_servers_lockdown.py's REST port: the API, a path that takes a body, an owner's request."""
+    return handle.server.http, "/v1/jobs/submit", lambda: handle.get("/v1/jobs")
 
 
 @pytest.fixture

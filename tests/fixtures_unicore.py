@@ -4,10 +4,11 @@
 root (``unicore://.../storages/HOME:/a`` is ``root/a``).  ``make_unicore_server(**options)`` starts servers with
 other settings (``tls=True``, another ``site``, several users ...).
 """
-from typing import Optional
+from typing import Any, Callable, Optional, Tuple
 from urllib.parse import quote, urlencode
 
 import pytest
+import requests
 from handles import ServerHandle, server_factory
 
 from hpcfs.servers.unicore import UnicoreServer
@@ -55,6 +56,12 @@ def start_unicore(root: str, **options) -> UnicoreHandle:
     """A started server serving ``root`` as storage HOME; the caller stops ``.server``."""
     options.setdefault("users", {USER: PASSWORD})
     return UnicoreHandle(UnicoreServer(root, **options).start())
+
+
+def rest_port(handle: UnicoreHandle) -> Tuple[Any, str, Callable[[], requests.Response]]:
+    """tests/test_servers_lockdown.py's REST port: the API, a path that takes a body, an owner's request."""
+    return handle.server.http, f"/{handle.server.site}/rest/core/jobs", lambda: requests.get(
+        handle.base_url + "/storages", auth=(USER, PASSWORD), timeout=10)
 
 
 @pytest.fixture

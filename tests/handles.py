@@ -3,6 +3,7 @@ hpcfs/registry.py (through each protocol's ``fixture``) treat the handles alike;
 that starts servers with options of a test's own."""
 import importlib
 import os
+from types import ModuleType
 from typing import Any, Callable, Iterator, List, Tuple
 
 
@@ -53,7 +54,14 @@ def starter(scheme: str) -> Callable[[str], ServerHandle]:
     """``start_<scheme>(root)`` of tests/fixtures_<scheme>.py: starts the protocol's local server on the
     directory ``root``; the caller stops ``handle.server``.  The protocol's fixture is built on it, and
     suites that hold one server for longer than a test (the mount suite) call it themselves."""
-    return getattr(importlib.import_module(f"fixtures_{scheme}"), f"start_{scheme}")
+    return getattr(fixtures_module(scheme), f"start_{scheme}")
+
+
+def fixtures_module(scheme: str) -> ModuleType:
+    """tests/fixtures_<scheme>.py: besides ``start_<scheme>`` and the fixtures, it holds the hooks through which
+    suites that run for every protocol ask for what only that protocol has (``serve_*`` of tests/test_cli.py,
+    ``rest_port`` of tests/test_servers_lockdown.py)."""
+    return importlib.import_module(f"fixtures_{scheme}")
 
 
 def server_factory(tmp_path, name: str, start: Callable[..., ServerHandle]) -> Iterator[Callable[..., ServerHandle]]:

@@ -15,8 +15,11 @@ import sys
 import termios
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
+
+from handles import fixtures_module
 
 from hpcfs.registry import SCHEMES, WRITABLE_SCHEMES, protocol_for
 from mounting import CREDENTIAL_VARIABLES, HPCFS, served_digests, sha256_file, tree_digests, write_random
@@ -230,16 +233,10 @@ def test_rapid_commands_wait_for_uftp_session_slots(cli, uftp_server):
 
 
 def test_unreachable_server_exits_1_quickly(cli, remote):
-    port = closed_port()
-    urls = {
-        "uftp": (f"uftp://127.0.0.1:{port}/rest/auth/TEST:/", {}),
-        "firecrest": ("firecrest://local/", {"FIRECREST_URL": f"http://127.0.0.1:{port}",
-                                            "AUTH_TOKEN_URL": f"http://127.0.0.1:{port}/token"}),
-        "em": (f"em://alice@127.0.0.1:{port}/pod-a", {}),
-        "unicore": (f"unicore://demouser@127.0.0.1:{port}/DEMO-SITE/rest/core/storages/HOME:/", {}),
-    }
-    url, overrides = urls[remote.protocol]
-    env = {**remote.env, **overrides}
+    # the server's own URL and environment with its endpoint moved to a port nothing listens on
+    unreachable = f"127.0.0.1:{closed_port()}"
+    url = remote.url().replace(remote.handle.netloc, unreachable)
+    env = {name: value.replace(remote.handle.netloc, unreachable) for name, value in remote.env.items()}
     started = time.monotonic()
     one_line_error(cli("ls", url, env=env), 1)
     assert time.monotonic() - started < 5
@@ -590,26 +587,33 @@ def test_seed_environment_variables_work_without_a_config_file(cli, isolated, fi
 
 
 # -- serve ----------------------------------------------------------------------------------------------
-SERVE = {
-    "uftp": (["--auth-port", "0", "--listen-port", "0", "--cmd-port", "0", "--users-file"], "UFTPD command port"),
-    "firecrest": (["--port", "0", "--s3-port", "0"], "then: hpcfs mount"),
-    "em": (["--port", "0"], "connect: hpcfs mount"),
-    "unicore": (["--port", "0"], "connect: hpcfs mount"),
-}
+def serve_credentials(protocol):
+    """The account ``hpcfs serve <protocol>`` and its client read from the environment: the variables of the
+    protocol's user and secret options (hpcfs/<proto>/options.py)."""
+    options = protocol_for(protocol).options()
+    variables = options.environment()
+    return {variables[options.USER_OPTION]: "demo", variables[options.SECRET_OPTION]: "pw-for-test"}
+
+
+def default_connection_from_banner(protocol, banner):
+    """The URL of the served root in the banner's ``hpcfs mount`` line; no variables."""
+    return re.search(rf"hpcfs mount ({protocol}://\S+)", banner).group(1), {}
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_serve_starts_a_server_the_cli_can_use(cli, isolated, tmp_path, protocol):
+    """What a protocol's serve command needs beyond ``--root`` and ``--port 0``, and how its banner reads, its
+    tests/fixtures_<proto>.py says where it differs: ``serve_arguments(users_file)``, ``SERVE_BANNER_END``,
+    ``serve_connection(banner)``."""
     root = tmp_path / "root"
     (root / "pod-a").mkdir(parents=True)
     (root / "pod-a" / "hello.txt").write_text("hello\n")
-    credentials = {"uftp": {"UFTP_USER": "demo", "UFTP_PASSWORD": "pw-for-test"},
-                   "firecrest": {"FIRECREST_CLIENT_ID": "me", "FIRECREST_CLIENT_SECRET": "secret-for-test"},
-                   "em": {"EM_USERNAME": "demo", "EM_PASSWORD": "pw-for-test"},
-                   "unicore": {"UNICORE_USER": "demo", "UNICORE_PASSWORD": "pw-for-test"}}[protocol]
-    arguments, last_line = SERVE[protocol]
-    if protocol == "uftp":
-        arguments = arguments + [private_file(tmp_path / "users", "demo:pw-for-test\n")]
+    credentials = serve_credentials(protocol)
+    users_file = private_file(tmp_path / "users", ":".join(credentials.values()) + "\n")
+    hooks = fixtures_module(protocol)
+    arguments = getattr(hooks, "serve_arguments", lambda users_file: ["--port", "0"])(users_file)
+    last_line = getattr(hooks, "SERVE_BANNER_END", "hpcfs mount")
+    connection_from_banner = getattr(hooks, "serve_connection", partial(default_connection_from_banner, protocol))
     env = {**isolated, **credentials}
 
     def like_a_background_job():  # a shell script's `hpcfs serve ... &` ignores SIGINT: `kill` must still work
@@ -625,21 +629,8 @@ def test_serve_starts_a_server_the_cli_can_use(cli, isolated, tmp_path, protocol
             banner += server.stdout.readline()
         assert last_line in banner, banner
         assert credentials[next(n for n in credentials if "PASSWORD" in n or "SECRET" in n)] not in banner
-        url, client_env = connection_from_banner(protocol, banner)
-        assert ok(cli("ls", url, env={**credentials, **client_env})).stdout.splitlines() == ["hello.txt"]
+        url, client_env = connection_from_banner(banner)
+        assert ok(cli("ls", url + "pod-a", env={**credentials, **client_env})).stdout.splitlines() == ["hello.txt"]
     finally:
         server.terminate()
         assert server.wait(timeout=30) == 0
-
-
-def connection_from_banner(protocol, banner):
-    """What the banner tells a user to connect with: a URL to the pod-a directory, and variables."""
-    if protocol == "uftp":
-        auth = re.search(r"https://(\S+/rest/auth/\w+)", banner).group(1)
-        return f"uftp://{auth}:/pod-a", {"HPCFS_CA_FILE": re.search(r"HPCFS_CA_FILE=(\S+?)\)", banner).group(1)}
-    if protocol == "firecrest":
-        exports = dict(re.findall(r"(FIRECREST_URL|AUTH_TOKEN_URL)=(\S+)", banner))
-        return re.search(r"hpcfs mount (firecrest://\S+)", banner).group(1) + "pod-a", exports
-    if protocol == "unicore":
-        return re.search(r"hpcfs mount (unicore://\S+)", banner).group(1) + "pod-a", {}
-    return re.search(r"hpcfs mount (em://\S+)", banner).group(1) + "pod-a", {}

@@ -27,10 +27,9 @@ import requests
 
 from fixtures_em import PASSWORD as EM_PASSWORD
 from fixtures_em import USER as EM_USER
-from fixtures_firecrest import CLIENT_ID
-from fixtures_unicore import PASSWORD as UNICORE_PASSWORD
-from fixtures_unicore import USER as UNICORE_USER
-from fixtures_uftp import UFTP_PASSWORD, UFTP_USER
+from handles import fixtures_module
+
+from hpcfs.registry import SCHEMES, protocol_for
 
 pytestmark = pytest.mark.timeout(180)
 INTRUDER_PYTHON = "/usr/bin/python3"  # outside the owner's directories, which the intruder cannot enter
@@ -168,28 +167,18 @@ class Port:
         return self.rest.scheme == "https"
 
 
-@pytest.fixture(params=["em", "em-tls", "firecrest", "flux", "uftp-auth", "unicore"])
-def rest_port(request, make_em_server, firecrest_server, flux_server, uftp_server, unicore_server) -> Port:
-    kind = request.param
-    if kind == "unicore":
-        return Port(unicore_server.server.http, f"/{unicore_server.server.site}/rest/core/jobs",
-                    lambda: requests.get(unicore_server.base_url + "/storages", auth=(UNICORE_USER, UNICORE_PASSWORD),
-                                         timeout=10))
-    if kind.startswith("em"):
-        em = make_em_server(tls=kind == "em-tls")
-        return Port(em.server.http, "/auth", lambda: requests.post(
-            em.server.url + "/auth", data={"username": EM_USER, "password": EM_PASSWORD}, timeout=10,
-            verify=em.server.cert_file or True))
-    if kind == "firecrest":
-        server = firecrest_server.server
-        return Port(server.api, "/token", lambda: requests.post(server.token_url, timeout=10, data={
-            "grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": firecrest_server.secret}))
-    if kind == "flux":
-        return Port(flux_server.server.http, "/v1/jobs/submit",
-                    lambda: requests.get(flux_server.api + "/v1/jobs", timeout=10))
-    server = uftp_server.server
-    return Port(server.rest, "/rest/auth/TEST", lambda: requests.get(
-        server.auth_url.rsplit("/", 1)[0], auth=(UFTP_USER, UFTP_PASSWORD), timeout=10, verify=server.cert_file))
+# Every REST port of every protocol's local server: (scheme, name, options of make_<scheme>_server), from the
+# ``rest_port(handle)`` and ``REST_PORTS`` (name -> options; one port named after the scheme unless given)
+# of tests/fixtures_<scheme>.py.
+REST_PORTS = [(scheme, name, options) for scheme in SCHEMES
+              for name, options in getattr(fixtures_module(scheme), "REST_PORTS", {scheme: {}}).items()]
+
+
+@pytest.fixture(params=REST_PORTS, ids=[name for _, name, _ in REST_PORTS])
+def rest_port(request) -> Port:
+    scheme, _, options = request.param
+    handle = request.getfixturevalue("make_" + protocol_for(scheme).fixture)(**options)
+    return Port(*fixtures_module(scheme).rest_port(handle))
 
 
 HOLD_CONNECTIONS = r'''

@@ -97,7 +97,7 @@ class RemoteFile:
         return self.entry.ttl is not None and math.isfinite(self.entry.ttl)
 
     def write(self, offset, data):
-        self._require_writable()
+        self.require_writable()
         self._ensure_spool()
         try:
             written = os.pwrite(self._spool_fd, data, offset)
@@ -112,7 +112,7 @@ class RemoteFile:
         return written
 
     def truncate(self, size):
-        self._require_writable()
+        self.require_writable()
         with self._write_lock:
             self._end_streaming()
         if self._spool_fd is None and size == 0:
@@ -241,7 +241,7 @@ class RemoteFile:
             self._stream.stop()
             self._stream = None
 
-    def _require_writable(self):
+    def require_writable(self):
         if not self.writable:
             raise errors.PermissionDenied("file is not open for writing", self.path)
 

@@ -100,7 +100,7 @@ class RemoteTree:
         keyed by version, so a changed file is fetched anew)."""
         path = normalize(path)
         if writable:
-            self._require_writable(path)
+            self.require_writable(path)
         try:
             entry = self._stat_server(path, revalidate=revalidate)
         except errors.NotFound:
@@ -226,7 +226,7 @@ class RemoteTree:
     # -- namespace ------------------------------------------------------------------------------------
     def mkdir(self, path):
         path = normalize(path)
-        self._require_writable(path)
+        self.require_writable(path)
         if self.exists(path):
             raise errors.AlreadyExists("file exists", path)
         self._check_new_name(path)
@@ -237,7 +237,7 @@ class RemoteTree:
 
     def remove(self, path):
         path = normalize(path)
-        self._require_writable(path)
+        self.require_writable(path)
         if self.stat(path).is_dir:
             raise errors.IsADirectory("is a directory", path)
         self.backend.remove(self.remote_path(path))
@@ -246,7 +246,7 @@ class RemoteTree:
 
     def rmdir(self, path):
         path = normalize(path)
-        self._require_writable(path)
+        self.require_writable(path)
         if path == "/":
             raise errors.PermissionDenied("cannot remove the root of the tree", path)
         if not self.stat(path).is_dir:
@@ -257,7 +257,7 @@ class RemoteTree:
 
     def rename(self, src, dst):
         src, dst = normalize(src), normalize(dst)
-        self._require_writable(src)
+        self.require_writable(src)
         if self.capabilities.rename == "none":
             raise errors.NotSupported("the server cannot rename", src)
         entry = self.stat(src)
@@ -275,7 +275,7 @@ class RemoteTree:
         """The file ``src`` copied to ``dst`` by the server (``capabilities.server_copy``): written under
         ``dst``'s partial name, then renamed onto it, so a copy that fails half way replaces nothing."""
         src, dst = normalize(src), normalize(dst)
-        self._require_writable(dst)
+        self.require_writable(dst)
         if self.stat(src).is_dir:
             raise errors.IsADirectory("is a directory", src)
         self._check_new_name(dst)
@@ -293,7 +293,7 @@ class RemoteTree:
     def chmod(self, path, mode):
         """Change the permission bits; accepted and ignored where the server keeps none (see :meth:`_keeps`)."""
         path = normalize(path)
-        self._require_writable(path)
+        self.require_writable(path)
         if not self._keeps(path, self.capabilities.chmod):
             return
         writer = self._writer(path)
@@ -306,7 +306,7 @@ class RemoteTree:
     def set_mtime(self, path, mtime):
         """Set the modification time; accepted and ignored where the server cannot (see :meth:`_keeps`)."""
         path = normalize(path)
-        self._require_writable(path)
+        self.require_writable(path)
         if not self._keeps(path, self.capabilities.set_mtime):
             return
         writer = self._writer(path)
@@ -318,7 +318,7 @@ class RemoteTree:
 
     def symlink(self, target, path):
         path = normalize(path)
-        self._require_writable(path)
+        self.require_writable(path)
         if not self.capabilities.symlinks:
             raise errors.NotSupported("the server has no symbolic links", path)
         self._check_new_name(path)
@@ -345,7 +345,7 @@ class RemoteTree:
             self.stat(path)
         return capability
 
-    def _require_writable(self, path: str) -> None:
+    def require_writable(self, path: str) -> None:
         """Refuse any change to a read-only tree before anything else is checked or sent."""
         if self.capabilities.read_only:
             raise errors.ReadOnly("read-only file system: nothing here can be written, created, renamed or "

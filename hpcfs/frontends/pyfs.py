@@ -139,6 +139,7 @@ class HpcfsFS(FS):
     def setinfo(self, path, info):
         path = self.validatepath(path)
         with translate_errors(path):
+            self.require_writable(path)
             self.remote.stat(path)
             details = info.get("details", {})
             if details.get("modified") is not None:
@@ -158,6 +159,7 @@ class HpcfsFS(FS):
     def move(self, src_path, dst_path, overwrite=False, preserve_time=False):
         src, dst = self.validatepath(src_path), self.validatepath(dst_path)
         with translate_errors(src):
+            self.require_writable(src)
             if self.remote.stat(src).is_dir:
                 raise fs.errors.FileExpected(src)
             if self.remote.exists(dst):
@@ -178,6 +180,11 @@ class HpcfsFS(FS):
         super().close()
 
     # -- helpers --------------------------------------------------------------------------------------
+    def require_writable(self, path):
+        """The refusal the remote tree gives every change to a read-only tree, for a change whose own
+        checks (does the source exist, is the destination free) would send requests before it."""
+        self.remote.require_writable(path)
+
     def _require_dir(self, path):
         if not self.remote.stat(path).is_dir:
             raise fs.errors.DirectoryExpected(path)
