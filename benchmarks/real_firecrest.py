@@ -1,5 +1,5 @@
 """Rows against the real FirecREST (``../shared/peers``), system ``cluster-s3`` (staged transfers through S3):
-downloads and uploads by pyfirecrest and ``hpcfs cp``."""
+downloads and uploads by pyfirecrest and ``hpcfs cp``, and a download by ``cat`` from an ``hpcfs mount``."""
 import os
 import shutil
 from pathlib import Path
@@ -7,9 +7,11 @@ from pathlib import Path
 from benchmarks.checks import sha256_of
 from benchmarks.context import Context
 from benchmarks.copies import timed_checked_copy, timed_checked_upload
+from benchmarks.disk import filesystem_of
 from benchmarks.kit import real_peer_env
-from benchmarks.processes import env_for
-from benchmarks.results import Results
+from benchmarks.mounts import mount_process
+from benchmarks.processes import Failed, env_for
+from benchmarks.results import Outcome, Results
 from benchmarks.settings import HPCFS, MIB, REPO
 
 FIRECREST_ROW_DOWN, FIRECREST_ROW_UP = "real-firecrest-download", "real-firecrest-upload"
@@ -33,8 +35,9 @@ else:
 
 def real_firecrest_rows(ctx: Context, results: Results):
     """A file of up to 256 MiB downloaded from and uploaded to the real FirecREST's staged system by
-    pyfirecrest (``Firecrest.download``/``upload``, blocking) and by ``hpcfs cp``, one after the other;
-    every copy's sha256 checked after its timed run (an upload: the file on the cluster's disk)."""
+    pyfirecrest (``Firecrest.download``/``upload``, blocking) and by ``hpcfs cp``, and downloaded by ``cat``
+    from an ``hpcfs mount`` of its directory, one after the other; every copy's sha256 checked after its
+    timed run (an upload: the file on the cluster's disk)."""
     env = real_peer_env("real-firecrest")
     if env is None:
         print("real FirecREST not running (../shared/peers/bin/real-firecrest start): its rows are skipped")
@@ -61,6 +64,9 @@ def real_firecrest_rows(ctx: Context, results: Results):
         for client, argv in downloads.items():
             outcome = timed_checked_copy(ctx, argv, env_for(client, client_env), expected, size)
             results.put(FIRECREST_ROW_DOWN, client, 0, outcome)
+        mount = [str(HPCFS), "mount", "--foreground", url, str(ctx.mountpoint)]
+        results.put(FIRECREST_ROW_DOWN, "hpcfs mount (cat)", 0,
+                    mounted_cat(ctx, mount, env_for("hpcfs mount", client_env), expected, size))
         uploads = {
             "pyfirecrest upload": lambda name: [python, "-c", PYFIRECREST_COPY, system, "upload",
                                                 f"{directory}/{name}", str(source)],
@@ -73,3 +79,15 @@ def real_firecrest_rows(ctx: Context, results: Results):
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         source.unlink(missing_ok=True)
+
+
+def mounted_cat(ctx: Context, mount, env, expected: str, size: int) -> Outcome:
+    """``cat big.bin > OUT`` from a fresh mount (started by the argv ``mount``) to local disk, timed on the
+    mounted tree."""
+    mounted = ctx.mountpoint / "big.bin"
+    try:
+        with mount_process(mount, env, ctx.mountpoint, ctx.logs / "hpcfs-real-firecrest.log"):
+            return timed_checked_copy(ctx, lambda out: ["sh", "-c", 'cat "$1" > "$2"', "cat", str(mounted), str(out)],
+                                      None, expected, size)
+    except Failed as exc:
+        return Outcome.failed(str(exc), filesystem_of(ctx.copies))

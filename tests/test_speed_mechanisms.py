@@ -205,8 +205,9 @@ def test_firecrest_readahead_streams_each_run_of_blocks_with_one_ranged_get(fire
     finally:
         tree.close()
     ranged_gets = firecrest_server.log.total("GET /{bucket}/{key:path}")
-    # 24 blocks: one GET each before; now runs of readahead / 4 = 2 blocks at least, plus the ramp-up
-    assert 1 <= ranged_gets <= 24 // 2 + 4, firecrest_server.log.snapshot()
+    # 24 blocks: one GET each before; now runs of readahead / 4 = 2 blocks at least, plus the ramp-up, and
+    # the first read's GET (before the log was reset) may carry the whole scan
+    assert ranged_gets <= 24 // 2 + 4, firecrest_server.log.snapshot()
 
 
 # -- hpcfs cp downloads: ranges side by side, straight from the receive buffer to the disk ----------------------

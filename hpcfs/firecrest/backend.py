@@ -8,7 +8,8 @@ Mapping (FirecREST v2 API: eth-cscs.github.io/firecrest-v2/openapi):
   (``floor((max_ops_file_size-1)/4)*3`` bytes); ``read_range`` = one ``transfer/download`` staging job per
   file version, awaited by looking for its object (S3 shows it only whole), then HTTP ``Range`` GETs on
   the presigned URL.  The URL is cached per path with the file's change token, which is checked again at
-  most every ``recheck`` seconds.
+  most every ``recheck`` seconds.  A sequential reader's readahead runs (``read_pieces``) share one GET
+  left open to the object's end (:mod:`.chains`); a random read asks for exactly its range.
 * uploads (``begin_upload``) = one ``ops/upload`` up to ``max_ops_file_size``, else a staged multipart
   ``transfer/upload`` whose ingress job is awaited, so the file is in place when the commit returns.  An
   empty file times out on the server (408) although it is created: the call waits only briefly, then
@@ -21,6 +22,7 @@ Mapping (FirecREST v2 API: eth-cscs.github.io/firecrest-v2/openapi):
   ``mv`` fails).  POSIX replacement rules are checked first because ``mv`` moves *into* directories.
 * ``remove``/``rmdir`` check the kind and emptiness first: ``ops/rm`` is ``rm -r``.
 """
+import contextlib
 import datetime
 import posixpath
 import re
@@ -36,6 +38,7 @@ from .. import errors, net
 from ..backend import DIRECTORY, FILE, SYMLINK, Backend, Capabilities, Entry, UploadSession, normalize, split
 from ..urls import ParsedURL
 from . import streamer
+from .chains import StreamChains
 from .auth import ClientCredentials, TokenSource, token_source
 from .client import QUOTE_REFUSAL, FirecrestClient, StagingExpired, error_from_message
 from .options import FirecrestOptions
@@ -105,6 +108,7 @@ class FirecrestBackend(Backend):
         self._seen: TTLCache = TTLCache(SEEN_ENTRIES, SEEN_TTL)
         self._seen_lock = threading.Lock()
         self._stage_locks = [threading.Lock() for _ in range(STAGE_LOCKS)]
+        self._chains = StreamChains(wait_limit=client.timeout[1])
 
     # -- metadata -------------------------------------------------------------------------------------
     def list(self, path: str) -> List[Entry]:
@@ -177,14 +181,19 @@ class FirecrestBackend(Backend):
                 "(no data_transfer) for larger files", path)
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """A random read: exactly the range, so no more bytes are sent than were asked for."""
         pieces: List[bytes] = []
-        self.read_pieces(path, offset, length, max(length, 1), pieces.append)
+        self._read_staged(path, offset, length, max(length, 1), pieces.append, chained=False)
         return pieces[0] if pieces else b""
 
     def read_pieces(self, path: str, offset: int, length: int, piece_size: int,
                     deliver: Callable[[bytes], None]) -> None:
-        """One streamed ranged GET for the whole range: the staging area answers each request in about a
-        quarter second whatever its size, so a run of readahead blocks costs one request, not one per block."""
+        """One streamed GET for the whole range, left open to the object's end for the range that follows
+        (:mod:`.chains`): a sequential reader's readahead runs cost one GET together, not one each."""
+        self._read_staged(path, offset, length, piece_size, deliver, chained=True)
+
+    def _read_staged(self, path: str, offset: int, length: int, piece_size: int, deliver: Callable[[bytes], None],
+                     chained: bool) -> None:
         if not self.staging:
             raise errors.NotSupported("this FirecREST system has no S3 staging for ranged reads", path)
         position, end = offset, offset + length  # a re-staged retry resumes after what was delivered
@@ -198,7 +207,18 @@ class FirecrestBackend(Backend):
             return
 
         def read_staged():
-            self.client.staged_pieces(self._staged_copy(path).url, position, end - position, piece_size, forward)
+            url = self._staged_copy(path).url
+            if run is None:
+                self.client.staged_pieces(url, position, end - position, piece_size, forward)
+                return
+            resumed = run.resume(url)
+            if resumed is not None:
+                try:
+                    resumed.pieces(end - position, piece_size, forward)
+                    return
+                except errors.ProtocolError:
+                    pass  # the open GET broke while it waited for this run: a fresh one
+            run.use(self.client.open_staged(url, position), url).pieces(end - position, piece_size, forward)
 
         def expired(outcome) -> net.Verdict:
             if isinstance(outcome, StagingExpired):  # stage it again, once
@@ -206,7 +226,8 @@ class FirecrestBackend(Backend):
                 return net.Verdict.AGAIN
             return net.Verdict.DONE
 
-        with self.client.operation(path):
+        chain = self._chains.run(path, offset, end) if chained else contextlib.nullcontext()
+        with self.client.operation(path), chain as run:
             net.retry(read_staged, expired, attempts=2)
 
     def _staged_copy(self, path: str) -> _StagedCopy:
@@ -480,6 +501,7 @@ class FirecrestBackend(Backend):
                 f"and files above {self.max_ops} bytes cannot be written")
 
     def close(self) -> None:
+        self._chains.close()
         self.client.close()
 
 

@@ -272,23 +272,16 @@ class FirecrestClient:
     def staged_pieces(self, url: str, offset: int, length: int, piece_size: int,
                       deliver: Callable[[bytearray], None]) -> None:
         """Bytes ``[offset, offset+length)`` of a staged object by one streamed ranged GET, handed to
-        ``deliver`` in pieces of ``piece_size`` (the last shorter; fewer at the object's end).  A server
-        that ignores ``Range`` is read past ``offset`` without keeping those bytes."""
-        response = self._staging("GET", url, headers={"Range": f"bytes={offset}-{offset + length - 1}"}, stream=True)
-        with response:
-            if response.status_code == 416:
-                return
-            try:
-                if response.status_code == 200:
-                    _skip(response.raw, offset)
-                for start in range(0, length, piece_size):
-                    piece = _read_exactly(response.raw, min(piece_size, length - start))
-                    if piece:
-                        deliver(piece)
-                    if len(piece) < min(piece_size, length - start):
-                        return
-            except net.STREAM_ERRORS as exc:
-                raise _broken("staged range read", exc) from None
+        ``deliver`` in pieces of ``piece_size`` (the last shorter; fewer at the object's end)."""
+        with contextlib.closing(self.open_staged(url, offset, length)) as stream:
+            stream.pieces(length, piece_size, deliver)
+
+    def open_staged(self, url: str, offset: int, length: Optional[int] = None) -> "StagedStream":
+        """A streamed GET of a staged object from ``offset``: ``length`` bytes, or (None) on to its end, to
+        be read on in order by successive ranges."""
+        last = "" if length is None else offset + length - 1
+        response = self._staging("GET", url, headers={"Range": f"bytes={offset}-{last}"}, stream=True)
+        return StagedStream(response, offset)
 
     def staged_object_size(self, url: str) -> Optional[int]:
         """The size of the staged object, None while it is not there.  The staging job uploads it as one S3
@@ -322,6 +315,46 @@ class FirecrestClient:
         if response.status_code == 403:
             raise StagingExpired(f"staging area refused {method}: {response.text[:200]}")
         raise errors.HpcfsError(f"staging area answered {response.status_code} to {method}")
+
+
+class StagedStream:
+    """An open GET of a staged object, at ``position``; ``ended`` once the object's end is reached.  A
+    server that ignores ``Range`` (200, the whole object) is read past the offset without keeping those bytes."""
+
+    def __init__(self, response: net.Response, offset: int):
+        self._response, self.position = response, offset
+        total = response.headers.get("Content-Range", "").rpartition("/")[2]  # "bytes 5-9/SIZE", "bytes */SIZE"
+        self._size = int(total) if total.isdigit() else None
+        self.ended = response.status_code == 416
+        if response.status_code == 200:
+            self._size = int(response.headers.get("Content-Length", 0)) or None
+            with _reading():
+                _skip(response.raw, offset)
+
+    def pieces(self, length: int, piece_size: int, deliver: Callable[[bytearray], None]) -> None:
+        """The next ``length`` bytes handed to ``deliver`` in pieces of ``piece_size`` (fewer at the end)."""
+        with _reading():
+            for start in range(0, 0 if self.ended else length, piece_size):
+                wanted = min(piece_size, length - start)
+                piece = _read_exactly(self._response.raw, wanted)
+                self.position += len(piece)
+                if piece:
+                    deliver(piece)
+                if len(piece) < wanted:
+                    self.ended = True
+                    return
+        self.ended = self._size is not None and self.position >= self._size
+
+    def close(self) -> None:
+        self._response.close()
+
+
+@contextlib.contextmanager
+def _reading():
+    try:
+        yield
+    except net.STREAM_ERRORS as exc:
+        raise _broken("staged range read", exc) from None
 
 
 class StagingExpired(errors.PermissionDenied):
