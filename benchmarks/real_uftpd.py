@@ -1,6 +1,7 @@
 """Rows against the real UFTPD (``../shared/peers``): the big file copied by ``pyuftp cp``, ``hpcfs cp`` and an
 ``hpcfs mount`` to local disk (idle, then kept busy by another writer) and to /dev/null."""
 import os
+import pwd
 import shutil
 import statistics
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Dict
 
 from benchmarks.checks import check_dd_count, sha256_of
 from benchmarks.context import Context
-from benchmarks.copies import copy_on_busy_disk, timed_checked_copy
+from benchmarks.copies import copy_on_busy_disk, timed_checked_copy, timed_checked_upload
 from benchmarks.disk import BUSY_WRITER_MIB, DEV_NULL, filesystem_of, room_for_busy_copies
 from benchmarks.kit import real_peer_env
 from benchmarks.mounts import mount_process
@@ -21,10 +22,10 @@ from benchmarks.settings import FULL, HPCFS, HPCFS_CODE, PEER_VENV
 REAL_ROW = "real-uftpd-read"  # to local disk, nothing else writing to it
 DEVNULL_ROW = "real-uftpd-devnull"
 BUSY_ROW = "real-uftpd-busy"  # to local disk while a BusyWriter writes to it
-TRANSFORMED_ROW = "real-uftpd-transformed"  # encrypted, compressed or multi-stream data, to local disk
-# client -> (pyuftp's flags, hpcfs's URL query); pyuftp encrypts with AES as hpcfs does (UFTP_ENCRYPTION_ALGORITHM)
-TRANSFORMS = {"encrypted": (("-E",), "encrypt=1"), "compressed": (("-C",), "compress=1"),
-              "4 streams": (("-n", "4"), "streams=4")}
+TRANSFORMED_ROW = "real-uftpd-transformed"  # compressed or multi-stream data, to local disk
+ENCRYPTED_ROW = "real-uftpd-encrypted-upload"  # encrypted data, from local disk
+# client -> (pyuftp's flags, hpcfs's URL query)
+TRANSFORMS = {"compressed": (("-C",), "compress=1"), "4 streams": (("-n", "4"), "streams=4")}
 BUSY_ROUNDS = 3  # busy-disk copies of each client (--quick: 1), the order alternated from round to round
 
 
@@ -75,6 +76,7 @@ def real_uftpd_rows(ctx: Context, results: Results):
         served = Served(env, directory, sha256_of(source))
         idle_disk_rows(ctx, results, served)
         transformed_rows(ctx, results, served)
+        encrypted_upload_rows(ctx, results, served)
         dev_null_rows(ctx, results, served)
         busy_disk_rows(ctx, results, served)
     finally:
@@ -93,14 +95,36 @@ def idle_disk_rows(ctx: Context, results: Results, served: Served):
 
 
 def transformed_rows(ctx: Context, results: Results, served: Served):
-    """The same copy with the data encrypted (AES-256 on both), gzipped or over 4 TCP streams of one session,
-    each client as its users ask."""
-    env = {**served.client_env, "UFTP_ENCRYPTION_ALGORITHM": "AES"}
+    """The same copy with the data gzipped or over 4 TCP streams of one session, each client as its users ask."""
     for transform in TRANSFORMS:
         for client in ("pyuftp cp", "hpcfs cp"):
-            outcome = timed_checked_copy(ctx, served.copy_command(client, transform), env_for(client, env),
-                                         served.expected)
+            outcome = timed_checked_copy(ctx, served.copy_command(client, transform),
+                                         env_for(client, served.client_env), served.expected)
             results.put(TRANSFORMED_ROW, f"{client} ({transform})", 0, outcome)
+
+
+def encrypted_upload_rows(ctx: Context, results: Results, served: Served):
+    """The big file uploaded with its data AES-256-encrypted (``pyuftp cp -E``, ``hpcfs cp ...?encrypt=1``).
+    Uploads, because pyuftp 1.1.1 cannot download encrypted data: it drops its decrypting reader
+    (``pyuftp/uftp.py:261``) and writes the ciphertext."""
+    incoming = served.directory / "incoming"
+    incoming.mkdir()
+    nobody = pwd.getpwnam("nobody")  # UFTPD's sessions run as nobody: the directory must be theirs to write
+    os.chown(incoming, nobody.pw_uid, nobody.pw_gid)
+    env = {**served.client_env, "UFTP_ENCRYPTION_ALGORITHM": "AES"}
+    remote = f"{served.env['UFTP_AUTH_URL']}:{incoming}"
+    commands = {
+        "pyuftp cp (encrypted)": lambda name: [str(PEER_VENV / "bin" / "python"), "-c", PYUFTP_TIMED, "cp", "-P", "-E",
+                                               str(ctx.data.big), f"{remote}/{name}"],
+        "hpcfs cp (encrypted)": lambda name: [str(HPCFS), "cp", str(ctx.data.big),
+                                              f"uftp://{remote.split('://', 1)[1]}/{name}?encrypt=1"],
+    }
+    for client, argv in commands.items():
+        name = f"up-{client.split()[0]}.bin"
+        outcome = timed_checked_upload(argv(name), env_for(client, env), incoming / name, served.expected,
+                                       ctx.data.sizes.big)
+        results.put(ENCRYPTED_ROW, client, 0, outcome)
+        (incoming / name).unlink(missing_ok=True)
 
 
 def pyuftp_data_phase(ctx: Context, whole: Outcome) -> Outcome:

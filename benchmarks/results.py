@@ -74,8 +74,10 @@ ROW_LABELS = {
     "cp-r-in": "cp -r of 4 KiB files into the mount",
     "cp-r-out": "cp -r of 4 KiB files out of the mount",
     "real-uftpd-read": "real UFTPD 3.5: copy of the big file to local disk, idle, sha256 checked (loopback)",
-    "real-uftpd-transformed": "real UFTPD 3.5: copy of the big file to local disk, data encrypted (AES-256), "
-                              "gzipped or over 4 TCP streams of one session, sha256 checked (loopback)",
+    "real-uftpd-transformed": "real UFTPD 3.5: copy of the big file to local disk, data gzipped or over 4 TCP "
+                              "streams of one session, sha256 checked (loopback)",
+    "real-uftpd-encrypted-upload": "real UFTPD 3.5: upload of the big file from local disk, data encrypted "
+                                   "(AES-256), sha256 checked on the server's disk (loopback)",
     "real-uftpd-devnull": "real UFTPD 3.5: the big file to /dev/null, bytes counted (loopback)",
     "real-uftpd-busy": "real UFTPD 3.5: copy of the big file to local disk while dd writes 2,000 MiB with "
                        "conv=fsync to it, sha256 checked (loopback)",

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from benchmarks.real_firecrest import FIRECREST_ROW_DOWN, FIRECREST_ROW_UP
-from benchmarks.real_uftpd import BUSY_ROW, DEVNULL_ROW, REAL_ROW, TRANSFORMED_ROW
+from benchmarks.real_uftpd import BUSY_ROW, DEVNULL_ROW, ENCRYPTED_ROW, REAL_ROW, TRANSFORMED_ROW
 from benchmarks.results import ROW_LABELS, Results
 from benchmarks.settings import MIB, RTTS, Sizes
 
@@ -68,8 +68,10 @@ REAL_SERVER_TARGETS = (
      "direct_io (cat) vs pyuftp cp (data phase)"),
     (REAL_ROW, "hpcfs cp", "pyuftp cp", 1.3, "real UFTPD, idle disk: hpcfs cp vs pyuftp cp"),
     (BUSY_ROW, "hpcfs cp", "pyuftp cp", 1.0, "real UFTPD, busy disk: hpcfs cp vs pyuftp cp"),
-    (TRANSFORMED_ROW, "hpcfs cp (encrypted)", "pyuftp cp (encrypted)", 1.0, "real UFTPD, AES-256 data: hpcfs cp vs "
-     "pyuftp cp -E"),
+    (ENCRYPTED_ROW, "hpcfs cp (encrypted)", "pyuftp cp (encrypted)", 1.0, "real UFTPD, AES-256 data, upload: hpcfs "
+     "cp vs pyuftp cp -E"),
+    (TRANSFORMED_ROW, "hpcfs cp (4 streams)", "pyuftp cp (4 streams)", 1.0, "real UFTPD, 4 streams of one session: "
+     "hpcfs cp vs pyuftp cp -n 4"),
     (TRANSFORMED_ROW, "hpcfs cp (compressed)", "pyuftp cp (compressed)", 1.0, "real UFTPD, gzipped data: hpcfs cp "
      "vs pyuftp cp -C"),
     (DEVNULL_ROW, "hpcfs mount (dd bs=1M)", "pyuftp cp (data phase)", 1.2, "real UFTPD to /dev/null: hpcfs mount "
