@@ -12,6 +12,7 @@ All UFTP logins share one unix user, so UFTPD's per-user limit (16 sessions) cou
 """
 import fcntl
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -38,12 +39,23 @@ def _kit_script(name: str) -> Path:
     return script
 
 
-def _read_env(script: Path, environment: Optional[dict] = None) -> dict:
+class PeerEnv(dict):
+    """A peer's environment; its repr masks the secrets, for it is shown in the tracebacks of failing tests
+    (CI logs)."""
+
+    def __repr__(self) -> str:
+        return repr({key: "***" if SECRET_KEY.search(key) else value for key, value in self.items()})
+
+
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN", re.IGNORECASE)
+
+
+def _read_env(script: Path, environment: Optional[dict] = None) -> PeerEnv:
     """The ``export K=V`` lines of ``script env`` as a dict (values are shell-quoted)."""
     output = subprocess.run([script, "env"], check=True, capture_output=True, text=True, timeout=30,
                             env=environment).stdout
     pairs = (shlex.split(line)[-1].split("=", 1) for line in output.splitlines() if line.startswith("export "))
-    return dict(pairs)
+    return PeerEnv(pairs)
 
 
 def _run_peer(name: str):
@@ -87,7 +99,7 @@ class RealUFTPHandle(ServerHandle):
 
     @property
     def env(self) -> dict:
-        return {key: self.peer_env[key] for key in ("UFTP_USER", "UFTP_PASSWORD", "HPCFS_CA_FILE")}
+        return PeerEnv({key: self.peer_env[key] for key in ("UFTP_USER", "UFTP_PASSWORD", "HPCFS_CA_FILE")})
 
     def plain_url(self, path: str = "/") -> str:
         parts = urlsplit(self.auth_url)
@@ -118,7 +130,7 @@ class RealFirecrestHandle(ServerHandle):
     @property
     def env(self) -> dict:
         keys = ("FIRECREST_URL", "AUTH_TOKEN_URL", "FIRECREST_CLIENT_ID", "FIRECREST_CLIENT_SECRET")
-        return {key: self.peer_env[key] for key in keys}
+        return PeerEnv({key: self.peer_env[key] for key in keys})
 
     def plain_url(self, path: str = "/") -> str:
         return f"firecrest://{self.system}{quote(self.root + path)}"

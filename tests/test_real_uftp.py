@@ -148,3 +148,10 @@ def test_encrypted_and_compressed_data_round_trips(real_uftpd_env, uftp_area, tm
     assert sha256_file(tmp_path / "down.bin") == sha256_file(source)
     with mounted(f"{url}?{transform}", tmp_path / "mnt", env=env) as mountpoint:
         assert sha256_file(os.path.join(mountpoint, "data.bin")) == sha256_file(source)
+
+
+def test_the_peers_password_stays_out_of_test_reports(real_uftpd_env, real_uftp):
+    """A failing test's report shows its fixtures' reprs, and CI logs keep them."""
+    password = real_uftpd_env["UFTP_PASSWORD"]
+    assert password not in repr(real_uftpd_env) and password not in repr(real_uftp)
+    assert password not in repr(real_uftp.env) and real_uftp.env["UFTP_PASSWORD"] == password
