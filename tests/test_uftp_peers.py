@@ -89,11 +89,12 @@ def test_pyuftp_compression_and_encryption(peer, tmp_path, algorithm):
     original = (Path(peer.root) / "data" / "big.bin").read_bytes()
     local = tmp_path / "local.bin"
     local.write_bytes(original)
-    cases = [  # (options, download?) -- pyuftp's own bugs rule out single-stream encrypted downloads and,
-        # for AES, multi-stream ones whose per-stream length is a multiple of 16 (it misses the padding block)
-        (["-C"], True), (["-C"], False), (["-E"], False), (["-E", "-n", "2"], False), (["-E", "-C"], False)]
-    if algorithm == "BLOWFISH":
-        cases.append((["-E", "-n", "2"], True))
+    cases = [  # (options, download?) -- pyuftp's own bugs rule out single-stream encrypted downloads, and
+        # encrypted multi-stream (-E -n 2) fails against UFTPD 3.5 itself at this size, both ways: its
+        # PConnector neither pads nor flushes the last partial cipher block when it sends, and takes a
+        # sender's padding block for a frame header when it receives (checked against the real UFTPD of
+        # ../shared/peers; hpcfs's own encrypted multi-stream is in tests/test_uftp_multistream.py)
+        (["-C"], True), (["-C"], False), (["-E"], False), (["-E", "-C"], False)]
     for number, (options, download) in enumerate(cases):
         target = tmp_path / f"down{number}" if download else Path(peer.root) / "data" / f"up{number}"
         remote = f"{remote_dir}/big.bin" if download else f"{remote_dir}/up{number}"
