@@ -9,7 +9,7 @@ import json
 import os
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Tuple
 from urllib.parse import quote, urlencode
@@ -29,7 +29,7 @@ TEST_LIMITS = {"command_timeout": 0.05, "ingress_poll": 0.05, "max_part_size": 8
 @dataclass
 class FirecrestHandle(ServerHandle):
     server: FirecrestServer
-    secret: str
+    secret: str = field(repr=False)  # shown in failing tests' reports otherwise (CI logs)
 
     @property
     def netloc(self):
