@@ -511,10 +511,7 @@ class ControlSession:
                 _hand_over(plain, chunk, consume)
             if received > announced:
                 raise errors.ProtocolError(f"UFTPD sent {received} bytes for {announced}", path)
-            final = self.read_reply()
-            if final.code != 226:
-                raise transfer_error(final, path) if not final.ok else errors.ProtocolError(
-                    f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
+            self._transfer_ended(self.read_reply(), path)
             _hand_over(plain, chunk, consume, last=rest is None)
         self._after_transfer(received == announced)
         return received
@@ -586,11 +583,15 @@ class ControlSession:
         handed += _hand_over(plain, chunk, consume, last=True)
         if handed > count:
             raise errors.ProtocolError(f"UFTPD sent {handed} bytes for {count}", path)
-        final = self.read_reply()
+        self._transfer_ended(self.read_reply(), path)
+        return handed
+
+    @staticmethod
+    def _transfer_ended(final: Reply, path) -> None:
+        """A transfer's last reply must be ``226``: a refusal is its error, any other success a lost dialogue."""
         if final.code != 226:
             raise transfer_error(final, path) if not final.ok else errors.ProtocolError(
                 f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
-        return handed
 
     def _recv_to_end(self, path) -> bytes:
         """The next bytes of the data connection, b"" at its end."""
@@ -665,10 +666,7 @@ class ControlSession:
                         buffer = None
         finally:
             data.settimeout(self.timeout)
-        final = final or self.read_reply()
-        if final.code != 226:
-            raise transfer_error(final, path) if not final.ok else errors.ProtocolError(
-                f"unexpected end of transfer: {final.lines[0][:80]!r}", path)
+        self._transfer_ended(final or self.read_reply(), path)
         # The short last piece only now: after a failure it is not handed over, so a retry resumes at a
         # piece boundary (handing it over first put every later block of a read_pieces run off by its length).
         if filled:
